@@ -1,0 +1,12 @@
+//! One image layer: a sorted tree of entries ([`Tree`]) that every layer source
+//! (local files, Debian packages, Python wheels) fills in, and the single place where
+//! a tree becomes bytes ([`write`]).
+//!
+//! Sources only decide *what* is in a layer. Everything that makes a layer
+//! reproducible lives here: entry order (sorted by path bytes), header normalisation,
+//! mtimes, long names, hardlinks, compression settings. Content is referenced, not
+//! held: a [`Content`] points at a file or a byte range of a spool file and is read
+//! once, streaming, when the tar is written.
+
+pub mod tree;
+pub use tree::{Content, Meta, Node, Tree, TreeError, TreePath};

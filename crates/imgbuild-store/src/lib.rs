@@ -1,0 +1,652 @@
+//! The content-addressed store shared by every part of imgbuild.
+//!
+//! This crate owns three things and nothing else:
+//! - [`Digest`]: a validated `sha256:<64 hex>` name for a blob;
+//! - [`Store`]: a directory of blobs named by their digest, where every write is
+//!   atomic (temp file in the same filesystem, fsync, rename, fsync of the directory)
+//!   and every read can be verified against the name;
+//! - small metadata records ([`Store::write_record`]) written with the same atomic
+//!   discipline, for caches that map a key to a result.
+//!
+//! A blob whose bytes do not match its name is never handed out as good: [`Store::open_verified`]
+//! returns a reader that fails at end of stream on a mismatch, and [`Store::verify`] deletes
+//! a corrupt blob so that the next build fetches or rebuilds it.
+//!
+//! Concurrency: two processes may write the same blob at once; both write their own temp
+//! file and the second rename simply replaces identical bytes. A process killed mid-write
+//! leaves only a temp file under `tmp/`, which [`Store::clean_tmp`] removes when it is old.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+
+/// Errors of the store. Each names the path or digest involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid digest `{0}`: expected `sha256:` followed by 64 lowercase hex digits")]
+    InvalidDigest(String),
+    #[error("{op} `{path}`: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("content of {what} does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("size of {what} does not match: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A sha256 content digest, always valid: `sha256:` and 64 lowercase hex digits.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest {
+    hex: String,
+}
+
+impl Digest {
+    /// The digest of a byte slice.
+    pub fn of_bytes(bytes: &[u8]) -> Digest {
+        Digest::from_sha256(Sha256::digest(bytes).into())
+    }
+
+    pub fn from_sha256(raw: [u8; 32]) -> Digest {
+        Digest {
+            hex: hex::encode(raw),
+        }
+    }
+
+    /// Parses a bare 64-digit hex string (as in `SHA256:` fields of Debian indexes).
+    pub fn from_hex(hex: &str) -> Result<Digest> {
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Digest { hex: hex.to_owned() })
+        } else {
+            Err(StoreError::InvalidDigest(hex.to_owned()))
+        }
+    }
+
+    /// The 64 hex digits, without the algorithm prefix.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+}
+
+impl FromStr for Digest {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Digest> {
+        match s.strip_prefix("sha256:") {
+            Some(hex) => Digest::from_hex(hex).map_err(|_| StoreError::InvalidDigest(s.to_owned())),
+            None => Err(StoreError::InvalidDigest(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Digest, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A writer that passes bytes through and computes their sha256 and count on the way.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+    /// The inner writer, the digest and the byte count of everything written.
+    pub fn finish(self) -> (W, Digest, u64) {
+        (self.inner, Digest::from_sha256(self.hasher.finalize().into()), self.len)
+    }
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that hashes what passes through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+    pub fn finish(self) -> (Digest, u64) {
+        (Digest::from_sha256(self.hasher.finalize().into()), self.len)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Digest and size of everything a reader yields.
+pub fn digest_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
+    let mut h = HashingReader::new(&mut r);
+    io::copy(&mut h, &mut io::sink())?;
+    Ok(h.finish())
+}
+
+/// A directory of blobs named by digest, plus versioned metadata records.
+///
+/// Layout:
+/// ```text
+/// blobs/sha256/<hex>      immutable content
+/// records/<bucket>/<key>  small metadata (cache entries), replaced atomically
+/// tmp/                    temp files of writes in progress
+/// ```
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) a store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "records", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err("failed to create store directory", &p))?;
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob with this digest lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether a blob of that name is present (not verified; see [`Store::verify`]).
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Size of a present blob.
+    pub fn blob_size(&self, digest: &Digest) -> Result<u64> {
+        let p = self.blob_path(digest);
+        Ok(fs::metadata(&p).map_err(io_err("failed to stat blob", &p))?.len())
+    }
+
+    /// Reads a whole blob and checks it against its name. A corrupt blob is deleted
+    /// and `Ok(false)` returned, so that the caller refetches or rebuilds it.
+    pub fn verify(&self, digest: &Digest) -> Result<bool> {
+        let p = self.blob_path(digest);
+        let f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("failed to open blob", &p)(e)),
+        };
+        let (actual, _) = digest_reader(io::BufReader::with_capacity(1 << 20, f))
+            .map_err(io_err("failed to read blob", &p))?;
+        if &actual == digest {
+            Ok(true)
+        } else {
+            let _ = fs::remove_file(&p);
+            Ok(false)
+        }
+    }
+
+    /// Opens a blob for reading; the reader fails with `InvalidData` at end of stream
+    /// if the bytes do not match the digest (and the corrupt blob is then deleted).
+    pub fn open_verified(&self, digest: &Digest) -> Result<VerifiedReader> {
+        let p = self.blob_path(digest);
+        let f = File::open(&p).map_err(io_err("failed to open blob", &p))?;
+        Ok(VerifiedReader {
+            inner: HashingReader::new(f),
+            expected: digest.clone(),
+            path: p,
+            done: false,
+        })
+    }
+
+    /// Starts writing a new blob. Nothing is visible under `blobs/` until
+    /// [`BlobWriter::commit`] succeeds.
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let (path, file) = self.temp_file()?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            inner: Some(HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file))),
+            temp: path,
+        })
+    }
+
+    /// Stores a blob from a reader, checking it against `expected` (digest and, if
+    /// given, size) before it becomes visible. Returns the blob's size.
+    pub fn put_verified(&self, mut src: impl Read, expected: &Digest, size: Option<u64>, what: &str) -> Result<u64> {
+        if self.has_blob(expected) && self.verify(expected)? {
+            return self.blob_size(expected);
+        }
+        let mut w = self.writer()?;
+        io::copy(&mut src, &mut w).map_err(|e| StoreError::Io {
+            op: "failed to download/copy",
+            path: PathBuf::from(what),
+            source: e,
+        })?;
+        let (_, n) = w.commit_expecting(expected, size, what)?;
+        Ok(n)
+    }
+
+    /// Stores bytes held in memory (small blobs: configs, manifests).
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of_bytes(bytes);
+        if self.has_blob(&digest) && self.verify(&digest)? {
+            return Ok(digest);
+        }
+        let mut w = self.writer()?;
+        w.write_all(bytes).map_err(io_err("failed to write", &w.temp.clone()))?;
+        w.commit()?;
+        Ok(digest)
+    }
+
+    /// Reads a small blob whole, verified.
+    pub fn read_bytes(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let p = self.blob_path(digest);
+        let bytes = fs::read(&p).map_err(io_err("failed to read blob", &p))?;
+        let actual = Digest::of_bytes(&bytes);
+        if &actual != digest {
+            let _ = fs::remove_file(&p);
+            return Err(StoreError::DigestMismatch {
+                what: format!("blob `{}`", p.display()),
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Path of a metadata record. `bucket` carries a format version (`layers-v1`).
+    pub fn record_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join("records").join(bucket).join(key)
+    }
+
+    /// Reads a metadata record; `None` if absent.
+    pub fn read_record(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.record_path(bucket, key);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("failed to read record", &p)(e)),
+        }
+    }
+
+    /// Writes a metadata record atomically (temp file, fsync, rename, fsync dir).
+    pub fn write_record(&self, bucket: &str, key: &str, bytes: &[u8]) -> Result<()> {
+        let dest = self.record_path(bucket, key);
+        let dir = dest.parent().expect("record has a parent");
+        fs::create_dir_all(dir).map_err(io_err("failed to create directory", dir))?;
+        let (tmp, mut f) = self.temp_file()?;
+        let r = (|| {
+            f.write_all(bytes).map_err(io_err("failed to write", &tmp))?;
+            f.sync_all().map_err(io_err("failed to fsync", &tmp))?;
+            drop(f);
+            fs::rename(&tmp, &dest).map_err(io_err("failed to rename into place", &dest))?;
+            sync_dir(dir)
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    /// Removes a record if present.
+    pub fn remove_record(&self, bucket: &str, key: &str) -> Result<()> {
+        let p = self.record_path(bucket, key);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("failed to remove record", &p)(e)),
+        }
+    }
+
+    /// Names of the records in a bucket.
+    pub fn list_records(&self, bucket: &str) -> Result<Vec<String>> {
+        let dir = self.root.join("records").join(bucket);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io_err("failed to list", &dir)(e)),
+        };
+        let mut out = vec![];
+        for e in rd {
+            let e = e.map_err(io_err("failed to list", &dir))?;
+            if let Some(n) = e.file_name().to_str() {
+                out.push(n.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every blob digest in the store.
+    pub fn list_blobs(&self) -> Result<Vec<Digest>> {
+        let dir = self.root.join("blobs/sha256");
+        let mut out = vec![];
+        for e in fs::read_dir(&dir).map_err(io_err("failed to list", &dir))? {
+            let e = e.map_err(io_err("failed to list", &dir))?;
+            if let Some(d) = e.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) {
+                out.push(d);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes a blob (used by garbage collection).
+    pub fn remove_blob(&self, digest: &Digest) -> Result<()> {
+        let p = self.blob_path(digest);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("failed to remove blob", &p)(e)),
+        }
+    }
+
+    /// Removes temp files older than `age` (left by killed processes).
+    pub fn clean_tmp(&self, age: Duration) -> Result<usize> {
+        let dir = self.root.join("tmp");
+        let now = SystemTime::now();
+        let mut n = 0;
+        for e in fs::read_dir(&dir).map_err(io_err("failed to list", &dir))?.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default() >= age)
+                .unwrap_or(false);
+            if old && fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// A fresh temp file under `tmp/` (same filesystem as the blobs, so rename is atomic).
+    pub fn temp_file(&self) -> Result<(PathBuf, File)> {
+        let dir = self.root.join("tmp");
+        loop {
+            let name = format!(
+                "{}-{}-{}",
+                std::process::id(),
+                TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0)
+            );
+            let p = dir.join(name);
+            match OpenOptions::new().write(true).read(true).create_new(true).open(&p) {
+                Ok(f) => return Ok((p, f)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("failed to create temp file", &p)(e)),
+            }
+        }
+    }
+
+    /// A fresh private temp directory under `tmp/` (for spooling); the caller removes it.
+    pub fn temp_dir(&self) -> Result<PathBuf> {
+        let (p, f) = self.temp_file()?;
+        drop(f);
+        fs::remove_file(&p).map_err(io_err("failed to remove", &p))?;
+        fs::create_dir(&p).map_err(io_err("failed to create temp directory", &p))?;
+        Ok(p)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("failed to fsync directory", dir))
+}
+
+/// A blob being written: hashes as it writes; becomes visible only on commit.
+/// Dropped without commit, its temp file is removed.
+pub struct BlobWriter {
+    store: Store,
+    inner: Option<HashingWriter<io::BufWriter<File>>>,
+    temp: PathBuf,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.inner.as_ref().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// Flushes, fsyncs and renames the blob into place under its digest.
+    pub fn commit(self) -> Result<(Digest, u64)> {
+        self.finish(None, None, "")
+    }
+
+    /// Like [`BlobWriter::commit`], but refuses (and deletes the temp file) when the
+    /// content does not match the expected digest or size.
+    pub fn commit_expecting(self, expected: &Digest, size: Option<u64>, what: &str) -> Result<(Digest, u64)> {
+        self.finish(Some(expected), size, what)
+    }
+
+    fn finish(mut self, expected: Option<&Digest>, size: Option<u64>, what: &str) -> Result<(Digest, u64)> {
+        let (buf, digest, len) = self.inner.take().expect("not finished").finish();
+        let temp = self.temp.clone();
+        let file = buf
+            .into_inner()
+            .map_err(|e| io_err("failed to write", &temp)(e.into_error()))?;
+        if let Some(size) = size
+            && size != len
+        {
+            return Err(StoreError::SizeMismatch {
+                what: what.to_owned(),
+                expected: size,
+                actual: len,
+            });
+        }
+        if let Some(expected) = expected
+            && expected != &digest
+        {
+            return Err(StoreError::DigestMismatch {
+                what: what.to_owned(),
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        file.sync_all().map_err(io_err("failed to fsync", &temp))?;
+        drop(file);
+        let dest = self.store.blob_path(&digest);
+        fs::rename(&temp, &dest).map_err(io_err("failed to rename blob into place", &dest))?;
+        sync_dir(dest.parent().expect("blob has a parent"))?;
+        Ok((digest, len))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.as_mut().expect("not finished").write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.as_mut().expect("not finished").flush()
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            let _ = fs::remove_file(&self.temp);
+        } else if self.temp.exists() {
+            // finish() failed before the rename
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// A blob reader that checks the digest at end of stream.
+pub struct VerifiedReader {
+    inner: HashingReader<File>,
+    expected: Digest,
+    path: PathBuf,
+    done: bool,
+}
+
+impl Read for VerifiedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.done {
+            self.done = true;
+            let actual = Digest::from_sha256(self.inner.hasher.clone().finalize().into());
+            if actual != self.expected {
+                let _ = fs::remove_file(&self.path);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "blob `{}` is corrupt (content is {actual}); it was removed, run the command again to rebuild or refetch it",
+                        self.path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_parse_and_display() {
+        let d = Digest::of_bytes(b"");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+        assert!("sha256:E3B0".parse::<Digest>().is_err());
+        assert!("md5:00".parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn blob_roundtrip_and_corruption_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.writer().unwrap();
+        w.write_all(b"hello").unwrap();
+        let (d, n) = w.commit().unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(d, Digest::of_bytes(b"hello"));
+        assert!(store.verify(&d).unwrap());
+        let mut s = String::new();
+        store.open_verified(&d).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+        // corrupt it: the verified reader fails and the blob is removed
+        fs::write(store.blob_path(&d), b"hellx").unwrap();
+        let mut s = String::new();
+        assert!(store.open_verified(&d).unwrap().read_to_string(&mut s).is_err());
+        assert!(!store.has_blob(&d));
+        // temp dir is empty: nothing half-written remains
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn put_verified_refuses_wrong_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let want = Digest::of_bytes(b"good");
+        let err = store.put_verified(&b"evil"[..], &want, None, "x.deb").unwrap_err();
+        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        assert!(!store.has_blob(&want));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(store.put_verified(&b"good"[..], &want, Some(4), "x.deb").unwrap(), 4);
+        assert!(store.verify(&want).unwrap());
+    }
+
+    #[test]
+    fn records_are_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.read_record("b-v1", "k").unwrap().is_none());
+        store.write_record("b-v1", "k", b"1").unwrap();
+        store.write_record("b-v1", "k", b"2").unwrap();
+        assert_eq!(store.read_record("b-v1", "k").unwrap().unwrap(), b"2");
+        assert_eq!(store.list_records("b-v1").unwrap(), vec!["k".to_owned()]);
+    }
+}
