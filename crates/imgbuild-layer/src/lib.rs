@@ -10,3 +10,6 @@
 
 pub mod tree;
 pub use tree::{Content, Meta, Node, Tree, TreeError, TreePath};
+pub mod gzip;
+pub mod write;
+pub use write::{LayerBlob, WriteError, WriteOptions, write_layer};
