@@ -1,0 +1,555 @@
+//! Unpacking a `.deb` into a layer [`Tree`], in Rust and streamed.
+//!
+//! A `.deb` is an `ar` archive of `debian-binary`, `control.tar[.*]` and `data.tar[.*]`.
+//! The verified `.deb` blob is read once; `data.tar` is decompressed (xz, zstd, gzip, bzip2 or
+//! none) straight into a store blob (the "spool": the uncompressed tar) while its headers are
+//! parsed, and file contents are referenced as byte ranges of that blob
+//! ([`Content::Range`]), never held in memory. A record `debian-unpack-v1/<deb sha256>` keeps
+//! the tar's digest and entry list, so a rebuild neither decompresses nor parses again.
+//!
+//! Placement rules (those of dpkg on a merged-/usr bookworm system, plus safety):
+//! - `./` is stripped; absolute paths and `..` components are refused;
+//! - `bin`, `sbin`, `lib`, `lib64` are symlinks to `usr/*`, and entries below them are
+//!   rewritten to `usr/...`; two packages (or one) shipping the same file under both
+//!   spellings is an [`Error::AliasConflict`];
+//! - modes (incl. setuid/setgid/sticky) and numeric owners are kept; hardlinks must point at
+//!   a file of the same package; a file over a directory is refused; a directory over a
+//!   symlink keeps the symlink (as dpkg does);
+//! - `var/lib/dpkg/status.d/<package>` (the control file) and `<package>.md5sums` are written
+//!   for scanners, as distroless does;
+//! - maintainer scripts are not run, only reported ([`PackageReport::maintainer_scripts`]).
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read, Write};
+
+use imgbuild_layer::{Content, Meta, Node, Tree, TreeError, TreePath};
+use imgbuild_store::{BlobWriter, Digest, Store};
+
+use crate::LockedPackage;
+use crate::error::{Error, Result};
+
+/// Top-level directories that are symlinks into `/usr` on a merged-/usr system.
+pub const MERGED_USR: [&str; 4] = ["bin", "sbin", "lib", "lib64"];
+
+const RECORD_BUCKET: &str = "debian-unpack-v1";
+const SCRIPTS: [&str; 6] = ["preinst", "postinst", "prerm", "postrm", "config", "triggers"];
+
+/// A maintainer script that exists in the package and was NOT run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScriptNote {
+    /// `preinst`, `postinst`, `prerm`, `postrm`, `config` or `triggers`.
+    pub script: String,
+    /// One-line hints of what it does, where cheaply detectable (`creates users/groups (adduser)`, ...).
+    pub hints: Vec<String>,
+}
+
+/// What unpacking one package did, for `imgbuild inspect` and warnings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackageReport {
+    pub name: String,
+    pub version: String,
+    /// Compression of `data.tar` (`xz`, `zst`, `gz`, `bz2` or `none`).
+    pub data_compression: String,
+    /// Entries placed in the tree (directories included).
+    pub entries: usize,
+    pub maintainer_scripts: Vec<ScriptNote>,
+    /// Files this package replaced that another package had shipped at the same path
+    /// (dpkg allows that with `Replaces`): (path, previous package).
+    pub replaced: Vec<(String, String)>,
+    /// Executables of this package that start with `#!/bin/sh` (they need `dash` or
+    /// another `/bin/sh` in the image), as shipped.
+    pub sh_scripts: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Hardlink,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Entry {
+    path: String,
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    offset: u64,
+    size: u64,
+    link: Option<String>,
+}
+
+/// The cached result of reading a `.deb` once.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Unpacked {
+    tar: Digest,
+    compression: String,
+    control: String,
+    md5sums: Option<String>,
+    scripts: Vec<ScriptNote>,
+    sh_scripts: Vec<String>,
+    entries: Vec<Entry>,
+}
+
+/// Unpacks packages into one tree, remembering which package placed which file so that
+/// conflicts between packages are caught.
+#[derive(Debug, Default)]
+pub struct Unpacker {
+    /// canonical path -> (package, path as shipped)
+    owners: BTreeMap<TreePath, (String, String)>,
+}
+
+impl Unpacker {
+    pub fn new() -> Unpacker {
+        Unpacker::default()
+    }
+
+    /// Unpacks one package (its `.deb` must be in the store, see [`crate::fetch_debs`]).
+    pub fn unpack(&mut self, store: &Store, pkg: &LockedPackage, tree: &mut Tree) -> Result<PackageReport> {
+        let u = load_or_read(store, pkg)?;
+        ensure_merged_usr(tree)?;
+        let spool = store.blob_path(&u.tar);
+        let bad = |path: &str, why: String| Error::Unpack { package: pkg.name.clone(), path: path.to_owned(), why };
+        let tree_err = |path: &str, e: TreeError| bad(path, e.to_string());
+        let mut report = PackageReport {
+            name: pkg.name.clone(),
+            version: pkg.version.clone(),
+            data_compression: u.compression.clone(),
+            maintainer_scripts: u.scripts.clone(),
+            sh_scripts: u.sh_scripts.clone(),
+            ..Default::default()
+        };
+        // files of this package, by canonical path (hardlink targets must be among them)
+        let mut mine: BTreeMap<TreePath, ()> = BTreeMap::new();
+        for e in &u.entries {
+            let Some(path) = canonical_path(&e.path).map_err(|why| bad(&e.path, why))? else {
+                continue; // the root itself
+            };
+            let meta = Meta::new(e.mode, e.uid, e.gid);
+            if e.kind == Kind::Dir {
+                match tree.get(&path) {
+                    Some(Node::Symlink { .. }) => {} // dpkg keeps a symlink to a directory
+                    Some(Node::File { .. } | Node::Hardlink { .. }) => {
+                        let (other, _) = self.owners.get(&path).cloned().unwrap_or_default();
+                        return Err(bad(&e.path, format!("would replace the file `{path}` of package `{other}` with a directory")));
+                    }
+                    _ => tree.insert_dir_if_absent(path, meta).map_err(|x| tree_err(&e.path, x))?,
+                }
+                report.entries += 1;
+                continue;
+            }
+            if let Some((other_pkg, other_raw)) = self.owners.get(&path) {
+                if strip_dot(other_raw) != strip_dot(&e.path) {
+                    return Err(Error::AliasConflict {
+                        package: pkg.name.clone(),
+                        path: e.path.clone(),
+                        other_package: other_pkg.clone(),
+                        other_path: other_raw.clone(),
+                        canonical: path.as_str().to_owned(),
+                    });
+                }
+                if *other_pkg != pkg.name {
+                    report.replaced.push((path.as_str().to_owned(), other_pkg.clone()));
+                }
+            }
+            let node = match e.kind {
+                Kind::File => Node::File {
+                    meta,
+                    content: Content::Range { path: spool.clone(), offset: e.offset, size: e.size },
+                },
+                Kind::Symlink => Node::Symlink { meta, target: e.link.clone().unwrap_or_default() },
+                Kind::Hardlink => {
+                    let raw = e.link.as_deref().unwrap_or("");
+                    let target = canonical_path(raw)
+                        .map_err(|why| bad(&e.path, format!("hardlink target `{raw}`: {why}")))?
+                        .filter(|t| mine.contains_key(t) && matches!(tree.get(t), Some(Node::File { .. })))
+                        .ok_or_else(|| bad(&e.path, format!("hardlink to `{raw}`, which is not a file earlier in this package")))?;
+                    Node::Hardlink { target }
+                }
+                Kind::Dir => unreachable!(),
+            };
+            tree.insert(path.clone(), node).map_err(|x| match x {
+                TreeError::ReplacesDirectory { .. } => bad(&e.path, format!("a {} would replace the directory `{path}`", kind_name(e.kind))),
+                other => tree_err(&e.path, other),
+            })?;
+            if e.kind == Kind::File {
+                mine.insert(path.clone(), ());
+            }
+            self.owners.insert(path, (pkg.name.clone(), e.path.clone()));
+            report.entries += 1;
+        }
+        // package metadata for scanners (trivy, syft, grype read status.d as distroless writes it)
+        let status_dir = TreePath::new("var/lib/dpkg/status.d")?;
+        let mut control = u.control.trim_end().to_owned();
+        control.push('\n');
+        tree.insert(status_dir.join(&pkg.name)?, Node::File { meta: Meta::FILE, content: Content::inline(control) })?;
+        if let Some(md5) = &u.md5sums {
+            tree.insert(
+                status_dir.join(&format!("{}.md5sums", pkg.name))?,
+                Node::File { meta: Meta::FILE, content: Content::inline(md5.as_bytes()) },
+            )?;
+        }
+        Ok(report)
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Dir => "directory",
+        Kind::File => "file",
+        Kind::Symlink => "symlink",
+        Kind::Hardlink => "hardlink",
+    }
+}
+
+fn strip_dot(p: &str) -> &str {
+    p.trim_start_matches("./").trim_end_matches('/')
+}
+
+/// Normalises a path as shipped in a package (or named in a recipe) to where it lands on a
+/// merged-/usr system: `./bin/sh` -> `usr/bin/sh`. Absolute paths and `..` are refused.
+/// `None` for the root itself.
+pub fn canonical_path(raw: &str) -> Result<Option<TreePath>, String> {
+    if raw.starts_with('/') {
+        return Err("absolute path in package archive (would be placed outside the image root)".into());
+    }
+    if raw.split('/').any(|c| c == "..") {
+        return Err("`..` component (would escape the image root)".into());
+    }
+    let p = TreePath::new(raw).map_err(|e| e.to_string())?;
+    if p.is_root() {
+        return Ok(None);
+    }
+    let s = p.as_str();
+    let first = s.split('/').next().unwrap_or("");
+    if MERGED_USR.contains(&first) {
+        return TreePath::new(&format!("usr/{s}")).map(Some).map_err(|e| e.to_string());
+    }
+    Ok(Some(p))
+}
+
+/// Puts the merged-/usr symlinks (`bin -> usr/bin`, ...) into the tree if absent.
+pub fn ensure_merged_usr(tree: &mut Tree) -> Result<()> {
+    for d in MERGED_USR {
+        let link = TreePath::new(d)?;
+        match tree.get(&link) {
+            Some(Node::Symlink { .. }) => {}
+            Some(other) => {
+                return Err(Error::Unpack {
+                    package: "(merged /usr)".into(),
+                    path: d.into(),
+                    why: format!("is a {} in this layer, but must be a symlink to usr/{d}", other.kind()),
+                });
+            }
+            None => {
+                tree.insert_dir_if_absent(TreePath::new(&format!("usr/{d}"))?, Meta::DIR)?;
+                tree.insert(link, Node::Symlink { meta: Meta::new(0o777, 0, 0), target: format!("usr/{d}") })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cached entry list if present and its spool blob is intact; otherwise reads the .deb.
+fn load_or_read(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
+    let key = pkg.sha256.hex();
+    if let Some(bytes) = store.read_record(RECORD_BUCKET, key)?
+        && let Ok(u) = serde_json::from_slice::<Unpacked>(&bytes)
+        && store.has_blob(&u.tar)
+        && store.verify(&u.tar)?
+    {
+        return Ok(u);
+    }
+    let u = read_deb(store, pkg)?;
+    let json = serde_json::to_vec(&u).expect("serialisable");
+    store.write_record(RECORD_BUCKET, key, &json)?;
+    Ok(u)
+}
+
+/// Writes through everything read to a blob writer (the spool of the uncompressed tar).
+struct Tee<'a, R> {
+    r: R,
+    w: &'a mut BlobWriter,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+fn decoder<'a>(member: &str, r: impl Read + 'a) -> Result<(Box<dyn Read + 'a>, &'static str), String> {
+    let ext = member.rsplit_once(".tar").map(|(_, e)| e).unwrap_or("");
+    Ok(match ext {
+        ".xz" => (Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)), "xz"),
+        ".zst" => (Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| format!("{member}: {e}"))?), "zst"),
+        ".gz" => (Box::new(flate2::read::GzDecoder::new(r)), "gz"),
+        ".bz2" => (Box::new(bzip2::read::BzDecoder::new(r)), "bz2"),
+        "" => (Box::new(r), "none"),
+        other => return Err(format!("{member}: unsupported compression `{other}`")),
+    })
+}
+
+/// Reads a verified `.deb` once: control members into memory (small), data.tar into a spool blob.
+fn read_deb(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
+    let bad = |why: String| Error::BadDeb { package: pkg.name.clone(), why };
+    let io_bad = |what: &str, e: io::Error| bad(format!("{what}: {e}"));
+    let mut r = BufReader::with_capacity(1 << 20, store.open_verified(&pkg.sha256)?);
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic).map_err(|e| io_bad("reading ar magic", e))?;
+    if &magic != b"!<arch>\n" {
+        return Err(bad("not a .deb (no `!<arch>` ar header)".into()));
+    }
+    let mut control: Option<Control> = None;
+    let mut data: Option<(BlobWriter, (Vec<Entry>, Vec<String>), &'static str)> = None;
+    let mut seen_version = false;
+    loop {
+        let mut hdr = [0u8; 60];
+        if !read_header(&mut r, &mut hdr).map_err(|e| io_bad("reading ar member header", e))? {
+            break;
+        }
+        if &hdr[58..60] != b"`\n" {
+            return Err(bad("corrupt ar member header".into()));
+        }
+        let name = String::from_utf8_lossy(&hdr[..16]).trim_end().trim_end_matches('/').to_owned();
+        let size: u64 = String::from_utf8_lossy(&hdr[48..58])
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("ar member `{name}` has an invalid size")))?;
+        let mut member = (&mut r).take(size);
+        if name == "debian-binary" {
+            let mut v = String::new();
+            (&mut member).read_to_string(&mut v).map_err(|e| io_bad("debian-binary", e))?;
+            if !v.starts_with("2.") {
+                return Err(bad(format!("unsupported .deb format version `{}`", v.trim())));
+            }
+            seen_version = true;
+        } else if name.starts_with("control.tar") {
+            let (dec, _) = decoder(&name, &mut member).map_err(bad)?;
+            control = Some(read_control(dec).map_err(|e| bad(format!("{name}: {e}")))?);
+        } else if name.starts_with("data.tar") {
+            let (dec, comp) = decoder(&name, &mut member).map_err(bad)?;
+            let mut w = store.writer()?;
+            let entries = spool_data(dec, &mut w).map_err(|e| bad(format!("{name}: {e}")))?;
+            data = Some((w, entries, comp));
+        }
+        io::copy(&mut member, &mut io::sink()).map_err(|e| io_bad(&name, e))?;
+        if size % 2 == 1 {
+            let mut pad = [0u8; 1];
+            let _ = r.read(&mut pad).map_err(|e| io_bad("ar padding", e))?;
+        }
+    }
+    // reaching here means the verified reader hit end of stream: the .deb matched its SHA256
+    if !seen_version {
+        return Err(bad("no debian-binary member".into()));
+    }
+    let control = control.ok_or_else(|| bad("no control.tar member".into()))?;
+    let (w, (entries, sh_scripts), compression) = data.ok_or_else(|| bad("no data.tar member".into()))?;
+    let (tar, _) = w.commit()?;
+    Ok(Unpacked {
+        tar,
+        compression: compression.to_owned(),
+        control: control.control.ok_or_else(|| bad("control.tar has no `control` file".into()))?,
+        md5sums: control.md5sums,
+        scripts: control.scripts,
+        sh_scripts,
+        entries,
+    })
+}
+
+/// Reads a 60-byte ar header; `false` at a clean end of archive.
+fn read_header(r: &mut impl Read, hdr: &mut [u8; 60]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < 60 {
+        let n = r.read(&mut hdr[got..])?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated ar header"));
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+#[derive(Default)]
+struct Control {
+    control: Option<String>,
+    md5sums: Option<String>,
+    scripts: Vec<ScriptNote>,
+}
+
+/// Largest control member read into memory; real ones are kilobytes (md5sums up to ~1 MB).
+const CONTROL_MEMBER_LIMIT: u64 = 16 << 20;
+
+fn read_control(r: impl Read) -> io::Result<Control> {
+    let mut c = Control::default();
+    let mut ar = tar::Archive::new(r);
+    let mut scripts = BTreeMap::new();
+    for e in ar.entries()? {
+        let mut e = e?;
+        let path = String::from_utf8_lossy(&e.path_bytes()).trim_start_matches("./").to_owned();
+        if e.header().entry_type() != tar::EntryType::Regular || e.size() > CONTROL_MEMBER_LIMIT {
+            continue;
+        }
+        let mut text = String::new();
+        if !matches!(path.as_str(), "control" | "md5sums") && !SCRIPTS.contains(&path.as_str()) {
+            continue;
+        }
+        let mut bytes = vec![];
+        (&mut e).read_to_end(&mut bytes)?;
+        text.push_str(&String::from_utf8_lossy(&bytes));
+        match path.as_str() {
+            "control" => c.control = Some(text),
+            "md5sums" => c.md5sums = Some(text),
+            s => {
+                scripts.insert(s.to_owned(), script_hints(s, &text));
+            }
+        }
+    }
+    // report in the dpkg order of the list, not the archive order
+    for s in SCRIPTS {
+        if let Some(h) = scripts.remove(s) {
+            c.scripts.push(ScriptNote { script: s.to_owned(), hints: h });
+        }
+    }
+    Ok(c)
+}
+
+/// One-line hints of what a maintainer script would have done, from plain keyword matches.
+pub fn script_hints(script: &str, text: &str) -> Vec<String> {
+    if script == "triggers" {
+        return text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| format!("trigger: {l}"))
+            .collect();
+    }
+    const PATTERNS: &[(&[&str], &str)] = &[
+        (&["adduser", "useradd", "addgroup", "groupadd"], "creates users/groups (adduser): declare them in the recipe"),
+        (&["update-alternatives"], "registers alternatives (update-alternatives): symlinks in /etc/alternatives not made"),
+        (&["dpkg-statoverride"], "changes owner/mode of files (dpkg-statoverride)"),
+        (&["dpkg-divert"], "diverts files (dpkg-divert)"),
+        (&["ldconfig"], "runs ldconfig (no ld.so.cache is needed for default library paths)"),
+        (&["deb-systemd-helper", "systemctl"], "enables systemd units"),
+        (&["update-rc.d", "invoke-rc.d"], "registers/starts an init script"),
+        (&["py3compile", "pycompile"], "byte-compiles Python modules"),
+        (&["locale-gen"], "generates locales"),
+        (&["update-ca-certificates"], "builds the CA certificate bundle"),
+        (&["make-ssl-cert"], "generates a snakeoil TLS certificate"),
+        (&["ucf", "ucfr"], "manages configuration files with ucf"),
+        (&["db_get", "db_input", "confmodule"], "asks debconf questions"),
+        (&["chown", "chmod"], "changes ownership/permissions"),
+        (&["ln -s", "ln -sf"], "creates symlinks"),
+        (&["mkdir", "install -d"], "creates directories"),
+        (&["systemd-tmpfiles"], "creates files/directories via systemd-tmpfiles"),
+        (&["update-passwd"], "updates /etc/passwd and /etc/group from base-passwd"),
+    ];
+    let mut out = vec![];
+    for (words, hint) in PATTERNS {
+        if words.iter().any(|w| contains_word(text, w)) {
+            out.push((*hint).to_owned());
+        }
+    }
+    out
+}
+
+/// `word` occurs delimited by non-identifier characters (so `chown` does not match `chowner`).
+fn contains_word(text: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(word).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + word.len()..].chars().next();
+        before.is_none_or(|c| !ident(c)) && after.is_none_or(|c| !ident(c))
+    })
+}
+
+/// Spools the uncompressed data.tar into `w` while reading its headers.
+fn spool_data(dec: impl Read, w: &mut BlobWriter) -> io::Result<(Vec<Entry>, Vec<String>)> {
+    let mut entries = vec![];
+    let mut sh_scripts = vec![];
+    let mut ar = tar::Archive::new(Tee { r: dec, w });
+    for e in ar.entries()? {
+        let mut e = e?;
+        let path = String::from_utf8(e.path_bytes().into_owned())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 path in data.tar"))?;
+        let h = e.header();
+        let link = e
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+            tar::EntryType::Symlink => Kind::Symlink,
+            tar::EntryType::Link => Kind::Hardlink,
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("entry `{path}`: unsupported entry type {other:?} (devices, fifos and sparse files are not allowed in layers)"),
+                ));
+            }
+        };
+        let mode = h.mode()? & 0o7777;
+        if kind == Kind::File && mode & 0o111 != 0 {
+            // peek at the interpreter line; the bytes still pass through the spool
+            let mut head = [0u8; 12];
+            let mut n = 0;
+            while n < head.len() {
+                let k = e.read(&mut head[n..])?;
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            let line = &head[..n];
+            if line.starts_with(b"#!/bin/sh") || line.starts_with(b"#! /bin/sh") {
+                sh_scripts.push(path.clone());
+            }
+        }
+        let h = e.header();
+        entries.push(Entry {
+            mode,
+            uid: h.uid()? as u32,
+            gid: h.gid()? as u32,
+            offset: e.raw_file_position(),
+            size: if kind == Kind::File { e.size() } else { 0 },
+            link: if matches!(kind, Kind::Symlink | Kind::Hardlink) { link } else { None },
+            kind,
+            path,
+        });
+    }
+    // copy what follows the end-of-archive marker too, so the spool is the whole tar
+    let mut tee = ar.into_inner();
+    io::copy(&mut tee, &mut io::sink())?;
+    Ok((entries, sh_scripts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_paths() {
+        assert_eq!(canonical_path("./bin/sh").unwrap().unwrap().as_str(), "usr/bin/sh");
+        assert_eq!(canonical_path("./lib64/").unwrap().unwrap().as_str(), "usr/lib64");
+        assert_eq!(canonical_path("./library/x").unwrap().unwrap().as_str(), "library/x");
+        assert_eq!(canonical_path("./").unwrap(), None);
+        assert!(canonical_path("/etc/passwd").is_err());
+        assert!(canonical_path("./usr/../../etc").is_err());
+    }
+
+    #[test]
+    fn hints() {
+        let h = script_hints("postinst", "#!/bin/sh\nadduser --system redis\ndpkg-statoverride --update --add redis redis 640 /etc/redis/redis.conf\n");
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h[0].contains("adduser"));
+        assert!(script_hints("postinst", "chowner x").is_empty());
+        assert_eq!(script_hints("triggers", "# c\nactivate-noawait ldconfig\n"), ["trigger: activate-noawait ldconfig"]);
+    }
+}

@@ -1,0 +1,426 @@
+//! The dependency resolver: from root package names to the closure to install, the way
+//! `apt-get install --no-install-recommends` does on an empty system, then `exclude` pruning.
+//!
+//! Phase 1 (apt-like): every root is marked first, then dependencies are walked depth-first
+//! (Pre-Depends, then Depends, in field order). An or-group already satisfied by a marked
+//! package (by name or through Provides, versions respected) adds nothing; otherwise the first
+//! satisfiable alternative wins: the real package's candidate (newest across the suites) if it
+//! meets the version constraint, else the best provider (Essential, then Priority, then name).
+//! Recommends and Suggests are ignored; Essential packages are never added implicitly.
+//!
+//! Phase 2 (prune): the closure is walked again from the roots, skipping excluded packages,
+//! so that whatever only excluded packages needed disappears too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use imgbuild_store::Digest;
+
+use crate::control::Atom;
+use crate::error::{Error, Result};
+use crate::index::{Base, Index, PackageEntry};
+
+/// One package of a resolution, as written to the lockfile. Enough to fetch and verify the
+/// `.deb` with no index.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// Archive path, e.g. `pool/main/n/nginx/nginx_1.22.1-9+deb12u2_amd64.deb`.
+    pub filename: String,
+    pub size: u64,
+    pub sha256: Digest,
+    /// Which mirror base serves it.
+    pub base: Base,
+}
+
+impl From<&PackageEntry> for LockedPackage {
+    fn from(e: &PackageEntry) -> LockedPackage {
+        LockedPackage {
+            name: e.name.clone(),
+            version: e.version.clone(),
+            architecture: e.architecture.clone(),
+            filename: e.filename.clone(),
+            size: e.size,
+            sha256: e.sha256.clone(),
+            base: e.base,
+        }
+    }
+}
+
+/// The result of [`resolve`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resolution {
+    /// The packages to install, sorted by name.
+    pub packages: Vec<LockedPackage>,
+    /// Packages of the full closure dropped because only excluded packages needed them
+    /// (the excluded ones included), sorted.
+    pub excluded_dropped: Vec<String>,
+    /// For each excluded package that was needed: who needed it (for reports).
+    pub excluded_required_by: BTreeMap<String, Vec<String>>,
+    /// Excluded names that the closure never contained (probably a typo in the recipe).
+    pub excluded_unused: Vec<String>,
+}
+
+fn arch_ok(a: &Atom) -> bool {
+    matches!(a.arch.as_deref(), None | Some("any" | "native" | "amd64" | "all"))
+}
+
+fn priority_rank(p: &str) -> u8 {
+    match p {
+        "required" => 0,
+        "important" => 1,
+        "standard" => 2,
+        "optional" => 3,
+        _ => 4,
+    }
+}
+
+struct Resolver<'a> {
+    index: &'a Index,
+    selected: BTreeMap<String, &'a PackageEntry>,
+    /// provided name -> (provider, provided version) among selected packages
+    provided: BTreeMap<String, Vec<(String, Option<String>)>>,
+    visited: BTreeSet<String>,
+}
+
+impl<'a> Resolver<'a> {
+    fn select(&mut self, e: &'a PackageEntry) {
+        if self.selected.insert(e.name.clone(), e).is_none() {
+            for p in &e.provides {
+                self.provided
+                    .entry(p.name.clone())
+                    .or_default()
+                    .push((e.name.clone(), p.constraint.as_ref().map(|c| c.version.clone())));
+            }
+        }
+    }
+
+    /// Whether an already selected package satisfies the atom (by name or by Provides).
+    fn satisfied(&self, a: &Atom) -> bool {
+        if !arch_ok(a) {
+            return false;
+        }
+        if let Some(e) = self.selected.get(&a.name)
+            && a.constraint.as_ref().is_none_or(|c| c.rel.holds(&e.version, &c.version))
+        {
+            return true;
+        }
+        self.provided.get(&a.name).into_iter().flatten().any(|(_, pv)| match (&a.constraint, pv) {
+            (None, _) => true,
+            (Some(c), Some(v)) => c.rel.holds(v, &c.version),
+            (Some(_), None) => false,
+        })
+    }
+
+    /// The package apt would install for this atom, if any.
+    fn choose(&self, a: &Atom) -> Option<&'a PackageEntry> {
+        if !arch_ok(a) {
+            return None;
+        }
+        if let Some(c) = self.index.candidate(&a.name)
+            && a.constraint.as_ref().is_none_or(|k| k.rel.holds(&c.version, &k.version))
+        {
+            return Some(c);
+        }
+        let mut provs: Vec<&'a PackageEntry> = self
+            .index
+            .providers(&a.name)
+            .into_iter()
+            .filter(|(_, pv)| match (&a.constraint, pv) {
+                (None, _) => true,
+                (Some(c), Some(v)) => c.rel.holds(v, &c.version),
+                (Some(_), None) => false,
+            })
+            .map(|(e, _)| e)
+            .collect();
+        provs.sort_by_key(|e| (!e.essential, priority_rank(&e.priority), e.name.clone()));
+        provs.first().copied()
+    }
+
+    fn visit(&mut self, name: &str) -> Result<()> {
+        if !self.visited.insert(name.to_owned()) {
+            return Ok(());
+        }
+        let e = self.selected[name];
+        for group in e.pre_depends.iter().chain(e.depends.iter()) {
+            if group.iter().any(|a| self.satisfied(a)) {
+                continue;
+            }
+            let Some(pick) = group.iter().find_map(|a| self.choose(a)) else {
+                let dep = group.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" | ");
+                let why = group
+                    .iter()
+                    .map(|a| match self.index.candidate(&a.name) {
+                        Some(c) => format!("{} has version {}", a.name, c.version),
+                        None if !arch_ok(a) => format!("{a} is for another architecture"),
+                        None => format!("no package provides {}", a.name),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Error::Unsatisfiable {
+                    package: e.name.clone(),
+                    version: e.version.clone(),
+                    dep,
+                    why,
+                });
+            };
+            self.select(pick);
+            let n = pick.name.clone();
+            self.visit(&n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves `roots` (package names, or `name=version` to pin one) against the index and
+/// prunes what only `exclude`d packages needed. See the module doc for the rules.
+pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Resolution> {
+    let excluded: BTreeSet<&str> = exclude.iter().map(String::as_str).collect();
+    let mut r = Resolver {
+        index,
+        selected: BTreeMap::new(),
+        provided: BTreeMap::new(),
+        visited: BTreeSet::new(),
+    };
+    let mut root_names = vec![];
+    for root in roots {
+        let (name, pin) = match root.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (root.trim(), None),
+        };
+        if excluded.contains(name) {
+            return Err(Error::ExcludedRoot { name: name.to_owned() });
+        }
+        let entry = match pin {
+            Some(v) => index
+                .versions(name)
+                .iter()
+                .find(|e| e.version == v)
+                .ok_or_else(|| Error::Unsatisfiable {
+                    package: "(recipe)".into(),
+                    version: "-".into(),
+                    dep: root.clone(),
+                    why: format!(
+                        "available versions: {}",
+                        index.versions(name).iter().map(|e| e.version.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                })?,
+            None => match index.candidate(name) {
+                Some(c) => c,
+                None => {
+                    let provs = index.providers(name);
+                    match provs.as_slice() {
+                        [] => return Err(Error::UnknownPackage { name: name.to_owned() }),
+                        [(one, _)] => *one,
+                        many => {
+                            return Err(Error::VirtualRoot {
+                                name: name.to_owned(),
+                                providers: many.iter().map(|(e, _)| e.name.as_str()).collect::<Vec<_>>().join(", "),
+                            });
+                        }
+                    }
+                }
+            },
+        };
+        r.select(entry);
+        root_names.push(entry.name.clone());
+    }
+    for n in &root_names {
+        r.visit(n)?;
+    }
+
+    // Phase 2: re-walk from the roots, skipping excluded packages.
+    let full = &r.selected;
+    let mut keep: BTreeSet<String> = BTreeSet::new();
+    let mut why: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut todo: Vec<String> = root_names.iter().rev().cloned().collect();
+    while let Some(p) = todo.pop() {
+        if !keep.insert(p.clone()) {
+            continue;
+        }
+        let e = full[&p];
+        for group in e.pre_depends.iter().chain(e.depends.iter()) {
+            let cand = group.iter().filter(|a| arch_ok(a)).find_map(|a| {
+                if let Some(s) = full.get(&a.name)
+                    && a.constraint.as_ref().is_none_or(|c| c.rel.holds(&s.version, &c.version))
+                {
+                    return Some(a.name.clone());
+                }
+                r.provided.get(&a.name).and_then(|ps| {
+                    let mut ok: Vec<&String> = ps
+                        .iter()
+                        .filter(|(_, pv)| match (&a.constraint, pv) {
+                            (None, _) => true,
+                            (Some(c), Some(v)) => c.rel.holds(v, &c.version),
+                            (Some(_), None) => false,
+                        })
+                        .map(|(n, _)| n)
+                        .collect();
+                    ok.sort();
+                    ok.first().map(|n| (*n).clone())
+                })
+            });
+            let Some(c) = cand else { continue }; // cannot happen: phase 1 satisfied it
+            if excluded.contains(c.as_str()) {
+                why.entry(c).or_default().insert(p.clone());
+            } else if !keep.contains(&c) {
+                todo.push(c);
+            }
+        }
+    }
+    let packages: Vec<LockedPackage> = keep.iter().map(|n| LockedPackage::from(full[n])).collect();
+    Ok(Resolution {
+        packages,
+        excluded_dropped: full.keys().filter(|n| !keep.contains(*n)).cloned().collect(),
+        excluded_required_by: why.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect(),
+        excluded_unused: excluded.iter().filter(|n| !full.contains_key(**n)).map(|n| n.to_string()).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds an index from `name version [field: value]...` paragraphs.
+    fn index(suites: &[(&str, Base, &str)]) -> Index {
+        let mut idx = Index::new();
+        for (i, (suite, base, text)) in suites.iter().enumerate() {
+            let mut full = String::new();
+            for (j, para) in text.split("\n\n").filter(|p| !p.trim().is_empty()).enumerate() {
+                let name = para.lines().next().unwrap().trim_start_matches("Package: ").to_owned();
+                full.push_str(para.trim());
+                full.push_str(&format!(
+                    "\nArchitecture: amd64\nFilename: pool/{name}.deb\nSize: 1\nSHA256: {:064x}\n\n",
+                    i * 1000 + j
+                ));
+            }
+            idx.add_packages(full.as_bytes(), *base, suite, suite).unwrap();
+        }
+        idx
+    }
+
+    fn names(r: &Resolution) -> Vec<&str> {
+        r.packages.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    const BASE: &str = "
+Package: app
+Version: 1.0
+Depends: libc6 (>= 2.34), awk | mawk, www-browser | lynx, libssl3 (>= 3.1) | libssl1.1, helper
+Pre-Depends: init-tools
+
+Package: libc6
+Version: 2.36-9+deb12u9
+
+Package: mawk
+Version: 1.3.4
+Provides: awk
+Priority: required
+
+Package: gawk
+Version: 5.2
+Provides: awk
+Priority: optional
+Depends: libsigsegv
+
+Package: libsigsegv
+Version: 1
+
+Package: lynx
+Version: 2.9
+Depends: lynx-common
+
+Package: lynx-common
+Version: 2.9
+
+Package: w3m
+Version: 0.5
+Provides: www-browser
+
+Package: libssl3
+Version: 3.0.15-1
+
+Package: libssl1.1
+Version: 1.1.1n
+
+Package: helper
+Version: 1
+Depends: big-tool
+
+Package: big-tool
+Version: 1
+Depends: big-lib
+
+Package: big-lib
+Version: 1
+
+Package: init-tools
+Version: 1
+Depends: libc6 (>= 2.40) | libc6-compat
+
+Package: libc6-compat
+Version: 1
+Provides: libc6-compat-virtual (= 1)
+";
+
+    #[test]
+    fn alternatives_versions_provides_predepends() {
+        let idx = index(&[("bookworm", Base::Debian, BASE)]);
+        let r = resolve(&idx, &["app".into()], &[]).unwrap();
+        assert_eq!(
+            names(&r),
+            // awk: provider mawk (required) beats gawk; www-browser: the only provider w3m;
+            // libssl3 too old for >= 3.1 so libssl1.1; Pre-Depends: libc6 too old -> libc6-compat
+            ["app", "big-lib", "big-tool", "helper", "init-tools", "libc6", "libc6-compat", "libssl1.1", "mawk", "w3m"]
+        );
+        assert!(r.excluded_dropped.is_empty());
+    }
+
+    #[test]
+    fn already_selected_alternative_wins() {
+        let idx = index(&[("bookworm", Base::Debian, BASE)]);
+        // gawk and lynx named explicitly: the awk and www-browser groups are satisfied by them
+        let r = resolve(&idx, &["app".into(), "gawk".into(), "lynx".into()], &[]).unwrap();
+        let n = names(&r);
+        assert!(n.contains(&"gawk") && n.contains(&"libsigsegv") && n.contains(&"lynx-common"));
+        assert!(!n.contains(&"mawk") && !n.contains(&"w3m"), "{n:?}");
+    }
+
+    #[test]
+    fn exclude_prunes_the_subtree() {
+        let idx = index(&[("bookworm", Base::Debian, BASE)]);
+        let r = resolve(&idx, &["app".into()], &["helper".into(), "nosuch".into()]).unwrap();
+        let n = names(&r);
+        assert!(!n.contains(&"helper") && !n.contains(&"big-tool") && !n.contains(&"big-lib"), "{n:?}");
+        assert_eq!(r.excluded_dropped, ["big-lib", "big-tool", "helper"]);
+        assert_eq!(r.excluded_required_by["helper"], ["app"]);
+        assert_eq!(r.excluded_unused, ["nosuch"]);
+        assert!(matches!(resolve(&idx, &["app".into()], &["app".into()]), Err(Error::ExcludedRoot { .. })));
+    }
+
+    #[test]
+    fn newest_across_suites_and_versioned_provides() {
+        let idx = index(&[
+            ("bookworm", Base::Debian, "Package: lib\nVersion: 1.0-1\n\nPackage: tool\nVersion: 1\nDepends: lib (>= 1.0-1+deb12u1), virt (>= 2)\n\nPackage: p1\nVersion: 1\nProvides: virt (= 1)\n\nPackage: p2\nVersion: 1\nProvides: virt (= 2)\n\nPackage: p0\nVersion: 1\nProvides: virt\n"),
+            ("bookworm-updates", Base::Debian, "Package: lib\nVersion: 1.0-1+deb12u1~bpo\n"),
+            ("bookworm-security", Base::DebianSecurity, "Package: lib\nVersion: 1.0-1+deb12u1\n"),
+        ]);
+        let r = resolve(&idx, &["tool".into()], &[]).unwrap();
+        assert_eq!(names(&r), ["lib", "p2", "tool"]);
+        let lib = &r.packages[0];
+        assert_eq!((lib.version.as_str(), lib.base), ("1.0-1+deb12u1", Base::DebianSecurity));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let idx = index(&[("bookworm", Base::Debian, "Package: a\nVersion: 1\nDepends: b (>= 2) | c:i386\n\nPackage: b\nVersion: 1\n\nPackage: v1\nVersion: 1\nProvides: v\n\nPackage: v2\nVersion: 1\nProvides: v\n")]);
+        let e = resolve(&idx, &["a".into()], &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("b (>= 2) | c:i386") && msg.contains("b has version 1"), "{msg}");
+        assert!(matches!(resolve(&idx, &["zzz".into()], &[]), Err(Error::UnknownPackage { .. })));
+        let e = resolve(&idx, &["v".into()], &[]).unwrap_err();
+        assert!(e.to_string().contains("v1, v2"), "{e}");
+        assert_eq!(names(&resolve(&idx, &["b=1".into()], &[]).unwrap()), ["b"]);
+    }
+}

@@ -1,0 +1,178 @@
+//! The root of trust: the Debian archive's OpenPGP keys (embedded from Debian's
+//! `debian-archive-keyring` 2023.3+deb12u2, bookworm and trixie archive and security keys)
+//! and the check of an `InRelease` file's inline signature against them.
+//!
+//! The archive signs with *subkeys*, and rPGP's `verify(&SignedPublicKey)` only tries the
+//! primary key, so this module picks the key the signature names (issuer fingerprint or key
+//! id, primary or subkey) and checks itself that the subkey is bound to the primary key, is
+//! signing-capable, is not revoked and was not expired when the signature was made.
+//! Expiry is judged at the signature's creation time, never at "now", so a verification
+//! result does not change with the clock (snapshot mirrors serve old, validly signed files).
+
+use std::sync::OnceLock;
+
+use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey};
+use pgp::packet::{Signature, SignatureType};
+use pgp::types::{KeyDetails, Timestamp};
+
+/// The armored keys, in the keyring package's file names.
+const KEYS: &[(&str, &str)] = &[
+    ("debian-archive-bookworm-automatic", include_str!("../keys/debian-archive-bookworm-automatic.asc")),
+    ("debian-archive-bookworm-security-automatic", include_str!("../keys/debian-archive-bookworm-security-automatic.asc")),
+    ("debian-archive-bookworm-stable", include_str!("../keys/debian-archive-bookworm-stable.asc")),
+    ("debian-archive-trixie-automatic", include_str!("../keys/debian-archive-trixie-automatic.asc")),
+    ("debian-archive-trixie-security-automatic", include_str!("../keys/debian-archive-trixie-security-automatic.asc")),
+    ("debian-archive-trixie-stable", include_str!("../keys/debian-archive-trixie-stable.asc")),
+];
+
+fn keyring() -> &'static [(&'static str, SignedPublicKey)] {
+    static RING: OnceLock<Vec<(&'static str, SignedPublicKey)>> = OnceLock::new();
+    RING.get_or_init(|| {
+        KEYS.iter()
+            .map(|(name, armored)| {
+                let (key, _) = SignedPublicKey::from_string(armored)
+                    .unwrap_or_else(|e| panic!("embedded key {name} does not parse: {e}"));
+                (*name, key)
+            })
+            .collect()
+    })
+}
+
+/// Names of the embedded keys with their primary fingerprints (for diagnostics).
+pub fn trusted_keys() -> Vec<(String, String)> {
+    keyring()
+        .iter()
+        .map(|(n, k)| (n.to_string(), hex::encode(k.fingerprint().as_bytes())))
+        .collect()
+}
+
+/// A verified InRelease: the signed text (LF line ends) and the key that signed it.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub text: String,
+    pub signed_by: String,
+}
+
+/// Verifies an `InRelease` file and returns its signed content. At least one signature
+/// must come from an embedded key and verify; signatures by unknown keys are ignored
+/// (as gpgv does), and nothing outside the signed block is ever returned.
+pub fn verify_inrelease(armored: &str) -> Result<Verified, String> {
+    let (msg, _) = CleartextSignedMessage::from_string(armored).map_err(|e| format!("not an OpenPGP clear-signed file: {e}"))?;
+    let text = msg.signed_text();
+    let mut reasons = vec![];
+    for sig in msg.signatures() {
+        match check_one(sig, text.as_bytes()) {
+            Ok(name) => {
+                return Ok(Verified {
+                    text: text.replace("\r\n", "\n"),
+                    signed_by: name,
+                });
+            }
+            Err(why) => reasons.push(why),
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("no signatures".into());
+    }
+    Err(reasons.join("; "))
+}
+
+fn issuer_matches(sig: &Signature, key: &impl KeyDetails) -> bool {
+    let fp = key.fingerprint();
+    let id = key.legacy_key_id();
+    sig.issuer_fingerprint().iter().any(|f| **f == fp) || sig.issuer_key_id().iter().any(|k| **k == id)
+}
+
+/// Checks one signature; returns the name of the key file that made it.
+fn check_one(sig: &Signature, data: &[u8]) -> Result<String, String> {
+    let made = sig.created().ok_or("signature has no creation time")?;
+    for (name, key) in keyring() {
+        if issuer_matches(sig, key) {
+            primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
+            sig.verify(key, data).map_err(|e| format!("{name}: bad signature: {e}"))?;
+            return Ok(name.to_string());
+        }
+        for sub in &key.public_subkeys {
+            if !issuer_matches(sig, &sub.key) {
+                continue;
+            }
+            primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
+            subkey_usable(key, sub, made).map_err(|e| format!("{name} subkey {}: {e}", hex::encode(sub.key.fingerprint().as_bytes())))?;
+            sig.verify(&sub.key, data)
+                .map_err(|e| format!("{name} subkey: bad signature: {e}"))?;
+            return Ok(name.to_string());
+        }
+    }
+    let who: Vec<String> = sig
+        .issuer_fingerprint()
+        .iter()
+        .map(|f| hex::encode(f.as_bytes()))
+        .chain(sig.issuer_key_id().iter().map(|k| format!("{k:?}")))
+        .collect();
+    Err(format!("signed by a key that is not a Debian archive key ({})", who.join(", ")))
+}
+
+fn expired(created: Timestamp, expires_after: Option<pgp::types::Duration>, at: Timestamp) -> bool {
+    match expires_after {
+        Some(d) if d.as_secs() > 0 => (created.as_secs() as u64 + d.as_secs() as u64) < at.as_secs() as u64,
+        _ => false,
+    }
+}
+
+fn primary_usable(key: &SignedPublicKey, at: Timestamp) -> Result<(), String> {
+    for rev in &key.details.revocation_signatures {
+        if rev.verify_key(&key.primary_key).is_ok() {
+            return Err("primary key is revoked".into());
+        }
+    }
+    // the newest valid self-certification carries the key's expiry
+    let mut newest: Option<&Signature> = None;
+    for user in &key.details.users {
+        for s in &user.signatures {
+            if s.is_certification()
+                && s.verify_certification(&key.primary_key, pgp::types::Tag::UserId, &user.id).is_ok()
+                && newest.is_none_or(|n| n.created() < s.created())
+            {
+                newest = Some(s);
+            }
+        }
+    }
+    let cert = newest.ok_or("primary key has no valid self-certification")?;
+    if expired(key.primary_key.created_at(), cert.key_expiration_time(), at) {
+        return Err("primary key was expired when the file was signed".into());
+    }
+    Ok(())
+}
+
+fn subkey_usable(key: &SignedPublicKey, sub: &pgp::composed::SignedPublicSubKey, at: Timestamp) -> Result<(), String> {
+    let mut binding: Option<&Signature> = None;
+    for s in &sub.signatures {
+        match s.typ() {
+            Some(SignatureType::SubkeyRevocation) => {
+                if s.verify_subkey_binding(&key.primary_key, &sub.key).is_ok() {
+                    return Err("revoked".into());
+                }
+            }
+            Some(SignatureType::SubkeyBinding) => {
+                if s.verify_subkey_binding(&key.primary_key, &sub.key).is_ok()
+                    && binding.is_none_or(|b| b.created() < s.created())
+                {
+                    binding = Some(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    let binding = binding.ok_or("no valid binding signature from the primary key")?;
+    if !binding.key_flags().sign() {
+        return Err("not a signing key".into());
+    }
+    // a signing subkey must also sign the primary back, or anyone could claim it
+    let back = binding.embedded_signature().ok_or("signing subkey has no primary-key binding (back-signature)")?;
+    back.verify_primary_key_binding(&sub.key, &key.primary_key)
+        .map_err(|e| format!("bad back-signature: {e}"))?;
+    if expired(sub.key.created_at(), binding.key_expiration_time(), at) {
+        return Err("was expired when the file was signed".into());
+    }
+    Ok(())
+}
