@@ -1,0 +1,98 @@
+//! The layer cache: fingerprint -> finished layer, and the per-project record of
+//! the last build of each image (read by `inspect`, `push`, and `gc`).
+//!
+//! A fingerprint names everything a layer's bytes depend on (the contract of
+//! cargo's `Source::fingerprint`: same fingerprint if and only if same output). A
+//! record is only trusted while its blob is present and verifies; a record whose
+//! blob is gone or corrupt is a miss, and the layer is rebuilt.
+
+use imgbuild_store::{Digest, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::lower::LowerView;
+
+/// Bump when the meaning of any fingerprint input changes.
+pub const LAYER_BUCKET: &str = "layers-v1";
+pub const IMAGE_BUCKET: &str = "images-v1";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub tar_size: u64,
+    pub description: String,
+    /// Directories and symlinks this layer writes (for the layers above it).
+    pub view: LowerView,
+    /// Store blobs this layer was made from (.debs, wheels, spools), kept by `gc`.
+    #[serde(default)]
+    pub inputs: Vec<Digest>,
+    /// Source-specific notes for `inspect` (e.g. maintainer scripts that did not run).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+impl LayerRecord {
+    /// The cached layer for a fingerprint, if its blob is present and intact.
+    pub fn lookup(store: &Store, fingerprint: &Digest) -> anyhow::Result<Option<LayerRecord>> {
+        let Some(bytes) = store.read_record(LAYER_BUCKET, fingerprint.hex())? else {
+            return Ok(None);
+        };
+        let Ok(rec) = serde_json::from_slice::<LayerRecord>(&bytes) else {
+            return Ok(None); // a record from an incompatible version: rebuild
+        };
+        if store.verify(&rec.digest)? { Ok(Some(rec)) } else { Ok(None) }
+    }
+
+    pub fn save(&self, store: &Store, fingerprint: &Digest) -> anyhow::Result<()> {
+        store.write_record(LAYER_BUCKET, fingerprint.hex(), &serde_json::to_vec(self)?)?;
+        Ok(())
+    }
+}
+
+/// One layer as reported by a build (`--json`, `inspect`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerReport {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub cached: bool,
+    pub description: String,
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// The result of building one image, kept per project for `inspect`, `push`, `gc`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    pub manifest_digest: Digest,
+    pub manifest_size: u64,
+    pub config_digest: Digest,
+    pub config_size: u64,
+    pub tarball: String,
+    pub reference: String,
+    pub repository: Option<String>,
+    pub tags: Vec<String>,
+    /// The recipe this image is built `from` (a recipe name), for push ordering/mounts.
+    pub base: Option<String>,
+    pub layers: Vec<LayerReport>,
+    #[serde(default)]
+    pub inputs: Vec<Digest>,
+}
+
+impl ImageRecord {
+    pub fn key(project_key: &str, name: &str) -> String {
+        format!("{project_key}-{name}")
+    }
+    pub fn load(store: &Store, project_key: &str, name: &str) -> anyhow::Result<Option<ImageRecord>> {
+        match store.read_record(IMAGE_BUCKET, &Self::key(project_key, name))? {
+            None => Ok(None),
+            Some(b) => Ok(serde_json::from_slice(&b).ok()),
+        }
+    }
+    pub fn save(&self, store: &Store, project_key: &str) -> anyhow::Result<()> {
+        store.write_record(IMAGE_BUCKET, &Self::key(project_key, &self.name), &serde_json::to_vec(self)?)?;
+        Ok(())
+    }
+}

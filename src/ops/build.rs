@@ -1,0 +1,266 @@
+//! `imgbuild all` / `imgbuild build NAME...`: recipes to images in the store and
+//! in `out/`.
+//!
+//! For each image, bases first: every layer is fingerprinted ([`crate::source`]);
+//! a fingerprint found in the cache with an intact blob is reused as is, anything
+//! else is built and written by the one layer writer. A recipe `from` another gets
+//! that image's layers byte for byte. Then the config and manifest are written as
+//! canonical JSON, and the sinks write `out/NAME.tar` and `out/oci/`.
+//!
+//! Independent images build in parallel (up to `--jobs`); the layers of one image
+//! build in order, because each may depend on what is below it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use imgbuild_layer::{WriteOptions, write_layer};
+use imgbuild_store::Digest;
+
+use crate::accounts::Accounts;
+use crate::cache::{ImageRecord, LayerRecord, LayerReport};
+use crate::lower::LowerView;
+use crate::oci::{self, Descriptor, HistoryEntry, MEDIA_CONFIG, MEDIA_LAYER_GZIP};
+use crate::progress::{human, short};
+use crate::project::Project;
+use crate::recipe::{ConfigSpec, From, Recipe, RecipeSet};
+use crate::sink::{self, ImageOut};
+use crate::source::{self, ExtraSource, files::StatCache};
+
+pub struct BuildOptions {
+    /// `None`: every recipe.
+    pub names: Option<Vec<String>>,
+}
+
+/// What an image hands to images built `from` it.
+#[derive(Clone)]
+struct Built {
+    record: ImageRecord,
+    view: LowerView,
+    accounts: Accounts,
+    config: ConfigSpec,
+    history: Vec<String>,
+}
+
+/// Builds the requested images; returns their records in build order.
+pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>> {
+    let set = RecipeSet::load(&project.root)?;
+    let order = set.closure(opts.names.as_deref())?;
+    let _lock = project.lock_shared()?;
+    // Temp files older than a day can only be left by killed processes.
+    let _ = project.store.clean_tmp(std::time::Duration::from_secs(86400));
+    let stat = Mutex::new(StatCache::load(&project.store, &project.key));
+    let started = Instant::now();
+
+    // Waves: an image builds once its base has; images within a wave are independent.
+    let mut done: BTreeMap<String, Built> = BTreeMap::new();
+    let mut remaining: Vec<&Recipe> = order.clone();
+    while !remaining.is_empty() {
+        let (ready, later): (Vec<&Recipe>, Vec<&Recipe>) = remaining.into_iter().partition(|r| match &r.from.value {
+            From::Recipe(p) => done.contains_key(p),
+            _ => true,
+        });
+        remaining = later;
+        if ready.is_empty() {
+            return Err(anyhow!("internal error: no buildable recipe left (dependency cycle?)"));
+        }
+        let queue = Mutex::new(ready.iter().rev().copied().collect::<Vec<_>>());
+        let results: Mutex<Vec<(String, Result<Built>)>> = Mutex::new(vec![]);
+        std::thread::scope(|s| {
+            let workers = project.jobs.min(ready.len()).max(1);
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let Some(r) = queue.lock().expect("queue").pop() else { break };
+                        let base = match &r.from.value {
+                            From::Recipe(p) => done.get(p),
+                            _ => None,
+                        };
+                        let res = build_image(project, &set, r, base, &stat);
+                        results.lock().expect("results").push((r.name.clone(), res));
+                    }
+                });
+            }
+        });
+        let results = results.into_inner().expect("results");
+        let mut first_err = None;
+        for (name, res) in results {
+            match res {
+                Ok(b) => {
+                    done.insert(name, b);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e.context(format!("building image `{name}`")));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            project.progress.clear();
+            let _ = stat.lock().expect("stat").save(&project.store, &project.key);
+            return Err(e);
+        }
+    }
+    project.progress.clear();
+    stat.into_inner().expect("stat").save(&project.store, &project.key)?;
+
+    let records: Vec<ImageRecord> = order.iter().map(|r| done[&r.name].record.clone()).collect();
+    let outs: Vec<ImageOut> = records.iter().map(image_out).collect();
+    sink::layout::write(&project.out.join("oci"), &project.store, &outs)?;
+    for rec in &records {
+        rec.save(&project.store, &project.key)?;
+    }
+    let built = records.iter().flat_map(|r| &r.layers).filter(|l| !l.cached).count();
+    project.progress.line(format!(
+        "built {} image(s) in {:.2}s ({built} layer(s) built, the rest cached) -> {}",
+        records.len(),
+        started.elapsed().as_secs_f64(),
+        project.out.display()
+    ));
+    Ok(records)
+}
+
+pub fn image_out(rec: &ImageRecord) -> ImageOut {
+    let repo = rec.repository.clone().unwrap_or_else(|| format!("imgbuild/{}", rec.name));
+    let tags = if rec.tags.is_empty() { vec!["latest".to_owned()] } else { rec.tags.clone() };
+    ImageOut {
+        name: rec.name.clone(),
+        reference: rec.reference.clone(),
+        repo_tags: tags.iter().map(|t| format!("{repo}:{t}")).collect(),
+        manifest: rec.manifest_digest.clone(),
+        manifest_size: rec.manifest_size,
+        config: rec.config_digest.clone(),
+        layers: rec.layers.iter().map(|l| l.digest.clone()).collect(),
+    }
+}
+
+/// The name engines give a loaded image: `REPOSITORY:FIRST_TAG`, where the
+/// repository is the recipe's `repository` or `imgbuild/NAME`, and the tag
+/// defaults to `latest`.
+pub fn reference_for(r: &Recipe) -> String {
+    let repo = r.repository.clone().unwrap_or_else(|| format!("imgbuild/{}", r.name));
+    format!("{repo}:{}", r.tags.first().map(String::as_str).unwrap_or("latest"))
+}
+
+fn build_image(project: &Project, set: &RecipeSet, r: &Recipe, base: Option<&Built>, stat: &Mutex<StatCache>) -> Result<Built> {
+    let _ = set;
+    if let From::Registry(reference) = &r.from.value {
+        return Err(anyhow!(r.error_at(
+            &r.from.pos,
+            format!("`from = \"{reference}\"`: registry base images are not supported yet; use \"scratch\" or a recipe name")
+        )));
+    }
+    let write = WriteOptions { mtime: project.epoch, threads: project.jobs };
+    let contract = write.contract();
+    let mut layers: Vec<LayerReport> = base.map(|b| b.record.layers.clone()).unwrap_or_default();
+    let mut view = base.map(|b| b.view.clone()).unwrap_or_default();
+    let mut accounts = base.map(|b| b.accounts.clone()).unwrap_or_default();
+    let mut history: Vec<String> = base.map(|b| b.history.clone()).unwrap_or_default();
+    let mut inputs: Vec<Digest> = base.map(|b| b.record.inputs.clone()).unwrap_or_default();
+    let n = r.layers.len();
+    for (i, spec) in r.layers.iter().enumerate() {
+        let label = format!("[{}] layer {}/{n}", r.name, i + 1);
+        project.progress.status(format!("{label}: checking inputs ({})", spec.describe()));
+        let extra: Vec<Box<dyn ExtraSource + Send>> = crate::source::extra_sources(project, r, spec, &layers)?;
+        let prepared = {
+            let mut st = stat.lock().expect("stat cache");
+            source::prepare(r, i, spec, &view, &accounts, &contract, &mut st, extra)?
+        };
+        let fingerprint = prepared.fingerprint.clone();
+        let next_accounts = prepared.accounts_after.clone();
+        let (record, cached) = match LayerRecord::lookup(&project.store, &fingerprint)? {
+            Some(rec) => (rec, true),
+            None => {
+                let t = Instant::now();
+                project.progress.status(format!("{label}: building ({})", spec.describe()));
+                let description = prepared.description.clone();
+                let built = prepared.build_tree(&view).with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
+                project.progress.status(format!("{label}: writing {} entries", built.tree.len()));
+                let blob = write_layer(&built.tree, &write, &project.store)
+                    .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
+                let rec = LayerRecord {
+                    digest: blob.digest,
+                    diff_id: blob.diff_id,
+                    size: blob.size,
+                    tar_size: blob.tar_size,
+                    description,
+                    view: source::view_of(&built.tree),
+                    inputs: built.inputs,
+                    notes: built.notes,
+                };
+                rec.save(&project.store, &fingerprint)?;
+                project.progress.detail(format!(
+                    "{label}: wrote {} entries, {} -> {} in {:.2}s",
+                    built.tree.len(),
+                    human(blob.tar_size),
+                    human(rec.size),
+                    t.elapsed().as_secs_f64()
+                ));
+                (rec, false)
+            }
+        };
+        project.progress.line(format!(
+            "{label} {} {} {:>9}  {}",
+            if cached { "cached" } else { "built " },
+            short(&record.digest),
+            human(record.size),
+            record.description
+        ));
+        view.apply(&record.view);
+        accounts = next_accounts;
+        history.push(format!("imgbuild {}: layer {} ({})", r.file.display(), i + 1, record.description));
+        inputs.extend(record.inputs.iter().cloned());
+        layers.push(LayerReport {
+            digest: record.digest,
+            diff_id: record.diff_id,
+            size: record.size,
+            cached,
+            description: record.description,
+            notes: record.notes,
+        });
+    }
+    let config_spec = oci::merge_config(base.map(|b| &b.config), &r.config);
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let hist: Vec<HistoryEntry> = history.iter().map(|h| HistoryEntry { created_by: h.clone() }).collect();
+    let config = oci::image_config(&config_spec, &diff_ids, &hist, project.epoch);
+    let config_digest = project.store.put_bytes(&config)?;
+    let layer_desc: Vec<Descriptor> = layers
+        .iter()
+        .map(|l| Descriptor { media_type: MEDIA_LAYER_GZIP, digest: l.digest.clone(), size: l.size })
+        .collect();
+    let manifest = oci::image_manifest(
+        &Descriptor { media_type: MEDIA_CONFIG, digest: config_digest.clone(), size: config.len() as u64 },
+        &layer_desc,
+    );
+    let manifest_digest = project.store.put_bytes(&manifest)?;
+    inputs.sort();
+    inputs.dedup();
+    let tarball = project.out.join(format!("{}.tar", r.name));
+    let record = ImageRecord {
+        name: r.name.clone(),
+        manifest_digest,
+        manifest_size: manifest.len() as u64,
+        config_digest,
+        config_size: config.len() as u64,
+        tarball: tarball.display().to_string(),
+        reference: reference_for(r),
+        repository: r.repository.clone(),
+        tags: r.tags.clone(),
+        base: match &r.from.value {
+            From::Recipe(p) => Some(p.clone()),
+            _ => None,
+        },
+        layers,
+        inputs,
+    };
+    project.progress.status(format!("[{}] writing {}", r.name, tarball.display()));
+    let wrote = sink::tarball::write(&tarball, &project.store, &image_out(&record), project.epoch)?;
+    project.progress.line(format!(
+        "[{}] image {} -> {}{}",
+        r.name,
+        short(&record.manifest_digest),
+        tarball.display(),
+        if wrote { "" } else { " (unchanged)" }
+    ));
+    Ok(Built { record, view, accounts, config: config_spec, history })
+}

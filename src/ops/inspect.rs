@@ -1,0 +1,41 @@
+//! `imgbuild inspect NAME`: the last build of an image in this project: its
+//! layers, sizes, digests, whether each came from the cache, and per-source notes
+//! (for Debian layers, the maintainer scripts that did not run).
+
+use anyhow::{Result, bail};
+
+use crate::cache::ImageRecord;
+use crate::progress::human;
+use crate::project::Project;
+
+pub fn inspect(project: &Project, name: &str, json: bool) -> Result<()> {
+    let Some(rec) = ImageRecord::load(&project.store, &project.key, name)? else {
+        bail!("no build of `{name}` recorded for this project in the store; run `imgbuild build {name}` first");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+        return Ok(());
+    }
+    println!("image      {}", rec.name);
+    println!("reference  {}", rec.reference);
+    println!("manifest   {}", rec.manifest_digest);
+    println!("config     {}", rec.config_digest);
+    println!("tarball    {}", rec.tarball);
+    let total: u64 = rec.layers.iter().map(|l| l.size).sum();
+    println!("layers     {} ({} compressed)", rec.layers.len(), human(total));
+    for (i, l) in rec.layers.iter().enumerate() {
+        println!(
+            "  {:>2}. {} {:>9}  {}  {}",
+            i + 1,
+            l.digest,
+            human(l.size),
+            if l.cached { "cached" } else { "built " },
+            l.description
+        );
+        println!("      diff_id {}", l.diff_id);
+        for n in &l.notes {
+            println!("      {n}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! One function per command; `main` parses arguments and calls these.
+
+pub mod build;
+pub mod gc;
+pub mod inspect;

@@ -1,0 +1,156 @@
+//! Recipes: loading `recipes/*.toml`, validating them into an immutable model, and
+//! ordering them by their `from` dependencies.
+//!
+//! Parse, then resolve: [`schema`] is the raw serde view (unknown keys are errors),
+//! [`model`] the validated one. Every error names the recipe file, line and column,
+//! and validation of all recipes happens before anything is built, so a bad recipe
+//! never leaves a half-done build behind.
+
+pub mod model;
+pub mod schema;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+
+/// An error in a recipe, with its position.
+#[derive(Debug)]
+pub struct RecipeError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for RecipeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        }
+    }
+}
+impl std::error::Error for RecipeError {}
+
+/// Source text of one recipe, for turning byte spans into line/column.
+pub(crate) struct SourceFile<'a> {
+    pub display: PathBuf,
+    pub text: &'a str,
+}
+
+impl SourceFile<'_> {
+    pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> RecipeError {
+        let upto = &self.text[..span.start.min(self.text.len())];
+        let line = upto.matches('\n').count() + 1;
+        let column = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        RecipeError {
+            file: self.display.clone(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// All recipes of a project, validated, by name.
+#[derive(Debug)]
+pub struct RecipeSet {
+    pub recipes: BTreeMap<String, Recipe>,
+}
+
+impl RecipeSet {
+    /// Loads and validates every `*.toml` in `<root>/recipes`.
+    pub fn load(root: &Path) -> Result<RecipeSet, RecipeError> {
+        let dir = root.join("recipes");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| RecipeError {
+                file: dir.clone(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the recipes directory: {e} (is -C pointing at the project root?)"),
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        let mut recipes = BTreeMap::new();
+        for path in paths {
+            let display = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+            let text = std::fs::read_to_string(&path).map_err(|e| RecipeError {
+                file: display.clone(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            })?;
+            let recipe = model::parse(root, &SourceFile { display, text: &text })?;
+            recipes.insert(recipe.name.clone(), recipe);
+        }
+        let set = RecipeSet { recipes };
+        set.check_graph()?;
+        Ok(set)
+    }
+
+    fn check_graph(&self) -> Result<(), RecipeError> {
+        for r in self.recipes.values() {
+            if let From::Recipe(parent) = &r.from.value
+                && !self.recipes.contains_key(parent)
+            {
+                let known: Vec<_> = self.recipes.keys().map(String::as_str).collect();
+                return Err(r.error_at(
+                    &r.from.pos,
+                    format!(
+                        "unknown `from = \"{parent}\"`: no recipes/{parent}.toml (known recipes: {}; use \"scratch\" for an empty base)",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        for name in self.recipes.keys() {
+            let mut seen = vec![name.as_str()];
+            let mut cur = name.as_str();
+            while let From::Recipe(parent) = &self.recipes[cur].from.value {
+                if seen.contains(&parent.as_str()) {
+                    seen.push(parent);
+                    let r = &self.recipes[cur];
+                    return Err(r.error_at(&r.from.pos, format!("`from` cycle: {}", seen.join(" -> "))));
+                }
+                seen.push(parent);
+                cur = parent;
+            }
+        }
+        Ok(())
+    }
+
+    /// The named recipes plus everything they build on, bases first. `None` = all.
+    pub fn closure(&self, names: Option<&[String]>) -> anyhow::Result<Vec<&Recipe>> {
+        let wanted: Vec<&str> = match names {
+            None => self.recipes.keys().map(String::as_str).collect(),
+            Some(ns) => ns.iter().map(String::as_str).collect(),
+        };
+        let mut out: Vec<&Recipe> = vec![];
+        let mut done = BTreeSet::new();
+        fn visit<'a>(set: &'a RecipeSet, n: &str, done: &mut BTreeSet<String>, out: &mut Vec<&'a Recipe>) {
+            if !done.insert(n.to_owned()) {
+                return;
+            }
+            let r = &set.recipes[n];
+            if let From::Recipe(p) = &r.from.value {
+                visit(set, p, done, out);
+            }
+            out.push(r);
+        }
+        for n in wanted {
+            if !self.recipes.contains_key(n) {
+                anyhow::bail!(
+                    "no recipe named `{n}` (recipes: {})",
+                    self.recipes.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            visit(self, n, &mut done, &mut out);
+        }
+        Ok(out)
+    }
+}

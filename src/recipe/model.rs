@@ -1,0 +1,478 @@
+//! The validated recipe model: what an image is made of, with every value checked
+//! and every path resolved. Built once by [`parse`]; never mutated afterwards.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use toml::Spanned;
+
+use super::schema::*;
+use super::{RecipeError, SourceFile};
+
+/// Where in a recipe file a value came from (for errors raised after parsing).
+#[derive(Clone, Debug)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct At<T> {
+    pub value: T,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum From {
+    Scratch,
+    Recipe(String),
+    /// A registry reference, e.g. `docker.io/library/python:3.11-slim@sha256:...`.
+    Registry(String),
+}
+
+#[derive(Debug)]
+pub struct Recipe {
+    pub name: String,
+    /// Path of the recipe file relative to the project root (for messages).
+    pub file: PathBuf,
+    pub from: At<From>,
+    pub repository: Option<String>,
+    pub tags: Vec<String>,
+    pub config: ConfigSpec,
+    pub layers: Vec<LayerSpec>,
+}
+
+impl Recipe {
+    pub fn error_at(&self, pos: &Pos, message: impl Into<String>) -> RecipeError {
+        RecipeError {
+            file: self.file.clone(),
+            line: pos.line,
+            column: pos.column,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSpec {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub ports: Vec<String>,
+    pub volumes: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+}
+
+/// `user[:group]`, each a name (resolved against the image's own accounts) or a number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct OwnerSpec {
+    pub user: String,
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum FileSource {
+    /// A file or directory in the project, relative to the project root.
+    Host { rel: PathBuf, abs: PathBuf },
+    Inline(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    pub source: FileSource,
+    pub dest: String,
+    pub mode: Option<u32>,
+    pub owner: Option<OwnerSpec>,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug)]
+pub struct DirSpec {
+    pub path: String,
+    pub mode: u32,
+    pub owner: Option<OwnerSpec>,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug)]
+pub struct SymlinkSpec {
+    pub path: String,
+    pub target: String,
+    pub owner: Option<OwnerSpec>,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UserSpec {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub gecos: String,
+    pub home: String,
+    pub shell: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GroupSpec {
+    pub name: String,
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DebianSpec {
+    pub packages: Vec<String>,
+    pub exclude: Vec<String>,
+    pub remove_paths: Vec<String>,
+    pub base: bool,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug)]
+pub struct PythonSpec {
+    pub requirements: PathBuf,
+    pub requirements_rel: PathBuf,
+    pub venv: String,
+    pub interpreter: String,
+    pub bytecode: bool,
+    pub pos: Pos,
+}
+
+/// One image layer: the union of its sources.
+#[derive(Clone, Debug, Default)]
+pub struct LayerSpec {
+    pub files: Vec<FileSpec>,
+    pub dirs: Vec<DirSpec>,
+    pub symlinks: Vec<SymlinkSpec>,
+    pub users: Vec<UserSpec>,
+    pub groups: Vec<GroupSpec>,
+    pub debian: Option<DebianSpec>,
+    pub python: Option<PythonSpec>,
+    pub pos: Option<Pos>,
+}
+
+impl LayerSpec {
+    /// A short description for progress lines and history entries.
+    pub fn describe(&self) -> String {
+        let mut kinds = vec![];
+        if let Some(d) = &self.debian {
+            kinds.push(format!("debian: {}", d.packages.join(" ")));
+        }
+        if let Some(p) = &self.python {
+            kinds.push(format!("python: {}", p.requirements_rel.display()));
+        }
+        if !self.files.is_empty() {
+            kinds.push(format!("{} file source(s)", self.files.len()));
+        }
+        for (n, what) in [
+            (self.dirs.len(), "dir(s)"),
+            (self.symlinks.len(), "symlink(s)"),
+            (self.users.len(), "user(s)"),
+            (self.groups.len(), "group(s)"),
+        ] {
+            if n > 0 {
+                kinds.push(format!("{n} {what}"));
+            }
+        }
+        if kinds.is_empty() { "empty".into() } else { kinds.join(", ") }
+    }
+}
+
+struct Ctx<'a> {
+    src: &'a SourceFile<'a>,
+    root: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn pos<T>(&self, s: &Spanned<T>) -> Pos {
+        let e = self.src.error_at(s.span(), "");
+        Pos { line: e.line, column: e.column }
+    }
+    fn err<T>(&self, s: &Spanned<T>, msg: impl Into<String>) -> RecipeError {
+        self.src.error_at(s.span(), msg)
+    }
+
+    fn mode(&self, s: &Spanned<String>) -> Result<u32, RecipeError> {
+        let v = s.get_ref();
+        let ok = (3..=4).contains(&v.len()) && v.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        match ok.then(|| u32::from_str_radix(v, 8).ok()).flatten() {
+            Some(m) => Ok(m),
+            None => Err(self.err(
+                s,
+                format!("invalid mode \"{v}\": write 3 or 4 octal digits, e.g. \"0644\", \"0755\" or \"1777\""),
+            )),
+        }
+    }
+
+    fn owner(&self, s: &Spanned<String>) -> Result<OwnerSpec, RecipeError> {
+        let v = s.get_ref();
+        let (u, g) = match v.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (v.as_str(), None),
+        };
+        let valid = |x: &str| {
+            !x.is_empty() && x.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        };
+        if !valid(u) || g.is_some_and(|g| !valid(g)) {
+            return Err(self.err(s, format!("invalid owner \"{v}\": write \"user\", \"user:group\" or \"uid:gid\"")));
+        }
+        Ok(OwnerSpec {
+            user: u.to_owned(),
+            group: g.map(str::to_owned),
+        })
+    }
+
+    fn image_path(&self, s: &Spanned<String>, what: &str) -> Result<String, RecipeError> {
+        let v = s.get_ref();
+        if !v.starts_with('/') {
+            return Err(self.err(s, format!("{what} \"{v}\" must be an absolute path in the image (start with `/`)")));
+        }
+        if v.split('/').any(|c| c == "..") {
+            return Err(self.err(s, format!("{what} \"{v}\" may not contain `..`")));
+        }
+        if v.trim_end_matches('/').is_empty() {
+            return Err(self.err(s, format!("{what} may not be the image root")));
+        }
+        Ok(v.clone())
+    }
+
+    /// A project-relative source path that must exist and stay inside the project.
+    fn project_path(&self, s: &Spanned<String>, what: &str) -> Result<(PathBuf, PathBuf), RecipeError> {
+        let v = s.get_ref();
+        let rel = Path::new(v);
+        if rel.is_absolute() {
+            return Err(self.err(s, format!("{what} \"{v}\" must be relative to the project root")));
+        }
+        // Lexical check first (clear message), then the real one through symlinks.
+        let mut depth: i64 = 0;
+        for c in rel.components() {
+            match c {
+                Component::ParentDir => depth -= 1,
+                Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+            if depth < 0 {
+                return Err(self.err(s, format!("{what} \"{v}\" leaves the project directory; sources must be inside it")));
+            }
+        }
+        let abs = self.root.join(rel);
+        let meta = std::fs::symlink_metadata(&abs);
+        if meta.is_err() {
+            return Err(self.err(s, format!("{what} \"{v}\" does not exist (looked for {})", abs.display())));
+        }
+        let canon_root = self.root.canonicalize().unwrap_or_else(|_| self.root.to_path_buf());
+        match abs.canonicalize() {
+            Ok(c) if c.starts_with(&canon_root) => {}
+            Ok(c) => {
+                return Err(self.err(
+                    s,
+                    format!("{what} \"{v}\" resolves to {}, outside the project directory", c.display()),
+                ));
+            }
+            Err(e) => return Err(self.err(s, format!("{what} \"{v}\" cannot be resolved: {e}"))),
+        }
+        Ok((rel.to_path_buf(), abs))
+    }
+}
+
+/// Parses and validates one recipe file.
+pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError> {
+    let raw: RawRecipe = toml::from_str(src.text).map_err(|e| {
+        let msg = e.message().trim().to_owned();
+        match e.span() {
+            Some(span) => src.error_at(span, msg),
+            None => RecipeError {
+                file: src.display.clone(),
+                line: 0,
+                column: 0,
+                message: msg,
+            },
+        }
+    })?;
+    let name = src
+        .display
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+    {
+        return Err(RecipeError {
+            file: src.display.clone(),
+            line: 0,
+            column: 0,
+            message: format!(
+                "recipe name \"{name}\" (the file name) must use lowercase letters, digits, `-`, `_` or `.`: it becomes the image name"
+            ),
+        });
+    }
+    let cx = Ctx { src, root };
+    let from = match &raw.from {
+        None => At { value: From::Scratch, pos: Pos { line: 0, column: 0 } },
+        Some(s) => {
+            let v = s.get_ref();
+            let value = if v == "scratch" {
+                From::Scratch
+            } else if v.contains('/') || v.contains('@') {
+                From::Registry(v.clone())
+            } else {
+                From::Recipe(v.clone())
+            };
+            At { value, pos: cx.pos(s) }
+        }
+    };
+    let config = parse_config(&cx, raw.config)?;
+    let mut layers = vec![];
+    for l in &raw.layers {
+        layers.push(parse_layer(&cx, l)?);
+    }
+    let tags = raw
+        .tags
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| {
+            let v = t.get_ref();
+            let ok = !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && !v.starts_with(['.', '-']);
+            if ok { Ok(v.clone()) } else { Err(cx.err(&t, format!("invalid tag \"{v}\": use letters, digits, `_`, `.`, `-` (max 128)"))) }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let repository = match raw.repository {
+        None => None,
+        Some(r) => {
+            let v = r.get_ref();
+            if v.is_empty() || v.contains(['@', ' ']) || v.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+                return Err(cx.err(&r, format!("invalid repository \"{v}\": write e.g. \"docker.io/ORG/NAME\" without tag or digest (tags go in `tags`)")));
+            }
+            Some(v.clone())
+        }
+    };
+    Ok(Recipe {
+        name,
+        file: src.display.clone(),
+        from,
+        repository,
+        tags,
+        config,
+        layers,
+    })
+}
+
+fn parse_config(cx: &Ctx, c: RawConfig) -> Result<ConfigSpec, RecipeError> {
+    let mut ports = vec![];
+    for p in c.ports.unwrap_or_default() {
+        let v = p.get_ref();
+        let (num, proto) = v.split_once('/').unwrap_or((v, "tcp"));
+        if num.parse::<u16>().map(|n| n == 0).unwrap_or(true) || !["tcp", "udp", "sctp"].contains(&proto) {
+            return Err(cx.err(&p, format!("invalid port \"{v}\": write e.g. \"8080/tcp\" or \"53/udp\"")));
+        }
+        ports.push(format!("{num}/{proto}"));
+    }
+    Ok(ConfigSpec {
+        entrypoint: c.entrypoint,
+        cmd: c.cmd,
+        env: c.env.unwrap_or_default(),
+        workdir: c.workdir,
+        user: c.user,
+        ports,
+        volumes: c.volumes.unwrap_or_default(),
+        labels: c.labels.unwrap_or_default(),
+        stop_signal: c.stop_signal,
+    })
+}
+
+fn parse_layer(cx: &Ctx, l: &Spanned<RawLayer>) -> Result<LayerSpec, RecipeError> {
+    let raw = l.get_ref();
+    let mut layer = LayerSpec { pos: Some(cx.pos(l)), ..Default::default() };
+    for f in &raw.files {
+        let rf = f.get_ref();
+        let dest = cx.image_path(&rf.dest, "dest")?;
+        let source = match (&rf.src, &rf.content) {
+            (Some(src), None) => {
+                let (rel, abs) = cx.project_path(src, "src")?;
+                FileSource::Host { rel, abs }
+            }
+            (None, Some(c)) => FileSource::Inline(c.clone()),
+            (Some(_), Some(_)) => return Err(cx.err(f, "a file takes either `src` or `content`, not both")),
+            (None, None) => return Err(cx.err(f, "a file needs `src` (a path in the project) or `content` (inline text)")),
+        };
+        let mode = rf.mode.as_ref().map(|m| cx.mode(m)).transpose()?;
+        if let (Some(m), FileSource::Host { abs, .. }) = (&rf.mode, &source)
+            && abs.symlink_metadata().is_ok_and(|md| md.is_dir())
+        {
+            return Err(cx.err(m, "`mode` applies to a single file; for a directory `src` the modes come from the files (exec bits kept), and `dirs` sets directory modes"));
+        }
+        let owner = rf.owner.as_ref().map(|o| cx.owner(o)).transpose()?;
+        layer.files.push(FileSpec { source, dest, mode, owner, pos: cx.pos(f) });
+    }
+    for d in &raw.dirs {
+        let rd = d.get_ref();
+        layer.dirs.push(DirSpec {
+            path: cx.image_path(&rd.path, "path")?,
+            mode: rd.mode.as_ref().map(|m| cx.mode(m)).transpose()?.unwrap_or(0o755),
+            owner: rd.owner.as_ref().map(|o| cx.owner(o)).transpose()?,
+            pos: cx.pos(d),
+        });
+    }
+    for s in &raw.symlinks {
+        let rs = s.get_ref();
+        if rs.target.is_empty() {
+            return Err(cx.err(s, "symlink `target` may not be empty"));
+        }
+        layer.symlinks.push(SymlinkSpec {
+            path: cx.image_path(&rs.path, "path")?,
+            target: rs.target.clone(),
+            owner: rs.owner.as_ref().map(|o| cx.owner(o)).transpose()?,
+            pos: cx.pos(s),
+        });
+    }
+    for g in &raw.groups {
+        let rg = g.get_ref();
+        layer.groups.push(GroupSpec { name: rg.name.clone(), gid: rg.gid, members: rg.members.clone() });
+    }
+    for u in &raw.users {
+        let ru = u.get_ref();
+        layer.users.push(UserSpec {
+            name: ru.name.clone(),
+            uid: ru.uid,
+            gid: ru.gid.unwrap_or(ru.uid),
+            gecos: ru.gecos.clone(),
+            home: ru.home.clone().unwrap_or_else(|| "/nonexistent".into()),
+            shell: ru.shell.clone().unwrap_or_else(|| "/usr/sbin/nologin".into()),
+        });
+    }
+    if let Some(d) = &raw.debian {
+        let rd = d.get_ref();
+        if rd.packages.is_empty() {
+            return Err(cx.err(d, "`debian.packages` is empty: name at least one package"));
+        }
+        layer.debian = Some(DebianSpec {
+            packages: rd.packages.clone(),
+            exclude: rd.exclude.clone(),
+            remove_paths: rd.remove_paths.clone(),
+            base: rd.base.unwrap_or(true),
+            pos: cx.pos(d),
+        });
+    }
+    if let Some(p) = &raw.python {
+        let rp = p.get_ref();
+        let (rel, abs) = cx.project_path(&rp.requirements, "requirements")?;
+        layer.python = Some(PythonSpec {
+            requirements: abs,
+            requirements_rel: rel,
+            venv: rp.venv.clone(),
+            interpreter: rp.interpreter.clone(),
+            bytecode: rp.bytecode.unwrap_or(true),
+            pos: cx.pos(p),
+        });
+    }
+    Ok(layer)
+}

@@ -1,0 +1,51 @@
+//! The multi-image OCI layout in `out/oci/`: every image's blobs, shared, and an
+//! `index.json` naming each image by its recipe name
+//! (`org.opencontainers.image.ref.name`), so `skopeo copy oci:out/oci:NAME` and
+//! `umoci unpack --image out/oci:NAME` find it. Images built earlier and not in this
+//! run stay in the index.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use imgbuild_store::Store;
+use serde_json::Value;
+
+use super::{ImageOut, copy_blob, write_atomic};
+use crate::oci::{self, Descriptor, MEDIA_MANIFEST};
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).with_context(|| format!("failed to create `{}`", blobs.display()))?;
+    for img in images {
+        for d in img.blobs() {
+            copy_blob(store, d, &blobs.join(d.hex()))?;
+        }
+    }
+    write_atomic(&dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    // Keep entries of images not rebuilt in this run; replace those that were.
+    let mut entries: BTreeMap<String, Value> = BTreeMap::new();
+    if let Ok(bytes) = std::fs::read(dir.join("index.json"))
+        && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+    {
+        for m in v["manifests"].as_array().cloned().unwrap_or_default() {
+            if let Some(name) = m["annotations"][REF_NAME].as_str() {
+                let digest = m["digest"].as_str().unwrap_or_default();
+                if blobs.join(digest.trim_start_matches("sha256:")).is_file() {
+                    entries.insert(name.to_owned(), m.clone());
+                }
+            }
+        }
+    }
+    for img in images {
+        let desc = Descriptor { media_type: MEDIA_MANIFEST, digest: img.manifest.clone(), size: img.manifest_size };
+        let ann = BTreeMap::from([
+            (REF_NAME.to_owned(), img.name.clone()),
+            ("io.containerd.image.name".to_owned(), img.reference.clone()),
+        ]);
+        entries.insert(img.name.clone(), oci::index_entry(&desc, &ann));
+    }
+    write_atomic(&dir.join("index.json"), &oci::image_index(entries.into_values().collect()))
+}

@@ -1,0 +1,92 @@
+//! Where finished images go: a multi-image OCI layout (`out/oci/`) and one
+//! loadable tarball per image (`out/NAME.tar`). Sinks are plain functions of a
+//! built image and the store; every file is written to a temp file in the target
+//! directory, fsynced and renamed, so readers never see half a file.
+
+pub mod layout;
+pub mod tarball;
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use imgbuild_store::{Digest, Store};
+
+/// Everything a sink needs to know about one built image.
+#[derive(Clone, Debug)]
+pub struct ImageOut {
+    pub name: String,
+    /// The full name engines give the loaded image, e.g. `imgbuild/app:latest`.
+    pub reference: String,
+    /// Every name for `docker load` (one per tag).
+    pub repo_tags: Vec<String>,
+    pub manifest: Digest,
+    pub manifest_size: u64,
+    pub config: Digest,
+    pub layers: Vec<Digest>,
+}
+
+impl ImageOut {
+    /// The blobs of the image: config, layers, manifest.
+    pub fn blobs(&self) -> Vec<&Digest> {
+        let mut v = vec![&self.config];
+        v.extend(self.layers.iter());
+        v.push(&self.manifest);
+        v
+    }
+}
+
+/// Writes `bytes` to `dest` atomically.
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let (tmp, mut f) = temp_beside(dest)?;
+    let r = (|| -> io::Result<()> {
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    finish_atomic(r, tmp, dest)
+}
+
+/// A temp file in `dest`'s directory (so the final rename is atomic).
+pub fn temp_beside(dest: &Path) -> Result<(PathBuf, File)> {
+    let dir = dest.parent().context("output path has no directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    for i in 0.. {
+        let tmp = dir.join(format!(".{name}.{}.{i}.tmp", std::process::id()));
+        match fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("failed to create `{}`", tmp.display())),
+        }
+    }
+    unreachable!()
+}
+
+/// Renames a finished temp file into place, or removes it if writing failed.
+pub fn finish_atomic(result: io::Result<()>, tmp: PathBuf, dest: &Path) -> Result<()> {
+    match result.and_then(|_| fs::rename(&tmp, dest)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e).with_context(|| format!("failed to write `{}`", dest.display()))
+        }
+    }
+}
+
+/// Copies a store blob to `dest` (verifying it on the way) unless `dest` already
+/// holds a file of the right size.
+pub fn copy_blob(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
+    let size = store.blob_size(digest)?;
+    if fs::metadata(dest).map(|m| m.len() == size).unwrap_or(false) {
+        return Ok(());
+    }
+    let (tmp, f) = temp_beside(dest)?;
+    let r = (|| -> io::Result<()> {
+        let mut src = store.open_verified(digest).map_err(io::Error::other)?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        io::copy(&mut src, &mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })();
+    finish_atomic(r, tmp, dest)
+}

@@ -1,0 +1,279 @@
+//! Turning one `[[layers]]` entry into a fingerprint, and on a cache miss into a
+//! [`Tree`].
+//!
+//! [`prepare`] does the cheap part for every layer on every build: it walks the
+//! project sources through the stat cache, resolves owners against the image's
+//! accounts and destinations through the lower layers' symlinks, and hashes all of
+//! it, with the write contract and the format version, into the layer's
+//! fingerprint. [`Prepared::build_tree`] does the rest only when the fingerprint is
+//! not in the cache. Each source kind (files, debian, python) contributes to both.
+
+pub mod files;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
+use imgbuild_store::{Digest, HashingWriter};
+
+use crate::accounts::Accounts;
+use crate::lower::LowerView;
+use crate::recipe::{FileSource, LayerSpec, Recipe};
+use files::{StatCache, WalkedKind};
+
+/// Bump when the way a layer is derived from its inputs changes.
+const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v1";
+
+/// A planned entry: its node, plus the content hash that stands in for the host
+/// path in the fingerprint (paths differ between checkouts; content does not).
+struct Planned {
+    path: TreePath,
+    node: Node,
+    sha256: Option<Digest>,
+    /// (device, inode) of a host file with several links, to find hardlinks.
+    link_key: Option<(u64, u64)>,
+}
+
+/// A layer whose fingerprint is known and whose tree can be built on demand.
+pub struct Prepared {
+    pub fingerprint: Digest,
+    pub description: String,
+    /// The image's accounts after this layer.
+    pub accounts_after: Accounts,
+    planned: Vec<Planned>,
+    accounts_written: bool,
+    extra: Vec<Box<dyn ExtraSource + Send>>,
+}
+
+/// A source kind beyond plain files (Debian packages, Python wheels): states its
+/// part of the fingerprint up front and fills the tree on a cache miss.
+pub trait ExtraSource {
+    /// Canonical text of everything this source's output depends on.
+    fn fingerprint(&self) -> String;
+    /// Adds this source's entries to the tree. Returns blobs used (for gc) and notes.
+    fn build(&mut self, tree: &mut Tree) -> Result<(Vec<Digest>, Vec<String>)>;
+}
+
+/// Fingerprints and plans one layer.
+pub fn prepare(
+    recipe: &Recipe,
+    index: usize,
+    spec: &LayerSpec,
+    lower: &LowerView,
+    accounts_before: &Accounts,
+    write_contract: &str,
+    stat: &mut StatCache,
+    extra: Vec<Box<dyn ExtraSource + Send>>,
+) -> Result<Prepared> {
+    let at = |line: usize, col: usize| format!("{}:{line}:{col}", recipe.file.display());
+    let mut accounts = accounts_before.clone();
+    let base_fixup = spec.debian.as_ref().is_some_and(|d| d.base);
+    if base_fixup && accounts.is_empty() {
+        accounts = Accounts::debian_base();
+    }
+    if accounts.is_empty() && (!spec.users.is_empty() || !spec.groups.is_empty()) {
+        accounts = Accounts::minimal();
+    }
+    let pos = spec.pos.clone().unwrap_or(crate::recipe::Pos { line: 0, column: 0 });
+    accounts
+        .declare(&spec.groups, &spec.users)
+        .with_context(|| format!("{}: in layer {}", at(pos.line, pos.column), index + 1))?;
+    let accounts_written = base_fixup || !spec.users.is_empty() || !spec.groups.is_empty();
+
+    let mut planned: Vec<Planned> = vec![];
+    let mut context: Vec<(String, Option<(u32, u32, u32)>)> = vec![];
+    let mut resolve_dest = |dest: &str| -> Result<TreePath> {
+        let resolved = lower.resolve(dest);
+        context.extend(lower.context_for(&resolved));
+        Ok(TreePath::new(&resolved)?)
+    };
+
+    for f in &spec.files {
+        let owner = match &f.owner {
+            Some(o) => accounts.resolve(o).with_context(|| at(f.pos.line, f.pos.column))?,
+            None => (0, 0),
+        };
+        let dest = resolve_dest(&f.dest)?;
+        match &f.source {
+            FileSource::Inline(text) => {
+                let meta = Meta::new(f.mode.unwrap_or(0o644), owner.0, owner.1);
+                let bytes = text.as_bytes().to_vec();
+                planned.push(Planned {
+                    path: dest,
+                    sha256: Some(Digest::of_bytes(&bytes)),
+                    link_key: None,
+                    node: Node::File { meta, content: Content::inline(bytes) },
+                });
+            }
+            FileSource::Host { abs, rel } => {
+                let walked = files::walk(abs, stat).with_context(|| format!("{}: src \"{}\"", at(f.pos.line, f.pos.column), rel.display()))?;
+                for w in walked {
+                    let path = if w.rel.is_empty() { dest.clone() } else { dest.join(&w.rel)? };
+                    let mode = if w.rel.is_empty() { f.mode.unwrap_or(w.mode) } else { w.mode };
+                    let meta = Meta::new(mode, owner.0, owner.1);
+                    let (node, sha256) = match w.kind {
+                        WalkedKind::Dir => (Node::Dir(meta), None),
+                        WalkedKind::Symlink { target } => (Node::Symlink { meta, target }, None),
+                        WalkedKind::File { host, size, sha256, link_key } => {
+                            let node = Node::File { meta, content: Content::Host { path: host, size } };
+                            planned.push(Planned { path, node, sha256: Some(sha256), link_key });
+                            continue;
+                        }
+                    };
+                    planned.push(Planned { path, node, sha256, link_key: None });
+                }
+            }
+        }
+    }
+    for d in &spec.dirs {
+        let owner = match &d.owner {
+            Some(o) => accounts.resolve(o).with_context(|| at(d.pos.line, d.pos.column))?,
+            None => (0, 0),
+        };
+        planned.push(Planned { path: resolve_dest(&d.path)?, node: Node::Dir(Meta::new(d.mode, owner.0, owner.1)), sha256: None, link_key: None });
+    }
+    for s in &spec.symlinks {
+        let owner = match &s.owner {
+            Some(o) => accounts.resolve(o).with_context(|| at(s.pos.line, s.pos.column))?,
+            None => (0, 0),
+        };
+        planned.push(Planned {
+            path: resolve_dest(&s.path)?,
+            node: Node::Symlink { meta: Meta::new(0o777, owner.0, owner.1), target: s.target.clone() },
+            sha256: None,
+            link_key: None,
+        });
+    }
+    link_hardlinks(&mut planned);
+
+    // The fingerprint: a canonical, line-oriented description of every input.
+    let mut h = HashingWriter::new(std::io::sink());
+    let mut line = |v: serde_json::Value| {
+        use std::io::Write;
+        let _ = h.write_all(&crate::oci::canonical(&v));
+        let _ = h.write_all(b"\n");
+    };
+    line(serde_json::json!([FINGERPRINT_VERSION, write_contract]));
+    context.sort();
+    context.dedup();
+    line(serde_json::json!(["lower", context]));
+    if accounts_written {
+        line(serde_json::json!(["accounts", accounts, base_fixup]));
+    }
+    for p in &planned {
+        let desc = match &p.node {
+            Node::Dir(m) => serde_json::json!(["d", p.path.as_str(), m.mode, m.uid, m.gid]),
+            Node::File { meta, .. } => serde_json::json!(["f", p.path.as_str(), meta.mode, meta.uid, meta.gid, p.sha256.as_ref().map(|d| d.to_string())]),
+            Node::Symlink { meta, target } => serde_json::json!(["l", p.path.as_str(), meta.uid, meta.gid, target]),
+            Node::Hardlink { target } => serde_json::json!(["h", p.path.as_str(), target.as_str()]),
+        };
+        line(desc);
+    }
+    for e in &extra {
+        line(serde_json::json!(["source", e.fingerprint()]));
+    }
+    let (_, fingerprint, _) = h.finish();
+    Ok(Prepared {
+        fingerprint,
+        description: spec.describe(),
+        accounts_after: accounts,
+        planned,
+        accounts_written,
+        extra,
+    })
+}
+
+/// Files that share an inode within the layer become one file plus hardlinks to
+/// it; the first in tar order is the file, so extraction order works.
+fn link_hardlinks(planned: &mut [Planned]) {
+    let mut groups: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        if let Some(k) = p.link_key {
+            groups.entry(k).or_default().push(i);
+        }
+    }
+    for (_, mut idx) in groups {
+        if idx.len() < 2 {
+            continue;
+        }
+        idx.sort_by(|a, b| planned[*a].path.cmp(&planned[*b].path));
+        let first = planned[idx[0]].path.clone();
+        for &i in &idx[1..] {
+            planned[i].node = Node::Hardlink { target: first.clone() };
+            planned[i].sha256 = None;
+        }
+    }
+}
+
+/// What building a layer produced besides the tree.
+pub struct Built {
+    pub tree: Tree,
+    pub inputs: Vec<Digest>,
+    pub notes: Vec<String>,
+}
+
+impl Prepared {
+    /// Builds the layer's tree (on a cache miss).
+    pub fn build_tree(mut self, lower: &LowerView) -> Result<Built> {
+        let mut tree = Tree::new();
+        let mut inputs = vec![];
+        let mut notes = vec![];
+        for e in &mut self.extra {
+            let (i, n) = e.build(&mut tree)?;
+            inputs.extend(i);
+            notes.extend(n);
+        }
+        if self.accounts_written {
+            for (path, mode, gid, content) in self.accounts_after.render() {
+                tree.insert(TreePath::new(path)?, Node::File { meta: Meta::new(mode, 0, gid), content: Content::inline(content) })?;
+            }
+        }
+        for p in self.planned {
+            if let (Node::Dir(m), Some(Node::Dir(_))) = (&p.node, tree.get(&p.path)) {
+                tree.insert(p.path, Node::Dir(*m))?;
+                continue;
+            }
+            if tree.get(&p.path).is_some_and(|n| matches!(n, Node::Dir(_))) {
+                // replacing a directory that an earlier source wrote: clear it first,
+                // as writing a file over it on a real filesystem would require
+                tree.remove(&p.path);
+            }
+            tree.insert(p.path, p.node)?;
+        }
+        tree.adopt_lower_dirs(|p| lower.dir_meta(p.as_str()));
+        Ok(Built { tree, inputs, notes })
+    }
+}
+
+/// The directories and symlinks a tree writes, for the layers above it.
+pub fn view_of(tree: &Tree) -> LowerView {
+    let mut v = LowerView::default();
+    for (p, n) in tree.iter() {
+        match n {
+            Node::Dir(m) => {
+                v.dirs.insert(p.as_str().to_owned(), (m.mode, m.uid, m.gid));
+            }
+            Node::Symlink { target, .. } => {
+                v.symlinks.insert(p.as_str().to_owned(), target.clone());
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// The non-file sources of a layer (Debian packages, Python wheels).
+pub fn extra_sources(
+    _project: &crate::project::Project,
+    recipe: &Recipe,
+    spec: &LayerSpec,
+    _lower_layers: &[crate::cache::LayerReport],
+) -> Result<Vec<Box<dyn ExtraSource + Send>>> {
+    if let Some(d) = &spec.debian {
+        return Err(anyhow::anyhow!(recipe.error_at(&d.pos, "`debian` layers are not supported by this build yet")));
+    }
+    if let Some(p) = &spec.python {
+        return Err(anyhow::anyhow!(recipe.error_at(&p.pos, "`python` layers are not supported by this build yet")));
+    }
+    Ok(vec![])
+}
