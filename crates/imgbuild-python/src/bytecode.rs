@@ -1,0 +1,331 @@
+//! Optional deterministic byte-compilation of a venv's `.py` files.
+//!
+//! The image's interpreter cannot run at build time, but any CPython of the same minor
+//! version writes the same `.pyc` format (3.11 magic `a70d0d0a` from 3.11.0 on). A host
+//! `python3.Y` compiles each file with `py_compile` in unchecked-hash mode (PEP 552: no
+//! mtime in the header, never revalidated against the source), recording the in-image
+//! path as the source path shown in tracebacks.
+//!
+//! Determinism: the hash seed is fixed (`PYTHONHASHSEED=0`; frozenset constants are
+//! marshalled in hash order), and every wheel is compiled twice in two separate processes;
+//! a `.pyc` whose two results differ (marshal's reference flags depend on reference
+//! counts, which can vary) is left out of the layer and reported, so the layer never
+//! carries a file whose bytes depend on the run. Python then compiles that module in
+//! memory at import time (slower start-up, same behaviour).
+//!
+//! Results are cached per (wheel digest, site-packages path, host interpreter version) in
+//! `<store>/unpacked/pyc-v1/<key>/`, written to a temp dir and renamed into place.
+//!
+//! Why bother: measured by hand on the celery/flask stack, the app's imports take
+//! 1.3–1.6 s without `.pyc` (every start recompiles, and a read-only venv cannot cache),
+//! and 0.3 s with them.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use imgbuild_store::{Digest, Store, digest_reader};
+use sha2::Digest as _;
+
+use crate::error::{Error, Result, io_err};
+use crate::target::Target;
+use crate::unpack::digest_record_hash;
+
+pub const PYC_BUCKET: &str = "unpacked/pyc-v1";
+
+/// A host interpreter able to write `.pyc` files for the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPython {
+    pub path: PathBuf,
+    /// `3.11.7`
+    pub version: String,
+    /// `a70d0d0a`
+    pub magic: String,
+    /// `cpython-311`
+    pub cache_tag: String,
+}
+
+/// Finds `python3.Y` (the target's minor) on `PATH` and checks it is CPython of that
+/// minor. `Err` carries the reason for the warning when there is none.
+pub fn find_host_python(target: &Target) -> std::result::Result<HostPython, String> {
+    let (major, minor) = target.python_major_minor();
+    let name = format!("python{major}.{minor}");
+    let path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(&name)).find(|c| c.is_file()))
+        .ok_or_else(|| format!("no `{name}` on PATH"))?;
+    probe(&path, major, minor)
+}
+
+/// Checks that `path` is a CPython `major.minor`.
+pub fn probe(path: &Path, major: u32, minor: u32) -> std::result::Result<HostPython, String> {
+    let out = Command::new(path)
+        .args(["-S", "-c", "import sys,importlib.util as u;print(sys.implementation.name,sys.version_info[0],sys.version_info[1],u.MAGIC_NUMBER.hex(),sys.implementation.cache_tag,sys.version.split()[0])"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `{}`: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.split_whitespace().collect();
+    match f.as_slice() {
+        [impl_, ma, mi, magic, tag, ver] if out.status.success() => {
+            if *impl_ != "cpython" || *ma != major.to_string() || *mi != minor.to_string() {
+                return Err(format!(
+                    "`{}` is {impl_} {ver}, not CPython {major}.{minor}",
+                    path.display()
+                ));
+            }
+            Ok(HostPython {
+                path: path.to_path_buf(),
+                version: (*ver).to_owned(),
+                magic: (*magic).to_owned(),
+                cache_tag: (*tag).to_owned(),
+            })
+        }
+        _ => Err(format!(
+            "`{}` did not answer the version probe: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// One compiled file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PycFile {
+    /// Relative to site-packages: `redis/__pycache__/client.cpython-311.pyc`.
+    pub path: String,
+    pub size: u64,
+    /// RECORD form (`sha256=…`).
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct PycManifest {
+    format: u32,
+    files: Vec<PycFile>,
+    /// Sources that did not compile (syntax errors; pip ignores them too).
+    failed: Vec<String>,
+    /// Sources whose two compilations differed.
+    unstable: Vec<String>,
+}
+
+/// The cached `.pyc` files of one wheel.
+#[derive(Clone, Debug)]
+pub struct CompiledWheel {
+    pub dir: PathBuf,
+    pub files: Vec<PycFile>,
+    pub warnings: Vec<String>,
+}
+
+impl CompiledWheel {
+    pub fn host_path(&self, f: &PycFile) -> PathBuf {
+        self.dir.join(&f.path)
+    }
+}
+
+const COMPILE_SCRIPT: &str = r#"
+import json, py_compile, sys
+failed = []
+for src, cfile, dfile in json.load(sys.stdin):
+    try:
+        py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True, optimize=0,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeDecodeError) as e:
+        failed.append(dfile)
+json.dump(failed, sys.stdout)
+"#;
+
+/// The `.pyc` path (relative to site-packages) for a `.py` path.
+pub fn pyc_path(py_rel: &str, cache_tag: &str) -> Option<String> {
+    let stem = py_rel.strip_suffix(".py")?;
+    Some(match stem.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/__pycache__/{name}.{cache_tag}.pyc"),
+        None => format!("__pycache__/{stem}.{cache_tag}.pyc"),
+    })
+}
+
+/// Compiles (or finds cached) the `.py` files of one wheel. `sources` are
+/// (path relative to site-packages, host file), `site_packages` the in-image directory.
+pub fn compile_wheel(
+    store: &Store,
+    python: &HostPython,
+    wheel: &Digest,
+    site_packages: &str,
+    sources: &[(String, PathBuf)],
+) -> Result<CompiledWheel> {
+    let mut h = sha2::Sha256::new();
+    h.update(format!("pyc-v1\n{}\n{site_packages}\n{}\n{}\n", wheel, python.version, python.magic));
+    let key = hex::encode(h.finalize());
+    let root = store.root().join(PYC_BUCKET);
+    let dest = root.join(&key);
+    if let Some(c) = load(&dest)? {
+        return Ok(c);
+    }
+    fs::create_dir_all(&root).map_err(io_err("failed to create directory", &root))?;
+    let tmp = store.temp_dir()?;
+    let result = build(python, site_packages, sources, &tmp);
+    match result {
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+        Ok(()) => {
+            match fs::rename(&tmp, &dest) {
+                Ok(()) => {}
+                Err(_) if dest.join("manifest.json").is_file() => {
+                    let _ = fs::remove_dir_all(&tmp);
+                }
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&tmp);
+                    return Err(io_err("failed to move compiled files into place", &dest)(e));
+                }
+            }
+            load(&dest)?.ok_or_else(|| Error::Bytecode {
+                python: python.path.clone(),
+                msg: format!("`{}` has no manifest", dest.display()),
+            })
+        }
+    }
+}
+
+fn load(dest: &Path) -> Result<Option<CompiledWheel>> {
+    let mpath = dest.join("manifest.json");
+    let bytes = match fs::read(&mpath) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("failed to read", mpath)(e)),
+    };
+    let Ok(m) = serde_json::from_slice::<PycManifest>(&bytes) else {
+        fs::remove_dir_all(dest).map_err(io_err("failed to remove stale cache entry", dest))?;
+        return Ok(None);
+    };
+    let mut warnings = vec![];
+    if !m.failed.is_empty() {
+        warnings.push(format!(
+            "{} file(s) did not byte-compile (left as source, as pip does): {}",
+            m.failed.len(),
+            m.failed.join(", ")
+        ));
+    }
+    if !m.unstable.is_empty() {
+        warnings.push(format!(
+            "{} .pyc file(s) differed between two compilations and were left out (compiled at import time instead): {}",
+            m.unstable.len(),
+            m.unstable.join(", ")
+        ));
+    }
+    Ok(Some(CompiledWheel {
+        dir: dest.join("files"),
+        files: m.files,
+        warnings,
+    }))
+}
+
+fn run_compile(python: &HostPython, jobs: &[(String, String, String)]) -> Result<Vec<String>> {
+    let err = |msg: String| Error::Bytecode {
+        python: python.path.clone(),
+        msg,
+    };
+    let mut child = Command::new(&python.path)
+        .args(["-S", "-s", "-B", "-c", COMPILE_SCRIPT])
+        // frozenset constants are marshalled in hash order: fix the seed
+        .env("PYTHONHASHSEED", "0")
+        .env_remove("PYTHONPATH")
+        .env_remove("PYTHONSTARTUP")
+        .env_remove("PYTHONOPTIMIZE")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("cannot start: {e}")))?;
+    let input = serde_json::to_vec(jobs).expect("serialisable");
+    let mut stdin = child.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output().map_err(|e| err(format!("waiting: {e}")))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(err(format!(
+            "exit status {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| err(format!("unexpected output: {e}")))
+}
+
+fn build(python: &HostPython, site_packages: &str, sources: &[(String, PathBuf)], tmp: &Path) -> Result<()> {
+    let mut files = vec![];
+    let mut unstable = vec![];
+    let mut runs: Vec<(PathBuf, Vec<(String, String, String)>)> = vec![];
+    for run in ["files", "check"] {
+        let dir = tmp.join(run);
+        let jobs: Vec<(String, String, String)> = sources
+            .iter()
+            .filter_map(|(rel, host)| {
+                let pyc = pyc_path(rel, &python.cache_tag)?;
+                Some((
+                    host.to_string_lossy().into_owned(),
+                    dir.join(&pyc).to_string_lossy().into_owned(),
+                    format!("{}/{}", site_packages.trim_end_matches('/'), rel),
+                ))
+            })
+            .collect();
+        runs.push((dir, jobs));
+    }
+    let failed = run_compile(python, &runs[0].1)?;
+    run_compile(python, &runs[1].1)?;
+    let (a, b) = (&runs[0].0, &runs[1].0);
+    for (rel, _) in sources {
+        let Some(pyc) = pyc_path(rel, &python.cache_tag) else { continue };
+        let (pa, pb) = (a.join(&pyc), b.join(&pyc));
+        let (ba, bb) = match (fs::read(&pa), fs::read(&pb)) {
+            (Ok(x), Ok(y)) => (x, y),
+            // not compiled (syntax error): listed in `failed`
+            _ => {
+                let _ = fs::remove_file(&pa);
+                continue;
+            }
+        };
+        if ba != bb {
+            fs::remove_file(&pa).map_err(io_err("failed to remove", &pa))?;
+            unstable.push(format!("{site_packages}/{rel}"));
+            continue;
+        }
+        let f = fs::File::open(&pa).map_err(io_err("failed to open", &pa))?;
+        f.sync_all().map_err(io_err("failed to fsync", &pa))?;
+        let (d, size) = digest_reader(f).map_err(io_err("failed to read", &pa))?;
+        files.push(PycFile {
+            path: pyc,
+            size,
+            hash: digest_record_hash(&d),
+        });
+    }
+    fs::remove_dir_all(b).map_err(io_err("failed to remove", b))?;
+    files.sort_by(|x, y| x.path.cmp(&y.path));
+    let mut failed = failed;
+    failed.sort();
+    let m = PycManifest {
+        format: 1,
+        files,
+        failed,
+        unstable,
+    };
+    let mpath = tmp.join("manifest.json");
+    let f = fs::File::create(&mpath).map_err(io_err("failed to create", &mpath))?;
+    serde_json::to_writer_pretty(&f, &m).map_err(|e| io_err("failed to write", &mpath)(e.into()))?;
+    f.sync_all().map_err(io_err("failed to fsync", &mpath))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pyc_names() {
+        assert_eq!(pyc_path("redis/client.py", "cpython-311").unwrap(), "redis/__pycache__/client.cpython-311.pyc");
+        assert_eq!(pyc_path("six.py", "cpython-311").unwrap(), "__pycache__/six.cpython-311.pyc");
+        assert!(pyc_path("x.pyi", "cpython-311").is_none());
+    }
+}

@@ -1,0 +1,104 @@
+//! The typed errors of this crate. Every variant names the file, line, package, wheel or
+//! URL involved (URLs with their credentials removed) and, where it helps, what to do.
+
+use std::path::PathBuf;
+
+use imgbuild_store::{Digest, StoreError};
+use imgbuild_layer::TreeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} `{path}`: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error("{}:{line}: {msg}", file.display())]
+    Requirements { file: PathBuf, line: usize, msg: String },
+    #[error("invalid venv spec: {0}")]
+    Spec(String),
+    #[error("pip configuration `{}`: {msg}", path.display())]
+    PipConfig { path: PathBuf, msg: String },
+    #[error("package index {url}: {msg}")]
+    Index { url: String, msg: String },
+    #[error("HTTP request to {url} failed: {msg}")]
+    Http { url: String, msg: String },
+    #[error(
+        "{package} {version} (requirements line {line}): none of the files for this version on the index matches the \
+         --hash values of the requirement; files on the index: [{}]. Regenerate the hashes \
+         (pip-compile/uv pip compile --generate-hashes) or check that the index serves the expected files",
+        files.join(", ")
+    )]
+    NoHashMatch {
+        package: String,
+        version: String,
+        line: usize,
+        files: Vec<String>,
+    },
+    #[error(
+        "{package} {version}: no wheel is compatible with {target}{}; files of this version that match the hashes: [{}]. \
+         Nothing is compiled at build time: pin a version that ships a compatible wheel, or build one and serve it from \
+         your index",
+        requires_python.as_deref().map(|r| format!(" (or its Requires-Python `{r}` excludes the target)")).unwrap_or_default(),
+        files.join(", ")
+    )]
+    NoSuitableWheel {
+        package: String,
+        version: String,
+        target: String,
+        files: Vec<String>,
+        requires_python: Option<String>,
+    },
+    #[error("{what}: downloaded content is {actual}, but {expected_from} says {expected}; nothing was stored")]
+    HashMismatch {
+        what: String,
+        expected: String,
+        expected_from: &'static str,
+        actual: Digest,
+    },
+    #[error("wheel {wheel}: {msg}")]
+    BadWheel { wheel: String, msg: String },
+    #[error("wheel {wheel}: entry `{entry}` refused: {why}")]
+    UnsafeWheelEntry { wheel: String, entry: String, why: &'static str },
+    #[error("{package} {version} requires Python `{requires}`, which excludes the target {target}")]
+    RequiresPython {
+        package: String,
+        version: String,
+        requires: String,
+        target: String,
+    },
+    #[error("dependency closure of {} is incomplete:\n  {}\nAdd the missing packages to the requirements and recompile them with hashes.", file.display(), problems.join("\n  "))]
+    Closure { file: PathBuf, problems: Vec<String> },
+    #[error("byte-compilation with `{}` failed: {msg}", python.display())]
+    Bytecode { python: PathBuf, msg: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { op, path, source }
+}
+
+/// A URL with any `user:password@` removed, for messages.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+            }
+            u.to_string()
+        }
+        Err(_) => match (url.find("://"), url.find('@')) {
+            (Some(s), Some(a)) if a > s => format!("{}{}", &url[..s + 3], &url[a + 1..]),
+            _ => url.to_owned(),
+        },
+    }
+}

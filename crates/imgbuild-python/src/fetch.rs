@@ -1,0 +1,366 @@
+//! Choosing, downloading and caching the wheel of every requirement.
+//!
+//! Per requirement (those whose marker holds for the target): a selection record in the
+//! store (`records/pywheel-select-v1/<key>`, keyed by target, name, version and hash set)
+//! remembers which file was chosen; when it exists and its blob is in the store, nothing
+//! touches the network, so a fully cached build is offline. Otherwise the simple API is
+//! asked for the project's files, files are kept only if their version is the pin and
+//! their sha256 is one of the requirement's hashes, and the one with the best tag for
+//! the target wins (pip's order; build tag breaks ties). The download streams into the
+//! store and is committed only if its sha256 is the expected one. Requirements run in
+//! parallel on a bounded number of threads.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use imgbuild_store::{Digest, HashingWriter, Store};
+use sha2::Digest as _;
+
+use crate::VenvSpec;
+use crate::error::{Error, Result, io_err, redact_url};
+use crate::index::{IndexConfig, IndexFile, project_files};
+use crate::requirements::{Requirement, Requirements};
+use crate::target::{TagPriorities, Target, WheelName};
+use crate::unpack::{Unpacked, unpack_cached};
+use crate::version::{SpecifierSet, Version};
+
+pub const SELECT_BUCKET: &str = "pywheel-select-v1";
+
+/// A verified wheel in the store, unpacked in the cache, ready to install.
+#[derive(Clone, Debug)]
+pub struct SelectedWheel {
+    /// PEP 503 name.
+    pub key: String,
+    /// Name as written in the requirements file.
+    pub name: String,
+    pub version: String,
+    pub extras: Vec<String>,
+    /// Line of the requirement.
+    pub line: usize,
+    pub filename: String,
+    /// sha256 of the wheel file = its blob digest in the store.
+    pub digest: Digest,
+    pub size: u64,
+    pub unpacked: Unpacked,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Selection {
+    filename: String,
+    digest: Digest,
+}
+
+/// Which requirements apply to the target (their marker holds), in file order.
+pub fn applicable<'a>(reqs: &'a Requirements, target: &Target) -> Vec<&'a Requirement> {
+    let env = target.marker_env();
+    reqs.requirements
+        .iter()
+        .filter(|r| r.marker.as_ref().is_none_or(|m| m.evaluate(&env, "")))
+        .collect()
+}
+
+fn selection_key(target: &Target, r: &Requirement) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{SELECT_BUCKET}\n{target:?}\n{}\n{}\n", r.key, r.version));
+    for d in &r.hashes {
+        h.update(d.hex());
+        h.update("\n");
+    }
+    hex::encode(h.finalize())
+}
+
+/// Fetches (or finds in the store) the best wheel of every applicable requirement,
+/// verifies it and unpacks it into the cache. Sorted by name.
+pub fn fetch_wheels(
+    spec: &VenvSpec,
+    reqs: &Requirements,
+    store: &Store,
+    http: &reqwest::blocking::Client,
+    jobs: usize,
+) -> Result<Vec<SelectedWheel>> {
+    spec.validate()?;
+    let todo = applicable(reqs, &spec.target);
+    let prio = TagPriorities::new(&spec.target);
+    // index configuration is read lazily: a fully cached build reads no config and no network
+    let index: Mutex<Option<IndexConfig>> = Mutex::new(None);
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<SelectedWheel>>>> = todo.iter().map(|_| Mutex::new(None)).collect();
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, 16).min(todo.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= todo.len() || failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let r = fetch_one(spec, reqs, todo[i], store, http, &prio, &index);
+                    if r.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    *results[i].lock().unwrap() = Some(r);
+                }
+            });
+        }
+    });
+    let mut out = vec![];
+    // first error in file order, for a stable message
+    for r in results {
+        match r.into_inner().unwrap() {
+            Some(Ok(w)) => out.push(w),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    if out.len() != todo.len() {
+        unreachable!("a worker stopped without an error");
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+fn fetch_one(
+    spec: &VenvSpec,
+    reqs: &Requirements,
+    r: &Requirement,
+    store: &Store,
+    http: &reqwest::blocking::Client,
+    prio: &TagPriorities,
+    index: &Mutex<Option<IndexConfig>>,
+) -> Result<SelectedWheel> {
+    let key = selection_key(&spec.target, r);
+    let cached = store
+        .read_record(SELECT_BUCKET, &key)?
+        .and_then(|b| serde_json::from_slice::<Selection>(&b).ok())
+        .filter(|s| r.hashes.contains(&s.digest) && store.has_blob(&s.digest));
+    let sel = match cached {
+        Some(s) => s,
+        None => {
+            let cfg = {
+                let mut g = index.lock().unwrap();
+                if g.is_none() {
+                    *g = Some(IndexConfig::from_environment(reqs)?);
+                }
+                g.clone().expect("set above")
+            };
+            let s = select_and_download(spec, r, store, http, prio, &cfg)?;
+            let bytes = serde_json::to_vec(&s).expect("selection serialises");
+            store.write_record(SELECT_BUCKET, &key, &bytes)?;
+            s
+        }
+    };
+    let size = store.blob_size(&sel.digest)?;
+    let unpacked = unpack_cached(store, &sel.digest, &sel.filename, &r.key)?;
+    Ok(SelectedWheel {
+        key: r.key.clone(),
+        name: r.name.clone(),
+        version: r.version.clone(),
+        extras: r.extras.clone(),
+        line: r.line,
+        filename: sel.filename,
+        digest: sel.digest,
+        size,
+        unpacked,
+    })
+}
+
+/// The candidates for `r` among `files`, best first: (rank, file, digest if known).
+pub fn choose<'a>(
+    target: &Target,
+    r: &Requirement,
+    files: &'a [IndexFile],
+    prio: &TagPriorities,
+) -> Result<&'a IndexFile> {
+    let pin = r.parsed_version();
+    let same_version: Vec<(&IndexFile, Option<WheelName>)> = files
+        .iter()
+        .filter(|f| file_version_matches(&f.filename, &r.key, &pin))
+        .map(|f| (f, WheelName::parse(&f.filename)))
+        .collect();
+    let hashed: Vec<&(&IndexFile, Option<WheelName>)> = same_version
+        .iter()
+        .filter(|(f, _)| f.sha256.as_ref().is_none_or(|d| r.hashes.contains(d)))
+        .collect();
+    if hashed.is_empty() {
+        let mut names: Vec<String> = same_version.iter().map(|(f, _)| f.filename.clone()).collect();
+        if names.is_empty() {
+            names = files.iter().map(|f| f.filename.clone()).collect();
+            names.sort();
+            let n = names.len();
+            names.truncate(20);
+            if n > 20 {
+                names.push(format!("… {} more (version {} is not among them)", n - 20, r.version));
+            }
+        }
+        return Err(Error::NoHashMatch {
+            package: r.name.clone(),
+            version: r.version.clone(),
+            line: r.line,
+            files: names,
+        });
+    }
+    let py = Version::parse(&target.python_full_version).expect("target validated");
+    let mut excluded_by_python = None;
+    let mut best: Option<(usize, i64, &IndexFile)> = None;
+    for (f, w) in &hashed {
+        let Some(w) = w else { continue };
+        let Some(rank) = prio.rank(w) else { continue };
+        if let Some(rp) = &f.requires_python
+            && let Ok(set) = SpecifierSet::parse(rp)
+            && !set.contains(&py, &target.python_full_version)
+        {
+            excluded_by_python = Some(rp.clone());
+            continue;
+        }
+        let build = -(w.build.as_ref().map(|b| b.0 as i64).unwrap_or(-1));
+        let cand = (rank, build, *f);
+        if best.as_ref().is_none_or(|b| (cand.0, cand.1, &cand.2.filename) < (b.0, b.1, &b.2.filename)) {
+            best = Some(cand);
+        }
+    }
+    match best {
+        Some((_, _, f)) => Ok(f),
+        None => {
+            let mut names: Vec<String> = hashed.iter().map(|(f, _)| f.filename.clone()).collect();
+            names.sort();
+            Err(Error::NoSuitableWheel {
+                package: r.name.clone(),
+                version: r.version.clone(),
+                target: target.to_string(),
+                files: names,
+                requires_python: excluded_by_python,
+            })
+        }
+    }
+}
+
+/// Whether a file name (wheel or sdist) is for this project and exactly this version.
+fn file_version_matches(filename: &str, key: &str, pin: &Version) -> bool {
+    if let Some(w) = WheelName::parse(filename) {
+        return w.key() == key && Version::parse(&w.version).is_ok_and(|v| v == *pin);
+    }
+    // sdists: `{name}-{version}.tar.gz` / `.zip`; listed so error messages show them
+    let stem = filename
+        .strip_suffix(".tar.gz")
+        .or_else(|| filename.strip_suffix(".zip"))
+        .or_else(|| filename.strip_suffix(".tar.bz2"));
+    stem.and_then(|s| s.rsplit_once('-'))
+        .is_some_and(|(n, v)| crate::marker::normalize_name(n) == key && Version::parse(v).is_ok_and(|v| v == *pin))
+}
+
+fn select_and_download(
+    spec: &VenvSpec,
+    r: &Requirement,
+    store: &Store,
+    http: &reqwest::blocking::Client,
+    prio: &TagPriorities,
+    cfg: &IndexConfig,
+) -> Result<Selection> {
+    let mut files: Vec<IndexFile> = vec![];
+    let mut found = false;
+    let mut seen = BTreeSet::new();
+    for idx in cfg.all() {
+        if let Some(fs) = project_files(http, idx, &r.key)? {
+            found = true;
+            for f in fs {
+                if seen.insert(f.filename.clone()) {
+                    files.push(f);
+                }
+            }
+        }
+    }
+    if !found {
+        return Err(Error::Index {
+            url: cfg.all().map(redact_url).collect::<Vec<_>>().join(", "),
+            msg: format!("project `{}` (requirements line {}) is not on the index", r.name, r.line),
+        });
+    }
+    let f = choose(&spec.target, r, &files, prio)?;
+    let what = format!("{} from {}", f.filename, redact_url(&f.url));
+    if let Some(d) = &f.sha256 {
+        if !store.has_blob(d) || !store.verify(d)? {
+            download_expecting(http, &f.url, store, d, &what)?;
+        }
+        return Ok(Selection {
+            filename: f.filename.clone(),
+            digest: d.clone(),
+        });
+    }
+    // the index gave no hash: spool, hash, and store only if the hash is one of the pins
+    let d = download_checking_set(http, &f.url, store, &r.hashes, &what)?;
+    Ok(Selection {
+        filename: f.filename.clone(),
+        digest: d,
+    })
+}
+
+fn get(http: &reqwest::blocking::Client, url: &str) -> Result<reqwest::blocking::Response> {
+    let resp = crate::index::with_retries(url, || http.get(url).send())?;
+    if !resp.status().is_success() {
+        return Err(Error::Http {
+            url: redact_url(url),
+            msg: format!("status {}", resp.status()),
+        });
+    }
+    Ok(resp)
+}
+
+fn download_expecting(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    store: &Store,
+    expected: &Digest,
+    what: &str,
+) -> Result<()> {
+    let mut resp = get(http, url)?;
+    let mut w = store.writer()?;
+    io::copy(&mut resp, &mut w).map_err(|e| Error::Http {
+        url: redact_url(url),
+        msg: format!("download interrupted: {e}"),
+    })?;
+    w.commit_expecting(expected, None, what).map_err(|e| match e {
+        imgbuild_store::StoreError::DigestMismatch { actual, .. } => Error::HashMismatch {
+            what: what.to_owned(),
+            expected: expected.to_string(),
+            expected_from: "the index and the requirements file",
+            actual,
+        },
+        other => other.into(),
+    })?;
+    Ok(())
+}
+
+fn download_checking_set(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    store: &Store,
+    allowed: &[Digest],
+    what: &str,
+) -> Result<Digest> {
+    let mut resp = get(http, url)?;
+    let (tmp, file) = store.temp_file()?;
+    let result = (|| {
+        let mut w = HashingWriter::new(io::BufWriter::new(file));
+        io::copy(&mut resp, &mut w).map_err(|e| Error::Http {
+            url: redact_url(url),
+            msg: format!("download interrupted: {e}"),
+        })?;
+        let (buf, digest, size) = w.finish();
+        drop(buf.into_inner().map_err(|e| io_err("failed to write", &tmp)(e.into_error()))?);
+        if !allowed.contains(&digest) {
+            return Err(Error::HashMismatch {
+                what: what.to_owned(),
+                expected: allowed.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" or "),
+                expected_from: "the requirements file",
+                actual: digest,
+            });
+        }
+        let src = std::fs::File::open(&tmp).map_err(io_err("failed to open", &tmp))?;
+        store.put_verified(io::BufReader::new(src).take(size), &digest, Some(size), what)?;
+        Ok(digest)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}

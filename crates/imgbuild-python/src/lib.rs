@@ -1,0 +1,167 @@
+//! Python virtual environment layers, built natively and deterministically from a pinned,
+//! hashed requirements file, for a *target* interpreter (the image's), without running
+//! Python inside the image.
+//!
+//! The flow, all blocking:
+//! 1. [`parse_requirements`]: every line pinned (`==`) and hashed (`--hash=sha256:`).
+//! 2. [`fingerprint`]: a stable key of everything that determines the layer, computed
+//!    without network or wheel reads, so a caller can skip the whole layer.
+//! 3. [`fetch_wheels`]: per requirement whose marker holds for the target, the best
+//!    compatible wheel whose sha256 is pinned, from the store or the index pip is
+//!    configured with; verified, stored by digest, unpacked once into a cache.
+//! 4. [`install`]: closure check ([`check_closure`]), then the venv into an
+//!    [`imgbuild_layer::Tree`], with optional `.pyc` files.
+//!
+//! ```toml
+//! [[layers]]
+//! python = { requirements = "layers/venv/requirements.txt", venv = "/opt/venv", interpreter = "/usr/bin/python3.11" }
+//! ```
+//!
+//! Modules: [`version`] (PEP 440), [`marker`] (PEP 508), [`target`] (target, tags, wheel
+//! names), [`requirements`], [`index`] (pip config, simple API), [`fetch`], [`unpack`]
+//! (unpacked-wheel cache), [`install`], [`bytecode`], [`error`].
+
+pub mod bytecode;
+pub mod error;
+pub mod fetch;
+pub mod index;
+pub mod install;
+pub mod marker;
+pub mod requirements;
+pub mod target;
+pub mod unpack;
+pub mod version;
+
+use std::path::PathBuf;
+
+use sha2::Digest as _;
+
+pub use error::{Error, Result};
+pub use fetch::{SelectedWheel, fetch_wheels};
+pub use index::IndexConfig;
+pub use install::{InstallReport, check_closure, install};
+pub use requirements::{Requirement, Requirements, parse_requirements};
+pub use target::{Libc, Target};
+
+/// Bumped whenever the layer this crate produces for the same inputs changes.
+pub const FORMAT_VERSION: &str = "imgbuild-python-v1";
+
+/// What to build: one venv for one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VenvSpec {
+    /// The requirements file (read by [`parse_requirements`]; used in messages).
+    pub requirements: PathBuf,
+    /// Absolute in-image path of the venv, e.g. `/opt/venv`.
+    pub venv: String,
+    /// Absolute in-image path of the interpreter, e.g. `/usr/bin/python3.11`.
+    pub interpreter: String,
+    /// Byte-compile with a same-minor host interpreter when there is one.
+    pub bytecode: bool,
+    pub target: Target,
+}
+
+impl VenvSpec {
+    /// The usual spec for Debian bookworm.
+    pub fn bookworm(requirements: impl Into<PathBuf>, venv: &str) -> VenvSpec {
+        VenvSpec {
+            requirements: requirements.into(),
+            venv: venv.to_owned(),
+            interpreter: "/usr/bin/python3.11".to_owned(),
+            bytecode: true,
+            target: Target::bookworm_cpython311(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.target.validate().map_err(Error::Spec)?;
+        for (what, p) in [("venv", &self.venv), ("interpreter", &self.interpreter)] {
+            if !p.starts_with('/') || p.split('/').any(|c| c == ".." || c == ".") || p.contains(['\n', '\0']) {
+                return Err(Error::Spec(format!(
+                    "{what} `{p}` must be an absolute in-image path without `.` or `..`"
+                )));
+            }
+        }
+        if self.venv.trim_end_matches('/').is_empty() {
+            return Err(Error::Spec("venv cannot be `/`".into()));
+        }
+        if self.interpreter.ends_with('/') {
+            return Err(Error::Spec(format!("interpreter `{}` must name a file", self.interpreter)));
+        }
+        Ok(())
+    }
+}
+
+/// A stable fingerprint (hex sha256) of everything that determines the layer: format
+/// version, target, venv, interpreter, options, and every requirement (normalised name,
+/// version, extras, marker, hashes), sorted. No network, no wheel reads. The index URL
+/// is deliberately not part of it: the hashes pin the content wherever it comes from.
+/// The host interpreter used for `.pyc` files is not either; any same-minor CPython
+/// produces valid bytecode for the target.
+pub fn fingerprint(spec: &VenvSpec, reqs: &Requirements) -> String {
+    let mut text = String::new();
+    let t = &spec.target;
+    text.push_str(&format!("{FORMAT_VERSION}\n"));
+    text.push_str(&format!("target python={} libc={:?} arch={}\n", t.python_full_version, t.libc, t.arch));
+    text.push_str(&format!("venv={}\n", spec.venv.trim_end_matches('/')));
+    text.push_str(&format!("interpreter={}\n", spec.interpreter));
+    text.push_str(&format!("bytecode={}\n", spec.bytecode));
+    let mut rs: Vec<&Requirement> = reqs.requirements.iter().collect();
+    rs.sort_by(|a, b| a.key.cmp(&b.key));
+    for r in rs {
+        let v = version::Version::parse(&r.version).map(|v| v.to_string()).unwrap_or_else(|_| r.version.clone());
+        text.push_str(&format!("req {} =={} [{}]", r.key, v, r.extras.join(",")));
+        if let Some(m) = &r.marker {
+            text.push_str(&format!(" ; {m}"));
+        }
+        for h in &r.hashes {
+            text.push_str(&format!(" {h}"));
+        }
+        text.push('\n');
+    }
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const H: &str = "9362660c4a31150cf18e78cae2ce8aa1e929fc6c6739e69f6dd5dbea9c3edc82";
+
+    #[test]
+    fn fingerprint_is_stable_and_sensitive() {
+        let a = requirements::parse_requirements_str(
+            &format!("six==1.16.0 --hash=sha256:{H}\n# comment\nredis==5.0.1 \\\n --hash=sha256:{H}\n"),
+            Path::new("a.txt"),
+        )
+        .unwrap();
+        // same content, other order, formatting, comments, name spelling and file name
+        let b = requirements::parse_requirements_str(
+            &format!("Redis==5.0.1 --hash=sha256:{H}\nsix==1.16.0 --hash=sha256:{}\n", H.to_uppercase()),
+            Path::new("b.txt"),
+        )
+        .unwrap();
+        let spec = VenvSpec::bookworm("a.txt", "/opt/venv");
+        assert_eq!(fingerprint(&spec, &a), fingerprint(&spec, &b));
+        assert_eq!(fingerprint(&spec, &a).len(), 64);
+        let mut s2 = spec.clone();
+        s2.bytecode = false;
+        assert_ne!(fingerprint(&spec, &a), fingerprint(&s2, &a));
+        let mut s3 = spec.clone();
+        s3.target.python_full_version = "3.11.7".into();
+        assert_ne!(fingerprint(&spec, &a), fingerprint(&s3, &a));
+        let mut s4 = spec.clone();
+        s4.venv = "/venv".into();
+        assert_ne!(fingerprint(&spec, &a), fingerprint(&s4, &a));
+        let c = requirements::parse_requirements_str(&format!("six==1.16.0 --hash=sha256:{H}\n"), Path::new("a.txt")).unwrap();
+        assert_ne!(fingerprint(&spec, &a), fingerprint(&spec, &c));
+    }
+
+    #[test]
+    fn spec_validation() {
+        assert!(VenvSpec::bookworm("r", "/opt/venv").validate().is_ok());
+        assert!(VenvSpec::bookworm("r", "opt/venv").validate().is_err());
+        assert!(VenvSpec::bookworm("r", "/opt/../venv").validate().is_err());
+        assert!(VenvSpec::bookworm("r", "/").validate().is_err());
+    }
+}
