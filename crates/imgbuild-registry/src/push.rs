@@ -1,0 +1,400 @@
+//! Pushing a set of images as one release.
+//!
+//! Order of work, so that a half-failed push never moves a tag and no blob goes up twice:
+//! 1. every (repository, blob) pair is checked with a `HEAD` (in parallel);
+//! 2. each blob that some repository lacks is handled by one job (jobs run in parallel, at
+//!    most [`crate::ClientOptions::parallelism`]): if a repository of the same registry
+//!    already has it (seen by the `HEAD`s, or named in [`PushImage::mount_from`], e.g. the
+//!    base image's repository) it is mounted from there; otherwise it is uploaded once, to
+//!    the first repository in name order, and mounted into the others (with a fallback to an
+//!    upload when the registry declines the mount);
+//! 3. every image's manifest is pushed by digest, byte for byte as given (so the digest in
+//!    the registry is the local one);
+//! 4. only when all manifests are in, the tags are moved (`PUT` of the manifest by tag).
+//!
+//! The report says, per image, which blobs were uploaded, mounted or already there, with byte
+//! totals; it serialises to JSON for `--json`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use imgbuild_store::{Digest, Store};
+use oci_spec::image::{Descriptor, ImageManifest};
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+
+use crate::auth::repo_scope;
+use crate::error::{RegistryError, Result};
+use crate::reference::{Reference, check_tag};
+use crate::upload::{Mount, blob_exists, mount, upload_blob};
+use crate::{Client, parallel_map};
+
+/// One image of a release.
+#[derive(Clone, Debug)]
+pub struct PushImage {
+    /// Registry and repository to push to (a tag here is added to `tags`; a digest must be
+    /// the manifest's).
+    pub target: Reference,
+    /// The manifest exactly as stored locally; pushed byte for byte.
+    pub manifest: Vec<u8>,
+    /// Media type to send; `None`: the manifest's `mediaType`, else the OCI manifest type.
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    /// Tags to point at this manifest once every image of the release is pushed.
+    pub tags: Vec<String>,
+    /// Repositories of the same registry that may already hold some of the blobs (the base
+    /// image's repository): blobs are mounted from them instead of uploaded.
+    pub mount_from: Vec<String>,
+}
+
+impl PushImage {
+    /// An image whose manifest bytes are in the store under `manifest_digest`; the config and
+    /// layer descriptors are read from the manifest.
+    pub fn from_store(store: &Store, target: Reference, manifest_digest: &Digest) -> Result<PushImage> {
+        let manifest = store.read_bytes(manifest_digest)?;
+        let parsed = ImageManifest::from_reader(&manifest[..]).map_err(|e| RegistryError::InvalidInput {
+            repository: target.name(),
+            message: format!("manifest {manifest_digest} is not an image manifest: {e}"),
+        })?;
+        Ok(PushImage {
+            tags: target.tag.iter().cloned().collect(),
+            target,
+            media_type: None,
+            config: parsed.config().clone(),
+            layers: parsed.layers().clone(),
+            manifest,
+            mount_from: vec![],
+        })
+    }
+
+    pub fn digest(&self) -> Digest {
+        Digest::of_bytes(&self.manifest)
+    }
+
+    fn media_type(&self) -> String {
+        if let Some(m) = &self.media_type {
+            return m.clone();
+        }
+        serde_json::from_slice::<serde_json::Value>(&self.manifest)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_owned())
+    }
+
+    /// Config then layers, each digest once, as (digest, size).
+    fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        let mut seen = BTreeSet::new();
+        let mut out = vec![];
+        for d in std::iter::once(&self.config).chain(self.layers.iter()) {
+            let digest = store_digest(d).map_err(|message| RegistryError::InvalidInput {
+                repository: self.target.name(),
+                message,
+            })?;
+            if seen.insert(digest.clone()) {
+                out.push((digest, d.size()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn all_tags(&self) -> Vec<String> {
+        let mut tags: Vec<String> = self.tags.iter().chain(self.target.tag.iter()).cloned().collect();
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+
+    /// Checks that the descriptors given are the manifest's own.
+    fn validate(&self) -> Result<()> {
+        let bad = |message: String| RegistryError::InvalidInput {
+            repository: self.target.name(),
+            message,
+        };
+        let parsed = ImageManifest::from_reader(&self.manifest[..])
+            .map_err(|e| bad(format!("the manifest is not an image manifest: {e}")))?;
+        let same = |a: &Descriptor, b: &Descriptor| a.digest() == b.digest() && a.size() == b.size();
+        if !same(parsed.config(), &self.config) {
+            return Err(bad("the config descriptor differs from the manifest's".into()));
+        }
+        if parsed.layers().len() != self.layers.len() || !parsed.layers().iter().zip(&self.layers).all(|(a, b)| same(a, b)) {
+            return Err(bad("the layer descriptors differ from the manifest's".into()));
+        }
+        if let Some(d) = &self.target.digest
+            && *d != self.digest()
+        {
+            return Err(bad(format!("the target names digest {d} but the manifest's is {}", self.digest())));
+        }
+        for t in self.all_tags() {
+            check_tag(&t)?;
+        }
+        Ok(())
+    }
+}
+
+fn store_digest(d: &Descriptor) -> std::result::Result<Digest, String> {
+    d.digest()
+        .to_string()
+        .parse::<Digest>()
+        .map_err(|_| format!("descriptor digest {} is not a sha256 digest", d.digest()))
+}
+
+/// What happened to one blob of one image.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum BlobOutcome {
+    /// Sent from the store.
+    Uploaded,
+    /// Mounted from another repository of the same registry.
+    Mounted { from: String },
+    /// The repository already had it.
+    Present,
+    /// Another image of this release in the same repository brought it.
+    Shared,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BlobReport {
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(flatten)]
+    pub outcome: BlobOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ImageReport {
+    /// `registry/repository@sha256:...`
+    pub reference: String,
+    pub digest: Digest,
+    pub tags: Vec<String>,
+    /// The registry already had the manifest (nothing was sent for it).
+    pub manifest_existed: bool,
+    pub bytes_uploaded: u64,
+    pub bytes_mounted: u64,
+    pub bytes_skipped: u64,
+    /// Config first, then layers.
+    pub blobs: Vec<BlobReport>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PushReport {
+    pub images: Vec<ImageReport>,
+    pub bytes_uploaded: u64,
+    pub bytes_mounted: u64,
+    pub bytes_skipped: u64,
+}
+
+/// (registry, repository)
+type Repo = (String, String);
+
+/// One blob to bring into several repositories of one registry.
+struct BlobJob {
+    registry: String,
+    digest: Digest,
+    size: u64,
+    /// Repositories that lack it, in name order.
+    targets: Vec<String>,
+    /// Repositories that have it (seen), then hints (may have it), in order of preference.
+    sources: Vec<String>,
+}
+
+impl Client {
+    /// Pushes `images` as one release (see the module doc for the order of work). Nothing is
+    /// tagged unless every manifest was pushed.
+    pub fn push(&self, store: &Store, images: &[PushImage]) -> Result<PushReport> {
+        for img in images {
+            img.validate()?;
+        }
+        // Every (repository, blob) pair, and the hints per (registry, blob).
+        let mut pairs: BTreeMap<(Repo, Digest), u64> = BTreeMap::new();
+        let mut hints: BTreeMap<(String, Digest), Vec<String>> = BTreeMap::new();
+        for img in images {
+            let repo = (img.target.registry.clone(), img.target.repository.clone());
+            for (digest, size) in img.blobs()? {
+                pairs.insert((repo.clone(), digest.clone()), size);
+                let h = hints.entry((repo.0.clone(), digest)).or_default();
+                for m in &img.mount_from {
+                    if m != &repo.1 && !h.contains(m) {
+                        h.push(m.clone());
+                    }
+                }
+            }
+        }
+        let parallelism = self.options.parallelism;
+
+        // 1. HEAD every pair.
+        let keys: Vec<(Repo, Digest)> = pairs.keys().cloned().collect();
+        let present = parallel_map(&keys, parallelism, |((registry, repository), digest)| {
+            blob_exists(&*self.session(registry)?, repository, digest)
+        })?;
+        let present: BTreeMap<(Repo, Digest), bool> = keys.into_iter().zip(present).collect();
+
+        // 2. Plan one job per (registry, blob) that some repository lacks.
+        let mut jobs: BTreeMap<(String, Digest), BlobJob> = BTreeMap::new();
+        for (((registry, repository), digest), size) in &pairs {
+            let job = jobs.entry((registry.clone(), digest.clone())).or_insert_with(|| BlobJob {
+                registry: registry.clone(),
+                digest: digest.clone(),
+                size: *size,
+                targets: vec![],
+                sources: vec![],
+            });
+            if present[&((registry.clone(), repository.clone()), digest.clone())] {
+                job.sources.push(repository.clone());
+            } else {
+                job.targets.push(repository.clone());
+            }
+        }
+        let mut jobs: Vec<BlobJob> = jobs
+            .into_values()
+            .filter(|j| !j.targets.is_empty())
+            .map(|mut j| {
+                for h in hints.get(&(j.registry.clone(), j.digest.clone())).into_iter().flatten() {
+                    if !j.sources.contains(h) && !j.targets.contains(h) {
+                        j.sources.push(h.clone());
+                    }
+                }
+                j
+            })
+            .collect();
+        // Big blobs first, so the longest transfers overlap the rest.
+        jobs.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.digest.cmp(&b.digest)));
+        let outcomes = parallel_map(&jobs, parallelism, |job| self.run_blob_job(store, job))?;
+        let mut outcome: BTreeMap<(Repo, Digest), BlobOutcome> = BTreeMap::new();
+        for (job, per_target) in jobs.iter().zip(outcomes) {
+            for (repository, o) in per_target {
+                outcome.insert(((job.registry.clone(), repository), job.digest.clone()), o);
+            }
+        }
+
+        // 3. Manifests by digest, all of them, before any tag.
+        let existed = parallel_map(images, parallelism, |img| self.put_manifest(img, None))?;
+
+        // 4. Tags.
+        let tag_jobs: Vec<(&PushImage, String)> = images
+            .iter()
+            .flat_map(|img| img.all_tags().into_iter().map(move |t| (img, t)))
+            .collect();
+        parallel_map(&tag_jobs, parallelism, |(img, tag)| self.put_manifest(img, Some(tag)).map(|_| ()))?;
+
+        // Report: a pair's outcome goes to the first image listing it; later images of the
+        // same repository count it as shared.
+        let mut claimed: BTreeSet<(Repo, Digest)> = BTreeSet::new();
+        let mut report = PushReport::default();
+        for (img, manifest_existed) in images.iter().zip(existed) {
+            let repo = (img.target.registry.clone(), img.target.repository.clone());
+            let digest = img.digest();
+            let mut r = ImageReport {
+                reference: format!("{}@{digest}", img.target.name()),
+                digest,
+                tags: img.all_tags(),
+                manifest_existed,
+                bytes_uploaded: 0,
+                bytes_mounted: 0,
+                bytes_skipped: 0,
+                blobs: vec![],
+            };
+            for (d, size) in img.blobs()? {
+                let key = (repo.clone(), d.clone());
+                let o = if !claimed.insert(key.clone()) {
+                    BlobOutcome::Shared
+                } else {
+                    outcome.get(&key).cloned().unwrap_or(BlobOutcome::Present)
+                };
+                match o {
+                    BlobOutcome::Uploaded => r.bytes_uploaded += size,
+                    BlobOutcome::Mounted { .. } => r.bytes_mounted += size,
+                    BlobOutcome::Present | BlobOutcome::Shared => r.bytes_skipped += size,
+                }
+                r.blobs.push(BlobReport {
+                    digest: d,
+                    size,
+                    outcome: o,
+                });
+            }
+            report.bytes_uploaded += r.bytes_uploaded;
+            report.bytes_mounted += r.bytes_mounted;
+            report.bytes_skipped += r.bytes_skipped;
+            report.images.push(r);
+        }
+        Ok(report)
+    }
+
+    /// Brings one blob into every target repository: mount from a source when there is one,
+    /// else upload to the first target and mount into the rest.
+    fn run_blob_job(&self, store: &Store, job: &BlobJob) -> Result<Vec<(String, BlobOutcome)>> {
+        let sess = self.session(&job.registry)?;
+        let mut sources = job.sources.clone();
+        let mut out = vec![];
+        for target in &job.targets {
+            let mut started = None;
+            let mut done = None;
+            for source in &sources {
+                match mount(&sess, target, source, &job.digest)? {
+                    Mount::Mounted => {
+                        done = Some(BlobOutcome::Mounted { from: source.clone() });
+                        break;
+                    }
+                    // The registry does not have it there (or will not mount): it opened an
+                    // upload session instead, which we use if no other source works.
+                    Mount::Upload(url) => started = Some(url),
+                    Mount::Refused => {}
+                }
+            }
+            let o = match done {
+                Some(o) => o,
+                None => {
+                    upload_blob(&sess, store, target, &job.digest, job.size, self.options.chunk_size, started)?;
+                    BlobOutcome::Uploaded
+                }
+            };
+            // A repository that has the blob now is the best source for the next ones.
+            sources.insert(0, target.clone());
+            out.push((target.clone(), o));
+        }
+        Ok(out)
+    }
+
+    /// `PUT` of the manifest by digest (skipped when a `HEAD` finds it) or by tag. Returns
+    /// whether the manifest was already there.
+    fn put_manifest(&self, img: &PushImage, tag: Option<&str>) -> Result<bool> {
+        let sess = self.session(&img.target.registry)?;
+        let repository = &img.target.repository;
+        let digest = img.digest();
+        let reference = tag.map(str::to_owned).unwrap_or_else(|| digest.to_string());
+        let scopes = [repo_scope(repository, true)];
+        let url = sess.url(&format!("/v2/{repository}/manifests/{reference}"));
+        let media_type = img.media_type();
+        if tag.is_none() {
+            let what = format!("HEAD of manifest {digest} in {repository}");
+            let resp = sess.send(&scopes, &what, &|c| c.head(url.clone()).header("accept", media_type.clone()))?;
+            if resp.status().is_success() {
+                return Ok(true);
+            }
+        }
+        let what = match tag {
+            Some(t) => format!("tagging {repository}:{t} (manifest {digest})"),
+            None => format!("push of manifest {digest} to {repository}"),
+        };
+        let resp = sess.send(&scopes, &what, &|c| {
+            c.put(url.clone())
+                .header(CONTENT_TYPE, media_type.clone())
+                .body(img.manifest.clone())
+        })?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            // MANIFEST_BLOB_UNKNOWN, MANIFEST_INVALID...: `what` names the manifest.
+            return Err(sess.error_from(&what, repository, resp));
+        }
+        if let Some(d) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok())
+            && d != digest.to_string()
+        {
+            return Err(RegistryError::DigestMismatch {
+                registry: sess.registry.clone(),
+                repository: repository.clone(),
+                what: format!("manifest pushed as {reference}"),
+                expected: digest.to_string(),
+                actual: d.to_owned(),
+            });
+        }
+        Ok(false)
+    }
+}
