@@ -262,7 +262,21 @@ fn load_or_read(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
     {
         return Ok(u);
     }
-    let u = read_deb(store, pkg)?;
+    let u = match read_deb(store, pkg) {
+        Ok(u) => u,
+        // a read that failed mid-way (say, in the xz stream) never reached the digest check
+        // at end of stream: tell corruption of the stored .deb apart from a broken package
+        Err(e) if !store.verify(&pkg.sha256)? => {
+            return Err(Error::BadDeb {
+                package: pkg.name.clone(),
+                why: format!(
+                    "the stored .deb does not match its SHA256 {} (corrupt or tampered: {e}); it was removed, fetch it again",
+                    pkg.sha256
+                ),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let json = serde_json::to_vec(&u).expect("serialisable");
     store.write_record(RECORD_BUCKET, key, &json)?;
     Ok(u)
