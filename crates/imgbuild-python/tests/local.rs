@@ -403,3 +403,110 @@ fn unsafe_wheel_entries_are_refused() {
     assert!(err.to_string().contains("does not match the wheel's RECORD"), "{err}");
     assert_eq!(count_files(&store.root().join("tmp")), 0);
 }
+
+fn bytecode_wheel() -> Vec<u8> {
+    build_wheel(&WheelSpec {
+        name: "bc",
+        version: "1.0",
+        requires_dist: &[],
+        entry_points: None,
+        files: vec![
+            // a set literal in a membership test becomes a frozenset constant: hash-order
+            // dependent before 3.11 (3.11 marshal sorts set elements, bpo-37596)
+            (
+                "bc/__init__.py".into(),
+                b"def kind(x):\n    return x in {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta'}\n\nNAMES = ('a', 'b')\n".to_vec(),
+                0o644,
+            ),
+            ("bc/sub/mod.py".into(), b"def where():\n    return where.__code__.co_filename\n".to_vec(), 0o644),
+            ("bc/broken.py".into(), b"def oops(:\n".to_vec(), 0o644),
+            ("bc/data.txt".into(), b"not python\n".to_vec(), 0o644),
+        ],
+    })
+}
+
+fn pyc_bytes(tree: &Tree) -> Vec<(String, Vec<u8>)> {
+    tree.iter()
+        .filter(|(p, _)| p.as_str().ends_with(".pyc"))
+        .map(|(p, n)| match n {
+            Node::File { content: Content::Host { path, .. }, .. } => (p.as_str().to_owned(), std::fs::read(path).unwrap()),
+            other => panic!("{p:?}: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn bytecode_is_deterministic_unchecked_hash_with_in_image_paths() {
+    let host = imgbuild_python::bytecode::find_host_python(&Target::bookworm_cpython311())
+        .expect("these tests need python3.11 on PATH (CPython 3.11 is part of the build machine)");
+    let wheel = bytecode_wheel();
+    let mut results = vec![];
+    for _ in 0..2 {
+        // two independent stores: two independent compilations
+        let index = Index::start();
+        index.project("bc", &[("bc-1.0-py3-none-any.whl", Some(sha256_hex(&wheel)), None, wheel.clone())]);
+        let text = format!("-i {}\nbc==1.0 --hash=sha256:{}\n", index.url(), sha256_hex(&wheel));
+        let reqs = parse_requirements_str(&text, Path::new("requirements.txt")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let s = spec(Target::bookworm_cpython311(), true);
+        let wheels = fetch_wheels(&s, &reqs, &store, &client(), 1).unwrap();
+        let mut tree = Tree::new();
+        let report = install(&s, &reqs, &wheels, &store, &mut tree).unwrap();
+        assert_eq!(report.pyc_files, 2, "{report:?}");
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(report.warnings[0].contains("did not byte-compile") && report.warnings[0].contains("bc/broken.py"), "{:?}", report.warnings);
+        let record = match tree.get(&TreePath::new("opt/venv/lib/python3.11/site-packages/bc-1.0.dist-info/RECORD").unwrap()) {
+            Some(Node::File { content: Content::Inline(b), .. }) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(record.contains("bc/__pycache__/__init__.cpython-311.pyc,sha256="), "{record}");
+        assert!(record.contains("bc/sub/__pycache__/mod.cpython-311.pyc,sha256="), "{record}");
+        let pycs = pyc_bytes(&tree);
+        assert_eq!(
+            pycs.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            [
+                "opt/venv/lib/python3.11/site-packages/bc/__pycache__/__init__.cpython-311.pyc",
+                "opt/venv/lib/python3.11/site-packages/bc/sub/__pycache__/mod.cpython-311.pyc"
+            ]
+        );
+        for (p, b) in &pycs {
+            // PEP 552 header: magic of 3.11, flags = hash-based (1) without check_source (2)
+            assert_eq!(hex::encode(&b[..4]), host.magic, "{p}");
+            assert_eq!(hex::encode(&b[..4]), "a70d0d0a", "{p}");
+            assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()), 1, "{p}: unchecked-hash flags");
+        }
+        // the in-image source path is what the code objects record
+        let mod_pyc = &pycs[1].1;
+        let needle = b"/opt/venv/lib/python3.11/site-packages/bc/sub/mod.py";
+        assert!(mod_pyc.windows(needle.len()).any(|w| w == needle), "in-image path recorded");
+        assert!(!mod_pyc.windows(tmp.path().as_os_str().len()).any(|w| w == tmp.path().as_os_str().as_encoded_bytes()));
+        results.push(pycs);
+        drop(tmp);
+    }
+    assert_eq!(results[0], results[1], ".pyc bytes differ between two independent builds");
+}
+
+#[test]
+fn bytecode_without_same_minor_interpreter_is_a_warning() {
+    let wheel = bytecode_wheel();
+    let index = Index::start();
+    index.project("bc", &[("bc-1.0-py3-none-any.whl", Some(sha256_hex(&wheel)), None, wheel.clone())]);
+    let text = format!("-i {}\nbc==1.0 --hash=sha256:{}\n", index.url(), sha256_hex(&wheel));
+    let reqs = parse_requirements_str(&text, Path::new("requirements.txt")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    // CPython 3.4 exists nowhere on a current machine
+    let s = VenvSpec {
+        interpreter: "/usr/bin/python3.4".into(),
+        ..spec(Target { python_full_version: "3.4.10".into(), ..Target::bookworm_cpython311() }, true)
+    };
+    let wheels = fetch_wheels(&s, &reqs, &store, &client(), 1).unwrap();
+    let mut tree = Tree::new();
+    let report = install(&s, &reqs, &wheels, &store, &mut tree).unwrap();
+    assert_eq!(report.pyc_files, 0);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(report.warnings[0].contains("no .pyc files") && report.warnings[0].contains("python3.4"), "{:?}", report.warnings);
+    assert!(tree.get(&TreePath::new("opt/venv/lib/python3.4/site-packages/bc/__init__.py").unwrap()).is_some());
+    assert!(pyc_bytes(&tree).is_empty());
+}
