@@ -415,6 +415,8 @@ struct FaultState {
 pub struct FaultProxy {
     server: Server,
     faults: Arc<Mutex<Vec<FaultState>>>,
+    /// Every request seen: (method, target, Content-Range), in arrival order.
+    pub log: Arc<Mutex<Vec<(String, String, Option<String>)>>>,
 }
 
 impl FaultProxy {
@@ -430,10 +432,12 @@ impl FaultProxy {
                 .collect::<Vec<_>>(),
         ));
         let state = faults.clone();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
         let server = Server::start(move |conn| {
-            let _ = proxy_connection(conn, upstream, &state);
+            let _ = proxy_connection(conn, upstream, &state, &log2);
         });
-        FaultProxy { server, faults }
+        FaultProxy { server, faults, log }
     }
 
     pub fn host(&self) -> String {
@@ -452,11 +456,16 @@ impl FaultProxy {
     }
 }
 
-fn proxy_connection(conn: TcpStream, upstream: u16, faults: &Mutex<Vec<FaultState>>) -> std::io::Result<()> {
+type Log = Mutex<Vec<(String, String, Option<String>)>>;
+
+fn proxy_connection(conn: TcpStream, upstream: u16, faults: &Mutex<Vec<FaultState>>, log: &Log) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
     // One request per connection: the upstream answer carries `Connection: close`.
     let Some(req) = read_request(&mut reader) else { return Ok(()) };
+    log.lock()
+        .unwrap()
+        .push((req.method.clone(), req.target.clone(), req.header("content-range").map(str::to_owned)));
     let action = {
         let mut fs = faults.lock().unwrap();
         let mut chosen = None;
@@ -514,6 +523,17 @@ fn proxy_connection(conn: TcpStream, upstream: u16, faults: &Mutex<Vec<FaultStat
             let last = resp.len() - 1;
             resp[last] ^= 0x01;
         }
+    }
+    if std::env::var_os("IMGBUILD_TEST_PROXY_TRACE").is_some() {
+        let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+        let body = &resp[(head_end + 4).min(resp.len())..];
+        eprintln!(
+            "proxy: {} {} -> {} {}",
+            req.method,
+            req.target,
+            String::from_utf8_lossy(&resp[..head_end]).lines().next().unwrap_or(""),
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
     }
     conn.write_all(&resp)?;
     let _ = conn.shutdown(Shutdown::Both);
