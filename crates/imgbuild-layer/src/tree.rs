@@ -261,6 +261,16 @@ impl Tree {
         Ok(())
     }
 
+    /// Gives directories that exist only as parents of other entries the metadata
+    /// that the layers below have for them (so adding `/tmp/x` keeps `/tmp` 1777).
+    pub fn adopt_lower_dirs(&mut self, lower: impl Fn(&TreePath) -> Option<Meta>) {
+        for p in &self.implicit {
+            if let Some(m) = lower(p) {
+                self.entries.insert(p.clone(), Node::Dir(m));
+            }
+        }
+    }
+
     /// Checks invariants that can only be checked once the tree is complete:
     /// every hardlink points at a regular file of this tree.
     pub fn validate(&self) -> Result<(), TreeError> {

@@ -1,0 +1,8 @@
+//! The one integration-test binary: runs the real `imgbuild` on fixture projects
+//! and checks the results with independent tools (skopeo, umoci, docker, podman).
+//! A missing tool is a failure, never a skip: `.ci/run` installs them.
+
+mod support;
+
+mod core_build;
+mod engines;
