@@ -17,7 +17,10 @@ pub(crate) enum Challenge {
     /// `/v2/` answered 200: no auth.
     Anonymous,
     Basic,
-    Bearer { realm: String, service: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
 }
 
 /// A parsed `WWW-Authenticate` header: scheme and its parameters.
@@ -40,7 +43,9 @@ impl WwwAuthenticate {
     }
     /// `error="insufficient_scope"`: the token was fine but lacks the permission.
     pub fn insufficient_scope(&self) -> bool {
-        self.params.get("error").is_some_and(|e| e == "insufficient_scope")
+        self.params
+            .get("error")
+            .is_some_and(|e| e == "insufficient_scope")
     }
 }
 
@@ -188,12 +193,16 @@ mod tests {
         assert!(h.insufficient_scope());
         let h = parse_www_authenticate(r#"Basic realm="Registry Realm""#).unwrap();
         assert_eq!(h.challenge(), Some(Challenge::Basic));
-        assert_eq!(parse_www_authenticate("Basic").unwrap().challenge(), Some(Challenge::Basic));
+        assert_eq!(
+            parse_www_authenticate("Basic").unwrap().challenge(),
+            Some(Challenge::Basic)
+        );
     }
 
     #[test]
     fn token_response_and_scopes() {
-        let r: TokenResponse = serde_json::from_str(r#"{"access_token":"abc","expires_in":300}"#).unwrap();
+        let r: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"abc","expires_in":300}"#).unwrap();
         let t = CachedToken::from_response(r).unwrap();
         assert_eq!(t.token.expose(), "abc");
         assert!(t.fresh());
@@ -201,7 +210,11 @@ mod tests {
         assert_eq!(CachedToken::from_response(r).unwrap().token.expose(), "t");
         assert!(CachedToken::from_response(serde_json::from_str(r#"{}"#).unwrap()).is_none());
         assert_eq!(
-            scope_key(&[repo_scope("b", true), repo_scope("a", false), repo_scope("b", true)]),
+            scope_key(&[
+                repo_scope("b", true),
+                repo_scope("a", false),
+                repo_scope("b", true)
+            ]),
             "repository:a:pull repository:b:pull,push"
         );
     }

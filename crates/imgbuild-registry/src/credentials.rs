@@ -71,7 +71,9 @@ impl Credential {
     }
     pub fn username(&self) -> &str {
         match self {
-            Credential::Basic { username, .. } | Credential::IdentityToken { username, .. } => username,
+            Credential::Basic { username, .. } | Credential::IdentityToken { username, .. } => {
+                username
+            }
         }
     }
 }
@@ -98,11 +100,17 @@ impl AuthEnv {
         V: Into<String>,
     {
         AuthEnv {
-            vars: vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            vars: vars
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         }
     }
     pub fn var(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
@@ -110,7 +118,8 @@ impl AuthEnv {
         if let Some(dir) = self.var("DOCKER_CONFIG") {
             return Some(Path::new(dir).join("config.json"));
         }
-        self.var("HOME").map(|h| Path::new(h).join(".docker/config.json"))
+        self.var("HOME")
+            .map(|h| Path::new(h).join(".docker/config.json"))
     }
 
     /// Podman's auth files, in the order Podman reads them.
@@ -130,7 +139,9 @@ impl AuthEnv {
 
     fn find_program(&self, name: &str) -> Option<PathBuf> {
         let path = self.var("PATH")?;
-        std::env::split_paths(path).map(|d| d.join(name)).find(|p| p.is_file())
+        std::env::split_paths(path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
     }
 }
 
@@ -171,7 +182,8 @@ impl Credentials {
 
     /// Uses `credential` for `registry`, before anything else.
     pub fn with(mut self, registry: &str, credential: Credential) -> Credentials {
-        self.explicit.insert(normalize_registry(registry), credential);
+        self.explicit
+            .insert(normalize_registry(registry), credential);
         self
     }
 
@@ -185,12 +197,12 @@ impl Credentials {
         if let Some(c) = self.explicit.get(&registry) {
             return Ok(Some(c.clone()));
         }
-        if let Some(c) = self.from_env(&registry) {
+        if let Some(c) = self.env_credential(&registry) {
             return Ok(Some(c));
         }
         if let Some(path) = self.env.docker_config_path()
             && let Some(config) = read_json(&path)?
-            && let Some(c) = self.from_docker_config(&path, &config, &registry)?
+            && let Some(c) = self.docker_config_credential(&path, &config, &registry)?
         {
             return Ok(Some(c));
         }
@@ -204,7 +216,7 @@ impl Credentials {
         Ok(None)
     }
 
-    fn from_env(&self, registry: &str) -> Option<Credential> {
+    fn env_credential(&self, registry: &str) -> Option<Credential> {
         let host = env_host(registry);
         let scoped = (
             self.env.var(&format!("IMGBUILD_REGISTRY_{host}_USER")),
@@ -217,17 +229,25 @@ impl Credentials {
             .env
             .var("IMGBUILD_REGISTRY_HOST")
             .is_none_or(|h| normalize_registry(h) == registry);
-        match (self.env.var("IMGBUILD_REGISTRY_USER"), self.env.var("IMGBUILD_REGISTRY_PASSWORD")) {
+        match (
+            self.env.var("IMGBUILD_REGISTRY_USER"),
+            self.env.var("IMGBUILD_REGISTRY_PASSWORD"),
+        ) {
             (Some(u), Some(p)) if applies => Some(Credential::basic(u, p)),
             _ => None,
         }
     }
 
-    fn from_docker_config(&self, path: &Path, config: &serde_json::Value, registry: &str) -> Result<Option<Credential>> {
-        if let Some(helper) = helper_for(config, registry) {
-            if let Some(c) = self.helper_get(&helper, registry)? {
-                return Ok(Some(c));
-            }
+    fn docker_config_credential(
+        &self,
+        path: &Path,
+        config: &serde_json::Value,
+        registry: &str,
+    ) -> Result<Option<Credential>> {
+        if let Some(helper) = helper_for(config, registry)
+            && let Some(c) = self.helper_get(&helper, registry)?
+        {
+            return Ok(Some(c));
         }
         auths_entry(path, config, registry)
     }
@@ -237,7 +257,8 @@ impl Credentials {
         let server = server_url(registry);
         let out = self.run_helper(helper, registry, "get", server.as_bytes())?;
         if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
             if text.to_ascii_lowercase().contains("credentials not found") {
                 return Ok(None);
             }
@@ -254,11 +275,12 @@ impl Credentials {
             #[serde(rename = "Secret", default)]
             secret: String,
         }
-        let creds: HelperCreds = serde_json::from_slice(&out.stdout).map_err(|e| RegistryError::CredentialHelper {
-            helper: helper_program(helper),
-            registry: registry.to_owned(),
-            message: format!("`get` printed something that is not the expected JSON ({e})"),
-        })?;
+        let creds: HelperCreds =
+            serde_json::from_slice(&out.stdout).map_err(|e| RegistryError::CredentialHelper {
+                helper: helper_program(helper),
+                registry: registry.to_owned(),
+                message: format!("`get` printed something that is not the expected JSON ({e})"),
+            })?;
         if creds.secret.is_empty() {
             return Ok(None);
         }
@@ -272,7 +294,13 @@ impl Credentials {
         }))
     }
 
-    fn run_helper(&self, helper: &str, registry: &str, verb: &str, stdin: &[u8]) -> Result<std::process::Output> {
+    fn run_helper(
+        &self,
+        helper: &str,
+        registry: &str,
+        verb: &str,
+        stdin: &[u8],
+    ) -> Result<std::process::Output> {
         let program = helper_program(helper);
         let path = self.env.find_program(&program).ok_or_else(|| RegistryError::CredentialHelper {
             helper: program.clone(),
@@ -296,9 +324,13 @@ impl Credentials {
         // The helper reads all of stdin before answering; stdin is small, so writing it whole
         // before reading stdout cannot deadlock.
         let mut input = child.stdin.take().expect("piped");
-        input.write_all(stdin).map_err(|e| fail(format!("cannot write to it: {e}")))?;
+        input
+            .write_all(stdin)
+            .map_err(|e| fail(format!("cannot write to it: {e}")))?;
         drop(input);
-        child.wait_with_output().map_err(|e| fail(format!("cannot read its output: {e}")))
+        child
+            .wait_with_output()
+            .map_err(|e| fail(format!("cannot read its output: {e}")))
     }
 
     /// Stores credentials as `docker login` does: in the credential helper configured for the
@@ -306,10 +338,14 @@ impl Credentials {
     /// written atomically with mode 0600.
     pub fn store(&self, registry: &str, credential: &Credential) -> Result<StoredIn> {
         let registry = normalize_registry(registry);
-        let path = self.env.docker_config_path().ok_or_else(|| RegistryError::AuthConfig {
-            path: PathBuf::from("~/.docker/config.json"),
-            message: "neither DOCKER_CONFIG nor HOME is set: nowhere to store credentials".into(),
-        })?;
+        let path = self
+            .env
+            .docker_config_path()
+            .ok_or_else(|| RegistryError::AuthConfig {
+                path: PathBuf::from("~/.docker/config.json"),
+                message: "neither DOCKER_CONFIG nor HOME is set: nowhere to store credentials"
+                    .into(),
+            })?;
         let mut config = read_json(&path)?.unwrap_or_else(|| serde_json::json!({}));
         if !config.is_object() {
             return Err(RegistryError::AuthConfig {
@@ -363,7 +399,10 @@ impl Credentials {
         let mut entry = serde_json::Map::new();
         match credential {
             Credential::Basic { .. } => {
-                entry.insert("auth".into(), B64.encode(format!("{username}:{}", secret.expose())).into());
+                entry.insert(
+                    "auth".into(),
+                    B64.encode(format!("{username}:{}", secret.expose())).into(),
+                );
             }
             Credential::IdentityToken { .. } => {
                 entry.insert("auth".into(), B64.encode(format!("{username}:")).into());
@@ -398,12 +437,22 @@ fn helper_program(helper: &str) -> String {
 fn env_host(registry: &str) -> String {
     registry
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 fn first_line(s: &str) -> String {
-    let line = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = s
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     line.chars().take(200).collect()
 }
 
@@ -418,12 +467,21 @@ fn helper_for(config: &serde_json::Value, registry: &str) -> Option<String> {
         })
         .filter(|s| !s.is_empty());
     from_helpers
-        .or_else(|| config.get("credsStore").and_then(|s| s.as_str()).filter(|s| !s.is_empty()))
+        .or_else(|| {
+            config
+                .get("credsStore")
+                .and_then(|s| s.as_str())
+                .filter(|s| !s.is_empty())
+        })
         .map(str::to_owned)
 }
 
 /// The `auths` entry for a registry in a Docker or Podman auth file.
-fn auths_entry(path: &Path, config: &serde_json::Value, registry: &str) -> Result<Option<Credential>> {
+fn auths_entry(
+    path: &Path,
+    config: &serde_json::Value,
+    registry: &str,
+) -> Result<Option<Credential>> {
     let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else {
         return Ok(None);
     };
@@ -442,14 +500,21 @@ fn auths_entry(path: &Path, config: &serde_json::Value, registry: &str) -> Resul
         message,
     };
     let (mut username, mut password) = (None, None);
-    if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
+    if let Some(auth) = entry
+        .get("auth")
+        .and_then(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+    {
         let decoded = B64
             .decode(auth.trim())
             .map_err(|_| bad(format!("`auths.{key}.auth` is not valid base64")))?;
-        let decoded = String::from_utf8(decoded).map_err(|_| bad(format!("`auths.{key}.auth` is not UTF-8")))?;
-        let (u, p) = decoded
-            .split_once(':')
-            .ok_or_else(|| bad(format!("`auths.{key}.auth` does not decode to `user:password`")))?;
+        let decoded = String::from_utf8(decoded)
+            .map_err(|_| bad(format!("`auths.{key}.auth` is not UTF-8")))?;
+        let (u, p) = decoded.split_once(':').ok_or_else(|| {
+            bad(format!(
+                "`auths.{key}.auth` does not decode to `user:password`"
+            ))
+        })?;
         username = Some(u.to_owned());
         password = Some(p.to_owned());
     }
@@ -459,9 +524,15 @@ fn auths_entry(path: &Path, config: &serde_json::Value, registry: &str) -> Resul
     if let Some(p) = entry.get("password").and_then(|p| p.as_str()) {
         password.get_or_insert_with(|| p.to_owned());
     }
-    if let Some(token) = entry.get("identitytoken").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
+    if let Some(token) = entry
+        .get("identitytoken")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+    {
         return Ok(Some(Credential::IdentityToken {
-            username: username.filter(|u| !u.is_empty()).unwrap_or_else(|| "<token>".into()),
+            username: username
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "<token>".into()),
             token: Secret::new(token),
         }));
     }
@@ -474,7 +545,9 @@ fn auths_entry(path: &Path, config: &serde_json::Value, registry: &str) -> Resul
 /// Whether an auth-file key names a whole registry (`host`, `https://host/v1/`), not one
 /// namespace of it (Podman's `host/org/repo` keys, which we do not apply to the whole host).
 fn is_host_key(key: &str) -> bool {
-    let rest = key.trim_start_matches("https://").trim_start_matches("http://");
+    let rest = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     match rest.split_once('/') {
         None => true,
         Some((_, path)) => matches!(path, "" | "v1/" | "v2/" | "v1" | "v2"),
@@ -503,10 +576,12 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     // The serde error names line and column only, never the content.
-    serde_json::from_str(&s).map(Some).map_err(|e| RegistryError::AuthConfig {
-        path: path.to_path_buf(),
-        message: format!("invalid JSON at line {} column {}", e.line(), e.column()),
-    })
+    serde_json::from_str(&s)
+        .map(Some)
+        .map_err(|e| RegistryError::AuthConfig {
+            path: path.to_path_buf(),
+            message: format!("invalid JSON at line {} column {}", e.line(), e.column()),
+        })
 }
 
 /// Writes `bytes` to `path` through a 0600 temp file in the same directory, fsync, rename.
@@ -514,7 +589,11 @@ fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |source| RegistryError::Io { op, path: p, source }
+        move |source| RegistryError::Io {
+            op,
+            path: p,
+            source,
+        }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     if !dir.exists() {
@@ -526,7 +605,9 @@ fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("config.json"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("config.json"),
         std::process::id()
     ));
     let result = (|| {
@@ -559,7 +640,10 @@ mod tests {
     fn env_with(dir: &Path, extra: &[(&str, &str)]) -> AuthEnv {
         let mut vars = vec![
             ("HOME".to_owned(), dir.join("home").display().to_string()),
-            ("PATH".to_owned(), format!("{}:/usr/bin:/bin", dir.join("bin").display())),
+            (
+                "PATH".to_owned(),
+                format!("{}:/usr/bin:/bin", dir.join("bin").display()),
+            ),
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         AuthEnv::from_vars(vars)
@@ -572,7 +656,9 @@ mod tests {
 
     fn basic(c: Option<Credential>) -> (String, String) {
         match c {
-            Some(Credential::Basic { username, password }) => (username, password.expose().to_owned()),
+            Some(Credential::Basic { username, password }) => {
+                (username, password.expose().to_owned())
+            }
             other => panic!("expected basic credentials, got {other:?}"),
         }
     }
@@ -594,9 +680,18 @@ mod tests {
             ),
         );
         let creds = Credentials::new(env_with(dir.path(), &[]));
-        assert_eq!(basic(creds.lookup("docker.io").unwrap()), ("alice".into(), "pa:ss".into()));
-        assert_eq!(basic(creds.lookup("index.docker.io").unwrap()), ("alice".into(), "pa:ss".into()));
-        assert_eq!(basic(creds.lookup("127.0.0.1:5000").unwrap()), ("bob".into(), "pw".into()));
+        assert_eq!(
+            basic(creds.lookup("docker.io").unwrap()),
+            ("alice".into(), "pa:ss".into())
+        );
+        assert_eq!(
+            basic(creds.lookup("index.docker.io").unwrap()),
+            ("alice".into(), "pa:ss".into())
+        );
+        assert_eq!(
+            basic(creds.lookup("127.0.0.1:5000").unwrap()),
+            ("bob".into(), "pw".into())
+        );
         match creds.lookup("ghcr.io").unwrap() {
             Some(Credential::IdentityToken { username, token }) => {
                 assert_eq!(username, "carol");
@@ -614,12 +709,27 @@ mod tests {
     fn docker_config_env_var_and_bad_json() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("dc");
-        write(&cfg.join("config.json"), r#"{"auths": {"quay.io": {"auth": "#);
-        let creds = Credentials::new(env_with(dir.path(), &[("DOCKER_CONFIG", cfg.to_str().unwrap())]));
+        write(
+            &cfg.join("config.json"),
+            r#"{"auths": {"quay.io": {"auth": "#,
+        );
+        let creds = Credentials::new(env_with(
+            dir.path(),
+            &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
+        ));
         let err = creds.lookup("quay.io").unwrap_err().to_string();
         assert!(err.contains("config.json") && err.contains("line"), "{err}");
-        write(&cfg.join("config.json"), &format!(r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#, B64.encode("q:w")));
-        assert_eq!(basic(creds.lookup("quay.io").unwrap()), ("q".into(), "w".into()));
+        write(
+            &cfg.join("config.json"),
+            &format!(
+                r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#,
+                B64.encode("q:w")
+            ),
+        );
+        assert_eq!(
+            basic(creds.lookup("quay.io").unwrap()),
+            ("q".into(), "w".into())
+        );
     }
 
     fn fake_helper(dir: &Path, name: &str, script_body: &str) {
@@ -662,7 +772,9 @@ esac"#,
             ("helper-user".into(), "helper-pass".into())
         );
         match creds.lookup("docker.io").unwrap() {
-            Some(Credential::IdentityToken { token, .. }) => assert_eq!(token.expose(), "hub-refresh"),
+            Some(Credential::IdentityToken { token, .. }) => {
+                assert_eq!(token.expose(), "hub-refresh")
+            }
             other => panic!("{other:?}"),
         }
         // credsStore has nothing for it: falls back to auths
@@ -679,38 +791,70 @@ esac"#,
     #[test]
     fn missing_or_failing_helper_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        write(&dir.path().join("home/.docker/config.json"), r#"{"credsStore": "absent"}"#);
+        write(
+            &dir.path().join("home/.docker/config.json"),
+            r#"{"credsStore": "absent"}"#,
+        );
         let creds = Credentials::new(env_with(dir.path(), &[]));
         let err = creds.lookup("quay.io").unwrap_err().to_string();
-        assert!(err.contains("docker-credential-absent") && err.contains("PATH"), "{err}");
+        assert!(
+            err.contains("docker-credential-absent") && err.contains("PATH"),
+            "{err}"
+        );
         fake_helper(dir.path(), "broken", "echo 'keychain locked' >&2; exit 3");
-        write(&dir.path().join("home/.docker/config.json"), r#"{"credsStore": "broken"}"#);
+        write(
+            &dir.path().join("home/.docker/config.json"),
+            r#"{"credsStore": "broken"}"#,
+        );
         let err = creds.lookup("quay.io").unwrap_err().to_string();
-        assert!(err.contains("keychain locked") && err.contains("quay.io"), "{err}");
+        assert!(
+            err.contains("keychain locked") && err.contains("quay.io"),
+            "{err}"
+        );
     }
 
     #[test]
     fn podman_auth_files() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = |u: &str| format!(r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#, B64.encode(format!("{u}:pw")));
-        write(&dir.path().join("home/.config/containers/auth.json"), &entry("home"));
+        let entry = |u: &str| {
+            format!(
+                r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#,
+                B64.encode(format!("{u}:pw"))
+            )
+        };
+        write(
+            &dir.path().join("home/.config/containers/auth.json"),
+            &entry("home"),
+        );
         let creds = Credentials::new(env_with(dir.path(), &[]));
         assert_eq!(basic(creds.lookup("quay.io").unwrap()).0, "home");
-        write(&dir.path().join("run/containers/auth.json"), &entry("runtime"));
+        write(
+            &dir.path().join("run/containers/auth.json"),
+            &entry("runtime"),
+        );
         let xdg = dir.path().join("run");
-        let creds = Credentials::new(env_with(dir.path(), &[("XDG_RUNTIME_DIR", xdg.to_str().unwrap())]));
+        let creds = Credentials::new(env_with(
+            dir.path(),
+            &[("XDG_RUNTIME_DIR", xdg.to_str().unwrap())],
+        ));
         assert_eq!(basic(creds.lookup("quay.io").unwrap()).0, "runtime");
         write(&dir.path().join("explicit.json"), &entry("explicit"));
         let f = dir.path().join("explicit.json");
         let creds = Credentials::new(env_with(
             dir.path(),
-            &[("XDG_RUNTIME_DIR", xdg.to_str().unwrap()), ("REGISTRY_AUTH_FILE", f.to_str().unwrap())],
+            &[
+                ("XDG_RUNTIME_DIR", xdg.to_str().unwrap()),
+                ("REGISTRY_AUTH_FILE", f.to_str().unwrap()),
+            ],
         ));
         assert_eq!(basic(creds.lookup("quay.io").unwrap()).0, "explicit");
         // docker's config.json wins over podman's
         write(
             &dir.path().join("home/.docker/config.json"),
-            &format!(r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#, B64.encode("docker:pw")),
+            &format!(
+                r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#,
+                B64.encode("docker:pw")
+            ),
         );
         assert_eq!(basic(creds.lookup("quay.io").unwrap()).0, "docker");
     }
@@ -720,7 +864,10 @@ esac"#,
         let dir = tempfile::tempdir().unwrap();
         write(
             &dir.path().join("home/.docker/config.json"),
-            &format!(r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#, B64.encode("file:pw")),
+            &format!(
+                r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#,
+                B64.encode("file:pw")
+            ),
         );
         let creds = Credentials::new(env_with(
             dir.path(),
@@ -731,8 +878,14 @@ esac"#,
                 ("IMGBUILD_REGISTRY_127_0_0_1_5000_PASSWORD", "local-pass"),
             ],
         ));
-        assert_eq!(basic(creds.lookup("127.0.0.1:5000").unwrap()), ("local".into(), "local-pass".into()));
-        assert_eq!(basic(creds.lookup("quay.io").unwrap()), ("ci".into(), "ci-pass".into()));
+        assert_eq!(
+            basic(creds.lookup("127.0.0.1:5000").unwrap()),
+            ("local".into(), "local-pass".into())
+        );
+        assert_eq!(
+            basic(creds.lookup("quay.io").unwrap()),
+            ("ci".into(), "ci-pass".into())
+        );
         // restricted to one host: other registries fall through to the files
         let creds = Credentials::new(env_with(
             dir.path(),
@@ -748,7 +901,10 @@ esac"#,
         // Docker Hub's scoped variable
         let creds = Credentials::new(env_with(
             dir.path(),
-            &[("IMGBUILD_REGISTRY_DOCKER_IO_USER", "hub"), ("IMGBUILD_REGISTRY_DOCKER_IO_PASSWORD", "x")],
+            &[
+                ("IMGBUILD_REGISTRY_DOCKER_IO_USER", "hub"),
+                ("IMGBUILD_REGISTRY_DOCKER_IO_PASSWORD", "x"),
+            ],
         ));
         assert_eq!(basic(creds.lookup("index.docker.io").unwrap()).0, "hub");
         // explicit beats everything
@@ -760,17 +916,35 @@ esac"#,
     fn store_writes_config_atomically_with_0600() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("home/.docker/config.json");
-        write(&cfg, r#"{"auths": {"index.docker.io": {"auth": "b2xkOm9sZA=="}}, "psFormat": "table"}"#);
+        write(
+            &cfg,
+            r#"{"auths": {"index.docker.io": {"auth": "b2xkOm9sZA=="}}, "psFormat": "table"}"#,
+        );
         let creds = Credentials::new(env_with(dir.path(), &[]));
-        let stored = creds.store("docker.io", &Credential::basic("new", "secret")).unwrap();
+        let stored = creds
+            .store("docker.io", &Credential::basic("new", "secret"))
+            .unwrap();
         assert_eq!(stored, StoredIn::ConfigFile { path: cfg.clone() });
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&cfg).unwrap()).unwrap();
         assert_eq!(v["psFormat"], "table", "other settings are kept");
         let auths = v["auths"].as_object().unwrap();
-        assert_eq!(auths.keys().collect::<Vec<_>>(), vec!["https://index.docker.io/v1/"]);
-        assert_eq!(basic(creds.lookup("docker.io").unwrap()), ("new".into(), "secret".into()));
-        assert_eq!(fs::metadata(&cfg).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_dir(cfg.parent().unwrap()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            auths.keys().collect::<Vec<_>>(),
+            vec!["https://index.docker.io/v1/"]
+        );
+        assert_eq!(
+            basic(creds.lookup("docker.io").unwrap()),
+            ("new".into(), "secret".into())
+        );
+        assert_eq!(
+            fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_dir(cfg.parent().unwrap()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -781,10 +955,23 @@ esac"#,
         let cfg = dir.path().join("home/.docker/config.json");
         write(&cfg, r#"{"credsStore": "test"}"#);
         let creds = Credentials::new(env_with(dir.path(), &[]));
-        let stored = creds.store("quay.io", &Credential::basic("u", "p")).unwrap();
-        assert_eq!(stored, StoredIn::Helper { helper: "docker-credential-test".into() });
+        let stored = creds
+            .store("quay.io", &Credential::basic("u", "p"))
+            .unwrap();
+        assert_eq!(
+            stored,
+            StoredIn::Helper {
+                helper: "docker-credential-test".into()
+            }
+        );
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&log).unwrap()).unwrap();
-        assert_eq!(v, serde_json::json!({"ServerURL": "quay.io", "Username": "u", "Secret": "p"}));
-        assert_eq!(fs::read_to_string(&cfg).unwrap(), r#"{"credsStore": "test"}"#);
+        assert_eq!(
+            v,
+            serde_json::json!({"ServerURL": "quay.io", "Username": "u", "Secret": "p"})
+        );
+        assert_eq!(
+            fs::read_to_string(&cfg).unwrap(),
+            r#"{"credsStore": "test"}"#
+        );
     }
 }

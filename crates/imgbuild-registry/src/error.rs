@@ -17,7 +17,9 @@ pub enum RegistryError {
     InvalidReference { input: String, reason: String },
 
     /// Credentials were sent and the registry (or its token server) refused them.
-    #[error("authentication to {registry} failed for {user}: check credentials (docker login / imgbuild login)")]
+    #[error(
+        "authentication to {registry} failed for {user}: check credentials (docker login / imgbuild login)"
+    )]
     AuthFailed { registry: String, user: String },
 
     /// The registry wants credentials and none were found for it.
@@ -36,8 +38,13 @@ pub enum RegistryError {
         message: String,
     },
 
-    #[error("repository {repository} not found on {registry} (NAME_UNKNOWN): check the name and that it exists")]
-    RepositoryUnknown { registry: String, repository: String },
+    #[error(
+        "repository {repository} not found on {registry} (NAME_UNKNOWN): check the name and that it exists"
+    )]
+    RepositoryUnknown {
+        registry: String,
+        repository: String,
+    },
 
     #[error("manifest {reference} not found in {registry}/{repository}: check the tag or digest")]
     ManifestUnknown {
@@ -65,7 +72,9 @@ pub enum RegistryError {
         actual: String,
     },
 
-    #[error("size of {what} served by {registry}/{repository} does not match: expected {expected} bytes, got {actual}; nothing was stored")]
+    #[error(
+        "size of {what} served by {registry}/{repository} does not match: expected {expected} bytes, got {actual}; nothing was stored"
+    )]
     SizeMismatch {
         registry: String,
         repository: String,
@@ -75,14 +84,18 @@ pub enum RegistryError {
     },
 
     /// A blob in the local store does not match its name: it was removed from the store.
-    #[error("local blob {digest} (to push to {registry}/{repository}) is corrupt and was removed from the store: rebuild the image")]
+    #[error(
+        "local blob {digest} (to push to {registry}/{repository}) is corrupt and was removed from the store: rebuild the image"
+    )]
     LocalBlobCorrupt {
         registry: String,
         repository: String,
         digest: Digest,
     },
 
-    #[error("local blob {digest} needed for {registry}/{repository} is missing from the store: rebuild the image")]
+    #[error(
+        "local blob {digest} needed for {registry}/{repository} is missing from the store: rebuild the image"
+    )]
     LocalBlobMissing {
         registry: String,
         repository: String,
@@ -120,7 +133,9 @@ pub enum RegistryError {
         what: String,
     },
 
-    #[error("registry {registry} must be reached over plain HTTP, which is allowed only for loopback addresses or registries listed as insecure")]
+    #[error(
+        "registry {registry} must be reached over plain HTTP, which is allowed only for loopback addresses or registries listed as insecure"
+    )]
     InsecureNotAllowed { registry: String },
 
     #[error("invalid push input for {repository}: {message}")]

@@ -15,6 +15,10 @@
 //! TLS is always verified; plain HTTP is used only for loopback registries and registries
 //! named in [`ClientOptions::insecure`].
 
+// Errors carry registry, repository and blob names (owned strings): large, but only on the
+// failure path, where an allocation more or less does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod credentials;
 pub mod error;
 pub mod pull;
@@ -102,7 +106,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,7 +195,8 @@ pub(crate) fn parallel_map<T: Sync, R: Send>(
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<R>>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<Result<R>>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
     let workers = parallelism.max(1).min(items.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..workers {

@@ -65,13 +65,24 @@ impl Client {
     /// an index). One manifest `GET`; verified against a pinned digest.
     pub fn resolve(&self, reference: &Reference) -> Result<Digest> {
         let sess = self.session(&reference.registry)?;
-        Ok(fetch_manifest(&sess, &reference.repository, &reference.reference_for_api(), reference.digest.as_ref())?.digest)
+        Ok(fetch_manifest(
+            &sess,
+            &reference.repository,
+            &reference.reference_for_api(),
+            reference.digest.as_ref(),
+        )?
+        .digest)
     }
 
     /// Fetches the manifest a reference designates, verified (see [`Client::resolve`]).
     pub fn fetch_manifest(&self, reference: &Reference) -> Result<FetchedManifest> {
         let sess = self.session(&reference.registry)?;
-        fetch_manifest(&sess, &reference.repository, &reference.reference_for_api(), reference.digest.as_ref())
+        fetch_manifest(
+            &sess,
+            &reference.repository,
+            &reference.reference_for_api(),
+            reference.digest.as_ref(),
+        )
     }
 
     /// Pulls an image into the store: manifest (resolved to the configured platform), config
@@ -79,10 +90,18 @@ impl Client {
     pub fn pull(&self, store: &Store, reference: &Reference) -> Result<PulledImage> {
         let sess = self.session(&reference.registry)?;
         let repository = &reference.repository;
-        let top = fetch_manifest(&sess, repository, &reference.reference_for_api(), reference.digest.as_ref())?;
+        let top = fetch_manifest(
+            &sess,
+            repository,
+            &reference.reference_for_api(),
+            reference.digest.as_ref(),
+        )?;
         let (index_digest, manifest) = if top.is_index() {
             let index = ImageIndex::from_reader(&top.bytes[..]).map_err(|e| {
-                sess.protocol(&format!("index {} of {repository}", top.digest), &format!("not a valid image index: {e}"))
+                sess.protocol(
+                    &format!("index {} of {repository}", top.digest),
+                    &format!("not a valid image index: {e}"),
+                )
             })?;
             let chosen = self.choose_platform(&sess, repository, &top.digest, &index)?;
             let child = fetch_manifest(&sess, repository, &chosen.to_string(), Some(&chosen))?;
@@ -90,7 +109,10 @@ impl Client {
                 return Err(RegistryError::Unsupported {
                     registry: sess.registry.clone(),
                     repository: repository.clone(),
-                    what: format!("index {} points at another index ({chosen}); nested indexes are not supported", top.digest),
+                    what: format!(
+                        "index {} points at another index ({chosen}); nested indexes are not supported",
+                        top.digest
+                    ),
                 });
             }
             store.put_bytes(&top.bytes)?;
@@ -108,16 +130,24 @@ impl Client {
         let layers = parsed.layers().clone();
         let mut wanted: Vec<(Digest, u64)> = vec![];
         for d in std::iter::once(&config).chain(layers.iter()) {
-            let digest: Digest = d.digest().to_string().parse().map_err(|_| RegistryError::Unsupported {
-                registry: sess.registry.clone(),
-                repository: repository.clone(),
-                what: format!("blob digest {} is not sha256", d.digest()),
-            })?;
+            let digest: Digest =
+                d.digest()
+                    .to_string()
+                    .parse()
+                    .map_err(|_| RegistryError::Unsupported {
+                        registry: sess.registry.clone(),
+                        repository: repository.clone(),
+                        what: format!("blob digest {} is not sha256", d.digest()),
+                    })?;
             if !wanted.iter().any(|(w, _)| *w == digest) {
                 wanted.push((digest, d.size()));
             }
         }
-        let missing: Vec<(Digest, u64)> = wanted.iter().filter(|(d, _)| !store.has_blob(d)).cloned().collect();
+        let missing: Vec<(Digest, u64)> = wanted
+            .iter()
+            .filter(|(d, _)| !store.has_blob(d))
+            .cloned()
+            .collect();
         let blobs_present = wanted.len() - missing.len();
         parallel_map(&missing, self.options.parallelism, |(digest, size)| {
             download_blob(&sess, store, repository, digest, *size)
@@ -139,20 +169,33 @@ impl Client {
         })
     }
 
-    fn choose_platform(&self, sess: &Session, repository: &str, index_digest: &Digest, index: &ImageIndex) -> Result<Digest> {
+    fn choose_platform(
+        &self,
+        sess: &Session,
+        repository: &str,
+        index_digest: &Digest,
+        index: &ImageIndex,
+    ) -> Result<Digest> {
         let want = &self.options.platform;
         let found = index.manifests().iter().find(|m| {
             m.platform().as_ref().is_some_and(|p| {
                 p.os().to_string() == want.os
                     && p.architecture().to_string() == want.architecture
-                    && want.variant.as_ref().is_none_or(|v| p.variant().as_deref() == Some(v.as_str()))
+                    && want
+                        .variant
+                        .as_ref()
+                        .is_none_or(|v| p.variant().as_deref() == Some(v.as_str()))
             })
         });
         let Some(found) = found else {
             let available: Vec<String> = index
                 .manifests()
                 .iter()
-                .filter_map(|m| m.platform().as_ref().map(|p| format!("{}/{}", p.os(), p.architecture())))
+                .filter_map(|m| {
+                    m.platform()
+                        .as_ref()
+                        .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                })
                 .collect();
             return Err(RegistryError::Unsupported {
                 registry: sess.registry.clone(),
@@ -165,22 +208,33 @@ impl Client {
                 ),
             });
         };
-        found.digest().to_string().parse().map_err(|_| RegistryError::Unsupported {
-            registry: sess.registry.clone(),
-            repository: repository.to_owned(),
-            what: format!("manifest digest {} is not sha256", found.digest()),
-        })
+        found
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|_| RegistryError::Unsupported {
+                registry: sess.registry.clone(),
+                repository: repository.to_owned(),
+                what: format!("manifest digest {} is not sha256", found.digest()),
+            })
     }
 }
 
 /// `GET /v2/<repo>/manifests/<reference>`, verified against `pinned` (or the registry's
 /// `Docker-Content-Digest` when not pinned).
-pub(crate) fn fetch_manifest(sess: &Session, repository: &str, reference: &str, pinned: Option<&Digest>) -> Result<FetchedManifest> {
+pub(crate) fn fetch_manifest(
+    sess: &Session,
+    repository: &str,
+    reference: &str,
+    pinned: Option<&Digest>,
+) -> Result<FetchedManifest> {
     let scopes = [repo_scope(repository, false)];
     let what = format!("manifest {reference} of {repository}");
     let url = sess.url(&format!("/v2/{repository}/manifests/{reference}"));
     let accept = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
-    let resp = sess.send(&scopes, &what, &|c| c.get(url.clone()).header(ACCEPT, accept.clone()))?;
+    let resp = sess.send(&scopes, &what, &|c| {
+        c.get(url.clone()).header(ACCEPT, accept.clone())
+    })?;
     if resp.status() == StatusCode::NOT_FOUND {
         return Err(match sess.error_from(&what, repository, resp) {
             e @ RegistryError::RepositoryUnknown { .. } => e,
@@ -225,19 +279,21 @@ pub(crate) fn fetch_manifest(sess: &Session, repository: &str, reference: &str, 
             actual: digest.to_string(),
         });
     }
-    let body_type = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| {
-        if let Some(m) = v.get("mediaType").and_then(|m| m.as_str()) {
-            return Some(m.to_owned());
-        }
-        // OCI allows omitting mediaType: tell by shape.
-        if v.get("manifests").is_some() {
-            Some(OCI_INDEX.to_owned())
-        } else if v.get("layers").is_some() {
-            Some(OCI_MANIFEST.to_owned())
-        } else {
-            None
-        }
-    });
+    let body_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            if let Some(m) = v.get("mediaType").and_then(|m| m.as_str()) {
+                return Some(m.to_owned());
+            }
+            // OCI allows omitting mediaType: tell by shape.
+            if v.get("manifests").is_some() {
+                Some(OCI_INDEX.to_owned())
+            } else if v.get("layers").is_some() {
+                Some(OCI_MANIFEST.to_owned())
+            } else {
+                None
+            }
+        });
     let media_type = content_type
         .filter(|c| [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].contains(&c.as_str()))
         .or(body_type)
@@ -253,7 +309,9 @@ pub(crate) fn fetch_manifest(sess: &Session, repository: &str, reference: &str, 
         return Err(RegistryError::Unsupported {
             registry: sess.registry.clone(),
             repository: repository.to_owned(),
-            what: format!("manifest {reference} has media type {media_type}, which is not an image"),
+            what: format!(
+                "manifest {reference} has media type {media_type}, which is not an image"
+            ),
         });
     }
     Ok(FetchedManifest {
@@ -264,7 +322,13 @@ pub(crate) fn fetch_manifest(sess: &Session, repository: &str, reference: &str, 
 }
 
 /// Streams one blob into the store, verified; retried from the start on transient failures.
-fn download_blob(sess: &Session, store: &Store, repository: &str, digest: &Digest, size: u64) -> Result<()> {
+fn download_blob(
+    sess: &Session,
+    store: &Store,
+    repository: &str,
+    digest: &Digest,
+    size: u64,
+) -> Result<()> {
     let scopes = [repo_scope(repository, false)];
     let what = format!("download of blob {digest} from {repository}");
     let url = sess.url(&format!("/v2/{repository}/blobs/{digest}"));
@@ -272,10 +336,12 @@ fn download_blob(sess: &Session, store: &Store, repository: &str, digest: &Diges
     let mut attempt = 1;
     loop {
         let failure = match sess.attempt(&scopes, &what, &|c| c.get(url.clone())) {
-            Ok(resp) if resp.status().is_success() => match stream_into_store(sess, store, repository, digest, size, resp) {
-                Ok(()) => return Ok(()),
-                Err(f) => f,
-            },
+            Ok(resp) if resp.status().is_success() => {
+                match stream_into_store(sess, store, repository, digest, size, resp) {
+                    Ok(()) => return Ok(()),
+                    Err(f) => f,
+                }
+            }
             Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
                 return Err(match sess.error_from(&what, repository, resp) {
                     e @ RegistryError::RepositoryUnknown { .. } => e,
@@ -286,7 +352,9 @@ fn download_blob(sess: &Session, store: &Store, repository: &str, digest: &Diges
                     },
                 });
             }
-            Ok(resp) if retryable_status(resp.status()) => sess.status_failure(&what, repository, resp),
+            Ok(resp) if retryable_status(resp.status()) => {
+                sess.status_failure(&what, repository, resp)
+            }
             Ok(resp) => return Err(sess.error_from(&what, repository, resp)),
             Err(f) => f,
         };
@@ -329,14 +397,18 @@ fn stream_into_store(
     }
     match w.commit_expecting(digest, Some(size), &what) {
         Ok(_) => Ok(()),
-        Err(StoreError::DigestMismatch { expected, actual, .. }) => Err(Failure::Fatal(RegistryError::DigestMismatch {
+        Err(StoreError::DigestMismatch {
+            expected, actual, ..
+        }) => Err(Failure::Fatal(RegistryError::DigestMismatch {
             registry: sess.registry.clone(),
             repository: repository.to_owned(),
             what,
             expected: expected.to_string(),
             actual: actual.to_string(),
         })),
-        Err(StoreError::SizeMismatch { expected, actual, .. }) => Err(Failure::Fatal(RegistryError::SizeMismatch {
+        Err(StoreError::SizeMismatch {
+            expected, actual, ..
+        }) => Err(Failure::Fatal(RegistryError::SizeMismatch {
             registry: sess.registry.clone(),
             repository: repository.to_owned(),
             what,

@@ -25,7 +25,7 @@ use reqwest::header::CONTENT_TYPE;
 use crate::auth::repo_scope;
 use crate::error::{RegistryError, Result};
 use crate::reference::{Reference, check_tag};
-use crate::upload::{Mount, blob_exists, mount, upload_blob};
+use crate::upload::{Mount, blob_exists, cancel_upload, mount, upload_blob};
 use crate::{Client, parallel_map};
 
 /// One image of a release.
@@ -50,12 +50,17 @@ pub struct PushImage {
 impl PushImage {
     /// An image whose manifest bytes are in the store under `manifest_digest`; the config and
     /// layer descriptors are read from the manifest.
-    pub fn from_store(store: &Store, target: Reference, manifest_digest: &Digest) -> Result<PushImage> {
+    pub fn from_store(
+        store: &Store,
+        target: Reference,
+        manifest_digest: &Digest,
+    ) -> Result<PushImage> {
         let manifest = store.read_bytes(manifest_digest)?;
-        let parsed = ImageManifest::from_reader(&manifest[..]).map_err(|e| RegistryError::InvalidInput {
-            repository: target.name(),
-            message: format!("manifest {manifest_digest} is not an image manifest: {e}"),
-        })?;
+        let parsed =
+            ImageManifest::from_reader(&manifest[..]).map_err(|e| RegistryError::InvalidInput {
+                repository: target.name(),
+                message: format!("manifest {manifest_digest} is not an image manifest: {e}"),
+            })?;
         Ok(PushImage {
             tags: target.tag.iter().cloned().collect(),
             target,
@@ -77,7 +82,11 @@ impl PushImage {
         }
         serde_json::from_slice::<serde_json::Value>(&self.manifest)
             .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_owned())
     }
 
@@ -98,7 +107,12 @@ impl PushImage {
     }
 
     fn all_tags(&self) -> Vec<String> {
-        let mut tags: Vec<String> = self.tags.iter().chain(self.target.tag.iter()).cloned().collect();
+        let mut tags: Vec<String> = self
+            .tags
+            .iter()
+            .chain(self.target.tag.iter())
+            .cloned()
+            .collect();
         tags.sort();
         tags.dedup();
         tags
@@ -112,17 +126,31 @@ impl PushImage {
         };
         let parsed = ImageManifest::from_reader(&self.manifest[..])
             .map_err(|e| bad(format!("the manifest is not an image manifest: {e}")))?;
-        let same = |a: &Descriptor, b: &Descriptor| a.digest() == b.digest() && a.size() == b.size();
+        let same =
+            |a: &Descriptor, b: &Descriptor| a.digest() == b.digest() && a.size() == b.size();
         if !same(parsed.config(), &self.config) {
-            return Err(bad("the config descriptor differs from the manifest's".into()));
+            return Err(bad(
+                "the config descriptor differs from the manifest's".into()
+            ));
         }
-        if parsed.layers().len() != self.layers.len() || !parsed.layers().iter().zip(&self.layers).all(|(a, b)| same(a, b)) {
-            return Err(bad("the layer descriptors differ from the manifest's".into()));
+        if parsed.layers().len() != self.layers.len()
+            || !parsed
+                .layers()
+                .iter()
+                .zip(&self.layers)
+                .all(|(a, b)| same(a, b))
+        {
+            return Err(bad(
+                "the layer descriptors differ from the manifest's".into()
+            ));
         }
         if let Some(d) = &self.target.digest
             && *d != self.digest()
         {
-            return Err(bad(format!("the target names digest {d} but the manifest's is {}", self.digest())));
+            return Err(bad(format!(
+                "the target names digest {d} but the manifest's is {}",
+                self.digest()
+            )));
         }
         for t in self.all_tags() {
             check_tag(&t)?;
@@ -231,13 +259,15 @@ impl Client {
         // 2. Plan one job per (registry, blob) that some repository lacks.
         let mut jobs: BTreeMap<(String, Digest), BlobJob> = BTreeMap::new();
         for (((registry, repository), digest), size) in &pairs {
-            let job = jobs.entry((registry.clone(), digest.clone())).or_insert_with(|| BlobJob {
-                registry: registry.clone(),
-                digest: digest.clone(),
-                size: *size,
-                targets: vec![],
-                sources: vec![],
-            });
+            let job = jobs
+                .entry((registry.clone(), digest.clone()))
+                .or_insert_with(|| BlobJob {
+                    registry: registry.clone(),
+                    digest: digest.clone(),
+                    size: *size,
+                    targets: vec![],
+                    sources: vec![],
+                });
             if present[&((registry.clone(), repository.clone()), digest.clone())] {
                 job.sources.push(repository.clone());
             } else {
@@ -248,7 +278,11 @@ impl Client {
             .into_values()
             .filter(|j| !j.targets.is_empty())
             .map(|mut j| {
-                for h in hints.get(&(j.registry.clone(), j.digest.clone())).into_iter().flatten() {
+                for h in hints
+                    .get(&(j.registry.clone(), j.digest.clone()))
+                    .into_iter()
+                    .flatten()
+                {
                     if !j.sources.contains(h) && !j.targets.contains(h) {
                         j.sources.push(h.clone());
                     }
@@ -274,7 +308,9 @@ impl Client {
             .iter()
             .flat_map(|img| img.all_tags().into_iter().map(move |t| (img, t)))
             .collect();
-        parallel_map(&tag_jobs, parallelism, |(img, tag)| self.put_manifest(img, Some(tag)).map(|_| ()))?;
+        parallel_map(&tag_jobs, parallelism, |(img, tag)| {
+            self.put_manifest(img, Some(tag)).map(|_| ())
+        })?;
 
         // Report: a pair's outcome goes to the first image listing it; later images of the
         // same repository count it as shared.
@@ -331,19 +367,36 @@ impl Client {
             for source in &sources {
                 match mount(&sess, target, source, &job.digest)? {
                     Mount::Mounted => {
-                        done = Some(BlobOutcome::Mounted { from: source.clone() });
+                        if let Some(old) = started.take() {
+                            cancel_upload(&sess, target, old);
+                        }
+                        done = Some(BlobOutcome::Mounted {
+                            from: source.clone(),
+                        });
                         break;
                     }
                     // The registry does not have it there (or will not mount): it opened an
                     // upload session instead, which we use if no other source works.
-                    Mount::Upload(url) => started = Some(url),
+                    Mount::Upload(url) => {
+                        if let Some(old) = started.replace(url) {
+                            cancel_upload(&sess, target, old);
+                        }
+                    }
                     Mount::Refused => {}
                 }
             }
             let o = match done {
                 Some(o) => o,
                 None => {
-                    upload_blob(&sess, store, target, &job.digest, job.size, self.options.chunk_size, started)?;
+                    upload_blob(
+                        &sess,
+                        store,
+                        target,
+                        &job.digest,
+                        job.size,
+                        self.options.chunk_size,
+                        started,
+                    )?;
                     BlobOutcome::Uploaded
                 }
             };
@@ -366,7 +419,9 @@ impl Client {
         let media_type = img.media_type();
         if tag.is_none() {
             let what = format!("HEAD of manifest {digest} in {repository}");
-            let resp = sess.send(&scopes, &what, &|c| c.head(url.clone()).header("accept", media_type.clone()))?;
+            let resp = sess.send(&scopes, &what, &|c| {
+                c.head(url.clone()).header("accept", media_type.clone())
+            })?;
             if resp.status().is_success() {
                 return Ok(true);
             }
@@ -384,7 +439,10 @@ impl Client {
             // MANIFEST_BLOB_UNKNOWN, MANIFEST_INVALID...: `what` names the manifest.
             return Err(sess.error_from(&what, repository, resp));
         }
-        if let Some(d) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok())
+        if let Some(d) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
             && d != digest.to_string()
         {
             return Err(RegistryError::DigestMismatch {

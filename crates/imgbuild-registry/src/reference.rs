@@ -105,7 +105,9 @@ impl FromStr for Reference {
         let (rest, digest) = match input.split_once('@') {
             Some((r, d)) => (
                 r,
-                Some(d.parse::<Digest>().map_err(|_| bad("the digest must be `sha256:` and 64 lowercase hex digits"))?),
+                Some(d.parse::<Digest>().map_err(|_| {
+                    bad("the digest must be `sha256:` and 64 lowercase hex digits")
+                })?),
             ),
             None => (input, None),
         };
@@ -113,7 +115,9 @@ impl FromStr for Reference {
         // '/' is a port).
         let last_slash = rest.rfind('/');
         let (name, tag) = match rest.rfind(':') {
-            Some(colon) if last_slash.is_none_or(|s| colon > s) => (&rest[..colon], Some(&rest[colon + 1..])),
+            Some(colon) if last_slash.is_none_or(|s| colon > s) => {
+                (&rest[..colon], Some(&rest[colon + 1..]))
+            }
             _ => (rest, None),
         };
         if let Some(tag) = tag {
@@ -154,14 +158,20 @@ pub fn normalize_registry(name: &str) -> String {
         .unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s).to_ascii_lowercase();
     match s.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" | "docker.io" => DOCKER_HUB.to_owned(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" | "docker.io" => {
+            DOCKER_HUB.to_owned()
+        }
         _ => s,
     }
 }
 
 /// The host (with port) serving the registry API for a registry name.
 pub fn api_host(registry: &str) -> &str {
-    if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry }
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_API
+    } else {
+        registry
+    }
 }
 
 /// Whether a registry name designates a loopback address (`localhost`, 127.0.0.0/8, `::1`),
@@ -212,7 +222,9 @@ fn validate_repository(input: &str, repository: &str) -> Result<()> {
         reason,
     };
     if repository.is_empty() || repository.len() > 255 {
-        return Err(bad("the repository name is empty or longer than 255 characters".into()));
+        return Err(bad(
+            "the repository name is empty or longer than 255 characters".into(),
+        ));
     }
     for comp in repository.split('/') {
         let bytes = comp.as_bytes();
@@ -235,13 +247,16 @@ fn validate_tag(input: &str, tag: &str) -> Result<()> {
     let ok = !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c));
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c));
     if ok {
         Ok(())
     } else {
         Err(RegistryError::InvalidReference {
             input: input.to_owned(),
-            reason: format!("`{tag}` is not a valid tag (letters, digits, `_`, `.`, `-`; at most 128)"),
+            reason: format!(
+                "`{tag}` is not a valid tag (letters, digits, `_`, `.`, `-`; at most 128)"
+            ),
         })
     }
 }
@@ -264,14 +279,22 @@ mod tests {
         assert_eq!(r.repository, "library/python");
         assert_eq!(r.tag, None);
         assert_eq!(r.reference_for_api(), "latest");
-        let r: Reference = format!("docker.io/library/python:3.11-slim@{D}").parse().unwrap();
+        let r: Reference = format!("docker.io/library/python:3.11-slim@{D}")
+            .parse()
+            .unwrap();
         assert_eq!(r.repository, "library/python");
         assert_eq!(r.tag.as_deref(), Some("3.11-slim"));
         assert_eq!(r.digest.as_ref().unwrap().to_string(), D);
         assert_eq!(r.reference_for_api(), D);
-        assert_eq!(r.to_string(), format!("docker.io/library/python:3.11-slim@{D}"));
+        assert_eq!(
+            r.to_string(),
+            format!("docker.io/library/python:3.11-slim@{D}")
+        );
         let r: Reference = "myorg/app:1".parse().unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "myorg/app"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "myorg/app")
+        );
         let r: Reference = "index.docker.io/myorg/app".parse().unwrap();
         assert_eq!(r.registry, "docker.io");
         assert_eq!(api_host(&r.registry), "registry-1.docker.io");
@@ -282,31 +305,54 @@ mod tests {
     #[test]
     fn hosts_with_ports() {
         let r: Reference = "localhost:5000/x".parse().unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost:5000", "x", None));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("localhost:5000", "x", None)
+        );
         let r: Reference = "127.0.0.1:5000/a/b:v1".parse().unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "a/b", Some("v1")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "a/b", Some("v1"))
+        );
         assert!(is_loopback(&r.registry));
         assert!(is_loopback("localhost"));
         assert!(is_loopback("127.3.4.5:80"));
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("ghcr.io"));
         assert!(!is_loopback("10.0.0.1:5000"));
-        let r: Reference = "ghcr.io/o/n@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
+        let r: Reference =
+            "ghcr.io/o/n@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                .parse()
+                .unwrap();
         assert_eq!(r.registry, "ghcr.io");
         assert!(r.tag.is_none() && r.digest.is_some());
     }
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "Python", "x@sha256:abc", "x:bad tag", "docker.io/-x", "a//b", "x:"] {
+        for bad in [
+            "",
+            "Python",
+            "x@sha256:abc",
+            "x:bad tag",
+            "docker.io/-x",
+            "a//b",
+            "x:",
+        ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad} accepted");
         }
     }
 
     #[test]
     fn registry_normalisation() {
-        assert_eq!(normalize_registry("https://index.docker.io/v1/"), "docker.io");
-        assert_eq!(normalize_registry("http://127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(
+            normalize_registry("https://index.docker.io/v1/"),
+            "docker.io"
+        );
+        assert_eq!(
+            normalize_registry("http://127.0.0.1:5000"),
+            "127.0.0.1:5000"
+        );
         assert_eq!(normalize_registry("Quay.IO"), "quay.io");
     }
 }

@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::StatusCode;
+use reqwest::Url;
 use reqwest::blocking::{Client as HttpClient, RequestBuilder, Response};
 use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use reqwest::Url;
 
 use crate::auth::{CachedToken, Challenge, TokenResponse, parse_www_authenticate, scope_key};
 use crate::credentials::Credential;
@@ -51,7 +51,10 @@ impl Default for RetryPolicy {
 /// The outcome of one failed attempt.
 pub(crate) enum Failure {
     /// Worth another try (after `after` if the server said so).
-    Retry { error: RegistryError, after: Option<Duration> },
+    Retry {
+        error: RegistryError,
+        after: Option<Duration>,
+    },
     Fatal(RegistryError),
 }
 
@@ -90,7 +93,10 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("registry", &self.registry)
             .field("base", &self.base.as_str())
-            .field("user", &self.credential.as_ref().map(|c| c.username().to_owned()))
+            .field(
+                "user",
+                &self.credential.as_ref().map(|c| c.username().to_owned()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -128,7 +134,9 @@ impl Session {
     }
 
     pub fn url(&self, path: &str) -> Url {
-        self.base.join(path.trim_start_matches('/')).expect("valid path")
+        self.base
+            .join(path.trim_start_matches('/'))
+            .expect("valid path")
     }
 
     /// The `Location` of a response, resolved against the registry's base URL.
@@ -197,7 +205,9 @@ impl Session {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_www_authenticate)
                 .and_then(|w| w.challenge())
-                .ok_or_else(|| self.protocol(what, "401 without a usable WWW-Authenticate header"))?
+                .ok_or_else(|| {
+                    self.protocol(what, "401 without a usable WWW-Authenticate header")
+                })?
         } else {
             return Err(self.status_failure(what, "", resp));
         };
@@ -206,16 +216,26 @@ impl Session {
     }
 
     /// The Authorization header for a request needing `scopes`.
-    fn authorization(&self, scopes: &[String], refresh: bool) -> Result<Option<HeaderValue>, Failure> {
+    fn authorization(
+        &self,
+        scopes: &[String],
+        refresh: bool,
+    ) -> Result<Option<HeaderValue>, Failure> {
         let value = match self.challenge()? {
             Challenge::Anonymous => return Ok(None),
             Challenge::Basic => match &self.credential {
                 None => return Ok(None),
                 Some(Credential::Basic { username, password }) => {
-                    format!("Basic {}", B64.encode(format!("{username}:{}", password.expose())))
+                    format!(
+                        "Basic {}",
+                        B64.encode(format!("{username}:{}", password.expose()))
+                    )
                 }
                 Some(Credential::IdentityToken { username, token }) => {
-                    format!("Basic {}", B64.encode(format!("{username}:{}", token.expose())))
+                    format!(
+                        "Basic {}",
+                        B64.encode(format!("{username}:{}", token.expose()))
+                    )
                 }
             },
             Challenge::Bearer { realm, service } => {
@@ -233,19 +253,30 @@ impl Session {
             }
         };
         let mut v = HeaderValue::from_str(&value).map_err(|_| {
-            Failure::Fatal(self.protocol("authorization", "credentials contain characters not allowed in a header"))
+            Failure::Fatal(self.protocol(
+                "authorization",
+                "credentials contain characters not allowed in a header",
+            ))
         })?;
         v.set_sensitive(true);
         Ok(Some(v))
     }
 
-    fn fetch_token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<CachedToken, Failure> {
+    fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<CachedToken, Failure> {
         let what = format!("token request to {realm}");
-        let mut url = Url::parse(realm).map_err(|e| self.protocol(&what, &format!("the realm is not a URL: {e}")))?;
+        let mut url = Url::parse(realm)
+            .map_err(|e| self.protocol(&what, &format!("the realm is not a URL: {e}")))?;
         let realm_host = url.host_str().unwrap_or("").to_owned();
         if url.scheme() != "https" && !(self.insecure_ok || is_loopback(&realm_host)) {
             // Never send credentials in clear text to a non-local token server.
-            return Err(Failure::Fatal(RegistryError::InsecureNotAllowed { registry: realm_host }));
+            return Err(Failure::Fatal(RegistryError::InsecureNotAllowed {
+                registry: realm_host,
+            }));
         }
         let mut scopes_sorted: Vec<&String> = scopes.iter().collect();
         scopes_sorted.sort();
@@ -256,7 +287,14 @@ impl Session {
                     ("grant_type", "refresh_token".into()),
                     ("refresh_token", token.expose().to_owned()),
                     ("client_id", "imgbuild".into()),
-                    ("scope", scopes_sorted.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
+                    (
+                        "scope",
+                        scopes_sorted
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ),
                 ];
                 if let Some(s) = service {
                     form.push(("service", s.to_owned()));
@@ -288,16 +326,18 @@ impl Session {
         if !status.is_success() {
             return Err(self.status_failure(&what, "", resp));
         }
-        let body = read_limited(resp, 1 << 20).map_err(|e| {
-            Failure::Retry {
-                error: self.protocol(&what, &format!("reading the answer failed: {e}")),
-                after: None,
-            }
+        let body = read_limited(resp, 1 << 20).map_err(|e| Failure::Retry {
+            error: self.protocol(&what, &format!("reading the answer failed: {e}")),
+            after: None,
         })?;
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| self.protocol(&what, &format!("the answer is not the expected JSON ({e})")))?;
-        CachedToken::from_response(parsed)
-            .ok_or_else(|| Failure::Fatal(self.protocol(&what, "the answer has neither `token` nor `access_token`")))
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            self.protocol(&what, &format!("the answer is not the expected JSON ({e})"))
+        })?;
+        CachedToken::from_response(parsed).ok_or_else(|| {
+            Failure::Fatal(
+                self.protocol(&what, "the answer has neither `token` nor `access_token`"),
+            )
+        })
     }
 
     /// One attempt: authorises, sends, and on a 401 re-authorises once (token expired or the
@@ -336,7 +376,10 @@ impl Session {
                     }
                 }
             }
-            let bearer = matches!(self.challenge.lock().unwrap().as_ref(), Some(Challenge::Bearer { .. }));
+            let bearer = matches!(
+                self.challenge.lock().unwrap().as_ref(),
+                Some(Challenge::Bearer { .. })
+            );
             if bearer && !refreshed && auth.is_some() {
                 refreshed = true;
                 continue;
@@ -346,7 +389,8 @@ impl Session {
                     registry: self.registry.clone(),
                     what: what.to_owned(),
                     user: self.user().map(str::to_owned),
-                    message: "the token does not grant the needed access (insufficient_scope)".into(),
+                    message: "the token does not grant the needed access (insufficient_scope)"
+                        .into(),
                 }));
             }
             return Err(Failure::Fatal(self.auth_failed(what)));
@@ -355,7 +399,12 @@ impl Session {
 
     /// Sends a replayable request, retrying transient failures; returns the final response,
     /// which may be any non-retryable status (the caller maps 404 etc.).
-    pub fn send(&self, scopes: &[String], what: &str, make: &dyn Fn(&HttpClient) -> RequestBuilder) -> Result<Response> {
+    pub fn send(
+        &self,
+        scopes: &[String],
+        what: &str,
+        make: &dyn Fn(&HttpClient) -> RequestBuilder,
+    ) -> Result<Response> {
         let mut attempt = 1;
         loop {
             let failure = match self.attempt(scopes, what, make) {
@@ -413,11 +462,21 @@ impl Session {
         let errors = registry_errors(&body);
         let codes: Vec<&str> = errors.iter().map(|(c, _)| c.as_str()).collect();
         let message = if errors.is_empty() {
-            String::from_utf8_lossy(&body).trim().chars().take(300).collect()
+            String::from_utf8_lossy(&body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect()
         } else {
             errors
                 .iter()
-                .map(|(c, m)| if m.is_empty() { c.clone() } else { format!("{c}: {m}") })
+                .map(|(c, m)| {
+                    if m.is_empty() {
+                        c.clone()
+                    } else {
+                        format!("{c}: {m}")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         };
@@ -531,14 +590,23 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
             Some(Duration::from_secs(10))
         );
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]
     fn error_bodies() {
         let e = registry_errors(br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry","detail":{"name":"x"}}]}"#);
-        assert_eq!(e, vec![("NAME_UNKNOWN".into(), "repository name not known to registry".into())]);
+        assert_eq!(
+            e,
+            vec![(
+                "NAME_UNKNOWN".into(),
+                "repository name not known to registry".into()
+            )]
+        );
         assert!(registry_errors(b"<html>").is_empty());
     }
 

@@ -49,7 +49,9 @@ pub(crate) fn mount(sess: &Session, target: &str, source: &str, digest: &Digest)
     url.query_pairs_mut()
         .append_pair("mount", &digest.to_string())
         .append_pair("from", source);
-    let resp = match sess.send(&scopes, &what, &|c| c.post(url.clone()).header(CONTENT_LENGTH, 0)) {
+    let resp = match sess.send(&scopes, &what, &|c| {
+        c.post(url.clone()).header(CONTENT_LENGTH, 0)
+    }) {
         Ok(r) => r,
         // A token server may grant push on the target but not pull on the source.
         Err(RegistryError::Denied { .. }) => return Ok(Mount::Refused),
@@ -61,6 +63,15 @@ pub(crate) fn mount(sess: &Session, target: &str, source: &str, digest: &Digest)
         StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Ok(Mount::Refused),
         _ => Err(sess.error_from(&what, target, resp)),
     }
+}
+
+/// Best effort: tells the registry an upload session will not be used (`DELETE`), so it does
+/// not linger until the registry purges it. Failures are ignored.
+pub(crate) fn cancel_upload(sess: &Session, repository: &str, url: Url) {
+    let scopes = [repo_scope(repository, true)];
+    let _ = sess.attempt(&scopes, "cancelling an unused upload session", &|c| {
+        c.delete(url.clone())
+    });
 }
 
 /// Whether the repository has the blob (`HEAD /v2/<repo>/blobs/<digest>`).
@@ -80,11 +91,19 @@ enum State {
     /// No upload session: open one.
     Start,
     /// Sending from `offset` to the session at `url`.
-    Send { url: Url, offset: u64 },
+    Send {
+        url: Url,
+        offset: u64,
+    },
     /// Something failed: ask the registry where the session at `url` stands.
-    Status { url: Url, offset: u64 },
+    Status {
+        url: Url,
+        offset: u64,
+    },
     /// Everything sent: close the session with the digest.
-    Finish { url: Url },
+    Finish {
+        url: Url,
+    },
     Done,
 }
 
@@ -102,7 +121,8 @@ pub(crate) fn upload_blob(
 ) -> Result<()> {
     let path = store.blob_path(digest);
     let local_err = |corrupt: bool| {
-        let (registry, repository, digest) = (sess.registry.clone(), repository.to_owned(), digest.clone());
+        let (registry, repository, digest) =
+            (sess.registry.clone(), repository.to_owned(), digest.clone());
         if corrupt {
             RegistryError::LocalBlobCorrupt {
                 registry,
@@ -127,7 +147,9 @@ pub(crate) fn upload_blob(
     if actual != size {
         return Err(RegistryError::InvalidInput {
             repository: format!("{}/{repository}", sess.registry),
-            message: format!("descriptor of blob {digest} says {size} bytes, the stored blob has {actual}"),
+            message: format!(
+                "descriptor of blob {digest} says {size} bytes, the stored blob has {actual}"
+            ),
         });
     }
 
@@ -159,7 +181,9 @@ pub(crate) fn upload_blob(
             State::Start => {
                 let what = format!("starting the upload of blob {digest} to {repository}");
                 let url = sess.url(&format!("/v2/{repository}/blobs/uploads/"));
-                let resp = sess.send(&scopes, &what, &|c| c.post(url.clone()).header(CONTENT_LENGTH, 0))?;
+                let resp = sess.send(&scopes, &what, &|c| {
+                    c.post(url.clone()).header(CONTENT_LENGTH, 0)
+                })?;
                 if resp.status() != StatusCode::ACCEPTED {
                     return Err(sess.error_from(&what, repository, resp));
                 }
@@ -172,9 +196,13 @@ pub(crate) fn upload_blob(
             State::Send { url, offset } if offset >= size => State::Finish { url },
             State::Send { url, offset } => {
                 let end = (offset + chunk_size).min(size);
-                let what = format!("upload of blob {digest} to {repository} (bytes {offset}-{})", end - 1);
+                let what = format!(
+                    "upload of blob {digest} to {repository} (bytes {offset}-{})",
+                    end - 1
+                );
                 let result = sess.attempt(&scopes, &what, &|c| {
-                    let body = Body::sized(FileRange::new(&path, offset, end - offset), end - offset);
+                    let body =
+                        Body::sized(FileRange::new(&path, offset, end - offset), end - offset);
                     c.patch(url.clone())
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header(CONTENT_RANGE, format!("{offset}-{}", end - 1))
@@ -188,14 +216,19 @@ pub(crate) fn upload_blob(
                             Some(e) if e > 0 && e < size => e + 1,
                             _ => end,
                         };
-                        State::Send { url: next, offset: confirmed }
+                        State::Send {
+                            url: next,
+                            offset: confirmed,
+                        }
                     }
                     Ok(resp) => {
                         let status = resp.status();
                         let f = sess.status_failure(&what, repository, resp);
                         if retryable_status(status) {
                             fail(f)?;
-                        } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                        } else if status == StatusCode::UNAUTHORIZED
+                            || status == StatusCode::FORBIDDEN
+                        {
                             return Err(f.into_error());
                         } else {
                             // 404 (session gone), 416 (offset disagreement), 400: ask the
@@ -216,7 +249,10 @@ pub(crate) fn upload_blob(
             State::Status { url, offset } => {
                 let what = format!("status of the upload of blob {digest} to {repository}");
                 match sess.attempt(&scopes, &what, &|c| c.get(url.clone())) {
-                    Ok(resp) if resp.status() == StatusCode::NO_CONTENT || resp.status().is_success() => {
+                    Ok(resp)
+                        if resp.status() == StatusCode::NO_CONTENT
+                            || resp.status().is_success() =>
+                    {
                         let next = sess.location(&resp, &what).unwrap_or(url);
                         // `Range: 0-0` is ambiguous (0 or 1 byte) in distribution 2.x: read it as
                         // 0 unless we know more was confirmed; a wrong guess ends in a digest
@@ -230,7 +266,10 @@ pub(crate) fn upload_blob(
                             restart(&mut restarts, max_attempts, sess, repository, digest)?;
                             State::Start
                         } else {
-                            State::Send { url: next, offset: have }
+                            State::Send {
+                                url: next,
+                                offset: have,
+                            }
                         }
                     }
                     Ok(resp) if retryable_status(resp.status()) => {
@@ -252,10 +291,18 @@ pub(crate) fn upload_blob(
             State::Finish { url } => {
                 let what = format!("completing the upload of blob {digest} to {repository}");
                 let mut put = url.clone();
-                put.query_pairs_mut().append_pair("digest", &digest.to_string());
-                match sess.attempt(&scopes, &what, &|c| c.put(put.clone()).header(CONTENT_LENGTH, 0)) {
-                    Ok(resp) if resp.status() == StatusCode::CREATED || resp.status().is_success() => {
-                        if let Some(d) = resp.headers().get(DOCKER_CONTENT_DIGEST).and_then(|v| v.to_str().ok())
+                put.query_pairs_mut()
+                    .append_pair("digest", &digest.to_string());
+                match sess.attempt(&scopes, &what, &|c| {
+                    c.put(put.clone()).header(CONTENT_LENGTH, 0)
+                }) {
+                    Ok(resp)
+                        if resp.status() == StatusCode::CREATED || resp.status().is_success() =>
+                    {
+                        if let Some(d) = resp
+                            .headers()
+                            .get(DOCKER_CONTENT_DIGEST)
+                            .and_then(|v| v.to_str().ok())
                             && d != digest.to_string()
                         {
                             return Err(RegistryError::DigestMismatch {
@@ -269,9 +316,14 @@ pub(crate) fn upload_blob(
                         State::Done
                     }
                     Ok(resp) if resp.status() == StatusCode::BAD_REQUEST => {
-                        let body = crate::transport::read_limited(resp, 64 << 10).unwrap_or_default();
+                        let body =
+                            crate::transport::read_limited(resp, 64 << 10).unwrap_or_default();
                         let codes = registry_errors(&body);
-                        if codes.iter().any(|(c, _)| c == "DIGEST_INVALID" || c == "SIZE_INVALID" || c == "BLOB_UPLOAD_INVALID") {
+                        if codes.iter().any(|(c, _)| {
+                            c == "DIGEST_INVALID"
+                                || c == "SIZE_INVALID"
+                                || c == "BLOB_UPLOAD_INVALID"
+                        }) {
                             // The registry assembled something else than our blob (a resume at
                             // a wrong offset): start again from byte 0.
                             restart(&mut restarts, max_attempts, sess, repository, digest)?;
@@ -281,7 +333,11 @@ pub(crate) fn upload_blob(
                                 registry: sess.registry.clone(),
                                 what,
                                 status: 400,
-                                message: codes.into_iter().map(|(c, m)| format!("{c}: {m}")).collect::<Vec<_>>().join("; "),
+                                message: codes
+                                    .into_iter()
+                                    .map(|(c, m)| format!("{c}: {m}"))
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
                             });
                         }
                     }
@@ -322,12 +378,20 @@ fn after_lost_put(sess: &Session, repository: &str, digest: &Digest, url: Url) -
 }
 
 /// Gives up a session and starts the blob again from byte 0 (bounded).
-fn restart(restarts: &mut u32, max: u32, sess: &Session, repository: &str, digest: &Digest) -> Result<()> {
+fn restart(
+    restarts: &mut u32,
+    max: u32,
+    sess: &Session,
+    repository: &str,
+    digest: &Digest,
+) -> Result<()> {
     *restarts += 1;
     if *restarts >= max {
         return Err(sess.protocol(
             &format!("upload of blob {digest} to {repository}"),
-            &format!("the registry lost or rejected the upload session {restarts} times; giving up"),
+            &format!(
+                "the registry lost or rejected the upload session {restarts} times; giving up"
+            ),
         ));
     }
     sess.backoff(*restarts, None);

@@ -38,23 +38,96 @@ fn push_survives_drops_5xx_429_and_lost_answers() {
     let proxy = FaultProxy::start(
         reg.port,
         vec![
-            Fault { method: "HEAD", path_contains: "/blobs/sha256:", skip: 0, action: Action::Status { code: 429, retry_after: Some("1") } },
-            Fault { method: "POST", path_contains: "/blobs/uploads/", skip: 0, action: Action::Status { code: 500, retry_after: None } },
-            Fault { method: "PATCH", path_contains: "/blobs/uploads/", skip: 0, action: Action::DropMidBody },
-            Fault { method: "PATCH", path_contains: "/blobs/uploads/", skip: 2, action: Action::DropMidBody },
-            Fault { method: "PATCH", path_contains: "/blobs/uploads/", skip: 4, action: Action::Status { code: 503, retry_after: None } },
-            Fault { method: "GET", path_contains: "/blobs/uploads/", skip: 0, action: Action::Status { code: 502, retry_after: None } },
-            Fault { method: "PUT", path_contains: "digest=", skip: 0, action: Action::DropMidBody },
-            Fault { method: "PUT", path_contains: "/manifests/sha256:", skip: 0, action: Action::Status { code: 500, retry_after: None } },
-            Fault { method: "PUT", path_contains: "/manifests/v1", skip: 0, action: Action::Status { code: 429, retry_after: Some("Thu, 01 Jan 1970 00:00:00 GMT") } },
+            Fault {
+                method: "HEAD",
+                path_contains: "/blobs/sha256:",
+                skip: 0,
+                action: Action::Status {
+                    code: 429,
+                    retry_after: Some("1"),
+                },
+            },
+            Fault {
+                method: "POST",
+                path_contains: "/blobs/uploads/",
+                skip: 0,
+                action: Action::Status {
+                    code: 500,
+                    retry_after: None,
+                },
+            },
+            Fault {
+                method: "PATCH",
+                path_contains: "/blobs/uploads/",
+                skip: 0,
+                action: Action::DropMidBody,
+            },
+            Fault {
+                method: "PATCH",
+                path_contains: "/blobs/uploads/",
+                skip: 2,
+                action: Action::DropMidBody,
+            },
+            Fault {
+                method: "PATCH",
+                path_contains: "/blobs/uploads/",
+                skip: 4,
+                action: Action::Status {
+                    code: 503,
+                    retry_after: None,
+                },
+            },
+            Fault {
+                method: "GET",
+                path_contains: "/blobs/uploads/",
+                skip: 0,
+                action: Action::Status {
+                    code: 502,
+                    retry_after: None,
+                },
+            },
+            Fault {
+                method: "PUT",
+                path_contains: "digest=",
+                skip: 0,
+                action: Action::DropMidBody,
+            },
+            Fault {
+                method: "PUT",
+                path_contains: "/manifests/sha256:",
+                skip: 0,
+                action: Action::Status {
+                    code: 500,
+                    retry_after: None,
+                },
+            },
+            Fault {
+                method: "PUT",
+                path_contains: "/manifests/v1",
+                skip: 0,
+                action: Action::Status {
+                    code: 429,
+                    retry_after: Some("Thu, 01 Jan 1970 00:00:00 GMT"),
+                },
+            },
         ],
     );
     let client = proxy_client(&proxy, 1, 1 << 20);
     let host = proxy.host();
     let report = client
-        .push(&store, &[push_image(reference(&host, "f/a"), &a, &["v1"]), push_image(reference(&host, "f/b"), &b, &["v1"])])
+        .push(
+            &store,
+            &[
+                push_image(reference(&host, "f/a"), &a, &["v1"]),
+                push_image(reference(&host, "f/b"), &b, &["v1"]),
+            ],
+        )
         .unwrap();
-    assert!(proxy.unfired().is_empty(), "faults that never fired: {:?}", proxy.unfired());
+    assert!(
+        proxy.unfired().is_empty(),
+        "faults that never fired: {:?}",
+        proxy.unfired()
+    );
     assert_eq!(report.bytes_mounted, big.descriptor.size(), "{report:#?}");
     // Both recoveries happened: a resume (status query, then the next chunk of the *same*
     // session from a non-zero offset: after the 503) and a clean restart (status query, then
@@ -67,15 +140,26 @@ fn push_survives_drops_5xx_429_and_lost_answers() {
         if m != "GET" || !t.contains("/blobs/uploads/") {
             continue;
         }
-        match log[i + 1..].iter().find(|(m2, t2, _)| m2 != "GET" && (path(t2) == path(t) || m2 == "POST")) {
-            Some((m2, _, Some(range))) if m2 == "PATCH" && !range.starts_with("0-") => resumed = true,
+        match log[i + 1..]
+            .iter()
+            .find(|(m2, t2, _)| m2 != "GET" && (path(t2) == path(t) || m2 == "POST"))
+        {
+            Some((m2, _, Some(range))) if m2 == "PATCH" && !range.starts_with("0-") => {
+                resumed = true
+            }
             Some((m2, _, _)) if m2 == "POST" => restarted = true,
             _ => {}
         }
     }
-    assert!(resumed && restarted, "resumed: {resumed}, restarted: {restarted}: {log:#?}");
+    assert!(
+        resumed && restarted,
+        "resumed: {resumed}, restarted: {restarted}: {log:#?}"
+    );
     // The lost answer to a PUT ?digest= was recognised by a HEAD, not by re-uploading.
-    let put = log.iter().position(|(m, t, _)| m == "PUT" && t.contains("digest=")).unwrap();
+    let put = log
+        .iter()
+        .position(|(m, t, _)| m == "PUT" && t.contains("digest="))
+        .unwrap();
     assert_eq!(log[put + 1].0, "HEAD", "{log:#?}");
 
     // Read back directly from the registry (not through the proxy) by another client.
@@ -85,13 +169,19 @@ fn push_survives_drops_5xx_429_and_lost_answers() {
         assert_eq!(Digest::of_bytes(&raw), img.digest, "{repo}");
     }
     let oci = tempfile::tempdir().unwrap();
-    skopeo_copy_to_oci(&format!("{}/f/a@{}", reg.host, a.digest), &creds, oci.path());
+    skopeo_copy_to_oci(
+        &format!("{}/f/a@{}", reg.host, a.digest),
+        &creds,
+        oci.path(),
+    );
     // and every blob verifies on a pull into a fresh store
     let direct = client_for(&reg.host, USER, PASSWORD);
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Store::open(dst_dir.path()).unwrap();
     for (repo, img) in [("f/a", &a), ("f/b", &b)] {
-        let pulled = direct.pull(&dst, &reg.reference(&format!("{repo}:v1"))).unwrap();
+        let pulled = direct
+            .pull(&dst, &reg.reference(&format!("{repo}:v1")))
+            .unwrap();
         assert_eq!(pulled.manifest_digest, img.digest);
     }
     for d in dst.list_blobs().unwrap() {
@@ -106,19 +196,54 @@ fn parallel_push_through_faults_completes() {
     let reg = Registry::start(Auth::Htpasswd);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let layers: Vec<Layer> = (0..6).map(|i| layer(&store, &[("f", noise(400_000, 100 + i))])).collect();
-    let imgs: Vec<TestImage> = (0..3).map(|i| image(&store, &[&layers[2 * i], &layers[2 * i + 1]], &format!("p{i}"))).collect();
+    let layers: Vec<Layer> = (0..6)
+        .map(|i| layer(&store, &[("f", noise(400_000, 100 + i))]))
+        .collect();
+    let imgs: Vec<TestImage> = (0..3)
+        .map(|i| {
+            image(
+                &store,
+                &[&layers[2 * i], &layers[2 * i + 1]],
+                &format!("p{i}"),
+            )
+        })
+        .collect();
     let proxy = FaultProxy::start(
         reg.port,
         vec![
-            Fault { method: "PATCH", path_contains: "/blobs/uploads/", skip: 1, action: Action::DropMidBody },
-            Fault { method: "PATCH", path_contains: "/blobs/uploads/", skip: 3, action: Action::Status { code: 500, retry_after: None } },
-            Fault { method: "HEAD", path_contains: "/blobs/", skip: 2, action: Action::Status { code: 503, retry_after: None } },
+            Fault {
+                method: "PATCH",
+                path_contains: "/blobs/uploads/",
+                skip: 1,
+                action: Action::DropMidBody,
+            },
+            Fault {
+                method: "PATCH",
+                path_contains: "/blobs/uploads/",
+                skip: 3,
+                action: Action::Status {
+                    code: 500,
+                    retry_after: None,
+                },
+            },
+            Fault {
+                method: "HEAD",
+                path_contains: "/blobs/",
+                skip: 2,
+                action: Action::Status {
+                    code: 503,
+                    retry_after: None,
+                },
+            },
         ],
     );
     let client = proxy_client(&proxy, 4, 256 << 10);
     let host = proxy.host();
-    let images: Vec<_> = imgs.iter().enumerate().map(|(i, img)| push_image(reference(&host, &format!("par/{i}")), img, &["t"])).collect();
+    let images: Vec<_> = imgs
+        .iter()
+        .enumerate()
+        .map(|(i, img)| push_image(reference(&host, &format!("par/{i}")), img, &["t"]))
+        .collect();
     let report = client.push(&store, &images).unwrap();
     assert!(proxy.unfired().is_empty(), "{:?}", proxy.unfired());
     assert_eq!(report.bytes_mounted, 0);
@@ -144,28 +269,59 @@ fn pull_retries_transient_errors_and_refuses_corrupt_content() {
     let proxy = FaultProxy::start(
         reg.port,
         vec![
-            Fault { method: "GET", path_contains: "/manifests/", skip: 0, action: Action::Status { code: 429, retry_after: Some("1") } },
-            Fault { method: "GET", path_contains: "/blobs/sha256:", skip: 0, action: Action::Status { code: 500, retry_after: None } },
+            Fault {
+                method: "GET",
+                path_contains: "/manifests/",
+                skip: 0,
+                action: Action::Status {
+                    code: 429,
+                    retry_after: Some("1"),
+                },
+            },
+            Fault {
+                method: "GET",
+                path_contains: "/blobs/sha256:",
+                skip: 0,
+                action: Action::Status {
+                    code: 500,
+                    retry_after: None,
+                },
+            },
         ],
     );
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Store::open(dst_dir.path()).unwrap();
-    let pulled = proxy_client(&proxy, 1, 1 << 20).pull(&dst, &reference(&proxy.host(), "p/img:t")).unwrap();
+    let pulled = proxy_client(&proxy, 1, 1 << 20)
+        .pull(&dst, &reference(&proxy.host(), "p/img:t"))
+        .unwrap();
     assert_eq!(pulled.manifest_digest, img.digest);
     assert!(proxy.unfired().is_empty());
 
     // A blob whose bytes do not match its digest: clear error, nothing stored.
     let proxy = FaultProxy::start(
         reg.port,
-        vec![Fault { method: "GET", path_contains: "/blobs/sha256:", skip: 0, action: Action::CorruptBody }],
+        vec![Fault {
+            method: "GET",
+            path_contains: "/blobs/sha256:",
+            skip: 0,
+            action: Action::CorruptBody,
+        }],
     );
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Store::open(dst_dir.path()).unwrap();
-    let err = proxy_client(&proxy, 1, 1 << 20).pull(&dst, &reference(&proxy.host(), "p/img:t")).unwrap_err();
+    let err = proxy_client(&proxy, 1, 1 << 20)
+        .pull(&dst, &reference(&proxy.host(), "p/img:t"))
+        .unwrap_err();
     assert!(proxy.unfired().is_empty());
-    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err:?}");
+    assert!(
+        matches!(err, RegistryError::DigestMismatch { .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("p/img") && msg.contains(&proxy.host()) && msg.contains("nothing was stored"), "{msg}");
+    assert!(
+        msg.contains("p/img") && msg.contains(&proxy.host()) && msg.contains("nothing was stored"),
+        "{msg}"
+    );
     assert_eq!(store_blob_count(&dst), 0, "nothing stored");
     assert!(tmp_is_empty(&dst));
 
@@ -173,7 +329,12 @@ fn pull_retries_transient_errors_and_refuses_corrupt_content() {
     for pinned in [true, false] {
         let proxy = FaultProxy::start(
             reg.port,
-            vec![Fault { method: "GET", path_contains: "/manifests/", skip: 0, action: Action::CorruptBody }],
+            vec![Fault {
+                method: "GET",
+                path_contains: "/manifests/",
+                skip: 0,
+                action: Action::CorruptBody,
+            }],
         );
         let r = if pinned {
             reference(&proxy.host(), "p/img").with_digest(img.digest.clone())
@@ -181,7 +342,10 @@ fn pull_retries_transient_errors_and_refuses_corrupt_content() {
             reference(&proxy.host(), "p/img:t")
         };
         let err = proxy_client(&proxy, 1, 1 << 20).pull(&dst, &r).unwrap_err();
-        assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err:?}");
+        assert!(
+            matches!(err, RegistryError::DigestMismatch { .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("manifest"), "{err}");
         assert_eq!(store_blob_count(&dst), 0);
     }

@@ -14,11 +14,25 @@ fn push_with_tokens_mounts_with_source_pull_scope_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let base = layer(&store, &[("base", noise(200_000, 11))]);
-    let a = image(&store, &[&base, &layer(&store, &[("a", b"a".to_vec())])], "a");
-    let b = image(&store, &[&base, &layer(&store, &[("b", b"b".to_vec())])], "b");
+    let a = image(
+        &store,
+        &[&base, &layer(&store, &[("a", b"a".to_vec())])],
+        "a",
+    );
+    let b = image(
+        &store,
+        &[&base, &layer(&store, &[("b", b"b".to_vec())])],
+        "b",
+    );
     let client = client_for(&reg.host, USER, PASSWORD);
     let report = client
-        .push(&store, &[push_image(reg.reference("tok/a"), &a, &["1"]), push_image(reg.reference("tok/b"), &b, &["1"])])
+        .push(
+            &store,
+            &[
+                push_image(reg.reference("tok/a"), &a, &["1"]),
+                push_image(reg.reference("tok/b"), &b, &["1"]),
+            ],
+        )
         .unwrap();
     let base_d = base.descriptor.digest().to_string();
     let outcomes: Vec<BlobOutcome> = report
@@ -28,11 +42,22 @@ fn push_with_tokens_mounts_with_source_pull_scope_and_reads_back() {
         .filter(|x| x.digest.to_string() == base_d)
         .map(|x| x.outcome.clone())
         .collect();
-    assert_eq!(outcomes, vec![BlobOutcome::Uploaded, BlobOutcome::Mounted { from: "tok/a".into() }], "{report:#?}");
+    assert_eq!(
+        outcomes,
+        vec![
+            BlobOutcome::Uploaded,
+            BlobOutcome::Mounted {
+                from: "tok/a".into()
+            }
+        ],
+        "{report:#?}"
+    );
     // The mount asked for pull on the source and push,pull on the target, in one token.
     let requests = ts.requests.lock().unwrap().clone();
     assert!(
-        requests.iter().any(|r| r == "repository:tok/a:pull repository:tok/b:pull,push"),
+        requests
+            .iter()
+            .any(|r| r == "repository:tok/a:pull repository:tok/b:pull,push"),
         "{requests:#?}"
     );
     let creds = format!("{USER}:{PASSWORD}");
@@ -41,7 +66,11 @@ fn push_with_tokens_mounts_with_source_pull_scope_and_reads_back() {
         assert_eq!(Digest::of_bytes(&raw), img.digest);
     }
     let oci = tempfile::tempdir().unwrap();
-    skopeo_copy_to_oci(&format!("{}/tok/b@{}", reg.host, b.digest), &creds, oci.path());
+    skopeo_copy_to_oci(
+        &format!("{}/tok/b@{}", reg.host, b.digest),
+        &creds,
+        oci.path(),
+    );
 
     // Pull back with tokens into a fresh store.
     let dst_dir = tempfile::tempdir().unwrap();
@@ -52,7 +81,13 @@ fn push_with_tokens_mounts_with_source_pull_scope_and_reads_back() {
 
     // Second push: only HEADs, nothing uploaded.
     let again = client
-        .push(&store, &[push_image(reg.reference("tok/a"), &a, &["1"]), push_image(reg.reference("tok/b"), &b, &["1"])])
+        .push(
+            &store,
+            &[
+                push_image(reg.reference("tok/a"), &a, &["1"]),
+                push_image(reg.reference("tok/b"), &b, &["1"]),
+            ],
+        )
         .unwrap();
     assert_eq!(again.bytes_uploaded + again.bytes_mounted, 0);
 }
@@ -63,7 +98,11 @@ fn identity_token_is_exchanged_with_a_refresh_token_grant() {
     let reg = Registry::start(Auth::Token(&ts));
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let img = image(&store, &[&layer(&store, &[("f", b"identity".to_vec())])], "id");
+    let img = image(
+        &store,
+        &[&layer(&store, &[("f", b"identity".to_vec())])],
+        "id",
+    );
     let client = Client::new(
         options(),
         Credentials::none().with(
@@ -75,9 +114,14 @@ fn identity_token_is_exchanged_with_a_refresh_token_grant() {
         ),
     )
     .unwrap();
-    let report = client.push(&store, &[push_image(reg.reference("id/img"), &img, &["t"])]).unwrap();
+    let report = client
+        .push(&store, &[push_image(reg.reference("id/img"), &img, &["t"])])
+        .unwrap();
     assert_eq!(report.images[0].digest, img.digest);
-    let raw = skopeo_raw_manifest(&format!("{}/id/img:t", reg.host), &format!("{USER}:{PASSWORD}"));
+    let raw = skopeo_raw_manifest(
+        &format!("{}/id/img:t", reg.host),
+        &format!("{USER}:{PASSWORD}"),
+    );
     assert_eq!(Digest::of_bytes(&raw), img.digest);
 }
 
@@ -90,10 +134,15 @@ fn wrong_password_at_the_token_server_is_clear_and_secret_free() {
     let img = image(&store, &[&layer(&store, &[("f", b"x".to_vec())])], "x");
     let wrong = "token-server-wrong-pa55";
     let client = client_for(&reg.host, USER, wrong);
-    let err = client.push(&store, &[push_image(reg.reference("x/y"), &img, &["t"])]).unwrap_err();
+    let err = client
+        .push(&store, &[push_image(reg.reference("x/y"), &img, &["t"])])
+        .unwrap_err();
     assert!(matches!(err, RegistryError::AuthFailed { .. }), "{err:?}");
     let shown = format!("{err} | {err:?} | {client:?}");
-    assert!(shown.contains(&format!("authentication to {} failed for {USER}", reg.host)), "{shown}");
+    assert!(
+        shown.contains(&format!("authentication to {} failed for {USER}", reg.host)),
+        "{shown}"
+    );
     assert!(!shown.contains(wrong), "{shown}");
     let err = client.pull(&store, &reg.reference("x/y:t")).unwrap_err();
     assert!(matches!(err, RegistryError::AuthFailed { .. }), "{err:?}");
@@ -102,10 +151,16 @@ fn wrong_password_at_the_token_server_is_clear_and_secret_free() {
     let home = tempfile::tempdir().unwrap();
     let login_client = Client::new(
         options(),
-        Credentials::new(imgbuild_registry::AuthEnv::from_vars([("DOCKER_CONFIG", home.path().to_str().unwrap())])),
+        Credentials::new(imgbuild_registry::AuthEnv::from_vars([(
+            "DOCKER_CONFIG",
+            home.path().to_str().unwrap(),
+        )])),
     )
     .unwrap();
-    assert!(matches!(login_client.login(&reg.host, USER, wrong), Err(RegistryError::AuthFailed { .. })));
+    assert!(matches!(
+        login_client.login(&reg.host, USER, wrong),
+        Err(RegistryError::AuthFailed { .. })
+    ));
     assert!(!home.path().join("config.json").exists());
     login_client.login(&reg.host, USER, PASSWORD).unwrap();
     assert!(home.path().join("config.json").exists());

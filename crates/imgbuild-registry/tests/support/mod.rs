@@ -26,7 +26,11 @@ pub const USER: &str = "alice";
 pub const PASSWORD: &str = "Sup3r-s3cret-pa55";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// How the registry authenticates.
@@ -54,10 +58,15 @@ impl Registry {
         let port = free_port();
         let auth_yaml = match auth {
             Auth::Htpasswd => {
-                let hash = bcrypt::hash_with_result(PASSWORD, 5).unwrap().format_for_version(bcrypt::Version::TwoY);
+                let hash = bcrypt::hash_with_result(PASSWORD, 5)
+                    .unwrap()
+                    .format_for_version(bcrypt::Version::TwoY);
                 let htpasswd = dir.path().join("htpasswd");
                 fs::write(&htpasswd, format!("{USER}:{hash}\n")).unwrap();
-                format!("  htpasswd:\n    realm: imgbuild-test\n    path: {}\n", htpasswd.display())
+                format!(
+                    "  htpasswd:\n    realm: imgbuild-test\n    path: {}\n",
+                    htpasswd.display()
+                )
             }
             Auth::Token(ts) => format!(
                 "  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
@@ -107,7 +116,11 @@ impl Registry {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "docker-registry did not answer on /v2/: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on /v2/: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -141,7 +154,11 @@ pub fn options() -> ClientOptions {
 }
 
 pub fn client_for(host: &str, user: &str, password: &str) -> Client {
-    Client::new(options(), Credentials::none().with(host, Credential::basic(user, password))).unwrap()
+    Client::new(
+        options(),
+        Credentials::none().with(host, Credential::basic(user, password)),
+    )
+    .unwrap()
 }
 
 // ---------------------------------------------------------------- minimal HTTP plumbing
@@ -161,7 +178,9 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
     pub fn content_length(&self) -> u64 {
-        self.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0)
+        self.header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -198,7 +217,10 @@ pub fn read_request(r: &mut impl BufRead) -> Option<Request> {
 }
 
 fn respond(s: &mut TcpStream, status: &str, extra: &[(&str, String)], body: &[u8]) {
-    let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     for (k, v) in extra {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -292,7 +314,9 @@ impl TokenServer {
         let counter = Arc::new(AtomicU64::new(0));
         let server = Server::start(move |mut conn| {
             let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let Some(req) = read_request(&mut reader) else { return };
+            let Some(req) = read_request(&mut reader) else {
+                return;
+            };
             let mut body = vec![0; req.content_length() as usize];
             if reader.read_exact(&mut body).is_err() {
                 return;
@@ -303,10 +327,17 @@ impl TokenServer {
             if req.method == "POST" {
                 params.extend(url_pairs(&String::from_utf8_lossy(&body)));
             }
-            let get = |k: &str| params.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+            let get = |k: &str| {
+                params
+                    .iter()
+                    .filter(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .collect::<Vec<_>>()
+            };
             // Who is asking?
             let user = if req.method == "POST" {
-                (get("grant_type") == ["refresh_token"] && get("refresh_token") == [REFRESH_TOKEN]).then(|| USER.to_owned())
+                (get("grant_type") == ["refresh_token"] && get("refresh_token") == [REFRESH_TOKEN])
+                    .then(|| USER.to_owned())
             } else {
                 req.header("authorization")
                     .and_then(|a| a.strip_prefix("Basic "))
@@ -316,7 +347,12 @@ impl TokenServer {
                     .map(|_| USER.to_owned())
             };
             let Some(user) = user else {
-                respond(&mut conn, "401 Unauthorized", &[], br#"{"details":"incorrect username or password"}"#);
+                respond(
+                    &mut conn,
+                    "401 Unauthorized",
+                    &[],
+                    br#"{"details":"incorrect username or password"}"#,
+                );
                 return;
             };
             if get("service") != [Self::SERVICE] {
@@ -324,7 +360,11 @@ impl TokenServer {
                 return;
             }
             // scope params (GET: repeated; POST: space-separated)
-            let mut scopes: Vec<String> = get("scope").iter().flat_map(|s| s.split(' ').map(str::to_owned)).filter(|s| !s.is_empty()).collect();
+            let mut scopes: Vec<String> = get("scope")
+                .iter()
+                .flat_map(|s| s.split(' ').map(str::to_owned))
+                .filter(|s| !s.is_empty())
+                .collect();
             scopes.sort();
             reqs.lock().unwrap().push(scopes.join(" "));
             let access: Vec<serde_json::Value> = scopes
@@ -335,7 +375,10 @@ impl TokenServer {
                     Some(serde_json::json!({"type": t, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
                 })
                 .collect();
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
             let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [cert_der]});
             let claims = serde_json::json!({
                 "iss": Self::ISSUER, "sub": user, "aud": Self::SERVICE,
@@ -348,7 +391,9 @@ impl TokenServer {
                 B64URL.encode(serde_json::to_vec(&header).unwrap()),
                 B64URL.encode(serde_json::to_vec(&claims).unwrap())
             );
-            let sig = signer.sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes()).unwrap();
+            let sig = signer
+                .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+                .unwrap();
             let jwt = format!("{signing_input}.{}", B64URL.encode(sig.as_ref()));
             let body = if req.method == "POST" {
                 serde_json::json!({"access_token": jwt, "expires_in": 600})
@@ -388,7 +433,10 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
 #[derive(Clone, Debug)]
 pub enum Action {
     /// Answer this status (after reading the request body), optionally with `Retry-After`.
-    Status { code: u16, retry_after: Option<&'static str> },
+    Status {
+        code: u16,
+        retry_after: Option<&'static str>,
+    },
     /// Forward the head and half of the body, then drop both connections.
     DropMidBody,
     /// Forward, then flip the last byte of the response body.
@@ -416,7 +464,7 @@ pub struct FaultProxy {
     server: Server,
     faults: Arc<Mutex<Vec<FaultState>>>,
     /// Every request seen: (method, target, Content-Range), in arrival order.
-    pub log: Arc<Mutex<Vec<(String, String, Option<String>)>>>,
+    pub log: Arc<Log>,
 }
 
 impl FaultProxy {
@@ -437,7 +485,11 @@ impl FaultProxy {
         let server = Server::start(move |conn| {
             let _ = proxy_connection(conn, upstream, &state, &log2);
         });
-        FaultProxy { server, faults, log }
+        FaultProxy {
+            server,
+            faults,
+            log,
+        }
     }
 
     pub fn host(&self) -> String {
@@ -456,21 +508,34 @@ impl FaultProxy {
     }
 }
 
-type Log = Mutex<Vec<(String, String, Option<String>)>>;
+/// (method, target, Content-Range) of every request, in arrival order.
+pub type Log = Mutex<Vec<(String, String, Option<String>)>>;
 
-fn proxy_connection(conn: TcpStream, upstream: u16, faults: &Mutex<Vec<FaultState>>, log: &Log) -> std::io::Result<()> {
+fn proxy_connection(
+    conn: TcpStream,
+    upstream: u16,
+    faults: &Mutex<Vec<FaultState>>,
+    log: &Log,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
     // One request per connection: the upstream answer carries `Connection: close`.
-    let Some(req) = read_request(&mut reader) else { return Ok(()) };
-    log.lock()
-        .unwrap()
-        .push((req.method.clone(), req.target.clone(), req.header("content-range").map(str::to_owned)));
+    let Some(req) = read_request(&mut reader) else {
+        return Ok(());
+    };
+    log.lock().unwrap().push((
+        req.method.clone(),
+        req.target.clone(),
+        req.header("content-range").map(str::to_owned),
+    ));
     let action = {
         let mut fs = faults.lock().unwrap();
         let mut chosen = None;
         for f in fs.iter_mut() {
-            if f.fired || f.fault.method != req.method || !req.target.contains(f.fault.path_contains) {
+            if f.fired
+                || f.fault.method != req.method
+                || !req.target.contains(f.fault.path_contains)
+            {
                 continue;
             }
             if f.seen < f.fault.skip {
@@ -518,7 +583,11 @@ fn proxy_connection(conn: TcpStream, upstream: u16, faults: &Mutex<Vec<FaultStat
     let mut resp = Vec::new();
     up.read_to_end(&mut resp)?;
     if matches!(action, Some(Action::CorruptBody)) {
-        let body_start = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(resp.len());
+        let body_start = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+            .unwrap_or(resp.len());
         if resp.len() > body_start {
             let last = resp.len() - 1;
             resp[last] ^= 0x01;
@@ -531,7 +600,10 @@ fn proxy_connection(conn: TcpStream, upstream: u16, faults: &Mutex<Vec<FaultStat
             "proxy: {} {} -> {} {}",
             req.method,
             req.target,
-            String::from_utf8_lossy(&resp[..head_end]).lines().next().unwrap_or(""),
+            String::from_utf8_lossy(&resp[..head_end])
+                .lines()
+                .next()
+                .unwrap_or(""),
             String::from_utf8_lossy(&body[..body.len().min(300)])
         );
     }
@@ -575,7 +647,8 @@ pub fn layer(store: &Store, files: &[(&str, Vec<u8>)]) -> Layer {
     }
     let tar = tar.into_inner().unwrap();
     let diff_id = Digest::of_bytes(&tar);
-    let mut gz = flate2::write::GzEncoder::new(store.writer().unwrap(), flate2::Compression::fast());
+    let mut gz =
+        flate2::write::GzEncoder::new(store.writer().unwrap(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
     let (digest, size) = gz.finish().unwrap().commit().unwrap();
     Layer {
@@ -655,7 +728,11 @@ pub fn image_with_types(store: &Store, layers: &[&Layer], label: &str, docker: b
     }
 }
 
-pub fn push_image(target: Reference, img: &TestImage, tags: &[&str]) -> imgbuild_registry::PushImage {
+pub fn push_image(
+    target: Reference,
+    img: &TestImage,
+    tags: &[&str],
+) -> imgbuild_registry::PushImage {
     imgbuild_registry::PushImage {
         target,
         manifest: img.manifest.clone(),
@@ -686,7 +763,11 @@ pub fn skopeo_raw_manifest(image: &str, creds: &str) -> Vec<u8> {
         .arg(format!("docker://{image}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo inspect {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -697,7 +778,11 @@ pub fn skopeo_inspect(image: &str, creds: &str) -> serde_json::Value {
         .arg(format!("docker://{image}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo inspect {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -709,16 +794,25 @@ pub fn skopeo_copy_to_oci(image: &str, creds: &str, dir: &Path) -> serde_json::V
         .arg(format!("oci:{}:latest", dir.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo copy {image}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo copy {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap()
 }
 
 /// Blob counts per outcome in a report image: (uploaded, mounted, present, shared).
-pub fn outcome_counts(r: &imgbuild_registry::ImageReport, only: Option<&[Descriptor]>) -> BTreeMap<&'static str, usize> {
+pub fn outcome_counts(
+    r: &imgbuild_registry::ImageReport,
+    only: Option<&[Descriptor]>,
+) -> BTreeMap<&'static str, usize> {
     let mut m = BTreeMap::new();
     for b in &r.blobs {
         if let Some(only) = only
-            && !only.iter().any(|d| d.digest().to_string() == b.digest.to_string())
+            && !only
+                .iter()
+                .any(|d| d.digest().to_string() == b.digest.to_string())
         {
             continue;
         }
