@@ -160,7 +160,10 @@ impl Client {
             self.http.clone(),
             credential,
             self.options.retry.clone(),
-            self.options.insecure.contains(registry),
+            self.options
+                .insecure
+                .iter()
+                .any(|r| normalize_registry(r) == registry),
         )
     }
 

@@ -83,7 +83,8 @@ pub(crate) struct Session {
     http: HttpClient,
     credential: Option<Credential>,
     pub retry: RetryPolicy,
-    insecure_ok: bool,
+    /// Listed as insecure by the user (not merely on loopback).
+    insecure_explicit: bool,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<BTreeMap<String, CachedToken>>,
 }
@@ -123,7 +124,7 @@ impl Session {
             http,
             credential,
             retry,
-            insecure_ok,
+            insecure_explicit: insecure,
             challenge: Mutex::new(None),
             tokens: Mutex::new(BTreeMap::new()),
         })
@@ -272,7 +273,9 @@ impl Session {
         let mut url = Url::parse(realm)
             .map_err(|e| self.protocol(&what, &format!("the realm is not a URL: {e}")))?;
         let realm_host = url.host_str().unwrap_or("").to_owned();
-        if url.scheme() != "https" && !(self.insecure_ok || is_loopback(&realm_host)) {
+        // A loopback registry may point at a remote realm: only a loopback realm or one of a
+        // registry the user listed as insecure may be plain HTTP.
+        if url.scheme() != "https" && !(is_loopback(&realm_host) || self.insecure_explicit) {
             // Never send credentials in clear text to a non-local token server.
             return Err(Failure::Fatal(RegistryError::InsecureNotAllowed {
                 registry: realm_host,
@@ -608,6 +611,23 @@ mod tests {
             )]
         );
         assert!(registry_errors(b"<html>").is_empty());
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_or_listed_registries() {
+        let http = HttpClient::new();
+        let s = |r: &str, insecure: bool| {
+            Session::new(r, http.clone(), None, RetryPolicy::default(), insecure)
+                .unwrap()
+                .base
+                .to_string()
+        };
+        assert_eq!(s("docker.io", false), "https://registry-1.docker.io/");
+        assert_eq!(s("ghcr.io", false), "https://ghcr.io/");
+        assert_eq!(s("10.1.2.3:5000", false), "https://10.1.2.3:5000/");
+        assert_eq!(s("10.1.2.3:5000", true), "http://10.1.2.3:5000/");
+        assert_eq!(s("127.0.0.1:5000", false), "http://127.0.0.1:5000/");
+        assert_eq!(s("localhost:5000", false), "http://localhost:5000/");
     }
 
     #[test]

@@ -156,22 +156,24 @@ pub(crate) fn upload_blob(
     let scopes = [repo_scope(repository, true)];
     let chunk_size = chunk_size.max(1);
     let max_attempts = sess.retry.max_attempts.max(1);
-    let mut failures = 0u32;
+    // Failures since the last progress: a long upload over a flaky link may fail many times in
+    // total, but never `max_attempts` times in a row.
+    let failures = std::cell::Cell::new(0u32);
     let mut restarts = 0u32;
     let mut state = match started {
         Some(url) => State::Send { url, offset: 0 },
         None => State::Start,
     };
     // Counts a failure; returns the error when out of attempts or not retryable.
-    let mut fail = |f: Failure| -> Result<()> {
-        failures += 1;
+    let fail = |f: Failure| -> Result<()> {
+        failures.set(failures.get() + 1);
         match f {
             Failure::Fatal(e) => Err(e),
             Failure::Retry { error, after } => {
-                if failures >= max_attempts {
+                if failures.get() >= max_attempts {
                     return Err(error);
                 }
-                sess.backoff(failures, after);
+                sess.backoff(failures.get(), after);
                 Ok(())
             }
         }
@@ -211,6 +213,7 @@ pub(crate) fn upload_blob(
                 match result {
                     Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                         let next = sess.location(&resp, &what)?;
+                        failures.set(0);
                         // Trust the registry's count over ours if it says.
                         let confirmed = match range_end(&resp) {
                             Some(e) if e > 0 && e < size => e + 1,
