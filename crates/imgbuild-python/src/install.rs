@@ -49,6 +49,9 @@ pub struct InstallReport {
     pub warnings: Vec<String>,
 }
 
+/// RECORD rows of one distribution: path relative to site-packages -> (hash, size).
+type RecordRows = BTreeMap<String, (String, u64)>;
+
 /// A file to be placed, relative to the venv.
 #[derive(Clone)]
 struct Planned {
@@ -260,7 +263,7 @@ pub fn parse_entry_points(text: &str, section: &str) -> Vec<(String, String)> {
 
 /// The RECORD text for a distribution: one line per file, sorted by path, the RECORD
 /// itself with empty hash and size.
-pub fn record_text(entries: &BTreeMap<String, (String, u64)>, record_path: &str) -> String {
+pub fn record_text(entries: &RecordRows, record_path: &str) -> String {
     let mut all: BTreeMap<&str, (&str, String)> = entries.iter().map(|(p, (h, s))| (p.as_str(), (h.as_str(), s.to_string()))).collect();
     all.insert(record_path, ("", String::new()));
     let mut out = String::new();
@@ -306,7 +309,7 @@ pub fn install(
 
     // venv-relative path -> (planned file, owning distribution)
     let mut files: BTreeMap<String, (Planned, String)> = BTreeMap::new();
-    let mut records: Vec<(String, String, BTreeMap<String, (String, u64)>)> = vec![];
+    let mut records: Vec<(String, String, RecordRows)> = vec![];
 
     let mut sorted: Vec<&SelectedWheel> = wheels.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
@@ -316,9 +319,9 @@ pub fn install(
         let dist_stem = dist_info.trim_end_matches(".dist-info");
         let dist_name = dist_stem.rsplit_once('-').map(|(n, _)| n).unwrap_or(dist_stem).to_owned();
         let data_prefix = format!("{dist_stem}.data/");
-        let mut rec: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        let mut rec: RecordRows = BTreeMap::new();
         let mut py_sources: Vec<(String, PathBuf)> = vec![];
-        let mut place = |venv_rel: String, p: Planned, rec: &mut BTreeMap<String, (String, u64)>, report: &mut InstallReport| {
+        let mut place = |venv_rel: String, p: Planned, rec: &mut RecordRows, report: &mut InstallReport| {
             let rp = record_rel(&venv_rel, &sp_rel);
             rec.insert(rp, (p.hash.clone(), p.size));
             if let Some((old, owner)) = files.get(&venv_rel)

@@ -461,7 +461,7 @@ impl Specifier {
                 let vp = v.public();
                 vp > *spec
                     && !(spec.post.is_none() && vp.post.is_some() && same_release(&vp, spec) && vp.pre == spec.pre)
-                    && !(!v.local.is_empty() && vp == *spec)
+                    && (v.local.is_empty() || vp != *spec)
             }
         }
     }

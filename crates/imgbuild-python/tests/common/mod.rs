@@ -67,10 +67,14 @@ pub fn zip_bytes(files: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
     z.finish().unwrap().into_inner()
 }
 
+type Routes = Arc<Mutex<BTreeMap<String, (String, Vec<u8>)>>>;
+/// (file name, sha256 hex claimed by the index, requires-python, body)
+pub type Published<'a> = (&'a str, Option<String>, Option<&'a str>, Vec<u8>);
+
 /// A PEP 503 HTML index on 127.0.0.1. Routes map a path to (content type, body).
 pub struct Index {
     pub port: u16,
-    pub routes: Arc<Mutex<BTreeMap<String, (String, Vec<u8>)>>>,
+    pub routes: Routes,
     /// Requests whose path ends in `.whl`.
     pub wheel_requests: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -81,7 +85,7 @@ impl Index {
     pub fn start() -> Index {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let routes: Arc<Mutex<BTreeMap<String, (String, Vec<u8>)>>> = Arc::default();
+        let routes: Routes = Arc::default();
         let wheel_requests = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, w, s) = (routes.clone(), wheel_requests.clone(), stop.clone());
@@ -104,7 +108,7 @@ impl Index {
 
     /// Publishes a project page listing `files` as (filename, claimed sha256 hex or None,
     /// requires-python), and the files' bodies under /files/.
-    pub fn project(&self, key: &str, files: &[(&str, Option<String>, Option<&str>, Vec<u8>)]) {
+    pub fn project(&self, key: &str, files: &[Published]) {
         let mut html = String::from("<!DOCTYPE html><html><body>\n");
         let mut routes = self.routes.lock().unwrap();
         for (name, sha, rp, body) in files {
