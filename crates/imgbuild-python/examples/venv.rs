@@ -16,7 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = imgbuild_store::Store::open(store)?;
     let reqs = parse_requirements(&spec.requirements)?;
     println!("fingerprint {}", fingerprint(&spec, &reqs));
-    let http = reqwest::blocking::Client::builder().user_agent("imgbuild").build()?;
+    let http = reqwest::blocking::Client::builder()
+        .user_agent("imgbuild")
+        .build()?;
     let t = Instant::now();
     let wheels = fetch_wheels(&spec, &reqs, &store, &http, 4)?;
     println!("fetched {} wheels in {:.2?}", wheels.len(), t.elapsed());

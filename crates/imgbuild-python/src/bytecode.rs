@@ -53,7 +53,11 @@ pub fn find_host_python(target: &Target) -> std::result::Result<HostPython, Stri
     let (major, minor) = target.python_major_minor();
     let name = format!("python{major}.{minor}");
     let path = std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(&name)).find(|c| c.is_file()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(&name))
+                .find(|c| c.is_file())
+        })
         .ok_or_else(|| format!("no `{name}` on PATH"))?;
     probe(&path, major, minor)
 }
@@ -78,7 +82,11 @@ pub fn probe(path: &Path, major: u32, minor: u32) -> std::result::Result<HostPyt
             // run the real executable afterwards, not a wrapper such as a pyenv shim
             // (a shim costs ~0.2 s per start, and there are two starts per wheel)
             let exe = exe.join(" ");
-            let path = if !exe.is_empty() && Path::new(&exe).is_file() { PathBuf::from(exe) } else { path.to_path_buf() };
+            let path = if !exe.is_empty() && Path::new(&exe).is_file() {
+                PathBuf::from(exe)
+            } else {
+                path.to_path_buf()
+            };
             Ok(HostPython {
                 path,
                 version: (*ver).to_owned(),
@@ -162,7 +170,10 @@ pub fn compile_wheel(
     sources: &[(String, PathBuf)],
 ) -> Result<CompiledWheel> {
     let mut h = sha2::Sha256::new();
-    h.update(format!("pyc-v1\n{}\n{site_packages}\n{}\n{}\n", wheel, python.version, python.magic));
+    h.update(format!(
+        "pyc-v1\n{}\n{site_packages}\n{}\n{}\n",
+        wheel, python.version, python.magic
+    ));
     let key = hex::encode(h.finalize());
     let root = store.root().join(PYC_BUCKET);
     let dest = root.join(&key);
@@ -250,7 +261,9 @@ fn run_compile(python: &HostPython, jobs: &[CompileJob]) -> Result<Vec<String>> 
     let input = serde_json::to_vec(jobs).expect("serialisable");
     let mut stdin = child.stdin.take().expect("piped");
     let writer = std::thread::spawn(move || io::Write::write_all(&mut stdin, &input));
-    let out = child.wait_with_output().map_err(|e| err(format!("waiting: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| err(format!("waiting: {e}")))?;
     let _ = writer.join();
     if !out.status.success() {
         return Err(err(format!(
@@ -262,7 +275,12 @@ fn run_compile(python: &HostPython, jobs: &[CompileJob]) -> Result<Vec<String>> 
     serde_json::from_slice(&out.stdout).map_err(|e| err(format!("unexpected output: {e}")))
 }
 
-fn build(python: &HostPython, site_packages: &str, sources: &[(String, PathBuf)], tmp: &Path) -> Result<()> {
+fn build(
+    python: &HostPython,
+    site_packages: &str,
+    sources: &[(String, PathBuf)],
+    tmp: &Path,
+) -> Result<()> {
     let mut files = vec![];
     let mut unstable = vec![];
     let mut runs: Vec<(PathBuf, Vec<CompileJob>)> = vec![];
@@ -292,7 +310,9 @@ fn build(python: &HostPython, site_packages: &str, sources: &[(String, PathBuf)]
     second?;
     let (a, b) = (&runs[0].0, &runs[1].0);
     for (rel, _) in sources {
-        let Some(pyc) = pyc_path(rel, &python.cache_tag) else { continue };
+        let Some(pyc) = pyc_path(rel, &python.cache_tag) else {
+            continue;
+        };
         let (pa, pb) = (a.join(&pyc), b.join(&pyc));
         let (ba, bb) = match (fs::read(&pa), fs::read(&pb)) {
             (Ok(x), Ok(y)) => (x, y),
@@ -328,7 +348,8 @@ fn build(python: &HostPython, site_packages: &str, sources: &[(String, PathBuf)]
     };
     let mpath = tmp.join("manifest.json");
     let f = fs::File::create(&mpath).map_err(io_err("failed to create", &mpath))?;
-    serde_json::to_writer_pretty(&f, &m).map_err(|e| io_err("failed to write", &mpath)(e.into()))?;
+    serde_json::to_writer_pretty(&f, &m)
+        .map_err(|e| io_err("failed to write", &mpath)(e.into()))?;
     f.sync_all().map_err(io_err("failed to fsync", &mpath))?;
     Ok(())
 }
@@ -339,8 +360,14 @@ mod tests {
 
     #[test]
     fn pyc_names() {
-        assert_eq!(pyc_path("redis/client.py", "cpython-311").unwrap(), "redis/__pycache__/client.cpython-311.pyc");
-        assert_eq!(pyc_path("six.py", "cpython-311").unwrap(), "__pycache__/six.cpython-311.pyc");
+        assert_eq!(
+            pyc_path("redis/client.py", "cpython-311").unwrap(),
+            "redis/__pycache__/client.cpython-311.pyc"
+        );
+        assert_eq!(
+            pyc_path("six.py", "cpython-311").unwrap(),
+            "__pycache__/six.cpython-311.pyc"
+        );
         assert!(pyc_path("x.pyi", "cpython-311").is_none());
     }
 }

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use imgbuild_store::{Digest, StoreError};
 use imgbuild_layer::TreeError;
+use imgbuild_store::{Digest, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,7 +20,11 @@ pub enum Error {
     #[error(transparent)]
     Tree(#[from] TreeError),
     #[error("{}:{line}: {msg}", file.display())]
-    Requirements { file: PathBuf, line: usize, msg: String },
+    Requirements {
+        file: PathBuf,
+        line: usize,
+        msg: String,
+    },
     #[error("invalid venv spec: {0}")]
     Spec(String),
     #[error("pip configuration `{}`: {msg}", path.display())]
@@ -55,7 +59,9 @@ pub enum Error {
         files: Vec<String>,
         requires_python: Option<String>,
     },
-    #[error("{what}: downloaded content is {actual}, but {expected_from} says {expected}; nothing was stored")]
+    #[error(
+        "{what}: downloaded content is {actual}, but {expected_from} says {expected}; nothing was stored"
+    )]
     HashMismatch {
         what: String,
         expected: String,
@@ -65,7 +71,11 @@ pub enum Error {
     #[error("wheel {wheel}: {msg}")]
     BadWheel { wheel: String, msg: String },
     #[error("wheel {wheel}: entry `{entry}` refused: {why}")]
-    UnsafeWheelEntry { wheel: String, entry: String, why: &'static str },
+    UnsafeWheelEntry {
+        wheel: String,
+        entry: String,
+        why: &'static str,
+    },
     #[error("{package} {version} requires Python `{requires}`, which excludes the target {target}")]
     RequiresPython {
         package: String,
@@ -74,14 +84,20 @@ pub enum Error {
         target: String,
     },
     #[error("dependency closure of {} is incomplete:\n  {}\nAdd the missing packages to the requirements and recompile them with hashes.", file.display(), problems.join("\n  "))]
-    Closure { file: PathBuf, problems: Vec<String> },
+    Closure {
+        file: PathBuf,
+        problems: Vec<String>,
+    },
     #[error("byte-compilation with `{}` failed: {msg}", python.display())]
     Bytecode { python: PathBuf, msg: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { op, path, source }
 }

@@ -63,7 +63,10 @@ pub fn applicable<'a>(reqs: &'a Requirements, target: &Target) -> Vec<&'a Requir
 
 fn selection_key(target: &Target, r: &Requirement) -> String {
     let mut h = sha2::Sha256::new();
-    h.update(format!("{SELECT_BUCKET}\n{target:?}\n{}\n{}\n", r.key, r.version));
+    h.update(format!(
+        "{SELECT_BUCKET}\n{target:?}\n{}\n{}\n",
+        r.key, r.version
+    ));
     for d in &r.hashes {
         h.update(d.hex());
         h.update("\n");
@@ -86,7 +89,8 @@ pub fn fetch_wheels(
     // index configuration is read lazily: a fully cached build reads no config and no network
     let index: Mutex<Option<IndexConfig>> = Mutex::new(None);
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Result<SelectedWheel>>>> = todo.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<SelectedWheel>>>> =
+        todo.iter().map(|_| Mutex::new(None)).collect();
     let failed = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..jobs.clamp(1, 16).min(todo.len().max(1)) {
@@ -184,14 +188,21 @@ pub fn choose<'a>(
         .filter(|(f, _)| f.sha256.as_ref().is_none_or(|d| r.hashes.contains(d)))
         .collect();
     if hashed.is_empty() {
-        let mut names: Vec<String> = same_version.iter().map(|(f, _)| f.filename.clone()).collect();
+        let mut names: Vec<String> = same_version
+            .iter()
+            .map(|(f, _)| f.filename.clone())
+            .collect();
         if names.is_empty() {
             names = files.iter().map(|f| f.filename.clone()).collect();
             names.sort();
             let n = names.len();
             names.truncate(20);
             if n > 20 {
-                names.push(format!("… {} more (version {} is not among them)", n - 20, r.version));
+                names.push(format!(
+                    "… {} more (version {} is not among them)",
+                    n - 20,
+                    r.version
+                ));
             }
         }
         return Err(Error::NoHashMatch {
@@ -216,7 +227,10 @@ pub fn choose<'a>(
         }
         let build = -(w.build.as_ref().map(|b| b.0 as i64).unwrap_or(-1));
         let cand = (rank, build, *f);
-        if best.as_ref().is_none_or(|b| (cand.0, cand.1, &cand.2.filename) < (b.0, b.1, &b.2.filename)) {
+        if best
+            .as_ref()
+            .is_none_or(|b| (cand.0, cand.1, &cand.2.filename) < (b.0, b.1, &b.2.filename))
+        {
             best = Some(cand);
         }
     }
@@ -246,8 +260,9 @@ fn file_version_matches(filename: &str, key: &str, pin: &Version) -> bool {
         .strip_suffix(".tar.gz")
         .or_else(|| filename.strip_suffix(".zip"))
         .or_else(|| filename.strip_suffix(".tar.bz2"));
-    stem.and_then(|s| s.rsplit_once('-'))
-        .is_some_and(|(n, v)| crate::marker::normalize_name(n) == key && Version::parse(v).is_ok_and(|v| v == *pin))
+    stem.and_then(|s| s.rsplit_once('-')).is_some_and(|(n, v)| {
+        crate::marker::normalize_name(n) == key && Version::parse(v).is_ok_and(|v| v == *pin)
+    })
 }
 
 fn select_and_download(
@@ -274,7 +289,10 @@ fn select_and_download(
     if !found {
         return Err(Error::Index {
             url: cfg.all().map(redact_url).collect::<Vec<_>>().join(", "),
-            msg: format!("project `{}` (requirements line {}) is not on the index", r.name, r.line),
+            msg: format!(
+                "project `{}` (requirements line {}) is not on the index",
+                r.name, r.line
+            ),
         });
     }
     let f = choose(&spec.target, r, &files, prio)?;
@@ -320,15 +338,16 @@ fn download_expecting(
         url: redact_url(url),
         msg: format!("download interrupted: {e}"),
     })?;
-    w.commit_expecting(expected, None, what).map_err(|e| match e {
-        imgbuild_store::StoreError::DigestMismatch { actual, .. } => Error::HashMismatch {
-            what: what.to_owned(),
-            expected: expected.to_string(),
-            expected_from: "the index and the requirements file",
-            actual,
-        },
-        other => other.into(),
-    })?;
+    w.commit_expecting(expected, None, what)
+        .map_err(|e| match e {
+            imgbuild_store::StoreError::DigestMismatch { actual, .. } => Error::HashMismatch {
+                what: what.to_owned(),
+                expected: expected.to_string(),
+                expected_from: "the index and the requirements file",
+                actual,
+            },
+            other => other.into(),
+        })?;
     Ok(())
 }
 
@@ -348,17 +367,29 @@ fn download_checking_set(
             msg: format!("download interrupted: {e}"),
         })?;
         let (buf, digest, size) = w.finish();
-        drop(buf.into_inner().map_err(|e| io_err("failed to write", &tmp)(e.into_error()))?);
+        drop(
+            buf.into_inner()
+                .map_err(|e| io_err("failed to write", &tmp)(e.into_error()))?,
+        );
         if !allowed.contains(&digest) {
             return Err(Error::HashMismatch {
                 what: what.to_owned(),
-                expected: allowed.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" or "),
+                expected: allowed
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
                 expected_from: "the requirements file",
                 actual: digest,
             });
         }
         let src = std::fs::File::open(&tmp).map_err(io_err("failed to open", &tmp))?;
-        store.put_verified(io::BufReader::new(src).take(size), &digest, Some(size), what)?;
+        store.put_verified(
+            io::BufReader::new(src).take(size),
+            &digest,
+            Some(size),
+            what,
+        )?;
         Ok(digest)
     })();
     let _ = std::fs::remove_file(&tmp);

@@ -36,7 +36,10 @@ impl IndexConfig {
     }
 
     /// Like [`IndexConfig::from_environment`] with a custom variable lookup (for tests).
-    pub fn resolve(reqs: &Requirements, env: &dyn Fn(&str) -> Option<String>) -> Result<IndexConfig> {
+    pub fn resolve(
+        reqs: &Requirements,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<IndexConfig> {
         let mut index_url = PYPI_SIMPLE.to_owned();
         let mut extra: Vec<String> = vec![];
         for file in pip_config_files(env) {
@@ -74,12 +77,16 @@ impl IndexConfig {
         extra.extend(reqs.extra_index_urls.iter().cloned());
         Ok(IndexConfig {
             index_url: index_url.trim_end_matches('/').to_owned(),
-            extra_index_urls: extra.iter().map(|u| u.trim_end_matches('/').to_owned()).collect(),
+            extra_index_urls: extra
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect(),
         })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.index_url.as_str()).chain(self.extra_index_urls.iter().map(|s| s.as_str()))
+        std::iter::once(self.index_url.as_str())
+            .chain(self.extra_index_urls.iter().map(|s| s.as_str()))
     }
 }
 
@@ -136,7 +143,9 @@ fn parse_ini(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
         let split = trimmed.find(['=', ':']);
         if let Some(i) = split {
             let key = trimmed[..i].trim().to_ascii_lowercase().replace('_', "-");
-            out.entry(section.clone()).or_default().insert(key.clone(), trimmed[i + 1..].trim().to_owned());
+            out.entry(section.clone())
+                .or_default()
+                .insert(key.clone(), trimmed[i + 1..].trim().to_owned());
             last_key = Some(key);
         }
     }
@@ -156,13 +165,21 @@ pub struct IndexFile {
 const ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
 
 /// Lists a project's files on one index (`None` when the index does not know it).
-pub fn project_files(http: &reqwest::blocking::Client, index_url: &str, key: &str) -> Result<Option<Vec<IndexFile>>> {
+pub fn project_files(
+    http: &reqwest::blocking::Client,
+    index_url: &str,
+    key: &str,
+) -> Result<Option<Vec<IndexFile>>> {
     let url = format!("{}/{}/", index_url.trim_end_matches('/'), key);
     let base = reqwest::Url::parse(&url).map_err(|e| Error::Index {
         url: redact_url(index_url),
         msg: format!("not a valid URL: {e}"),
     })?;
-    let resp = with_retries(&url, || http.get(base.clone()).header(reqwest::header::ACCEPT, ACCEPT).send())?;
+    let resp = with_retries(&url, || {
+        http.get(base.clone())
+            .header(reqwest::header::ACCEPT, ACCEPT)
+            .send()
+    })?;
     let status = resp.status();
     if status == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
@@ -183,10 +200,12 @@ pub fn project_files(http: &reqwest::blocking::Client, index_url: &str, key: &st
         .to_ascii_lowercase();
     // index pages are small (metadata only); a cap keeps a hostile server from ballooning memory
     let mut body = String::new();
-    resp.take(256 << 20).read_to_string(&mut body).map_err(|e| Error::Http {
-        url: redact_url(&url),
-        msg: format!("reading the project page: {e}"),
-    })?;
+    resp.take(256 << 20)
+        .read_to_string(&mut body)
+        .map_err(|e| Error::Http {
+            url: redact_url(&url),
+            msg: format!("reading the project page: {e}"),
+        })?;
     let files = if ctype.starts_with("application/vnd.pypi.simple.v1+json") {
         parse_json_page(&body, &final_url)
     } else {
@@ -210,7 +229,10 @@ pub(crate) fn with_retries(
             std::thread::sleep(Duration::from_millis(500 << attempt));
         }
         match send() {
-            Ok(r) if r.status().is_server_error() || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+            Ok(r)
+                if r.status().is_server_error()
+                    || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+            {
                 last = format!("status {}", r.status());
             }
             Ok(r) => return Ok(r),
@@ -255,13 +277,19 @@ struct JsonFile {
 }
 
 fn parse_json_page(body: &str, base: &reqwest::Url) -> std::result::Result<Vec<IndexFile>, String> {
-    let page: JsonPage = serde_json::from_str(body).map_err(|e| format!("invalid PEP 691 JSON: {e}"))?;
+    let page: JsonPage =
+        serde_json::from_str(body).map_err(|e| format!("invalid PEP 691 JSON: {e}"))?;
     let mut out = vec![];
     for f in page.files {
-        let url = base.join(&f.url).map_err(|e| format!("bad file URL for {}: {e}", f.filename))?;
+        let url = base
+            .join(&f.url)
+            .map_err(|e| format!("bad file URL for {}: {e}", f.filename))?;
         out.push(IndexFile {
             filename: f.filename,
-            sha256: f.hashes.get("sha256").and_then(|h| Digest::from_hex(&h.to_ascii_lowercase()).ok()),
+            sha256: f
+                .hashes
+                .get("sha256")
+                .and_then(|h| Digest::from_hex(&h.to_ascii_lowercase()).ok()),
             url: strip_fragment(url),
             requires_python: f.requires_python.filter(|s| !s.trim().is_empty()),
         });
@@ -280,16 +308,28 @@ fn parse_html_page(body: &str, base: &reqwest::Url) -> Vec<IndexFile> {
     let lower = body.to_ascii_lowercase();
     let mut pos = 0;
     while let Some(i) = lower[pos..].find("<a").map(|i| i + pos) {
-        let Some(tag_end) = lower[i..].find('>').map(|e| e + i) else { break };
-        let Some(close) = lower[tag_end..].find("</a").map(|e| e + tag_end) else { break };
+        let Some(tag_end) = lower[i..].find('>').map(|e| e + i) else {
+            break;
+        };
+        let Some(close) = lower[tag_end..].find("</a").map(|e| e + tag_end) else {
+            break;
+        };
         let attrs = parse_attrs(&body[i + 2..tag_end]);
         let text = html_unescape(body[tag_end + 1..close].trim());
         pos = close;
-        let Some(href) = attrs.get("href") else { continue };
+        let Some(href) = attrs.get("href") else {
+            continue;
+        };
         let Ok(url) = base.join(href) else { continue };
-        let sha256 = url.fragment().and_then(|f| f.strip_prefix("sha256=")).and_then(|h| Digest::from_hex(h).ok());
+        let sha256 = url
+            .fragment()
+            .and_then(|f| f.strip_prefix("sha256="))
+            .and_then(|h| Digest::from_hex(h).ok());
         let filename = if text.is_empty() {
-            url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("").to_owned()
+            url.path_segments()
+                .and_then(|mut s| s.next_back())
+                .unwrap_or("")
+                .to_owned()
         } else {
             text
         };
@@ -297,7 +337,10 @@ fn parse_html_page(body: &str, base: &reqwest::Url) -> Vec<IndexFile> {
             filename,
             url: strip_fragment(url),
             sha256,
-            requires_python: attrs.get("data-requires-python").cloned().filter(|s| !s.trim().is_empty()),
+            requires_python: attrs
+                .get("data-requires-python")
+                .cloned()
+                .filter(|s| !s.trim().is_empty()),
         });
     }
     out
@@ -409,11 +452,17 @@ mod tests {
         let files = parse_html_page(body, &base);
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].filename, "six-1.16.0-py2.py3-none-any.whl");
-        assert_eq!(files[0].url, "https://u:p@idx.example/packages/six-1.16.0-py2.py3-none-any.whl");
+        assert_eq!(
+            files[0].url,
+            "https://u:p@idx.example/packages/six-1.16.0-py2.py3-none-any.whl"
+        );
         assert_eq!(files[0].requires_python.as_deref(), Some(">=2.7, !=3.0.*"));
         assert!(files[0].sha256.is_some());
         assert_eq!(files[1].sha256, None);
-        assert_eq!(redact_url(&files[0].url), "https://idx.example/packages/six-1.16.0-py2.py3-none-any.whl");
+        assert_eq!(
+            redact_url(&files[0].url),
+            "https://idx.example/packages/six-1.16.0-py2.py3-none-any.whl"
+        );
     }
 
     #[test]
@@ -421,8 +470,14 @@ mod tests {
         let base = reqwest::Url::parse("https://idx.example/simple/six/").unwrap();
         let body = r#"{"meta":{"api-version":"1.1"},"name":"six","files":[{"filename":"six-1.16.0-py2.py3-none-any.whl","url":"https://files.example/a/six-1.16.0-py2.py3-none-any.whl","hashes":{"sha256":"8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"},"requires-python":">=2.7","yanked":false}]}"#;
         let f = parse_json_page(body, &base).unwrap();
-        assert_eq!(f[0].url, "https://files.example/a/six-1.16.0-py2.py3-none-any.whl");
-        assert_eq!(f[0].sha256.as_ref().unwrap().hex(), "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254");
+        assert_eq!(
+            f[0].url,
+            "https://files.example/a/six-1.16.0-py2.py3-none-any.whl"
+        );
+        assert_eq!(
+            f[0].sha256.as_ref().unwrap().hex(),
+            "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
+        );
     }
 
     #[test]
@@ -443,10 +498,17 @@ mod tests {
         };
         let c = IndexConfig::resolve(&none, &env).unwrap();
         assert_eq!(c.index_url, "https://user.example/simple");
-        assert_eq!(c.extra_index_urls, ["https://a.example/simple", "https://b.example/simple"]);
+        assert_eq!(
+            c.extra_index_urls,
+            ["https://a.example/simple", "https://b.example/simple"]
+        );
 
         // PIP_CONFIG_FILE that exists replaces the user files
-        std::fs::write(&envfile, "[install]\nindex_url: https://envfile.example/simple\n").unwrap();
+        std::fs::write(
+            &envfile,
+            "[install]\nindex_url: https://envfile.example/simple\n",
+        )
+        .unwrap();
         let env2 = |k: &str| match k {
             "PIP_CONFIG_FILE" => Some(e.clone()),
             _ => env(k),
@@ -459,10 +521,17 @@ mod tests {
             "PIP_INDEX_URL" => Some("https://var.example/simple".into()),
             _ => env2(k),
         };
-        assert_eq!(IndexConfig::resolve(&none, &env3).unwrap().index_url, "https://var.example/simple");
+        assert_eq!(
+            IndexConfig::resolve(&none, &env3).unwrap().index_url,
+            "https://var.example/simple"
+        );
         // the requirements file wins over everything, as in pip
-        let withi = parse_requirements_str("-i https://file.example/simple\n", Path::new("r.txt")).unwrap();
-        assert_eq!(IndexConfig::resolve(&withi, &env3).unwrap().index_url, "https://file.example/simple");
+        let withi =
+            parse_requirements_str("-i https://file.example/simple\n", Path::new("r.txt")).unwrap();
+        assert_eq!(
+            IndexConfig::resolve(&withi, &env3).unwrap().index_url,
+            "https://file.example/simple"
+        );
 
         // a config file naming nothing leaves pip's default
         std::fs::write(&envfile, "[global]\ntimeout = 60\n").unwrap();
@@ -472,7 +541,10 @@ mod tests {
             _ => None,
         };
         let c = IndexConfig::resolve(&none, &env4).unwrap();
-        if !std::fs::read_to_string("/etc/pip.conf").unwrap_or_default().contains("index") {
+        if !std::fs::read_to_string("/etc/pip.conf")
+            .unwrap_or_default()
+            .contains("index")
+        {
             assert_eq!(c.index_url, PYPI_SIMPLE);
         }
     }

@@ -106,10 +106,13 @@ pub fn parse_metadata(text: &str) -> CoreMetadata {
 }
 
 fn wheel_metadata(w: &SelectedWheel) -> Result<CoreMetadata> {
-    let text = w.unpacked.read_meta("METADATA")?.ok_or_else(|| Error::BadWheel {
-        wheel: w.filename.clone(),
-        msg: format!("no {}/METADATA", w.unpacked.manifest.dist_info),
-    })?;
+    let text = w
+        .unpacked
+        .read_meta("METADATA")?
+        .ok_or_else(|| Error::BadWheel {
+            wheel: w.filename.clone(),
+            msg: format!("no {}/METADATA", w.unpacked.manifest.dist_info),
+        })?;
     Ok(parse_metadata(&text))
 }
 
@@ -120,10 +123,14 @@ fn wheel_metadata(w: &SelectedWheel) -> Result<CoreMetadata> {
 pub fn check_closure(spec: &VenvSpec, reqs: &Requirements, wheels: &[SelectedWheel]) -> Result<()> {
     let env = spec.target.marker_env();
     let file_name = reqs.file_name();
-    let pinned: BTreeMap<&str, &crate::requirements::Requirement> =
-        applicable(reqs, &spec.target).into_iter().map(|r| (r.key.as_str(), r)).collect();
-    let by_key: BTreeMap<&str, &SelectedWheel> = wheels.iter().map(|w| (w.key.as_str(), w)).collect();
-    let py = Version::parse(&spec.target.python_full_version).map_err(|e| Error::Spec(e.to_string()))?;
+    let pinned: BTreeMap<&str, &crate::requirements::Requirement> = applicable(reqs, &spec.target)
+        .into_iter()
+        .map(|r| (r.key.as_str(), r))
+        .collect();
+    let by_key: BTreeMap<&str, &SelectedWheel> =
+        wheels.iter().map(|w| (w.key.as_str(), w)).collect();
+    let py =
+        Version::parse(&spec.target.python_full_version).map_err(|e| Error::Spec(e.to_string()))?;
 
     let mut metas = BTreeMap::new();
     let mut problems = BTreeSet::new();
@@ -147,14 +154,21 @@ pub fn check_closure(spec: &VenvSpec, reqs: &Requirements, wheels: &[SelectedWhe
                 msg: format!("METADATA: {e}"),
             })?);
         }
-        let display = if m.name.is_empty() { w.name.clone() } else { m.name.clone() };
+        let display = if m.name.is_empty() {
+            w.name.clone()
+        } else {
+            m.name.clone()
+        };
         metas.insert(w.key.as_str(), (display, deps));
     }
 
     // extras requested per package: from the file, then from dependencies, to a fixpoint
     let mut extras: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for r in pinned.values() {
-        extras.entry(r.key.clone()).or_default().extend(r.extras.iter().cloned());
+        extras
+            .entry(r.key.clone())
+            .or_default()
+            .extend(r.extras.iter().cloned());
     }
     let mut queue: Vec<String> = pinned.keys().map(|k| (*k).to_owned()).collect();
     let mut visited_with: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -164,8 +178,13 @@ pub fn check_closure(spec: &VenvSpec, reqs: &Requirements, wheels: &[SelectedWhe
             continue;
         }
         visited_with.insert(k.clone(), ex.clone());
-        let Some((who, deps)) = metas.get(k.as_str()) else { continue };
-        let who_version = by_key.get(k.as_str()).map(|w| w.version.as_str()).unwrap_or("?");
+        let Some((who, deps)) = metas.get(k.as_str()) else {
+            continue;
+        };
+        let who_version = by_key
+            .get(k.as_str())
+            .map(|w| w.version.as_str())
+            .unwrap_or("?");
         for d in deps {
             let active = d
                 .marker
@@ -174,10 +193,16 @@ pub fn check_closure(spec: &VenvSpec, reqs: &Requirements, wheels: &[SelectedWhe
             if !active {
                 continue;
             }
-            let via = if ex.is_empty() { String::new() } else { format!("[{}]", ex.iter().cloned().collect::<Vec<_>>().join(",")) };
+            let via = if ex.is_empty() {
+                String::new()
+            } else {
+                format!("[{}]", ex.iter().cloned().collect::<Vec<_>>().join(","))
+            };
             match pinned.get(d.key.as_str()) {
                 None => {
-                    problems.insert(format!("{who}{via} {who_version} requires {d} but it is not in {file_name}"));
+                    problems.insert(format!(
+                        "{who}{via} {who_version} requires {d} but it is not in {file_name}"
+                    ));
                 }
                 Some(r) => {
                     let v = r.parsed_version();
@@ -208,7 +233,10 @@ pub fn check_closure(spec: &VenvSpec, reqs: &Requirements, wheels: &[SelectedWhe
 }
 
 /// Launcher script for an entry point `module:attr.sub`, as pip (distlib) writes it.
-pub fn entry_point_script(shebang_python: &str, reference: &str) -> std::result::Result<String, String> {
+pub fn entry_point_script(
+    shebang_python: &str,
+    reference: &str,
+) -> std::result::Result<String, String> {
     // drop `[extras]`
     let reference = match reference.find('[') {
         Some(i) => reference[..i].trim(),
@@ -218,9 +246,15 @@ pub fn entry_point_script(shebang_python: &str, reference: &str) -> std::result:
         .split_once(':')
         .map(|(m, a)| (m.trim(), a.trim()))
         .ok_or_else(|| format!("entry point `{reference}` has no `:callable`"))?;
-    let ident = |s: &str| !s.is_empty() && s.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'));
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    };
     if !ident(module) || !ident(attr) {
-        return Err(format!("entry point `{reference}` is not `module:callable`"));
+        return Err(format!(
+            "entry point `{reference}` is not `module:callable`"
+        ));
     }
     let head = attr.split('.').next().unwrap_or(attr);
     Ok(format!(
@@ -264,7 +298,10 @@ pub fn parse_entry_points(text: &str, section: &str) -> Vec<(String, String)> {
 /// The RECORD text for a distribution: one line per file, sorted by path, the RECORD
 /// itself with empty hash and size.
 pub fn record_text(entries: &RecordRows, record_path: &str) -> String {
-    let mut all: BTreeMap<&str, (&str, String)> = entries.iter().map(|(p, (h, s))| (p.as_str(), (h.as_str(), s.to_string()))).collect();
+    let mut all: BTreeMap<&str, (&str, String)> = entries
+        .iter()
+        .map(|(p, (h, s))| (p.as_str(), (h.as_str(), s.to_string())))
+        .collect();
     all.insert(record_path, ("", String::new()));
     let mut out = String::new();
     for (p, (h, s)) in all {
@@ -317,27 +354,35 @@ pub fn install(
         let m = &w.unpacked.manifest;
         let dist_info = m.dist_info.clone();
         let dist_stem = dist_info.trim_end_matches(".dist-info");
-        let dist_name = dist_stem.rsplit_once('-').map(|(n, _)| n).unwrap_or(dist_stem).to_owned();
+        let dist_name = dist_stem
+            .rsplit_once('-')
+            .map(|(n, _)| n)
+            .unwrap_or(dist_stem)
+            .to_owned();
         let data_prefix = format!("{dist_stem}.data/");
         let mut rec: RecordRows = BTreeMap::new();
         let mut py_sources: Vec<(String, PathBuf)> = vec![];
-        let mut place = |venv_rel: String, p: Planned, rec: &mut RecordRows, report: &mut InstallReport| {
-            let rp = record_rel(&venv_rel, &sp_rel);
-            rec.insert(rp, (p.hash.clone(), p.size));
-            if let Some((old, owner)) = files.get(&venv_rel)
-                && old.hash != p.hash
-            {
-                report.warnings.push(format!(
-                    "{venv}/{venv_rel}: {} overwrites the different file installed by {owner}",
-                    w.name
-                ));
-            }
-            files.insert(venv_rel, (p, w.name.clone()));
-        };
+        let mut place =
+            |venv_rel: String, p: Planned, rec: &mut RecordRows, report: &mut InstallReport| {
+                let rp = record_rel(&venv_rel, &sp_rel);
+                rec.insert(rp, (p.hash.clone(), p.size));
+                if let Some((old, owner)) = files.get(&venv_rel)
+                    && old.hash != p.hash
+                {
+                    report.warnings.push(format!(
+                        "{venv}/{venv_rel}: {} overwrites the different file installed by {owner}",
+                        w.name
+                    ));
+                }
+                files.insert(venv_rel, (p, w.name.clone()));
+            };
         for f in &m.files {
             let host = w.unpacked.host_path(&f.path);
             let mut planned = Planned {
-                content: Content::Host { path: host.clone(), size: f.size },
+                content: Content::Host {
+                    path: host.clone(),
+                    size: f.size,
+                },
                 mode: if f.executable { 0o755 } else { 0o644 },
                 hash: f.hash.clone(),
                 size: f.size,
@@ -396,9 +441,11 @@ pub fn install(
                             why: "script name must be a plain file name",
                         });
                     }
-                    let body = entry_point_script(&venv_python, &reference).map_err(|msg| Error::BadWheel {
-                        wheel: w.filename.clone(),
-                        msg,
+                    let body = entry_point_script(&venv_python, &reference).map_err(|msg| {
+                        Error::BadWheel {
+                            wheel: w.filename.clone(),
+                            msg,
+                        }
                     })?;
                     let p = Planned {
                         hash: sha_record(body.as_bytes()),
@@ -430,13 +477,18 @@ pub fn install(
         if let Some(py) = &host_python {
             py_sources.sort();
             let compiled = bytecode::compile_wheel(store, py, &w.digest, &sp_abs, &py_sources)?;
-            report.warnings.extend(compiled.warnings.iter().map(|m| format!("{}: {m}", w.name)));
+            report
+                .warnings
+                .extend(compiled.warnings.iter().map(|m| format!("{}: {m}", w.name)));
             for f in &compiled.files {
                 report.pyc_files += 1;
                 place(
                     format!("{sp_rel}/{}", f.path),
                     Planned {
-                        content: Content::Host { path: compiled.host_path(f), size: f.size },
+                        content: Content::Host {
+                            path: compiled.host_path(f),
+                            size: f.size,
+                        },
                         mode: 0o644,
                         hash: f.hash.clone(),
                         size: f.size,
@@ -448,7 +500,9 @@ pub fn install(
         }
 
         records.push((w.name.clone(), format!("{sp_rel}/{dist_info}/RECORD"), rec));
-        report.packages.push((w.name.clone(), w.version.clone(), w.filename.clone()));
+        report
+            .packages
+            .push((w.name.clone(), w.version.clone(), w.filename.clone()));
     }
 
     // RECORDs: written after every file is known, each listing its own distribution
@@ -466,8 +520,21 @@ pub fn install(
 
     // the venv skeleton
     let root = TreePath::new(&venv)?;
-    let dir = |rel: &str| -> Result<TreePath> { Ok(if rel.is_empty() { root.clone() } else { root.join(rel)? }) };
-    for d in ["", "bin", "include", "lib", &format!("lib/python{pyver}"), &sp_rel] {
+    let dir = |rel: &str| -> Result<TreePath> {
+        Ok(if rel.is_empty() {
+            root.clone()
+        } else {
+            root.join(rel)?
+        })
+    };
+    for d in [
+        "",
+        "bin",
+        "include",
+        "lib",
+        &format!("lib/python{pyver}"),
+        &sp_rel,
+    ] {
         tree.insert(dir(d)?, Node::Dir(Meta::DIR))?;
     }
     tree.insert(
@@ -477,11 +544,18 @@ pub fn install(
             target: "lib".into(),
         },
     )?;
-    let interp_name = spec.interpreter.rsplit('/').next().unwrap_or("python3").to_owned();
+    let interp_name = spec
+        .interpreter
+        .rsplit('/')
+        .next()
+        .unwrap_or("python3")
+        .to_owned();
     let mut links: BTreeMap<String, String> = BTreeMap::new();
     links.insert(interp_name.clone(), spec.interpreter.clone());
     for n in ["python", "python3", &format!("python{pyver}")] {
-        links.entry(n.to_owned()).or_insert_with(|| interp_name.clone());
+        links
+            .entry(n.to_owned())
+            .or_insert_with(|| interp_name.clone());
     }
     for (name, target) in links {
         tree.insert(
@@ -492,7 +566,12 @@ pub fn install(
             },
         )?;
     }
-    let home = spec.interpreter.rsplit_once('/').map(|(d, _)| d).filter(|d| !d.is_empty()).unwrap_or("/");
+    let home = spec
+        .interpreter
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("/");
     let cfg = format!(
         "home = {home}\ninclude-system-site-packages = false\nversion = {}\nexecutable = {}\ncommand = {} -m venv {venv}\n",
         spec.target.python_full_version, spec.interpreter, spec.interpreter
@@ -541,7 +620,9 @@ fn rewrite_script(host: &std::path::Path, python: &str) -> Result<Option<Vec<u8>
     }
     let mut all = head[..n].to_vec();
     // scripts are small; cap what is held so a hostile wheel cannot exhaust memory
-    f.take(64 << 20).read_to_end(&mut all).map_err(io_err("failed to read", host))?;
+    f.take(64 << 20)
+        .read_to_end(&mut all)
+        .map_err(io_err("failed to read", host))?;
     let rest = match all.iter().position(|&b| b == b'\n') {
         Some(i) => all[i + 1..].to_vec(),
         None => vec![],
@@ -574,8 +655,12 @@ mod tests {
             s,
             "#!/opt/venv/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom flask.cli import main\nif __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n    sys.exit(main())\n"
         );
-        let s = entry_point_script("/opt/venv/bin/python", "celery.__main__ : App.main [extra]").unwrap();
-        assert!(s.contains("from celery.__main__ import App\n") && s.contains("sys.exit(App.main())"), "{s}");
+        let s = entry_point_script("/opt/venv/bin/python", "celery.__main__ : App.main [extra]")
+            .unwrap();
+        assert!(
+            s.contains("from celery.__main__ import App\n") && s.contains("sys.exit(App.main())"),
+            "{s}"
+        );
         assert!(entry_point_script("/v/bin/python", "justamodule").is_err());
         assert!(entry_point_script("/v/bin/python", "os:system('rm -rf /')").is_err());
         let long = format!("/{}/bin/python", "x".repeat(130));
@@ -586,20 +671,32 @@ mod tests {
     #[test]
     fn entry_points_file() {
         let t = "[console_scripts]\ncelery = celery.__main__:main\n\n[gui_scripts]\ng=x:y\n[celery.commands]\nfoo = a:b\n";
-        assert_eq!(parse_entry_points(t, "console_scripts"), [("celery".to_owned(), "celery.__main__:main".to_owned())]);
-        assert_eq!(parse_entry_points(t, "gui_scripts"), [("g".to_owned(), "x:y".to_owned())]);
+        assert_eq!(
+            parse_entry_points(t, "console_scripts"),
+            [("celery".to_owned(), "celery.__main__:main".to_owned())]
+        );
+        assert_eq!(
+            parse_entry_points(t, "gui_scripts"),
+            [("g".to_owned(), "x:y".to_owned())]
+        );
     }
 
     #[test]
     fn record_order_and_paths() {
         let sp = "lib/python3.11/site-packages";
-        assert_eq!(record_rel("lib/python3.11/site-packages/six.py", sp), "six.py");
+        assert_eq!(
+            record_rel("lib/python3.11/site-packages/six.py", sp),
+            "six.py"
+        );
         assert_eq!(record_rel("bin/flask", sp), "../../../bin/flask");
         let mut e = BTreeMap::new();
         e.insert("z.py".to_owned(), ("sha256=z".to_owned(), 1));
         e.insert("../../../bin/x".to_owned(), ("sha256=b".to_owned(), 2));
         e.insert("a,b.py".to_owned(), ("sha256=a".to_owned(), 3));
-        e.insert("d-1.dist-info/INSTALLER".to_owned(), ("sha256=i".to_owned(), 9));
+        e.insert(
+            "d-1.dist-info/INSTALLER".to_owned(),
+            ("sha256=i".to_owned(), 9),
+        );
         assert_eq!(
             record_text(&e, "d-1.dist-info/RECORD"),
             "../../../bin/x,sha256=b,2\n\"a,b.py\",sha256=a,3\nd-1.dist-info/INSTALLER,sha256=i,9\nd-1.dist-info/RECORD,,\nz.py,sha256=z,1\n"
@@ -608,7 +705,9 @@ mod tests {
 
     #[test]
     fn metadata() {
-        let m = parse_metadata("Metadata-Version: 2.1\nName: redis\nVersion: 5.0.1\nRequires-Python: >=3.7\nRequires-Dist: async-timeout>=4.0.3; python_full_version < \"3.11.3\"\nRequires-Dist: hiredis>=1.0.0; extra == \"hiredis\"\n\nRequires-Dist: not-a-header\n");
+        let m = parse_metadata(
+            "Metadata-Version: 2.1\nName: redis\nVersion: 5.0.1\nRequires-Python: >=3.7\nRequires-Dist: async-timeout>=4.0.3; python_full_version < \"3.11.3\"\nRequires-Dist: hiredis>=1.0.0; extra == \"hiredis\"\n\nRequires-Dist: not-a-header\n",
+        );
         assert_eq!((m.name.as_str(), m.version.as_str()), ("redis", "5.0.1"));
         assert_eq!(m.requires_dist.len(), 2);
         assert_eq!(m.requires_python.as_deref(), Some(">=3.7"));

@@ -75,7 +75,10 @@ impl VenvSpec {
     pub fn validate(&self) -> Result<()> {
         self.target.validate().map_err(Error::Spec)?;
         for (what, p) in [("venv", &self.venv), ("interpreter", &self.interpreter)] {
-            if !p.starts_with('/') || p.split('/').any(|c| c == ".." || c == ".") || p.contains(['\n', '\0']) {
+            if !p.starts_with('/')
+                || p.split('/').any(|c| c == ".." || c == ".")
+                || p.contains(['\n', '\0'])
+            {
                 return Err(Error::Spec(format!(
                     "{what} `{p}` must be an absolute in-image path without `.` or `..`"
                 )));
@@ -85,7 +88,10 @@ impl VenvSpec {
             return Err(Error::Spec("venv cannot be `/`".into()));
         }
         if self.interpreter.ends_with('/') {
-            return Err(Error::Spec(format!("interpreter `{}` must name a file", self.interpreter)));
+            return Err(Error::Spec(format!(
+                "interpreter `{}` must name a file",
+                self.interpreter
+            )));
         }
         Ok(())
     }
@@ -101,14 +107,19 @@ pub fn fingerprint(spec: &VenvSpec, reqs: &Requirements) -> String {
     let mut text = String::new();
     let t = &spec.target;
     text.push_str(&format!("{FORMAT_VERSION}\n"));
-    text.push_str(&format!("target python={} libc={:?} arch={}\n", t.python_full_version, t.libc, t.arch));
+    text.push_str(&format!(
+        "target python={} libc={:?} arch={}\n",
+        t.python_full_version, t.libc, t.arch
+    ));
     text.push_str(&format!("venv={}\n", spec.venv.trim_end_matches('/')));
     text.push_str(&format!("interpreter={}\n", spec.interpreter));
     text.push_str(&format!("bytecode={}\n", spec.bytecode));
     let mut rs: Vec<&Requirement> = reqs.requirements.iter().collect();
     rs.sort_by(|a, b| a.key.cmp(&b.key));
     for r in rs {
-        let v = version::Version::parse(&r.version).map(|v| v.to_string()).unwrap_or_else(|_| r.version.clone());
+        let v = version::Version::parse(&r.version)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| r.version.clone());
         text.push_str(&format!("req {} =={} [{}]", r.key, v, r.extras.join(",")));
         if let Some(m) = &r.marker {
             text.push_str(&format!(" ; {m}"));
@@ -131,13 +142,18 @@ mod tests {
     #[test]
     fn fingerprint_is_stable_and_sensitive() {
         let a = requirements::parse_requirements_str(
-            &format!("six==1.16.0 --hash=sha256:{H}\n# comment\nredis==5.0.1 \\\n --hash=sha256:{H}\n"),
+            &format!(
+                "six==1.16.0 --hash=sha256:{H}\n# comment\nredis==5.0.1 \\\n --hash=sha256:{H}\n"
+            ),
             Path::new("a.txt"),
         )
         .unwrap();
         // same content, other order, formatting, comments, name spelling and file name
         let b = requirements::parse_requirements_str(
-            &format!("Redis==5.0.1 --hash=sha256:{H}\nsix==1.16.0 --hash=sha256:{}\n", H.to_uppercase()),
+            &format!(
+                "Redis==5.0.1 --hash=sha256:{H}\nsix==1.16.0 --hash=sha256:{}\n",
+                H.to_uppercase()
+            ),
             Path::new("b.txt"),
         )
         .unwrap();
@@ -153,7 +169,11 @@ mod tests {
         let mut s4 = spec.clone();
         s4.venv = "/venv".into();
         assert_ne!(fingerprint(&spec, &a), fingerprint(&s4, &a));
-        let c = requirements::parse_requirements_str(&format!("six==1.16.0 --hash=sha256:{H}\n"), Path::new("a.txt")).unwrap();
+        let c = requirements::parse_requirements_str(
+            &format!("six==1.16.0 --hash=sha256:{H}\n"),
+            Path::new("a.txt"),
+        )
+        .unwrap();
         assert_ne!(fingerprint(&spec, &a), fingerprint(&spec, &c));
     }
 

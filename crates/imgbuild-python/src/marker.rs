@@ -36,7 +36,8 @@ fn is_valid_name(name: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Error in a marker or dependency specifier; `text` is the whole input.
@@ -62,8 +63,14 @@ const VARIABLES: &[(&str, &str)] = &[
     ("os.name", "os_name"),
     ("platform_machine", "platform_machine"),
     ("platform.machine", "platform_machine"),
-    ("platform_python_implementation", "platform_python_implementation"),
-    ("platform.python_implementation", "platform_python_implementation"),
+    (
+        "platform_python_implementation",
+        "platform_python_implementation",
+    ),
+    (
+        "platform.python_implementation",
+        "platform_python_implementation",
+    ),
     ("python_implementation", "platform_python_implementation"),
     ("platform_release", "platform_release"),
     ("platform_system", "platform_system"),
@@ -209,7 +216,8 @@ impl Parser {
         let l = self.value()?;
         let op = match self.next() {
             Some(Tok::Op(o)) => {
-                let (op, rest) = crate::version::Op::split(&o).ok_or(format!("unknown operator `{o}`"))?;
+                let (op, rest) =
+                    crate::version::Op::split(&o).ok_or(format!("unknown operator `{o}`"))?;
                 if !rest.is_empty() {
                     return Err(format!("unknown operator `{o}`"));
                 }
@@ -236,7 +244,9 @@ impl Parser {
                 .find(|(n, _)| *n == id)
                 .map(|(_, canon)| Value::Var(canon))
                 .ok_or(format!("unknown marker variable `{id}`")),
-            other => Err(format!("expected a variable or a quoted string, found {other:?}")),
+            other => Err(format!(
+                "expected a variable or a quoted string, found {other:?}"
+            )),
         }
     }
 }
@@ -266,7 +276,11 @@ impl Marker {
     }
 
     /// True if the marker holds with no extra or with any of `extras`.
-    pub fn evaluate_any_extra<'a>(&self, env: &MarkerEnv, extras: impl IntoIterator<Item = &'a str>) -> bool {
+    pub fn evaluate_any_extra<'a>(
+        &self,
+        env: &MarkerEnv,
+        extras: impl IntoIterator<Item = &'a str>,
+    ) -> bool {
         self.evaluate(env, "") || extras.into_iter().any(|e| self.evaluate(env, e))
     }
 
@@ -301,9 +315,13 @@ fn eval(e: &Expr, env: &MarkerEnv, extra: &str) -> bool {
                 MOp::In => rv.contains(&lv),
                 MOp::NotIn => !rv.contains(&lv),
                 MOp::Spec(o) => {
-                    if !is_extra && let Ok(spec) = Specifier::parse(&format!("{}{}", o.as_str(), rv)) {
+                    if !is_extra
+                        && let Ok(spec) = Specifier::parse(&format!("{}{}", o.as_str(), rv))
+                    {
                         // a left side that is not a version never satisfies a version comparison
-                        return Version::parse(&lv).map(|v| spec.contains(&v, &lv)).unwrap_or(false);
+                        return Version::parse(&lv)
+                            .map(|v| spec.contains(&v, &lv))
+                            .unwrap_or(false);
                     }
                     use crate::version::Op::*;
                     match o {
@@ -381,7 +399,10 @@ impl DepSpec {
             why: why.to_owned(),
         };
         let (req, marker) = match text.find(';') {
-            Some(i) => (&text[..i], Some(Marker::parse(text[i + 1..].trim()).map_err(|e| err(&e.why))?)),
+            Some(i) => (
+                &text[..i],
+                Some(Marker::parse(text[i + 1..].trim()).map_err(|e| err(&e.why))?),
+            ),
             None => (text, None),
         };
         let req = req.trim();
@@ -409,11 +430,15 @@ impl DepSpec {
             rest = r[end + 1..].trim_start();
         }
         if rest.starts_with('@') {
-            return Err(err("direct URL references (`name @ url`) are not supported: pin a version from the index"));
+            return Err(err(
+                "direct URL references (`name @ url`) are not supported: pin a version from the index",
+            ));
         }
         let rest = rest.trim();
         let rest = match rest.strip_prefix('(') {
-            Some(r) => r.strip_suffix(')').ok_or_else(|| err("unbalanced parentheses"))?,
+            Some(r) => r
+                .strip_suffix(')')
+                .ok_or_else(|| err("unbalanced parentheses"))?,
             None => rest,
         };
         let specifiers = SpecifierSet::parse(rest).map_err(|e| err(&e.to_string()))?;
@@ -458,7 +483,10 @@ mod tests {
     fn dep_spec() {
         let d = DepSpec::parse("async-timeout>=4.0.3; python_full_version < \"3.11.3\"").unwrap();
         assert_eq!(d.key, "async-timeout");
-        assert_eq!(d.to_string(), "async-timeout>=4.0.3 (python_full_version < \"3.11.3\")");
+        assert_eq!(
+            d.to_string(),
+            "async-timeout>=4.0.3 (python_full_version < \"3.11.3\")"
+        );
         let d = DepSpec::parse("kombu[Redis] (>=5.3,<6.0) ; extra == 'redis'").unwrap();
         assert_eq!(d.extras, ["redis"]);
         assert_eq!(d.specifiers.to_string(), ">=5.3,<6.0");
@@ -470,7 +498,12 @@ mod tests {
 
     #[test]
     fn marker_printing() {
-        let m = Marker::parse("(os_name=='nt' or sys_platform == \"win32\") and python_version>='3.8'").unwrap();
-        assert_eq!(m.to_string(), "(os_name == \"nt\" or sys_platform == \"win32\") and python_version >= \"3.8\"");
+        let m =
+            Marker::parse("(os_name=='nt' or sys_platform == \"win32\") and python_version>='3.8'")
+                .unwrap();
+        assert_eq!(
+            m.to_string(),
+            "(os_name == \"nt\" or sys_platform == \"win32\") and python_version >= \"3.8\""
+        );
     }
 }

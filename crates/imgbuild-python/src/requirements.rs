@@ -128,24 +128,32 @@ pub fn parse_requirements_str(text: &str, path: &Path) -> Result<Requirements, E
             let (opt, val) = take_option(&mut words);
             match opt.as_str() {
                 "-i" | "--index-url" => {
-                    out.index_url = Some(val.ok_or_else(|| err(line, format!("`{opt}` needs a URL")))?)
+                    out.index_url =
+                        Some(val.ok_or_else(|| err(line, format!("`{opt}` needs a URL")))?)
                 }
                 "--extra-index-url" => out
                     .extra_index_urls
                     .push(val.ok_or_else(|| err(line, format!("`{opt}` needs a URL")))?),
-                "--require-hashes" | "--only-binary" | "--prefer-binary" | "--pre" | "--trusted-host" | "--no-binary" => {}
+                "--require-hashes" | "--only-binary" | "--prefer-binary" | "--pre"
+                | "--trusted-host" | "--no-binary" => {}
                 "-r" | "--requirement" | "-c" | "--constraint" => {
-                    return Err(err(line, format!(
-                        "nested requirement files (`{opt}`) are not supported: compile one flat file with --generate-hashes"
-                    )));
+                    return Err(err(
+                        line,
+                        format!(
+                            "nested requirement files (`{opt}`) are not supported: compile one flat file with --generate-hashes"
+                        ),
+                    ));
                 }
                 "-e" | "--editable" => {
                     return Err(err(line, "editable requirements cannot go into an image layer: build a wheel and pin it".into()));
                 }
                 "-f" | "--find-links" | "--no-index" => {
-                    return Err(err(line, format!(
-                        "`{opt}` is not supported: serve the wheels from an index (PEP 503/691) and set --index-url"
-                    )));
+                    return Err(err(
+                        line,
+                        format!(
+                            "`{opt}` is not supported: serve the wheels from an index (PEP 503/691) and set --index-url"
+                        ),
+                    ));
                 }
                 _ => return Err(err(line, format!("unknown option `{opt}`"))),
             }
@@ -159,7 +167,9 @@ pub fn parse_requirements_str(text: &str, path: &Path) -> Result<Requirements, E
             let (opt, val) = take_option(&mut opt_words);
             match opt.as_str() {
                 "--hash" => {
-                    let v = val.ok_or_else(|| err(line, "`--hash` needs a value such as sha256:<hex>".into()))?;
+                    let v = val.ok_or_else(|| {
+                        err(line, "`--hash` needs a value such as sha256:<hex>".into())
+                    })?;
                     let hex = v.strip_prefix("sha256:").ok_or_else(|| {
                         err(line, format!("hash `{v}` is not sha256: regenerate the file with --generate-hashes"))
                     })?;
@@ -167,24 +177,37 @@ pub fn parse_requirements_str(text: &str, path: &Path) -> Result<Requirements, E
                         .map_err(|_| err(line, format!("hash `{v}` is not 64 hex digits")))?;
                     hashes.insert(d);
                 }
-                other => return Err(err(line, format!("unsupported per-requirement option `{other}`"))),
+                other => {
+                    return Err(err(
+                        line,
+                        format!("unsupported per-requirement option `{other}`"),
+                    ));
+                }
             }
         }
         let dep = DepSpec::parse(spec_text).map_err(|e| err(line, e.to_string()))?;
         let pin = match dep.specifiers.0.as_slice() {
-            [s] if matches!(s.op, Op::Eq | Op::Arbitrary) && !s.wildcard && s.version.is_some() => s.text.clone(),
+            [s] if matches!(s.op, Op::Eq | Op::Arbitrary) && !s.wildcard && s.version.is_some() => {
+                s.text.clone()
+            }
             _ => {
-                return Err(err(line, format!(
-                    "`{}` is not pinned: every requirement needs exactly `=={{version}}` (use pip-compile or uv pip compile with --generate-hashes)",
-                    spec_text.trim()
-                )));
+                return Err(err(
+                    line,
+                    format!(
+                        "`{}` is not pinned: every requirement needs exactly `=={{version}}` (use pip-compile or uv pip compile with --generate-hashes)",
+                        spec_text.trim()
+                    ),
+                ));
             }
         };
         if hashes.is_empty() {
-            return Err(err(line, format!(
-                "`{}` has no --hash=sha256:…: every requirement must be hashed (pip-compile/uv pip compile --generate-hashes)",
-                spec_text.trim()
-            )));
+            return Err(err(
+                line,
+                format!(
+                    "`{}` has no --hash=sha256:…: every requirement must be hashed (pip-compile/uv pip compile --generate-hashes)",
+                    spec_text.trim()
+                ),
+            ));
         }
         if !seen.insert(dep.key.clone()) {
             return Err(err(line, format!("`{}` is listed twice", dep.name)));
@@ -226,8 +249,20 @@ fn take_option(words: &mut std::collections::VecDeque<String>) -> (String, Optio
     }
     let takes_value = matches!(
         w.as_str(),
-        "-i" | "--index-url" | "--extra-index-url" | "--hash" | "-r" | "--requirement" | "-c" | "--constraint"
-            | "-e" | "--editable" | "-f" | "--find-links" | "--trusted-host" | "--only-binary" | "--no-binary"
+        "-i" | "--index-url"
+            | "--extra-index-url"
+            | "--hash"
+            | "-r"
+            | "--requirement"
+            | "-c"
+            | "--constraint"
+            | "-e"
+            | "--editable"
+            | "-f"
+            | "--find-links"
+            | "--trusted-host"
+            | "--only-binary"
+            | "--no-binary"
     );
     let val = if takes_value { words.pop_front() } else { None };
     (w, val)
@@ -242,7 +277,10 @@ fn split_spec_options(l: &str) -> (&str, &str) {
             Some(q) if b[i] == q => quote = None,
             Some(_) => {}
             None if b[i] == b'\'' || b[i] == b'"' => quote = Some(b[i]),
-            None if b[i] == b'-' && b.get(i + 1) == Some(&b'-') && (i == 0 || b[i - 1].is_ascii_whitespace()) => {
+            None if b[i] == b'-'
+                && b.get(i + 1) == Some(&b'-')
+                && (i == 0 || b[i - 1].is_ascii_whitespace()) =>
+            {
                 return (&l[..i], &l[i..]);
             }
             None => {}
@@ -275,17 +313,26 @@ mod tests {
             H2.to_uppercase()
         );
         let r = parse(&text).unwrap();
-        assert_eq!(r.index_url.as_deref(), Some("https://mirror.example/simple"));
+        assert_eq!(
+            r.index_url.as_deref(),
+            Some("https://mirror.example/simple")
+        );
         assert_eq!(r.extra_index_urls, ["https://extra.example/simple"]);
         assert_eq!(r.requirements.len(), 3);
         let c = &r.requirements[0];
-        assert_eq!((c.key.as_str(), c.version.as_str(), c.line), ("celery", "5.7.0", 5));
+        assert_eq!(
+            (c.key.as_str(), c.version.as_str(), c.line),
+            ("celery", "5.7.0", 5)
+        );
         assert_eq!(c.extras, ["redis", "sqs"]);
         assert_eq!(c.hashes.len(), 2);
         assert_eq!(c.to_string(), "Celery[redis,sqs]==5.7.0");
         let w = &r.requirements[1];
         assert_eq!(w.line, 9);
-        assert_eq!(w.marker.as_ref().unwrap().to_string(), "sys_platform == \"win32\"");
+        assert_eq!(
+            w.marker.as_ref().unwrap().to_string(),
+            "sys_platform == \"win32\""
+        );
         let a = &r.requirements[2];
         assert_eq!(a.line, 11);
         assert_eq!(a.hashes[0].hex(), H2);
@@ -298,11 +345,21 @@ mod tests {
         assert!(e.contains("layers/venv/requirements.txt:3"), "{e}");
         assert!(e.contains("redis==5.0.1") && e.contains("--hash"), "{e}");
 
-        let text = format!("six==1.16.0 \\\n  --hash=sha256:{H1}\nredis>=5 \\\n  --hash=sha256:{H1}\n");
+        let text =
+            format!("six==1.16.0 \\\n  --hash=sha256:{H1}\nredis>=5 \\\n  --hash=sha256:{H1}\n");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("requirements.txt:3") && e.contains("not pinned"), "{e}");
+        assert!(
+            e.contains("requirements.txt:3") && e.contains("not pinned"),
+            "{e}"
+        );
 
-        for bad in ["six==1.*  --hash=sha256:00", "six --hash=sha256:ab", "-r other.txt", "-e ./pkg", "six==1 --hash=md5:abc"] {
+        for bad in [
+            "six==1.*  --hash=sha256:00",
+            "six --hash=sha256:ab",
+            "-r other.txt",
+            "-e ./pkg",
+            "six==1 --hash=md5:abc",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         let dup = format!("six==1 --hash=sha256:{H1}\nSix==1 --hash=sha256:{H1}\n");

@@ -62,8 +62,16 @@ impl Target {
                 self.python_full_version
             ));
         }
-        if self.arch.is_empty() || !self.arch.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("target arch `{}` is not a machine name such as x86_64", self.arch));
+        if self.arch.is_empty()
+            || !self
+                .arch
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(format!(
+                "target arch `{}` is not a machine name such as x86_64",
+                self.arch
+            ));
         }
         Ok(())
     }
@@ -94,7 +102,11 @@ impl Target {
             Libc::Glibc(major, minor) => {
                 // manylinux_2_X for X from the target's glibc down to the arch's first
                 // manylinux glibc; legacy aliases right after their equivalent (PEP 600)
-                let floor = if matches!(arch.as_str(), "x86_64" | "i686") { 5 } else { 17 };
+                let floor = if matches!(arch.as_str(), "x86_64" | "i686") {
+                    5
+                } else {
+                    17
+                };
                 if major == 2 {
                     for m in (floor..=minor).rev() {
                         out.push(format!("manylinux_2_{m}_{arch}"));
@@ -175,7 +187,11 @@ impl fmt::Display for Target {
             Libc::Glibc(a, b) => format!("glibc {a}.{b}"),
             Libc::Musl(a, b) => format!("musl {a}.{b}"),
         };
-        write!(f, "CPython {} on {} {}", self.python_full_version, self.arch, libc)
+        write!(
+            f,
+            "CPython {} on {} {}",
+            self.python_full_version, self.arch, libc
+        )
     }
 }
 
@@ -218,7 +234,10 @@ impl TagPriorities {
     }
     /// Best (lowest) rank among the wheel's tags; `None` if the wheel is incompatible.
     pub fn rank(&self, wheel: &WheelName) -> Option<usize> {
-        wheel.tags().filter_map(|t| self.rank.get(&t).copied()).min()
+        wheel
+            .tags()
+            .filter_map(|t| self.rank.get(&t).copied())
+            .min()
     }
 }
 
@@ -247,7 +266,14 @@ impl WheelName {
                 if digits == 0 {
                     return None;
                 }
-                (*n, *v, Some((b[..digits].parse().ok()?, b[digits..].to_owned())), *p, *a, *pl)
+                (
+                    *n,
+                    *v,
+                    Some((b[..digits].parse().ok()?, b[digits..].to_owned())),
+                    *p,
+                    *a,
+                    *pl,
+                )
             }
             _ => return None,
         };
@@ -294,7 +320,11 @@ mod tests {
         let tags: Vec<String> = t.supported_tags().iter().map(|t| t.to_string()).collect();
         assert_eq!(tags[0], "cp311-cp311-manylinux_2_36_x86_64");
         assert_eq!(tags.last().unwrap(), "py30-none-any");
-        let pos = |s: &str| tags.iter().position(|t| t == s).unwrap_or_else(|| panic!("{s} missing"));
+        let pos = |s: &str| {
+            tags.iter()
+                .position(|t| t == s)
+                .unwrap_or_else(|| panic!("{s} missing"))
+        };
         assert!(pos("cp311-cp311-manylinux_2_17_x86_64") < pos("cp311-cp311-manylinux2014_x86_64"));
         assert!(pos("cp311-cp311-manylinux2014_x86_64") < pos("cp311-cp311-manylinux_2_12_x86_64"));
         assert!(pos("cp311-cp311-manylinux1_x86_64") < pos("cp311-cp311-linux_x86_64"));
@@ -305,15 +335,32 @@ mod tests {
         assert!(pos("cp311-none-any") < pos("py311-none-any"));
         assert!(pos("py311-none-any") < pos("py3-none-any"));
         assert!(pos("py3-none-any") < pos("py310-none-any"));
-        assert!(!tags.iter().any(|t| t.contains("manylinux_2_37") || t.contains("manylinux_2_4_")));
-        assert!(!tags.iter().any(|t| t.contains("cp312") || t.contains("musllinux")));
+        assert!(
+            !tags
+                .iter()
+                .any(|t| t.contains("manylinux_2_37") || t.contains("manylinux_2_4_"))
+        );
+        assert!(
+            !tags
+                .iter()
+                .any(|t| t.contains("cp312") || t.contains("musllinux"))
+        );
     }
 
     #[test]
     fn wheel_compatibility_for_target_unlike_host() {
         let t = Target::bookworm_cpython311();
-        assert!(rank(&t, "MarkupSafe-2.1.5-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl").is_some());
-        assert!(rank(&t, "x-1-cp311-cp311-manylinux_2_38_x86_64.whl").is_none(), "glibc too new for bookworm");
+        assert!(
+            rank(
+                &t,
+                "MarkupSafe-2.1.5-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+            )
+            .is_some()
+        );
+        assert!(
+            rank(&t, "x-1-cp311-cp311-manylinux_2_38_x86_64.whl").is_none(),
+            "glibc too new for bookworm"
+        );
         assert!(rank(&t, "x-1-cp312-cp312-manylinux_2_17_x86_64.whl").is_none());
         assert!(rank(&t, "x-1-cp311-cp311-musllinux_1_1_x86_64.whl").is_none());
         assert!(rank(&t, "wcwidth-1-cp310-abi3-manylinux_2_17_x86_64.whl").is_some());
@@ -330,7 +377,13 @@ mod tests {
             libc: Libc::Musl(1, 2),
             arch: "x86_64".into(),
         };
-        assert!(rank(&musl, "x-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl").is_none());
+        assert!(
+            rank(
+                &musl,
+                "x-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+            )
+            .is_none()
+        );
         assert!(rank(&musl, "x-1-cp311-cp311-musllinux_1_1_x86_64.whl").is_some());
         assert!(rank(&musl, "x-1-cp311-cp311-musllinux_1_3_x86_64.whl").is_none());
         assert!(rank(&musl, "x-1-py3-none-any.whl").is_some());
@@ -340,7 +393,13 @@ mod tests {
             libc: Libc::Glibc(2, 36),
             arch: "aarch64".into(),
         };
-        assert!(rank(&arm, "x-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl").is_none());
+        assert!(
+            rank(
+                &arm,
+                "x-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+            )
+            .is_none()
+        );
         assert!(rank(&arm, "x-1-cp311-cp311-manylinux2014_aarch64.whl").is_some());
         assert!(rank(&arm, "x-1-cp311-cp311-manylinux1_aarch64.whl").is_none());
         assert!(rank(&arm, "x-1-py3-none-any.whl").is_some());
@@ -378,13 +437,21 @@ mod tests {
         assert!(m("python_full_version === '3.11.2'").evaluate(&bookworm, ""));
         assert!(!m("python_full_version === '3.11.2'").evaluate(&newer, ""));
         assert!(m("'3.10' < python_version").evaluate(&bookworm, ""));
-        assert!(m("platform_system == 'Linux' and sys_platform == 'linux' and os_name == 'posix'").evaluate(&bookworm, ""));
-        assert!(!m("sys_platform == 'win32' or platform_system == 'Darwin'").evaluate(&bookworm, ""));
+        assert!(
+            m("platform_system == 'Linux' and sys_platform == 'linux' and os_name == 'posix'")
+                .evaluate(&bookworm, "")
+        );
+        assert!(
+            !m("sys_platform == 'win32' or platform_system == 'Darwin'").evaluate(&bookworm, "")
+        );
         assert!(m("platform_machine == 'x86_64'").evaluate(&bookworm, ""));
         assert!(!m("platform_machine == 'x86_64'").evaluate(&arm_musl, ""));
         assert!(m("platform_machine in 'x86_64 aarch64'").evaluate(&arm_musl, ""));
         assert!(m("platform_machine not in 'ppc64le s390x'").evaluate(&bookworm, ""));
-        assert!(m("implementation_name == 'cpython' and platform_python_implementation == 'CPython'").evaluate(&bookworm, ""));
+        assert!(
+            m("implementation_name == 'cpython' and platform_python_implementation == 'CPython'")
+                .evaluate(&bookworm, "")
+        );
         assert!(!m("implementation_name == 'pypy'").evaluate(&bookworm, ""));
         assert!(m("platform.python_implementation == 'CPython'").evaluate(&bookworm, ""));
         // extras: compared after normalisation, false without the extra
@@ -392,7 +459,10 @@ mod tests {
         assert!(!ex.evaluate(&bookworm, ""));
         assert!(ex.evaluate(&bookworm, "hi-redis"));
         assert!(ex.evaluate_any_extra(&bookworm, ["sqs", "hi-redis"]));
-        assert!(m("(extra == 'a' or extra == 'b') and python_version < '3.12'").evaluate(&bookworm, "b"));
+        assert!(
+            m("(extra == 'a' or extra == 'b') and python_version < '3.12'")
+                .evaluate(&bookworm, "b")
+        );
         // a non-version value never satisfies a version comparison
         assert!(!m("platform_release >= '5'").evaluate(&bookworm, ""));
     }

@@ -68,7 +68,10 @@ impl Unpacked {
 }
 
 pub fn record_hash(raw: [u8; 32]) -> String {
-    format!("sha256={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+    format!(
+        "sha256={}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    )
 }
 
 pub fn digest_record_hash(d: &Digest) -> String {
@@ -79,7 +82,12 @@ pub fn digest_record_hash(d: &Digest) -> String {
 
 /// Returns the cached unpacked wheel, extracting the blob `digest` first if needed.
 /// `project_key` is the PEP 503 name the wheel must be for.
-pub fn unpack_cached(store: &Store, digest: &Digest, filename: &str, project_key: &str) -> Result<Unpacked> {
+pub fn unpack_cached(
+    store: &Store,
+    digest: &Digest,
+    filename: &str,
+    project_key: &str,
+) -> Result<Unpacked> {
     let root = store.root().join(UNPACK_BUCKET);
     let dest = root.join(digest.hex());
     if let Some(u) = load(&dest)? {
@@ -93,13 +101,21 @@ pub fn unpack_cached(store: &Store, digest: &Digest, filename: &str, project_key
         if !store.verify(digest)? {
             return Err(Error::BadWheel {
                 wheel: filename.to_owned(),
-                msg: format!("the stored blob {digest} was corrupt and has been removed; run the build again to refetch it"),
+                msg: format!(
+                    "the stored blob {digest} was corrupt and has been removed; run the build again to refetch it"
+                ),
             });
         }
-        let manifest = extract(&store.blob_path(digest), filename, project_key, &tmp.join("files"))?;
+        let manifest = extract(
+            &store.blob_path(digest),
+            filename,
+            project_key,
+            &tmp.join("files"),
+        )?;
         let mpath = tmp.join(MANIFEST);
         let mut f = File::create(&mpath).map_err(io_err("failed to create", &mpath))?;
-        serde_json::to_writer_pretty(&mut f, &manifest).map_err(|e| io_err("failed to write", &mpath)(e.into()))?;
+        serde_json::to_writer_pretty(&mut f, &manifest)
+            .map_err(|e| io_err("failed to write", &mpath)(e.into()))?;
         f.sync_all().map_err(io_err("failed to fsync", &mpath))?;
         Ok(())
     })();
@@ -140,7 +156,8 @@ fn load(dest: &Path) -> Result<Option<Unpacked>> {
         })),
         // unreadable manifest: drop the directory and extract again
         _ => {
-            fs::remove_dir_all(dest).map_err(io_err("failed to remove stale unpacked wheel", dest))?;
+            fs::remove_dir_all(dest)
+                .map_err(io_err("failed to remove stale unpacked wheel", dest))?;
             Ok(None)
         }
     }
@@ -160,26 +177,38 @@ pub fn unsafe_entry_reason(name: &str) -> Option<&'static str> {
     if name.split('/').any(|c| c == "..") {
         return Some("`..` component would escape the install directory");
     }
-    if name.split('/').next().is_some_and(|c| c.len() == 2 && c.ends_with(':')) {
+    if name
+        .split('/')
+        .next()
+        .is_some_and(|c| c.len() == 2 && c.ends_with(':'))
+    {
         return Some("drive letter");
     }
     None
 }
 
 /// Extracts a wheel into `out`, returning its manifest.
-pub fn extract(wheel_path: &Path, filename: &str, project_key: &str, out: &Path) -> Result<Manifest> {
+pub fn extract(
+    wheel_path: &Path,
+    filename: &str,
+    project_key: &str,
+    out: &Path,
+) -> Result<Manifest> {
     let bad = |msg: String| Error::BadWheel {
         wheel: filename.to_owned(),
         msg,
     };
     let file = File::open(wheel_path).map_err(io_err("failed to open", wheel_path))?;
-    let mut zip = zip::ZipArchive::new(io::BufReader::new(file)).map_err(|e| bad(format!("not a valid zip: {e}")))?;
+    let mut zip = zip::ZipArchive::new(io::BufReader::new(file))
+        .map_err(|e| bad(format!("not a valid zip: {e}")))?;
 
     // first pass over the central directory: names, safety, the .dist-info directory
     let mut names = Vec::with_capacity(zip.len());
     let mut seen = BTreeSet::new();
     for i in 0..zip.len() {
-        let e = zip.by_index(i).map_err(|e| bad(format!("entry {i}: {e}")))?;
+        let e = zip
+            .by_index(i)
+            .map_err(|e| bad(format!("entry {i}: {e}")))?;
         let name = e
             .name()
             .map_err(|e| bad(format!("entry {i} has an undecodable name: {e}")))?
@@ -222,7 +251,11 @@ pub fn extract(wheel_path: &Path, filename: &str, project_key: &str, out: &Path)
                 .is_some_and(|(n, _)| normalize_name(n) == project_key)
         })
         .map(str::to_owned)
-        .ok_or_else(|| bad(format!("no `<name>-<version>.dist-info/WHEEL` for project `{project_key}`")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "no `<name>-<version>.dist-info/WHEEL` for project `{project_key}`"
+            ))
+        })?;
     let record_name = format!("{dist_info}/RECORD");
     if !seen.contains(&record_name) {
         return Err(bad(format!("missing {record_name}")));
@@ -231,7 +264,9 @@ pub fn extract(wheel_path: &Path, filename: &str, project_key: &str, out: &Path)
     for n in &seen {
         if let Some(rest) = n.strip_prefix(&data_prefix) {
             let kind = rest.split('/').next().unwrap_or("");
-            if !matches!(kind, "purelib" | "platlib" | "scripts" | "headers" | "data") || !rest.contains('/') {
+            if !matches!(kind, "purelib" | "platlib" | "scripts" | "headers" | "data")
+                || !rest.contains('/')
+            {
                 return Err(Error::UnsafeWheelEntry {
                     wheel: filename.to_owned(),
                     entry: n.clone(),
@@ -244,8 +279,13 @@ pub fn extract(wheel_path: &Path, filename: &str, project_key: &str, out: &Path)
     // the wheel's RECORD: expected hashes of its files
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
     {
-        let idx = names.iter().position(|n| n.as_deref() == Some(record_name.as_str())).expect("checked above");
-        let e = zip.by_index(idx).map_err(|e| bad(format!("{record_name}: {e}")))?;
+        let idx = names
+            .iter()
+            .position(|n| n.as_deref() == Some(record_name.as_str()))
+            .expect("checked above");
+        let e = zip
+            .by_index(idx)
+            .map_err(|e| bad(format!("{record_name}: {e}")))?;
         for line in io::BufReader::new(e.take(64 << 20)).lines() {
             let line = line.map_err(|e| bad(format!("{record_name}: {e}")))?;
             let fields = parse_csv_line(&line);
@@ -261,7 +301,9 @@ pub fn extract(wheel_path: &Path, filename: &str, project_key: &str, out: &Path)
     let mut files = vec![];
     for (i, name) in names.iter().enumerate() {
         let Some(name) = name else { continue };
-        if name == &record_name || name == &format!("{dist_info}/RECORD.jws") || name == &format!("{dist_info}/RECORD.p7s")
+        if name == &record_name
+            || name == &format!("{dist_info}/RECORD.jws")
+            || name == &format!("{dist_info}/RECORD.p7s")
         {
             continue;
         }
@@ -275,7 +317,9 @@ pub fn extract(wheel_path: &Path, filename: &str, project_key: &str, out: &Path)
         let mut w = HashingWriter::new(io::BufWriter::new(f));
         io::copy(&mut e, &mut w).map_err(|err| bad(format!("{name}: failed to extract: {err}")))?;
         let (buf, digest, size) = w.finish();
-        let f = buf.into_inner().map_err(|err| io_err("failed to write", &dest)(err.into_error()))?;
+        let f = buf
+            .into_inner()
+            .map_err(|err| io_err("failed to write", &dest)(err.into_error()))?;
         // the directory is renamed into the cache only when complete; fsync so that a
         // crash right after the rename cannot leave empty files behind a valid manifest
         f.sync_all().map_err(io_err("failed to fsync", &dest))?;
@@ -284,7 +328,9 @@ pub fn extract(wheel_path: &Path, filename: &str, project_key: &str, out: &Path)
             && want.starts_with("sha256=")
             && want.trim_end_matches('=') != hash
         {
-            return Err(bad(format!("{name}: content does not match the wheel's RECORD ({want}, got {hash})")));
+            return Err(bad(format!(
+                "{name}: content does not match the wheel's RECORD ({want}, got {hash})"
+            )));
         }
         files.push(ManifestFile {
             path: name.clone(),
@@ -303,7 +349,10 @@ pub fn extract(wheel_path: &Path, filename: &str, project_key: &str, out: &Path)
 }
 
 fn normalize_entry(name: &str) -> String {
-    name.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+    name.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Splits one CSV line (RECORD files are written by Python's csv module).
@@ -343,8 +392,14 @@ mod tests {
 
     #[test]
     fn csv_roundtrip() {
-        assert_eq!(parse_csv_line("a/b.py,sha256=x,12"), ["a/b.py", "sha256=x", "12"]);
-        assert_eq!(parse_csv_line("\"a,\"\"b\"\".py\",,"), ["a,\"b\".py", "", ""]);
+        assert_eq!(
+            parse_csv_line("a/b.py,sha256=x,12"),
+            ["a/b.py", "sha256=x", "12"]
+        );
+        assert_eq!(
+            parse_csv_line("\"a,\"\"b\"\".py\",,"),
+            ["a,\"b\".py", "", ""]
+        );
         assert_eq!(csv_field("a,\"b\".py"), "\"a,\"\"b\"\".py\"");
     }
 

@@ -94,7 +94,10 @@ impl Cur<'_> {
         if start == self.i {
             return None;
         }
-        std::str::from_utf8(&self.s[start..self.i]).ok()?.parse().ok()
+        std::str::from_utf8(&self.s[start..self.i])
+            .ok()?
+            .parse()
+            .ok()
     }
     fn word(&mut self, words: &[&str]) -> Option<usize> {
         // longest match first so that `preview` beats `pre`
@@ -113,7 +116,10 @@ impl Cur<'_> {
 impl Version {
     pub fn parse(text: &str) -> Result<Version, VersionError> {
         let lower = text.trim().to_ascii_lowercase();
-        let mut c = Cur { s: lower.as_bytes(), i: 0 };
+        let mut c = Cur {
+            s: lower.as_bytes(),
+            i: 0,
+        };
         let err = || verr(text, "version");
         if c.peek() == Some(b'v') {
             c.i += 1;
@@ -255,7 +261,9 @@ impl Version {
             None => (1, 0),
             Some(n) => (0, n),
         };
-        (pre_rank, pre_kind, pre_n, post_rank, post_n, dev_rank, dev_n)
+        (
+            pre_rank, pre_kind, pre_n, post_rank, post_n, dev_rank, dev_n,
+        )
     }
 }
 
@@ -405,7 +413,10 @@ impl Specifier {
         };
         let version = Version::parse(vtext).map_err(|_| verr(s, "specifier"))?;
         if op == Op::Compatible && version.release.len() < 2 {
-            return Err(verr(s, "specifier (`~=` needs at least two release components)"));
+            return Err(verr(
+                s,
+                "specifier (`~=` needs at least two release components)",
+            ));
         }
         if !version.local.is_empty() && !matches!(op, Op::Eq | Op::Ne) {
             return Err(verr(s, "specifier (local versions only with == and !=)"));
@@ -460,7 +471,10 @@ impl Specifier {
                 // `>V` excludes post-releases of V unless V is one, and local versions of V
                 let vp = v.public();
                 vp > *spec
-                    && !(spec.post.is_none() && vp.post.is_some() && same_release(&vp, spec) && vp.pre == spec.pre)
+                    && !(spec.post.is_none()
+                        && vp.post.is_some()
+                        && same_release(&vp, spec)
+                        && vp.pre == spec.pre)
                     && (v.local.is_empty() || vp != *spec)
             }
         }
@@ -484,7 +498,10 @@ fn prefix_match(prefix: &Version, v: &Version) -> bool {
         return false;
     }
     if prefix.pre.is_some() || prefix.post.is_some() || prefix.dev.is_some() {
-        return vr.len() == n && v.pre == prefix.pre && v.post == prefix.post && (prefix.dev.is_none() || v.dev == prefix.dev);
+        return vr.len() == n
+            && v.pre == prefix.pre
+            && v.post == prefix.post
+            && (prefix.dev.is_none() || v.dev == prefix.dev);
     }
     true
 }
@@ -505,7 +522,10 @@ impl SpecifierSet {
         if s.is_empty() {
             return Ok(SpecifierSet(vec![]));
         }
-        s.split(',').map(Specifier::parse).collect::<Result<_, _>>().map(SpecifierSet)
+        s.split(',')
+            .map(Specifier::parse)
+            .collect::<Result<_, _>>()
+            .map(SpecifierSet)
     }
     pub fn contains(&self, v: &Version, raw: &str) -> bool {
         self.0.iter().all(|s| s.contains(v, raw))
@@ -548,8 +568,19 @@ mod tests {
     #[test]
     fn ordering() {
         let order = [
-            "1.0.dev1", "1.0a1.dev1", "1.0a1", "1.0a2", "1.0b1", "1.0rc1", "1.0", "1.0+abc", "1.0+1", "1.0.post1.dev1",
-            "1.0.post1", "1.1", "1!0.1",
+            "1.0.dev1",
+            "1.0a1.dev1",
+            "1.0a1",
+            "1.0a2",
+            "1.0b1",
+            "1.0rc1",
+            "1.0",
+            "1.0+abc",
+            "1.0+1",
+            "1.0.post1.dev1",
+            "1.0.post1",
+            "1.1",
+            "1!0.1",
         ];
         for w in order.windows(2) {
             assert!(v(w[0]) < v(w[1]), "{} < {}", w[0], w[1]);

@@ -32,8 +32,12 @@ fn requirements(with_async_timeout: bool) -> String {
             "async-timeout==4.0.3 ; python_full_version < \"3.11.3\" \\\n    --hash=sha256:{AT_SDIST} \\\n    --hash=sha256:{AT_WHL}\n    # via redis\n"
         ));
     }
-    t.push_str(&format!("redis==5.0.1 \\\n    --hash=sha256:{REDIS_SDIST} \\\n    --hash=sha256:{REDIS_WHL}\n"));
-    t.push_str(&format!("six==1.16.0 \\\n    --hash=sha256:{SIX_SDIST} \\\n    --hash=sha256:{SIX_WHL}\n"));
+    t.push_str(&format!(
+        "redis==5.0.1 \\\n    --hash=sha256:{REDIS_SDIST} \\\n    --hash=sha256:{REDIS_WHL}\n"
+    ));
+    t.push_str(&format!(
+        "six==1.16.0 \\\n    --hash=sha256:{SIX_SDIST} \\\n    --hash=sha256:{SIX_WHL}\n"
+    ));
     t
 }
 
@@ -50,15 +54,13 @@ fn materialise(tree: &Tree, root: &Path) {
         let dest = root.join(p.as_str());
         match n {
             Node::Dir(_) => std::fs::create_dir_all(&dest).unwrap(),
-            Node::File { content, .. } => {
-                match content {
-                    Content::Inline(b) => std::fs::write(&dest, b).unwrap(),
-                    Content::Host { path, size } => {
-                        assert_eq!(std::fs::copy(path, &dest).unwrap(), *size);
-                    }
-                    Content::Range { .. } => panic!("unexpected range content"),
+            Node::File { content, .. } => match content {
+                Content::Inline(b) => std::fs::write(&dest, b).unwrap(),
+                Content::Host { path, size } => {
+                    assert_eq!(std::fs::copy(path, &dest).unwrap(), *size);
                 }
-            }
+                Content::Range { .. } => panic!("unexpected range content"),
+            },
             Node::Symlink { target, .. } => std::os::unix::fs::symlink(target, &dest).unwrap(),
             Node::Hardlink { .. } => panic!("unexpected hardlink"),
         }
@@ -73,20 +75,38 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
     let path = PathBuf::from("requirements.txt");
 
     // 1. a wrong hash fails clearly, before anything is downloaded into the store
-    let bad = requirements(true).replace(SIX_WHL, &"0".repeat(64)).replace(SIX_SDIST, &"1".repeat(64));
+    let bad = requirements(true)
+        .replace(SIX_WHL, &"0".repeat(64))
+        .replace(SIX_SDIST, &"1".repeat(64));
     let reqs = parse_requirements_str(&bad, &path).unwrap();
     let err = fetch_wheels(&bookworm(false), &reqs, &store, &http, 4).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::NoHashMatch { .. }), "{msg}");
-    assert!(msg.contains("six 1.16.0") && msg.contains("six-1.16.0-py2.py3-none-any.whl"), "{msg}");
-    assert!(store.list_blobs().unwrap().iter().all(|d| d.hex() != SIX_WHL));
+    assert!(
+        msg.contains("six 1.16.0") && msg.contains("six-1.16.0-py2.py3-none-any.whl"),
+        "{msg}"
+    );
+    assert!(
+        store
+            .list_blobs()
+            .unwrap()
+            .iter()
+            .all(|d| d.hex() != SIX_WHL)
+    );
     assert_eq!(count_files(&store.root().join("tmp")), 0);
 
     // 2. redis needs async-timeout on 3.11.2 but not on 3.11.7: the closure check is for
     //    the target, not the host
     let reqs_no_at = parse_requirements_str(&requirements(false), &path).unwrap();
     let wheels_no_at = fetch_wheels(&bookworm(false), &reqs_no_at, &store, &http, 4).unwrap();
-    let err = install(&bookworm(false), &reqs_no_at, &wheels_no_at, &store, &mut Tree::new()).unwrap_err();
+    let err = install(
+        &bookworm(false),
+        &reqs_no_at,
+        &wheels_no_at,
+        &store,
+        &mut Tree::new(),
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains(
             "redis 5.0.1 requires async-timeout>=4.0.2 (python_full_version <= \"3.11.2\") but it is not in requirements.txt"
@@ -94,7 +114,10 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
         "{err}"
     );
     let newer = VenvSpec {
-        target: Target { python_full_version: "3.11.7".into(), ..Target::bookworm_cpython311() },
+        target: Target {
+            python_full_version: "3.11.7".into(),
+            ..Target::bookworm_cpython311()
+        },
         ..bookworm(false)
     };
     install(&newer, &reqs_no_at, &wheels_no_at, &store, &mut Tree::new()).unwrap();
@@ -104,16 +127,35 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
     let spec = bookworm(true);
     let wheels = fetch_wheels(&spec, &reqs, &store, &http, 4).unwrap();
     let files: Vec<_> = wheels.iter().map(|w| w.filename.as_str()).collect();
-    assert_eq!(files, ["async_timeout-4.0.3-py3-none-any.whl", "redis-5.0.1-py3-none-any.whl", "six-1.16.0-py2.py3-none-any.whl"]);
+    assert_eq!(
+        files,
+        [
+            "async_timeout-4.0.3-py3-none-any.whl",
+            "redis-5.0.1-py3-none-any.whl",
+            "six-1.16.0-py2.py3-none-any.whl"
+        ]
+    );
     for w in &wheels {
-        assert!(store.verify(&w.digest).unwrap(), "{} stored under its sha256", w.filename);
-        assert!(reqs.requirements.iter().any(|r| r.hashes.contains(&w.digest)));
+        assert!(
+            store.verify(&w.digest).unwrap(),
+            "{} stored under its sha256",
+            w.filename
+        );
+        assert!(
+            reqs.requirements
+                .iter()
+                .any(|r| r.hashes.contains(&w.digest))
+        );
     }
     let mut tree = Tree::new();
     let report = install(&spec, &reqs, &wheels, &store, &mut tree).unwrap();
     assert_eq!(report.packages.len(), 3);
     assert!(report.pyc_files > 50, "{report:?}");
-    assert!(report.warnings.iter().all(|w| !w.contains("differed")), "{:?}", report.warnings);
+    assert!(
+        report.warnings.iter().all(|w| !w.contains("differed")),
+        "{:?}",
+        report.warnings
+    );
 
     // 4. a real interpreter imports from the installed site-packages, using our .pyc
     let root = tmp.path().join("rootfs");
@@ -132,15 +174,32 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
         .output()
         .expect("python3.11 must be on PATH (CPython 3.11 is part of the build machine)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.trim(), "5.0.1 1.16.0 4.0.3");
     // modules were loaded from our unchecked-hash .pyc files (importlib says "matches"
     // when it accepts a .pyc for its source; a source mtime newer than the .pyc does not
     // matter in unchecked-hash mode)
     let verbose = String::from_utf8_lossy(&out.stderr);
     let pyc = sp.join("redis/__pycache__/client.cpython-311.pyc");
-    assert!(verbose.contains(&format!("{} matches {}", pyc.display(), sp.join("redis/client.py").display())), "{verbose}");
-    assert!(!verbose.contains(&format!("code object from '{}'", sp.join("redis/client.py").display())), "{verbose}");
+    assert!(
+        verbose.contains(&format!(
+            "{} matches {}",
+            pyc.display(),
+            sp.join("redis/client.py").display()
+        )),
+        "{verbose}"
+    );
+    assert!(
+        !verbose.contains(&format!(
+            "code object from '{}'",
+            sp.join("redis/client.py").display()
+        )),
+        "{verbose}"
+    );
 
     // 5. offline: the same build with the index pointed at a closed port succeeds from
     //    the store alone, and gives the same tree
@@ -150,7 +209,10 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
     let again = fetch_wheels(&spec, &reqs, &store, &http, 4).unwrap();
     let mut tree2 = Tree::new();
     install(&spec, &reqs, &again, &store, &mut tree2).unwrap();
-    assert_eq!(tree.iter().collect::<Vec<_>>(), tree2.iter().collect::<Vec<_>>());
+    assert_eq!(
+        tree.iter().collect::<Vec<_>>(),
+        tree2.iter().collect::<Vec<_>>()
+    );
     // …and the closed port really is used when the store is empty
     let empty = Store::open(tmp.path().join("empty")).unwrap();
     let err = fetch_wheels(&spec, &reqs, &empty, &http, 4).unwrap_err();
@@ -158,19 +220,35 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
     unsafe { std::env::remove_var("PIP_INDEX_URL") };
 
     // 6. the fingerprint is computed without the network and is stable
-    assert_eq!(fingerprint(&spec, &reqs), fingerprint(&spec, &parse_requirements_str(&requirements(true), &path).unwrap()));
+    assert_eq!(
+        fingerprint(&spec, &reqs),
+        fingerprint(
+            &spec,
+            &parse_requirements_str(&requirements(true), &path).unwrap()
+        )
+    );
 
     // 7. the project's real requirements file, if present, resolves for the target with
     //    no missing dependency
     let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../layers/venv/requirements.txt");
     if real.is_file() {
         let reqs = parse_requirements(&real).unwrap();
-        let spec = VenvSpec { requirements: real.clone(), ..bookworm(true) };
+        let spec = VenvSpec {
+            requirements: real.clone(),
+            ..bookworm(true)
+        };
         let wheels = fetch_wheels(&spec, &reqs, &store, &http, 4).unwrap();
         let mut tree = Tree::new();
         let report = install(&spec, &reqs, &wheels, &store, &mut tree).unwrap();
-        assert!(report.packages.iter().any(|(n, ..)| n == "async-timeout"), "{report:?}");
-        assert!(report.scripts.iter().any(|s| s == "celery") && report.scripts.iter().any(|s| s == "gunicorn"), "{report:?}");
+        assert!(
+            report.packages.iter().any(|(n, ..)| n == "async-timeout"),
+            "{report:?}"
+        );
+        assert!(
+            report.scripts.iter().any(|s| s == "celery")
+                && report.scripts.iter().any(|s| s == "gunicorn"),
+            "{report:?}"
+        );
         let root = tmp.path().join("real-rootfs");
         materialise(&tree, &root);
         let sp = root.join("opt/venv/lib/python3.11/site-packages");
@@ -180,6 +258,10 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -16,7 +16,10 @@ pub fn sha256_hex(b: &[u8]) -> String {
 }
 
 fn record_hash(b: &[u8]) -> String {
-    format!("sha256={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(b)))
+    format!(
+        "sha256={}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(b))
+    )
 }
 
 /// A wheel built in memory. `files` are (path in wheel, content, unix mode); the
@@ -32,7 +35,10 @@ pub struct WheelSpec<'a> {
 pub fn build_wheel(w: &WheelSpec) -> Vec<u8> {
     let di = format!("{}-{}.dist-info", w.name.replace('-', "_"), w.version);
     let mut files = w.files.clone();
-    let mut meta = format!("Metadata-Version: 2.1\nName: {}\nVersion: {}\n", w.name, w.version);
+    let mut meta = format!(
+        "Metadata-Version: 2.1\nName: {}\nVersion: {}\n",
+        w.name, w.version
+    );
     for r in w.requires_dist {
         meta.push_str(&format!("Requires-Dist: {r}\n"));
     }
@@ -44,7 +50,11 @@ pub fn build_wheel(w: &WheelSpec) -> Vec<u8> {
         0o644,
     ));
     if let Some(ep) = w.entry_points {
-        files.push((format!("{di}/entry_points.txt"), ep.as_bytes().to_vec(), 0o644));
+        files.push((
+            format!("{di}/entry_points.txt"),
+            ep.as_bytes().to_vec(),
+            0o644,
+        ));
     }
     let mut record = String::new();
     for (p, c, _) in &files {
@@ -99,7 +109,13 @@ impl Index {
                 std::thread::spawn(move || serve(conn, &r, &w));
             }
         });
-        Index { port, routes, wheel_requests, stop, handle: Some(handle) }
+        Index {
+            port,
+            routes,
+            wheel_requests,
+            stop,
+            handle: Some(handle),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -112,13 +128,31 @@ impl Index {
         let mut html = String::from("<!DOCTYPE html><html><body>\n");
         let mut routes = self.routes.lock().unwrap();
         for (name, sha, rp, body) in files {
-            let frag = sha.as_ref().map(|h| format!("#sha256={h}")).unwrap_or_default();
-            let rp = rp.map(|r| format!(" data-requires-python=\"{}\"", r.replace('>', "&gt;").replace('<', "&lt;"))).unwrap_or_default();
-            html.push_str(&format!("<a href=\"../../files/{name}{frag}\"{rp}>{name}</a><br/>\n"));
-            routes.insert(format!("/files/{name}"), ("application/octet-stream".into(), body.clone()));
+            let frag = sha
+                .as_ref()
+                .map(|h| format!("#sha256={h}"))
+                .unwrap_or_default();
+            let rp = rp
+                .map(|r| {
+                    format!(
+                        " data-requires-python=\"{}\"",
+                        r.replace('>', "&gt;").replace('<', "&lt;")
+                    )
+                })
+                .unwrap_or_default();
+            html.push_str(&format!(
+                "<a href=\"../../files/{name}{frag}\"{rp}>{name}</a><br/>\n"
+            ));
+            routes.insert(
+                format!("/files/{name}"),
+                ("application/octet-stream".into(), body.clone()),
+            );
         }
         html.push_str("</body></html>\n");
-        routes.insert(format!("/simple/{key}/"), ("text/html".into(), html.into_bytes()));
+        routes.insert(
+            format!("/simple/{key}/"),
+            ("text/html".into(), html.into_bytes()),
+        );
     }
 }
 
@@ -132,7 +166,11 @@ impl Drop for Index {
     }
 }
 
-fn serve(conn: TcpStream, routes: &Mutex<BTreeMap<String, (String, Vec<u8>)>>, wheels: &AtomicUsize) {
+fn serve(
+    conn: TcpStream,
+    routes: &Mutex<BTreeMap<String, (String, Vec<u8>)>>,
+    wheels: &AtomicUsize,
+) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -160,9 +198,17 @@ fn serve(conn: TcpStream, routes: &Mutex<BTreeMap<String, (String, Vec<u8>)>>, w
 
 /// Files under a directory, recursively (for "nothing was left behind" checks).
 pub fn count_files(dir: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     rd.flatten()
-        .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
+        .map(|e| {
+            if e.path().is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
         .sum()
 }
 
