@@ -37,7 +37,9 @@ pub fn for_each_paragraph<R: BufRead>(
     let mut any = false;
     loop {
         line.clear();
-        let n = r.read_line(&mut line).map_err(|e| format!("line {}: {e}", lineno + 1))?;
+        let n = r
+            .read_line(&mut line)
+            .map_err(|e| format!("line {}: {e}", lineno + 1))?;
         lineno += 1;
         let l = line.trim_end_matches(['\n', '\r']);
         if n == 0 || l.trim().is_empty() {
@@ -238,11 +240,20 @@ mod tests {
         .unwrap();
         assert_eq!(r.len(), 8);
         assert_eq!(r[0][0].name, "libc6");
-        assert_eq!(r[0][0].constraint, Some(Constraint { rel: Rel::Ge, version: "2.34".into() }));
+        assert_eq!(
+            r[0][0].constraint,
+            Some(Constraint {
+                rel: Rel::Ge,
+                version: "2.34".into()
+            })
+        );
         assert_eq!(r[1].len(), 2);
         assert_eq!(r[1][1].arch.as_deref(), Some("any"));
         assert_eq!(r[2][0].constraint.as_ref().unwrap().rel, Rel::Lt);
-        assert_eq!(r[2][1].constraint.as_ref().unwrap().version, "1.1.1n-0+deb11u5");
+        assert_eq!(
+            r[2][1].constraint.as_ref().unwrap().version,
+            "1.1.1n-0+deb11u5"
+        );
         assert_eq!(r[4][0].name, "foo");
         assert_eq!(r[4][0].constraint, None);
         assert_eq!(r[5][0].constraint.as_ref().unwrap().rel, Rel::Gt);
@@ -262,8 +273,15 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].get("description"), Some("short\nlong line\n.\nmore"));
         assert_eq!(p[1].get("Depends"), Some("x,\ny"));
-        assert_eq!(parse_relations(p[1].get("Depends").unwrap()).unwrap().len(), 2);
-        assert!(parse_paragraphs("no colon here\n").unwrap_err().contains("line 1"));
+        assert_eq!(
+            parse_relations(p[1].get("Depends").unwrap()).unwrap().len(),
+            2
+        );
+        assert!(
+            parse_paragraphs("no colon here\n")
+                .unwrap_err()
+                .contains("line 1")
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ use crate::error::{Error, Result};
 pub const MERGED_USR: [&str; 4] = ["bin", "sbin", "lib", "lib64"];
 
 const RECORD_BUCKET: &str = "debian-unpack-v1";
-const SCRIPTS: [&str; 6] = ["preinst", "postinst", "prerm", "postrm", "config", "triggers"];
+const SCRIPTS: [&str; 6] = [
+    "preinst", "postinst", "prerm", "postrm", "config", "triggers",
+];
 
 /// A maintainer script that exists in the package and was NOT run.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -107,11 +109,20 @@ impl Unpacker {
     }
 
     /// Unpacks one package (its `.deb` must be in the store, see [`crate::fetch_debs`]).
-    pub fn unpack(&mut self, store: &Store, pkg: &LockedPackage, tree: &mut Tree) -> Result<PackageReport> {
+    pub fn unpack(
+        &mut self,
+        store: &Store,
+        pkg: &LockedPackage,
+        tree: &mut Tree,
+    ) -> Result<PackageReport> {
         let u = load_or_read(store, pkg)?;
         ensure_merged_usr(tree)?;
         let spool = store.blob_path(&u.tar);
-        let bad = |path: &str, why: String| Error::Unpack { package: pkg.name.clone(), path: path.to_owned(), why };
+        let bad = |path: &str, why: String| Error::Unpack {
+            package: pkg.name.clone(),
+            path: path.to_owned(),
+            why,
+        };
         let tree_err = |path: &str, e: TreeError| bad(path, e.to_string());
         let mut report = PackageReport {
             name: pkg.name.clone(),
@@ -133,9 +144,16 @@ impl Unpacker {
                     Some(Node::Symlink { .. }) => {} // dpkg keeps a symlink to a directory
                     Some(Node::File { .. } | Node::Hardlink { .. }) => {
                         let (other, _) = self.owners.get(&path).cloned().unwrap_or_default();
-                        return Err(bad(&e.path, format!("would replace the file `{path}` of package `{other}` with a directory")));
+                        return Err(bad(
+                            &e.path,
+                            format!(
+                                "would replace the file `{path}` of package `{other}` with a directory"
+                            ),
+                        ));
                     }
-                    _ => tree.insert_dir_if_absent(path, meta).map_err(|x| tree_err(&e.path, x))?,
+                    _ => tree
+                        .insert_dir_if_absent(path, meta)
+                        .map_err(|x| tree_err(&e.path, x))?,
                 }
                 report.entries += 1;
                 continue;
@@ -151,15 +169,24 @@ impl Unpacker {
                     });
                 }
                 if *other_pkg != pkg.name {
-                    report.replaced.push((path.as_str().to_owned(), other_pkg.clone()));
+                    report
+                        .replaced
+                        .push((path.as_str().to_owned(), other_pkg.clone()));
                 }
             }
             let node = match e.kind {
                 Kind::File => Node::File {
                     meta,
-                    content: Content::Range { path: spool.clone(), offset: e.offset, size: e.size },
+                    content: Content::Range {
+                        path: spool.clone(),
+                        offset: e.offset,
+                        size: e.size,
+                    },
                 },
-                Kind::Symlink => Node::Symlink { meta, target: e.link.clone().unwrap_or_default() },
+                Kind::Symlink => Node::Symlink {
+                    meta,
+                    target: e.link.clone().unwrap_or_default(),
+                },
                 Kind::Hardlink => {
                     let raw = e.link.as_deref().unwrap_or("");
                     let target = canonical_path(raw)
@@ -171,7 +198,13 @@ impl Unpacker {
                 Kind::Dir => unreachable!(),
             };
             tree.insert(path.clone(), node).map_err(|x| match x {
-                TreeError::ReplacesDirectory { .. } => bad(&e.path, format!("a {} would replace the directory `{path}`", kind_name(e.kind))),
+                TreeError::ReplacesDirectory { .. } => bad(
+                    &e.path,
+                    format!(
+                        "a {} would replace the directory `{path}`",
+                        kind_name(e.kind)
+                    ),
+                ),
                 other => tree_err(&e.path, other),
             })?;
             if e.kind == Kind::File {
@@ -184,11 +217,20 @@ impl Unpacker {
         let status_dir = TreePath::new("var/lib/dpkg/status.d")?;
         let mut control = u.control.trim_end().to_owned();
         control.push('\n');
-        tree.insert(status_dir.join(&pkg.name)?, Node::File { meta: Meta::FILE, content: Content::inline(control) })?;
+        tree.insert(
+            status_dir.join(&pkg.name)?,
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::inline(control),
+            },
+        )?;
         if let Some(md5) = &u.md5sums {
             tree.insert(
                 status_dir.join(&format!("{}.md5sums", pkg.name))?,
-                Node::File { meta: Meta::FILE, content: Content::inline(md5.as_bytes()) },
+                Node::File {
+                    meta: Meta::FILE,
+                    content: Content::inline(md5.as_bytes()),
+                },
             )?;
         }
         Ok(report)
@@ -213,7 +255,9 @@ fn strip_dot(p: &str) -> &str {
 /// `None` for the root itself.
 pub fn canonical_path(raw: &str) -> Result<Option<TreePath>, String> {
     if raw.starts_with('/') {
-        return Err("absolute path in package archive (would be placed outside the image root)".into());
+        return Err(
+            "absolute path in package archive (would be placed outside the image root)".into(),
+        );
     }
     if raw.split('/').any(|c| c == "..") {
         return Err("`..` component (would escape the image root)".into());
@@ -225,9 +269,33 @@ pub fn canonical_path(raw: &str) -> Result<Option<TreePath>, String> {
     let s = p.as_str();
     let first = s.split('/').next().unwrap_or("");
     if MERGED_USR.contains(&first) {
-        return TreePath::new(&format!("usr/{s}")).map(Some).map_err(|e| e.to_string());
+        return TreePath::new(&format!("usr/{s}"))
+            .map(Some)
+            .map_err(|e| e.to_string());
     }
     Ok(Some(p))
+}
+
+/// Applies a recipe's `remove_paths` (image paths like `/usr/lib/postgresql/15/lib/llvmjit.so`;
+/// `/lib/...` spellings are accepted and mean `/usr/lib/...`). A directory goes with everything
+/// below it. A path that matches nothing is an error, so a typo does not pass silently.
+pub fn remove_paths(tree: &mut Tree, paths: &[String]) -> Result<()> {
+    for raw in paths {
+        let bad = |why: String| Error::Unpack {
+            package: "(remove_paths)".into(),
+            path: raw.clone(),
+            why,
+        };
+        let p = canonical_path(raw.trim_start_matches('/'))
+            .map_err(bad)?
+            .ok_or_else(|| bad("cannot remove the root".into()))?;
+        if tree.remove(&p) == 0 {
+            return Err(bad(format!(
+                "nothing at `{p}` in this layer; check the path"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Puts the merged-/usr symlinks (`bin -> usr/bin`, ...) into the tree if absent.
@@ -240,12 +308,21 @@ pub fn ensure_merged_usr(tree: &mut Tree) -> Result<()> {
                 return Err(Error::Unpack {
                     package: "(merged /usr)".into(),
                     path: d.into(),
-                    why: format!("is a {} in this layer, but must be a symlink to usr/{d}", other.kind()),
+                    why: format!(
+                        "is a {} in this layer, but must be a symlink to usr/{d}",
+                        other.kind()
+                    ),
                 });
             }
             None => {
                 tree.insert_dir_if_absent(TreePath::new(&format!("usr/{d}"))?, Meta::DIR)?;
-                tree.insert(link, Node::Symlink { meta: Meta::new(0o777, 0, 0), target: format!("usr/{d}") })?;
+                tree.insert(
+                    link,
+                    Node::Symlink {
+                        meta: Meta::new(0o777, 0, 0),
+                        target: format!("usr/{d}"),
+                    },
+                )?;
             }
         }
     }
@@ -296,11 +373,20 @@ impl<R: Read> Read for Tee<'_, R> {
     }
 }
 
-fn decoder<'a>(member: &str, r: impl Read + 'a) -> Result<(Box<dyn Read + 'a>, &'static str), String> {
+fn decoder<'a>(
+    member: &str,
+    r: impl Read + 'a,
+) -> Result<(Box<dyn Read + 'a>, &'static str), String> {
     let ext = member.rsplit_once(".tar").map(|(_, e)| e).unwrap_or("");
     Ok(match ext {
-        ".xz" => (Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)), "xz"),
-        ".zst" => (Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| format!("{member}: {e}"))?), "zst"),
+        ".xz" => (
+            Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+            "xz",
+        ),
+        ".zst" => (
+            Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| format!("{member}: {e}"))?),
+            "zst",
+        ),
         ".gz" => (Box::new(flate2::read::GzDecoder::new(r)), "gz"),
         ".bz2" => (Box::new(bzip2::read::BzDecoder::new(r)), "bz2"),
         "" => (Box::new(r), "none"),
@@ -308,18 +394,25 @@ fn decoder<'a>(member: &str, r: impl Read + 'a) -> Result<(Box<dyn Read + 'a>, &
     })
 }
 
+type Spooled = (BlobWriter, (Vec<Entry>, Vec<String>), &'static str);
+
 /// Reads a verified `.deb` once: control members into memory (small), data.tar into a spool blob.
 fn read_deb(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
-    let bad = |why: String| Error::BadDeb { package: pkg.name.clone(), why };
+    let bad = |why: String| Error::BadDeb {
+        package: pkg.name.clone(),
+        why,
+    };
     let io_bad = |what: &str, e: io::Error| bad(format!("{what}: {e}"));
     let mut r = BufReader::with_capacity(1 << 20, store.open_verified(&pkg.sha256)?);
     let mut magic = [0u8; 8];
-    r.read_exact(&mut magic).map_err(|e| io_bad("reading ar magic", e))?;
+    r.read_exact(&mut magic)
+        .map_err(|e| io_bad("reading ar magic", e))?;
     if &magic != b"!<arch>\n" {
         return Err(bad("not a .deb (no `!<arch>` ar header)".into()));
     }
     let mut control: Option<Control> = None;
-    let mut data: Option<(BlobWriter, (Vec<Entry>, Vec<String>), &'static str)> = None;
+    // (uncommitted spool, entries, `#!/bin/sh` executables, compression)
+    let mut data: Option<Spooled> = None;
     let mut seen_version = false;
     loop {
         let mut hdr = [0u8; 60];
@@ -329,7 +422,10 @@ fn read_deb(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
         if &hdr[58..60] != b"`\n" {
             return Err(bad("corrupt ar member header".into()));
         }
-        let name = String::from_utf8_lossy(&hdr[..16]).trim_end().trim_end_matches('/').to_owned();
+        let name = String::from_utf8_lossy(&hdr[..16])
+            .trim_end()
+            .trim_end_matches('/')
+            .to_owned();
         let size: u64 = String::from_utf8_lossy(&hdr[48..58])
             .trim()
             .parse()
@@ -337,9 +433,14 @@ fn read_deb(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
         let mut member = (&mut r).take(size);
         if name == "debian-binary" {
             let mut v = String::new();
-            (&mut member).read_to_string(&mut v).map_err(|e| io_bad("debian-binary", e))?;
+            member
+                .read_to_string(&mut v)
+                .map_err(|e| io_bad("debian-binary", e))?;
             if !v.starts_with("2.") {
-                return Err(bad(format!("unsupported .deb format version `{}`", v.trim())));
+                return Err(bad(format!(
+                    "unsupported .deb format version `{}`",
+                    v.trim()
+                )));
             }
             seen_version = true;
         } else if name.starts_with("control.tar") {
@@ -362,12 +463,15 @@ fn read_deb(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
         return Err(bad("no debian-binary member".into()));
     }
     let control = control.ok_or_else(|| bad("no control.tar member".into()))?;
-    let (w, (entries, sh_scripts), compression) = data.ok_or_else(|| bad("no data.tar member".into()))?;
+    let (w, (entries, sh_scripts), compression) =
+        data.ok_or_else(|| bad("no data.tar member".into()))?;
     let (tar, _) = w.commit()?;
     Ok(Unpacked {
         tar,
         compression: compression.to_owned(),
-        control: control.control.ok_or_else(|| bad("control.tar has no `control` file".into()))?,
+        control: control
+            .control
+            .ok_or_else(|| bad("control.tar has no `control` file".into()))?,
         md5sums: control.md5sums,
         scripts: control.scripts,
         sh_scripts,
@@ -384,7 +488,10 @@ fn read_header(r: &mut impl Read, hdr: &mut [u8; 60]) -> io::Result<bool> {
             if got == 0 {
                 return Ok(false);
             }
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated ar header"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "truncated ar header",
+            ));
         }
         got += n;
     }
@@ -407,7 +514,9 @@ fn read_control(r: impl Read) -> io::Result<Control> {
     let mut scripts = BTreeMap::new();
     for e in ar.entries()? {
         let mut e = e?;
-        let path = String::from_utf8_lossy(&e.path_bytes()).trim_start_matches("./").to_owned();
+        let path = String::from_utf8_lossy(&e.path_bytes())
+            .trim_start_matches("./")
+            .to_owned();
         if e.header().entry_type() != tar::EntryType::Regular || e.size() > CONTROL_MEMBER_LIMIT {
             continue;
         }
@@ -416,7 +525,7 @@ fn read_control(r: impl Read) -> io::Result<Control> {
             continue;
         }
         let mut bytes = vec![];
-        (&mut e).read_to_end(&mut bytes)?;
+        e.read_to_end(&mut bytes)?;
         text.push_str(&String::from_utf8_lossy(&bytes));
         match path.as_str() {
             "control" => c.control = Some(text),
@@ -429,7 +538,10 @@ fn read_control(r: impl Read) -> io::Result<Control> {
     // report in the dpkg order of the list, not the archive order
     for s in SCRIPTS {
         if let Some(h) = scripts.remove(s) {
-            c.scripts.push(ScriptNote { script: s.to_owned(), hints: h });
+            c.scripts.push(ScriptNote {
+                script: s.to_owned(),
+                hints: h,
+            });
         }
     }
     Ok(c)
@@ -446,24 +558,54 @@ pub fn script_hints(script: &str, text: &str) -> Vec<String> {
             .collect();
     }
     const PATTERNS: &[(&[&str], &str)] = &[
-        (&["adduser", "useradd", "addgroup", "groupadd"], "creates users/groups (adduser): declare them in the recipe"),
-        (&["update-alternatives"], "registers alternatives (update-alternatives): symlinks in /etc/alternatives not made"),
-        (&["dpkg-statoverride"], "changes owner/mode of files (dpkg-statoverride)"),
+        (
+            &["adduser", "useradd", "addgroup", "groupadd"],
+            "creates users/groups (adduser): declare them in the recipe",
+        ),
+        (
+            &["update-alternatives"],
+            "registers alternatives (update-alternatives): symlinks in /etc/alternatives not made",
+        ),
+        (
+            &["dpkg-statoverride"],
+            "changes owner/mode of files (dpkg-statoverride)",
+        ),
         (&["dpkg-divert"], "diverts files (dpkg-divert)"),
-        (&["ldconfig"], "runs ldconfig (no ld.so.cache is needed for default library paths)"),
-        (&["deb-systemd-helper", "systemctl"], "enables systemd units"),
-        (&["update-rc.d", "invoke-rc.d"], "registers/starts an init script"),
+        (
+            &["ldconfig"],
+            "runs ldconfig (no ld.so.cache is needed for default library paths)",
+        ),
+        (
+            &["deb-systemd-helper", "systemctl"],
+            "enables systemd units",
+        ),
+        (
+            &["update-rc.d", "invoke-rc.d"],
+            "registers/starts an init script",
+        ),
         (&["py3compile", "pycompile"], "byte-compiles Python modules"),
         (&["locale-gen"], "generates locales"),
-        (&["update-ca-certificates"], "builds the CA certificate bundle"),
+        (
+            &["update-ca-certificates"],
+            "builds the CA certificate bundle",
+        ),
         (&["make-ssl-cert"], "generates a snakeoil TLS certificate"),
         (&["ucf", "ucfr"], "manages configuration files with ucf"),
-        (&["db_get", "db_input", "confmodule"], "asks debconf questions"),
+        (
+            &["db_get", "db_input", "confmodule"],
+            "asks debconf questions",
+        ),
         (&["chown", "chmod"], "changes ownership/permissions"),
         (&["ln -s", "ln -sf"], "creates symlinks"),
         (&["mkdir", "install -d"], "creates directories"),
-        (&["systemd-tmpfiles"], "creates files/directories via systemd-tmpfiles"),
-        (&["update-passwd"], "updates /etc/passwd and /etc/group from base-passwd"),
+        (
+            &["systemd-tmpfiles"],
+            "creates files/directories via systemd-tmpfiles",
+        ),
+        (
+            &["update-passwd"],
+            "updates /etc/passwd and /etc/group from base-passwd",
+        ),
     ];
     let mut out = vec![];
     for (words, hint) in PATTERNS {
@@ -491,8 +633,9 @@ fn spool_data(dec: impl Read, w: &mut BlobWriter) -> io::Result<(Vec<Entry>, Vec
     let mut ar = tar::Archive::new(Tee { r: dec, w });
     for e in ar.entries()? {
         let mut e = e?;
-        let path = String::from_utf8(e.path_bytes().into_owned())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 path in data.tar"))?;
+        let path = String::from_utf8(e.path_bytes().into_owned()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 path in data.tar")
+        })?;
         let h = e.header();
         let link = e
             .link_name_bytes()
@@ -505,7 +648,9 @@ fn spool_data(dec: impl Read, w: &mut BlobWriter) -> io::Result<(Vec<Entry>, Vec
             other => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("entry `{path}`: unsupported entry type {other:?} (devices, fifos and sparse files are not allowed in layers)"),
+                    format!(
+                        "entry `{path}`: unsupported entry type {other:?} (devices, fifos and sparse files are not allowed in layers)"
+                    ),
                 ));
             }
         };
@@ -533,7 +678,11 @@ fn spool_data(dec: impl Read, w: &mut BlobWriter) -> io::Result<(Vec<Entry>, Vec
             gid: h.gid()? as u32,
             offset: e.raw_file_position(),
             size: if kind == Kind::File { e.size() } else { 0 },
-            link: if matches!(kind, Kind::Symlink | Kind::Hardlink) { link } else { None },
+            link: if matches!(kind, Kind::Symlink | Kind::Hardlink) {
+                link
+            } else {
+                None
+            },
             kind,
             path,
         });
@@ -550,20 +699,63 @@ mod tests {
 
     #[test]
     fn canonical_paths() {
-        assert_eq!(canonical_path("./bin/sh").unwrap().unwrap().as_str(), "usr/bin/sh");
-        assert_eq!(canonical_path("./lib64/").unwrap().unwrap().as_str(), "usr/lib64");
-        assert_eq!(canonical_path("./library/x").unwrap().unwrap().as_str(), "library/x");
+        assert_eq!(
+            canonical_path("./bin/sh").unwrap().unwrap().as_str(),
+            "usr/bin/sh"
+        );
+        assert_eq!(
+            canonical_path("./lib64/").unwrap().unwrap().as_str(),
+            "usr/lib64"
+        );
+        assert_eq!(
+            canonical_path("./library/x").unwrap().unwrap().as_str(),
+            "library/x"
+        );
         assert_eq!(canonical_path("./").unwrap(), None);
         assert!(canonical_path("/etc/passwd").is_err());
         assert!(canonical_path("./usr/../../etc").is_err());
     }
 
     #[test]
+    fn remove_paths_accepts_aliases_and_refuses_typos() {
+        let mut t = Tree::new();
+        let f = || Node::File {
+            meta: Meta::FILE,
+            content: Content::inline(*b"x"),
+        };
+        t.insert(TreePath::new("usr/lib/pg/llvmjit.so").unwrap(), f())
+            .unwrap();
+        t.insert(TreePath::new("usr/share/doc/a/b").unwrap(), f())
+            .unwrap();
+        remove_paths(
+            &mut t,
+            &["/lib/pg/llvmjit.so".into(), "/usr/share/doc".into()],
+        )
+        .unwrap();
+        assert!(
+            t.get(&TreePath::new("usr/lib/pg/llvmjit.so").unwrap())
+                .is_none()
+        );
+        assert!(
+            t.get(&TreePath::new("usr/share/doc/a/b").unwrap())
+                .is_none()
+        );
+        let e = remove_paths(&mut t, &["/usr/lib/nope".into()]).unwrap_err();
+        assert!(e.to_string().contains("/usr/lib/nope"), "{e}");
+    }
+
+    #[test]
     fn hints() {
-        let h = script_hints("postinst", "#!/bin/sh\nadduser --system redis\ndpkg-statoverride --update --add redis redis 640 /etc/redis/redis.conf\n");
+        let h = script_hints(
+            "postinst",
+            "#!/bin/sh\nadduser --system redis\ndpkg-statoverride --update --add redis redis 640 /etc/redis/redis.conf\n",
+        );
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h[0].contains("adduser"));
         assert!(script_hints("postinst", "chowner x").is_empty());
-        assert_eq!(script_hints("triggers", "# c\nactivate-noawait ldconfig\n"), ["trigger: activate-noawait ldconfig"]);
+        assert_eq!(
+            script_hints("triggers", "# c\nactivate-noawait ldconfig\n"),
+            ["trigger: activate-noawait ldconfig"]
+        );
     }
 }

@@ -13,41 +13,74 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
-    #[error("fetching {url}: the server answered HTTP {status}; check the mirror setting or try again later")]
+    #[error(
+        "fetching {url}: the server answered HTTP {status}; check the mirror setting or try again later"
+    )]
     HttpStatus { url: String, status: u16 },
     #[error(
         "the mirror no longer serves {name} {version} ({url} answered 404): run `imgbuild lock` again to move to the \
          current version, or set a snapshot mirror (e.g. archive = \"https://snapshot.debian.org/archive/debian/<date>\", \
          security = \"https://snapshot.debian.org/archive/debian-security/<date>\") of the day the lock was made"
     )]
-    DebGone { name: String, version: String, url: String },
+    DebGone {
+        name: String,
+        version: String,
+        url: String,
+    },
     #[error("{url}: signature check failed: {why}; the file was not used")]
     BadSignature { url: String, why: String },
     #[error("{url}: {why}")]
     BadRelease { url: String, why: String },
-    #[error("{what} does not match its signed checksum (expected {expected}, got {actual}); nothing was stored")]
-    ChecksumMismatch { what: String, expected: Digest, actual: Digest },
+    #[error(
+        "{what} does not match its signed checksum (expected {expected}, got {actual}); nothing was stored"
+    )]
+    ChecksumMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("{what} has {actual} bytes, but its signed size is {expected}; nothing was stored")]
-    SizeMismatch { what: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{file}: {why}")]
     Parse { file: String, why: String },
-    #[error("package `{name}` is not in bookworm, bookworm-updates or bookworm-security (main, amd64); check the spelling")]
+    #[error(
+        "package `{name}` is not in bookworm, bookworm-updates or bookworm-security (main, amd64); check the spelling"
+    )]
     UnknownPackage { name: String },
     #[error("`{name}` is a virtual package provided by {providers}; name one of them instead")]
     VirtualRoot { name: String, providers: String },
     #[error("cannot satisfy `{dep}` needed by {package} {version}: {why}")]
-    Unsatisfiable { package: String, version: String, dep: String, why: String },
+    Unsatisfiable {
+        package: String,
+        version: String,
+        dep: String,
+        why: String,
+    },
     #[error("`{name}` is both requested and excluded; remove it from one of the two lists")]
     ExcludedRoot { name: String },
     #[error("package {package}: {why}")]
     BadDeb { package: String, why: String },
     #[error("package {package}: entry `{path}`: {why}")]
-    Unpack { package: String, path: String, why: String },
+    Unpack {
+        package: String,
+        path: String,
+        why: String,
+    },
     #[error(
         "package {package} ships `{path}` and package {other_package} ships `{other_path}`: on a merged-/usr system \
          both are the same file `/{canonical}`; exclude one of the packages"
     )]
-    AliasConflict { package: String, path: String, other_package: String, other_path: String, canonical: String },
+    AliasConflict {
+        package: String,
+        path: String,
+        other_package: String,
+        other_path: String,
+        canonical: String,
+    },
     #[error("{0}")]
     Accounts(String),
     #[error("{op} `{path}`: {source}")]
@@ -68,8 +101,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Turns the store's digest/size mismatch into ours (same facts, Debian wording).
 pub(crate) fn from_store(e: StoreError) -> Error {
     match e {
-        StoreError::DigestMismatch { what, expected, actual } => Error::ChecksumMismatch { what, expected, actual },
-        StoreError::SizeMismatch { what, expected, actual } => Error::SizeMismatch { what, expected, actual },
+        StoreError::DigestMismatch {
+            what,
+            expected,
+            actual,
+        } => Error::ChecksumMismatch {
+            what,
+            expected,
+            actual,
+        },
+        StoreError::SizeMismatch {
+            what,
+            expected,
+            actual,
+        } => Error::SizeMismatch {
+            what,
+            expected,
+            actual,
+        },
         other => Error::Store(other),
     }
 }

@@ -13,7 +13,10 @@ use crate::{LockedPackage, Mirror};
 
 /// GET with up to three tries for connection errors and 5xx answers. 404 and other
 /// client errors are returned at once as [`Error::HttpStatus`].
-pub(crate) fn get(http: &reqwest::blocking::Client, url: &str) -> Result<reqwest::blocking::Response> {
+pub(crate) fn get(
+    http: &reqwest::blocking::Client,
+    url: &str,
+) -> Result<reqwest::blocking::Response> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -21,9 +24,19 @@ pub(crate) fn get(http: &reqwest::blocking::Client, url: &str) -> Result<reqwest
         match res {
             Ok(r) if r.status().is_success() => return Ok(r),
             Ok(r) if r.status().is_server_error() && attempt < 3 => {}
-            Ok(r) => return Err(Error::HttpStatus { url: url.to_owned(), status: r.status().as_u16() }),
+            Ok(r) => {
+                return Err(Error::HttpStatus {
+                    url: url.to_owned(),
+                    status: r.status().as_u16(),
+                });
+            }
             Err(e) if attempt < 3 && (e.is_connect() || e.is_timeout() || e.is_request()) => {}
-            Err(e) => return Err(Error::Http { url: url.to_owned(), source: e }),
+            Err(e) => {
+                return Err(Error::Http {
+                    url: url.to_owned(),
+                    source: e,
+                });
+            }
         }
         // back off a little before retrying a transient failure
         std::thread::sleep(std::time::Duration::from_millis(500 * attempt));
@@ -32,7 +45,11 @@ pub(crate) fn get(http: &reqwest::blocking::Client, url: &str) -> Result<reqwest
 
 /// The URL a locked package is fetched from.
 pub fn deb_url(mirror: &Mirror, pkg: &LockedPackage) -> String {
-    format!("{}/{}", mirror.base_url(pkg.base), pkg.filename.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        mirror.base_url(pkg.base),
+        pkg.filename.trim_start_matches('/')
+    )
 }
 
 /// Makes sure every package's `.deb` is in the store, verified. Cached blobs are re-hashed
@@ -69,7 +86,9 @@ pub fn fetch_debs(
                     if first_error.lock().unwrap().is_some() {
                         return;
                     }
-                    let Some(p) = queue.lock().unwrap().pop() else { return };
+                    let Some(p) = queue.lock().unwrap().pop() else {
+                        return;
+                    };
                     if let Err(e) = fetch_one(mirror, p, store, http, progress) {
                         first_error.lock().unwrap().get_or_insert(e);
                         return;
@@ -92,15 +111,30 @@ fn fetch_one(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
     let url = deb_url(mirror, p);
-    progress(&format!("fetch {} {} ({} bytes)", p.name, p.version, p.size));
+    progress(&format!(
+        "fetch {} {} ({} bytes)",
+        p.name, p.version, p.size
+    ));
     let resp = match get(http, &url) {
-        Err(Error::HttpStatus { status: 404 | 410, url }) => {
-            return Err(Error::DebGone { name: p.name.clone(), version: p.version.clone(), url });
+        Err(Error::HttpStatus {
+            status: 404 | 410,
+            url,
+        }) => {
+            return Err(Error::DebGone {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                url,
+            });
         }
         other => other?,
     };
     store
-        .put_verified(BufReader::with_capacity(1 << 20, resp), &p.sha256, Some(p.size), &url)
+        .put_verified(
+            BufReader::with_capacity(1 << 20, resp),
+            &p.sha256,
+            Some(p.size),
+            &url,
+        )
         .map_err(from_store)?;
     Ok(())
 }

@@ -17,7 +17,9 @@ use crate::{Mirror, fetch, signature, version};
 
 /// Which mirror base a package comes from (the lock records it so that a fetch by lock
 /// needs no index).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Base {
     /// `Mirror::archive`: bookworm and bookworm-updates.
@@ -103,7 +105,13 @@ impl Index {
     }
 
     /// Adds the entries of one (decompressed) `Packages` file. `what` names it in errors.
-    pub fn add_packages<R: BufRead>(&mut self, r: R, base: Base, suite: &str, what: &str) -> Result<()> {
+    pub fn add_packages<R: BufRead>(
+        &mut self,
+        r: R,
+        base: Base,
+        suite: &str,
+        what: &str,
+    ) -> Result<()> {
         let keep = |k: &str| FIELDS.iter().any(|f| f.eq_ignore_ascii_case(k));
         let mut count = 0usize;
         control::for_each_paragraph(r, &keep, |p| {
@@ -115,13 +123,18 @@ impl Index {
             };
             let name = need("Package")?;
             let ctx = |e: String| format!("package {name}: {e}");
-            let rel = |f: &str| control::parse_relations(p.get(f).unwrap_or("")).map_err(|e| ctx(format!("{f}: {e}")));
+            let rel = |f: &str| {
+                control::parse_relations(p.get(f).unwrap_or(""))
+                    .map_err(|e| ctx(format!("{f}: {e}")))
+            };
             let provides: Vec<Atom> = rel("Provides")?.into_iter().flatten().collect();
             let entry = PackageEntry {
                 version: need("Version")?,
                 architecture: need("Architecture")?,
                 filename: need("Filename")?,
-                size: need("Size")?.parse().map_err(|_| ctx("invalid Size".into()))?,
+                size: need("Size")?
+                    .parse()
+                    .map_err(|_| ctx("invalid Size".into()))?,
                 sha256: Digest::from_hex(&need("SHA256")?).map_err(|e| ctx(e.to_string()))?,
                 base,
                 suite: suite.to_owned(),
@@ -135,13 +148,19 @@ impl Index {
             self.insert(entry);
             Ok(())
         })
-        .map_err(|why| Error::Parse { file: what.to_owned(), why })
+        .map_err(|why| Error::Parse {
+            file: what.to_owned(),
+            why,
+        })
     }
 
     fn insert(&mut self, e: PackageEntry) {
         let versions = self.packages.entry(e.name.clone()).or_default();
         // the same version in two suites is the same .deb: keep the first seen
-        if versions.iter().any(|v| version::compare(&v.version, &e.version).is_eq()) {
+        if versions
+            .iter()
+            .any(|v| version::compare(&v.version, &e.version).is_eq())
+        {
             return;
         }
         for p in &e.provides {
@@ -194,20 +213,40 @@ impl Index {
     }
 
     /// Downloads and verifies the three suites' indexes (see the module doc).
-    pub fn fetch(mirror: &Mirror, store: &Store, http: &reqwest::blocking::Client) -> Result<Index> {
+    pub fn fetch(
+        mirror: &Mirror,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+    ) -> Result<Index> {
         let mut index = Index::new();
         for (suite, base) in SUITES {
             let root = format!("{}/dists/{suite}", mirror.base_url(base));
             let url = format!("{root}/InRelease");
             let mut armored = String::new();
-            io::Read::read_to_string(&mut fetch::get(http, &url)?, &mut armored)
-                .map_err(|e| Error::Io { op: "failed to read", path: url.clone().into(), source: e })?;
-            let verified = signature::verify_inrelease(&armored).map_err(|why| Error::BadSignature { url: url.clone(), why })?;
-            let release = ReleaseInfo::parse(&verified.text, suite).map_err(|why| Error::BadRelease { url: url.clone(), why })?;
-            let (digest, size) = release.sha256(COMPONENT_PACKAGES).ok_or_else(|| Error::BadRelease {
-                url: url.clone(),
-                why: format!("the signed Release lists no SHA256 for {COMPONENT_PACKAGES}"),
+            io::Read::read_to_string(&mut fetch::get(http, &url)?, &mut armored).map_err(|e| {
+                Error::Io {
+                    op: "failed to read",
+                    path: url.clone().into(),
+                    source: e,
+                }
             })?;
+            let verified =
+                signature::verify_inrelease(&armored).map_err(|why| Error::BadSignature {
+                    url: url.clone(),
+                    why,
+                })?;
+            let release =
+                ReleaseInfo::parse(&verified.text, suite).map_err(|why| Error::BadRelease {
+                    url: url.clone(),
+                    why,
+                })?;
+            let (digest, size) =
+                release
+                    .sha256(COMPONENT_PACKAGES)
+                    .ok_or_else(|| Error::BadRelease {
+                        url: url.clone(),
+                        why: format!("the signed Release lists no SHA256 for {COMPONENT_PACKAGES}"),
+                    })?;
             if !(store.has_blob(&digest) && store.verify(&digest)?) {
                 download_packages(http, store, &root, &release, &digest, size)?;
             }
@@ -243,7 +282,10 @@ fn download_packages(
     })?;
     let mut urls = vec![];
     if release.by_hash {
-        urls.push(format!("{root}/main/binary-amd64/by-hash/SHA256/{}", xz_digest.hex()));
+        urls.push(format!(
+            "{root}/main/binary-amd64/by-hash/SHA256/{}",
+            xz_digest.hex()
+        ));
     }
     urls.push(format!("{root}/{xz_path}"));
     let mut last = None;
@@ -258,8 +300,13 @@ fn download_packages(
         };
         let mut w = store.writer()?;
         let mut dec = liblzma::read::XzDecoder::new_multi_decoder(BufReader::new(resp));
-        io::copy(&mut dec, &mut w).map_err(|e| Error::Io { op: "failed to download and decompress", path: url.clone().into(), source: e })?;
-        w.commit_expecting(digest, Some(size), &format!("{url} (decompressed)")).map_err(from_store)?;
+        io::copy(&mut dec, &mut w).map_err(|e| Error::Io {
+            op: "failed to download and decompress",
+            path: url.clone().into(),
+            source: e,
+        })?;
+        w.commit_expecting(digest, Some(size), &format!("{url} (decompressed)"))
+            .map_err(from_store)?;
         return Ok(());
     }
     Err(last.expect("at least one url"))
@@ -281,14 +328,20 @@ impl ReleaseInfo {
         // bookworm-security) must not be accepted: check the codename it signs.
         match p.get("Codename") {
             Some(c) if c == suite => {}
-            other => return Err(format!("signed Release is for codename {other:?}, expected `{suite}`")),
+            other => {
+                return Err(format!(
+                    "signed Release is for codename {other:?}, expected `{suite}`"
+                ));
+            }
         }
         let mut sha256 = BTreeMap::new();
         for line in p.get("SHA256").unwrap_or("").lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if let [h, s, path] = f[..] {
                 let d = Digest::from_hex(h).map_err(|e| e.to_string())?;
-                let s: u64 = s.parse().map_err(|_| format!("invalid size in SHA256 line `{line}`"))?;
+                let s: u64 = s
+                    .parse()
+                    .map_err(|_| format!("invalid size in SHA256 line `{line}`"))?;
                 sha256.insert(path.to_owned(), (d, s));
             }
         }
@@ -313,7 +366,11 @@ mod tests {
         let text = "Origin: Debian\nCodename: bookworm\nDate: x\nSHA256:\n e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0 main/binary-amd64/Packages\n";
         let r = ReleaseInfo::parse(text, "bookworm").unwrap();
         assert_eq!(r.sha256("main/binary-amd64/Packages").unwrap().1, 0);
-        assert!(ReleaseInfo::parse(text, "bookworm-security").unwrap_err().contains("expected `bookworm-security`"));
+        assert!(
+            ReleaseInfo::parse(text, "bookworm-security")
+                .unwrap_err()
+                .contains("expected `bookworm-security`")
+        );
     }
 
     #[test]
@@ -325,16 +382,36 @@ mod tests {
             )
         };
         let mut idx = Index::new();
-        idx.add_packages(mk("1.0-1", 'a').as_bytes(), Base::Debian, "bookworm", "t").unwrap();
-        idx.add_packages(mk("1.0-1+deb12u1", 'b').as_bytes(), Base::DebianSecurity, "bookworm-security", "t").unwrap();
-        idx.add_packages(mk("1.0-1", 'c').as_bytes(), Base::Debian, "bookworm-updates", "t").unwrap();
+        idx.add_packages(mk("1.0-1", 'a').as_bytes(), Base::Debian, "bookworm", "t")
+            .unwrap();
+        idx.add_packages(
+            mk("1.0-1+deb12u1", 'b').as_bytes(),
+            Base::DebianSecurity,
+            "bookworm-security",
+            "t",
+        )
+        .unwrap();
+        idx.add_packages(
+            mk("1.0-1", 'c').as_bytes(),
+            Base::Debian,
+            "bookworm-updates",
+            "t",
+        )
+        .unwrap();
         assert_eq!(idx.versions("a").len(), 2);
         assert_eq!(idx.candidate("a").unwrap().version, "1.0-1+deb12u1");
         assert_eq!(idx.candidate("a").unwrap().base, Base::DebianSecurity);
         let p = idx.providers("va");
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].1, Some("1.0-1+deb12u1"));
-        let err = idx.add_packages("Package: b\nVersion: 1\n\n".as_bytes(), Base::Debian, "bookworm", "P").unwrap_err();
+        let err = idx
+            .add_packages(
+                "Package: b\nVersion: 1\n\n".as_bytes(),
+                Base::Debian,
+                "bookworm",
+                "P",
+            )
+            .unwrap_err();
         assert!(err.to_string().contains("missing `Architecture`"), "{err}");
     }
 }

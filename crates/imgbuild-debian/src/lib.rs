@@ -25,7 +25,7 @@ pub mod signature;
 pub mod system;
 pub mod version;
 
-pub use deb::{PackageReport, ScriptNote, Unpacker};
+pub use deb::{PackageReport, ScriptNote, Unpacker, remove_paths};
 pub use error::{Error, Result};
 pub use fetch::fetch_debs;
 pub use index::{Base, Index};

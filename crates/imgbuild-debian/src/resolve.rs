@@ -63,7 +63,10 @@ pub struct Resolution {
 }
 
 fn arch_ok(a: &Atom) -> bool {
-    matches!(a.arch.as_deref(), None | Some("any" | "native" | "amd64" | "all"))
+    matches!(
+        a.arch.as_deref(),
+        None | Some("any" | "native" | "amd64" | "all")
+    )
 }
 
 fn priority_rank(p: &str) -> u8 {
@@ -88,10 +91,10 @@ impl<'a> Resolver<'a> {
     fn select(&mut self, e: &'a PackageEntry) {
         if self.selected.insert(e.name.clone(), e).is_none() {
             for p in &e.provides {
-                self.provided
-                    .entry(p.name.clone())
-                    .or_default()
-                    .push((e.name.clone(), p.constraint.as_ref().map(|c| c.version.clone())));
+                self.provided.entry(p.name.clone()).or_default().push((
+                    e.name.clone(),
+                    p.constraint.as_ref().map(|c| c.version.clone()),
+                ));
             }
         }
     }
@@ -102,15 +105,21 @@ impl<'a> Resolver<'a> {
             return false;
         }
         if let Some(e) = self.selected.get(&a.name)
-            && a.constraint.as_ref().is_none_or(|c| c.rel.holds(&e.version, &c.version))
+            && a.constraint
+                .as_ref()
+                .is_none_or(|c| c.rel.holds(&e.version, &c.version))
         {
             return true;
         }
-        self.provided.get(&a.name).into_iter().flatten().any(|(_, pv)| match (&a.constraint, pv) {
-            (None, _) => true,
-            (Some(c), Some(v)) => c.rel.holds(v, &c.version),
-            (Some(_), None) => false,
-        })
+        self.provided
+            .get(&a.name)
+            .into_iter()
+            .flatten()
+            .any(|(_, pv)| match (&a.constraint, pv) {
+                (None, _) => true,
+                (Some(c), Some(v)) => c.rel.holds(v, &c.version),
+                (Some(_), None) => false,
+            })
     }
 
     /// The package apt would install for this atom, if any.
@@ -119,7 +128,9 @@ impl<'a> Resolver<'a> {
             return None;
         }
         if let Some(c) = self.index.candidate(&a.name)
-            && a.constraint.as_ref().is_none_or(|k| k.rel.holds(&c.version, &k.version))
+            && a.constraint
+                .as_ref()
+                .is_none_or(|k| k.rel.holds(&c.version, &k.version))
         {
             return Some(c);
         }
@@ -148,7 +159,11 @@ impl<'a> Resolver<'a> {
                 continue;
             }
             let Some(pick) = group.iter().find_map(|a| self.choose(a)) else {
-                let dep = group.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" | ");
+                let dep = group
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" | ");
                 let why = group
                     .iter()
                     .map(|a| match self.index.candidate(&a.name) {
@@ -190,7 +205,9 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
             None => (root.trim(), None),
         };
         if excluded.contains(name) {
-            return Err(Error::ExcludedRoot { name: name.to_owned() });
+            return Err(Error::ExcludedRoot {
+                name: name.to_owned(),
+            });
         }
         let entry = match pin {
             Some(v) => index
@@ -203,7 +220,12 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
                     dep: root.clone(),
                     why: format!(
                         "available versions: {}",
-                        index.versions(name).iter().map(|e| e.version.as_str()).collect::<Vec<_>>().join(", ")
+                        index
+                            .versions(name)
+                            .iter()
+                            .map(|e| e.version.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 })?,
             None => match index.candidate(name) {
@@ -211,12 +233,20 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
                 None => {
                     let provs = index.providers(name);
                     match provs.as_slice() {
-                        [] => return Err(Error::UnknownPackage { name: name.to_owned() }),
+                        [] => {
+                            return Err(Error::UnknownPackage {
+                                name: name.to_owned(),
+                            });
+                        }
                         [(one, _)] => *one,
                         many => {
                             return Err(Error::VirtualRoot {
                                 name: name.to_owned(),
-                                providers: many.iter().map(|(e, _)| e.name.as_str()).collect::<Vec<_>>().join(", "),
+                                providers: many
+                                    .iter()
+                                    .map(|(e, _)| e.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
                             });
                         }
                     }
@@ -243,7 +273,9 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
         for group in e.pre_depends.iter().chain(e.depends.iter()) {
             let cand = group.iter().filter(|a| arch_ok(a)).find_map(|a| {
                 if let Some(s) = full.get(&a.name)
-                    && a.constraint.as_ref().is_none_or(|c| c.rel.holds(&s.version, &c.version))
+                    && a.constraint
+                        .as_ref()
+                        .is_none_or(|c| c.rel.holds(&s.version, &c.version))
                 {
                     return Some(a.name.clone());
                 }
@@ -272,9 +304,20 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
     let packages: Vec<LockedPackage> = keep.iter().map(|n| LockedPackage::from(full[n])).collect();
     Ok(Resolution {
         packages,
-        excluded_dropped: full.keys().filter(|n| !keep.contains(*n)).cloned().collect(),
-        excluded_required_by: why.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect(),
-        excluded_unused: excluded.iter().filter(|n| !full.contains_key(**n)).map(|n| n.to_string()).collect(),
+        excluded_dropped: full
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect(),
+        excluded_required_by: why
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect(),
+        excluded_unused: excluded
+            .iter()
+            .filter(|n| !full.contains_key(**n))
+            .map(|n| n.to_string())
+            .collect(),
     })
 }
 
@@ -287,15 +330,25 @@ mod tests {
         let mut idx = Index::new();
         for (i, (suite, base, text)) in suites.iter().enumerate() {
             let mut full = String::new();
-            for (j, para) in text.split("\n\n").filter(|p| !p.trim().is_empty()).enumerate() {
-                let name = para.lines().next().unwrap().trim_start_matches("Package: ").to_owned();
+            for (j, para) in text
+                .split("\n\n")
+                .filter(|p| !p.trim().is_empty())
+                .enumerate()
+            {
+                let name = para
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("Package: ")
+                    .to_owned();
                 full.push_str(para.trim());
                 full.push_str(&format!(
                     "\nArchitecture: amd64\nFilename: pool/{name}.deb\nSize: 1\nSHA256: {:064x}\n\n",
                     i * 1000 + j
                 ));
             }
-            idx.add_packages(full.as_bytes(), *base, suite, suite).unwrap();
+            idx.add_packages(full.as_bytes(), *base, suite, suite)
+                .unwrap();
         }
         idx
     }
@@ -372,7 +425,18 @@ Provides: libc6-compat-virtual (= 1)
             names(&r),
             // awk: provider mawk (required) beats gawk; www-browser: the only provider w3m;
             // libssl3 too old for >= 3.1 so libssl1.1; Pre-Depends: libc6 too old -> libc6-compat
-            ["app", "big-lib", "big-tool", "helper", "init-tools", "libc6", "libc6-compat", "libssl1.1", "mawk", "w3m"]
+            [
+                "app",
+                "big-lib",
+                "big-tool",
+                "helper",
+                "init-tools",
+                "libc6",
+                "libc6-compat",
+                "libssl1.1",
+                "mawk",
+                "w3m"
+            ]
         );
         assert!(r.excluded_dropped.is_empty());
     }
@@ -392,33 +456,84 @@ Provides: libc6-compat-virtual (= 1)
         let idx = index(&[("bookworm", Base::Debian, BASE)]);
         let r = resolve(&idx, &["app".into()], &["helper".into(), "nosuch".into()]).unwrap();
         let n = names(&r);
-        assert!(!n.contains(&"helper") && !n.contains(&"big-tool") && !n.contains(&"big-lib"), "{n:?}");
+        assert!(
+            !n.contains(&"helper") && !n.contains(&"big-tool") && !n.contains(&"big-lib"),
+            "{n:?}"
+        );
         assert_eq!(r.excluded_dropped, ["big-lib", "big-tool", "helper"]);
         assert_eq!(r.excluded_required_by["helper"], ["app"]);
         assert_eq!(r.excluded_unused, ["nosuch"]);
-        assert!(matches!(resolve(&idx, &["app".into()], &["app".into()]), Err(Error::ExcludedRoot { .. })));
+        assert!(matches!(
+            resolve(&idx, &["app".into()], &["app".into()]),
+            Err(Error::ExcludedRoot { .. })
+        ));
     }
 
     #[test]
     fn newest_across_suites_and_versioned_provides() {
         let idx = index(&[
-            ("bookworm", Base::Debian, "Package: lib\nVersion: 1.0-1\n\nPackage: tool\nVersion: 1\nDepends: lib (>= 1.0-1+deb12u1), virt (>= 2)\n\nPackage: p1\nVersion: 1\nProvides: virt (= 1)\n\nPackage: p2\nVersion: 1\nProvides: virt (= 2)\n\nPackage: p0\nVersion: 1\nProvides: virt\n"),
-            ("bookworm-updates", Base::Debian, "Package: lib\nVersion: 1.0-1+deb12u1~bpo\n"),
-            ("bookworm-security", Base::DebianSecurity, "Package: lib\nVersion: 1.0-1+deb12u1\n"),
+            (
+                "bookworm",
+                Base::Debian,
+                "Package: lib\nVersion: 1.0-1\n\nPackage: tool\nVersion: 1\nDepends: lib (>= 1.0-1+deb12u1), virt (>= 2)\n\nPackage: p1\nVersion: 1\nProvides: virt (= 1)\n\nPackage: p2\nVersion: 1\nProvides: virt (= 2)\n\nPackage: p0\nVersion: 1\nProvides: virt\n",
+            ),
+            (
+                "bookworm-updates",
+                Base::Debian,
+                "Package: lib\nVersion: 1.0-1+deb12u1~bpo\n",
+            ),
+            (
+                "bookworm-security",
+                Base::DebianSecurity,
+                "Package: lib\nVersion: 1.0-1+deb12u1\n",
+            ),
         ]);
         let r = resolve(&idx, &["tool".into()], &[]).unwrap();
         assert_eq!(names(&r), ["lib", "p2", "tool"]);
         let lib = &r.packages[0];
-        assert_eq!((lib.version.as_str(), lib.base), ("1.0-1+deb12u1", Base::DebianSecurity));
+        assert_eq!(
+            (lib.version.as_str(), lib.base),
+            ("1.0-1+deb12u1", Base::DebianSecurity)
+        );
+    }
+
+    #[test]
+    fn locked_package_serde_form() {
+        let p = LockedPackage {
+            name: "nginx".into(),
+            version: "1.22.1-9+deb12u2".into(),
+            architecture: "amd64".into(),
+            filename: "pool/main/n/nginx/nginx_1.22.1-9+deb12u2_amd64.deb".into(),
+            size: 1,
+            sha256: Digest::of_bytes(b""),
+            base: Base::DebianSecurity,
+        };
+        let j = serde_json::to_value(&p).unwrap();
+        assert_eq!(j["base"], "debian-security");
+        assert_eq!(
+            j["sha256"],
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(serde_json::from_value::<LockedPackage>(j).unwrap(), p);
     }
 
     #[test]
     fn errors_name_the_problem() {
-        let idx = index(&[("bookworm", Base::Debian, "Package: a\nVersion: 1\nDepends: b (>= 2) | c:i386\n\nPackage: b\nVersion: 1\n\nPackage: v1\nVersion: 1\nProvides: v\n\nPackage: v2\nVersion: 1\nProvides: v\n")]);
+        let idx = index(&[(
+            "bookworm",
+            Base::Debian,
+            "Package: a\nVersion: 1\nDepends: b (>= 2) | c:i386\n\nPackage: b\nVersion: 1\n\nPackage: v1\nVersion: 1\nProvides: v\n\nPackage: v2\nVersion: 1\nProvides: v\n",
+        )]);
         let e = resolve(&idx, &["a".into()], &[]).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("b (>= 2) | c:i386") && msg.contains("b has version 1"), "{msg}");
-        assert!(matches!(resolve(&idx, &["zzz".into()], &[]), Err(Error::UnknownPackage { .. })));
+        assert!(
+            msg.contains("b (>= 2) | c:i386") && msg.contains("b has version 1"),
+            "{msg}"
+        );
+        assert!(matches!(
+            resolve(&idx, &["zzz".into()], &[]),
+            Err(Error::UnknownPackage { .. })
+        ));
         let e = resolve(&idx, &["v".into()], &[]).unwrap_err();
         assert!(e.to_string().contains("v1, v2"), "{e}");
         assert_eq!(names(&resolve(&idx, &["b=1".into()], &[]).unwrap()), ["b"]);

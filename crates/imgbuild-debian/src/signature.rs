@@ -17,12 +17,30 @@ use pgp::types::{KeyDetails, Timestamp};
 
 /// The armored keys, in the keyring package's file names.
 const KEYS: &[(&str, &str)] = &[
-    ("debian-archive-bookworm-automatic", include_str!("../keys/debian-archive-bookworm-automatic.asc")),
-    ("debian-archive-bookworm-security-automatic", include_str!("../keys/debian-archive-bookworm-security-automatic.asc")),
-    ("debian-archive-bookworm-stable", include_str!("../keys/debian-archive-bookworm-stable.asc")),
-    ("debian-archive-trixie-automatic", include_str!("../keys/debian-archive-trixie-automatic.asc")),
-    ("debian-archive-trixie-security-automatic", include_str!("../keys/debian-archive-trixie-security-automatic.asc")),
-    ("debian-archive-trixie-stable", include_str!("../keys/debian-archive-trixie-stable.asc")),
+    (
+        "debian-archive-bookworm-automatic",
+        include_str!("../keys/debian-archive-bookworm-automatic.asc"),
+    ),
+    (
+        "debian-archive-bookworm-security-automatic",
+        include_str!("../keys/debian-archive-bookworm-security-automatic.asc"),
+    ),
+    (
+        "debian-archive-bookworm-stable",
+        include_str!("../keys/debian-archive-bookworm-stable.asc"),
+    ),
+    (
+        "debian-archive-trixie-automatic",
+        include_str!("../keys/debian-archive-trixie-automatic.asc"),
+    ),
+    (
+        "debian-archive-trixie-security-automatic",
+        include_str!("../keys/debian-archive-trixie-security-automatic.asc"),
+    ),
+    (
+        "debian-archive-trixie-stable",
+        include_str!("../keys/debian-archive-trixie-stable.asc"),
+    ),
 ];
 
 fn keyring() -> &'static [(&'static str, SignedPublicKey)] {
@@ -57,7 +75,8 @@ pub struct Verified {
 /// must come from an embedded key and verify; signatures by unknown keys are ignored
 /// (as gpgv does), and nothing outside the signed block is ever returned.
 pub fn verify_inrelease(armored: &str) -> Result<Verified, String> {
-    let (msg, _) = CleartextSignedMessage::from_string(armored).map_err(|e| format!("not an OpenPGP clear-signed file: {e}"))?;
+    let (msg, _) = CleartextSignedMessage::from_string(armored)
+        .map_err(|e| format!("not an OpenPGP clear-signed file: {e}"))?;
     let text = msg.signed_text();
     let mut reasons = vec![];
     for sig in msg.signatures() {
@@ -80,7 +99,8 @@ pub fn verify_inrelease(armored: &str) -> Result<Verified, String> {
 fn issuer_matches(sig: &Signature, key: &impl KeyDetails) -> bool {
     let fp = key.fingerprint();
     let id = key.legacy_key_id();
-    sig.issuer_fingerprint().iter().any(|f| **f == fp) || sig.issuer_key_id().iter().any(|k| **k == id)
+    sig.issuer_fingerprint().iter().any(|f| **f == fp)
+        || sig.issuer_key_id().iter().any(|k| **k == id)
 }
 
 /// Checks one signature; returns the name of the key file that made it.
@@ -89,7 +109,8 @@ fn check_one(sig: &Signature, data: &[u8]) -> Result<String, String> {
     for (name, key) in keyring() {
         if issuer_matches(sig, key) {
             primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
-            sig.verify(key, data).map_err(|e| format!("{name}: bad signature: {e}"))?;
+            sig.verify(key, data)
+                .map_err(|e| format!("{name}: bad signature: {e}"))?;
             return Ok(name.to_string());
         }
         for sub in &key.public_subkeys {
@@ -97,7 +118,12 @@ fn check_one(sig: &Signature, data: &[u8]) -> Result<String, String> {
                 continue;
             }
             primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
-            subkey_usable(key, sub, made).map_err(|e| format!("{name} subkey {}: {e}", hex::encode(sub.key.fingerprint().as_bytes())))?;
+            subkey_usable(key, sub, made).map_err(|e| {
+                format!(
+                    "{name} subkey {}: {e}",
+                    hex::encode(sub.key.fingerprint().as_bytes())
+                )
+            })?;
             sig.verify(&sub.key, data)
                 .map_err(|e| format!("{name} subkey: bad signature: {e}"))?;
             return Ok(name.to_string());
@@ -109,12 +135,17 @@ fn check_one(sig: &Signature, data: &[u8]) -> Result<String, String> {
         .map(|f| hex::encode(f.as_bytes()))
         .chain(sig.issuer_key_id().iter().map(|k| format!("{k:?}")))
         .collect();
-    Err(format!("signed by a key that is not a Debian archive key ({})", who.join(", ")))
+    Err(format!(
+        "signed by a key that is not a Debian archive key ({})",
+        who.join(", ")
+    ))
 }
 
 fn expired(created: Timestamp, expires_after: Option<pgp::types::Duration>, at: Timestamp) -> bool {
     match expires_after {
-        Some(d) if d.as_secs() > 0 => (created.as_secs() as u64 + d.as_secs() as u64) < at.as_secs() as u64,
+        Some(d) if d.as_secs() > 0 => {
+            (created.as_secs() as u64 + d.as_secs() as u64) < at.as_secs() as u64
+        }
         _ => false,
     }
 }
@@ -130,7 +161,8 @@ fn primary_usable(key: &SignedPublicKey, at: Timestamp) -> Result<(), String> {
     for user in &key.details.users {
         for s in &user.signatures {
             if s.is_certification()
-                && s.verify_certification(&key.primary_key, pgp::types::Tag::UserId, &user.id).is_ok()
+                && s.verify_certification(&key.primary_key, pgp::types::Tag::UserId, &user.id)
+                    .is_ok()
                 && newest.is_none_or(|n| n.created() < s.created())
             {
                 newest = Some(s);
@@ -144,21 +176,20 @@ fn primary_usable(key: &SignedPublicKey, at: Timestamp) -> Result<(), String> {
     Ok(())
 }
 
-fn subkey_usable(key: &SignedPublicKey, sub: &pgp::composed::SignedPublicSubKey, at: Timestamp) -> Result<(), String> {
+fn subkey_usable(
+    key: &SignedPublicKey,
+    sub: &pgp::composed::SignedPublicSubKey,
+    at: Timestamp,
+) -> Result<(), String> {
     let mut binding: Option<&Signature> = None;
     for s in &sub.signatures {
+        let valid = || s.verify_subkey_binding(&key.primary_key, &sub.key).is_ok();
         match s.typ() {
-            Some(SignatureType::SubkeyRevocation) => {
-                if s.verify_subkey_binding(&key.primary_key, &sub.key).is_ok() {
-                    return Err("revoked".into());
-                }
-            }
-            Some(SignatureType::SubkeyBinding) => {
-                if s.verify_subkey_binding(&key.primary_key, &sub.key).is_ok()
-                    && binding.is_none_or(|b| b.created() < s.created())
-                {
-                    binding = Some(s);
-                }
+            Some(SignatureType::SubkeyRevocation) if valid() => return Err("revoked".into()),
+            Some(SignatureType::SubkeyBinding)
+                if valid() && binding.is_none_or(|b| b.created() < s.created()) =>
+            {
+                binding = Some(s);
             }
             _ => {}
         }
@@ -168,7 +199,9 @@ fn subkey_usable(key: &SignedPublicKey, sub: &pgp::composed::SignedPublicSubKey,
         return Err("not a signing key".into());
     }
     // a signing subkey must also sign the primary back, or anyone could claim it
-    let back = binding.embedded_signature().ok_or("signing subkey has no primary-key binding (back-signature)")?;
+    let back = binding
+        .embedded_signature()
+        .ok_or("signing subkey has no primary-key binding (back-signature)")?;
     back.verify_primary_key_binding(&sub.key, &key.primary_key)
         .map_err(|e| format!("bad back-signature: {e}"))?;
     if expired(sub.key.created_at(), binding.key_expiration_time(), at) {

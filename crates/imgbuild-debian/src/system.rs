@@ -49,14 +49,23 @@ fn bad_name(kind: &str, name: &str) -> Option<Error> {
     let ok = !name.is_empty()
         && name.len() <= 32
         && !name.starts_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.$".contains(&b));
-    (!ok).then(|| Error::Accounts(format!("invalid {kind} name `{name}`: use letters, digits, `_`, `-`, `.`")))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.$".contains(&b));
+    (!ok).then(|| {
+        Error::Accounts(format!(
+            "invalid {kind} name `{name}`: use letters, digits, `_`, `-`, `.`"
+        ))
+    })
 }
 
 impl Accounts {
     /// No users or groups at all.
     pub fn empty() -> Accounts {
-        Accounts { users: vec![], groups: vec![] }
+        Accounts {
+            users: vec![],
+            groups: vec![],
+        }
     }
 
     /// The standard Debian base accounts: root 0, daemon 1, bin 2, sys 3, adm 4, tty 5,
@@ -68,7 +77,11 @@ impl Accounts {
             a.groups.push(Group {
                 name: f[0].into(),
                 gid: f[2].parse().expect("group.master gid"),
-                members: f[3].split(',').filter(|m| !m.is_empty()).map(String::from).collect(),
+                members: f[3]
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(String::from)
+                    .collect(),
             });
         }
         for l in PASSWD_MASTER.lines().filter(|l| !l.is_empty()) {
@@ -168,7 +181,11 @@ impl Accounts {
                 Ok(n) => n,
                 Err(_) => self.group(g).ok_or_else(|| unknown("group", g))?.gid,
             },
-            None => match self.users.iter().find(|x| x.name == u || u.parse() == Ok(x.uid)) {
+            None => match self
+                .users
+                .iter()
+                .find(|x| x.name == u || u.parse() == Ok(x.uid))
+            {
                 Some(x) => x.gid,
                 None => {
                     return Err(Error::Accounts(format!(
@@ -186,7 +203,10 @@ impl Accounts {
         let mut passwd = String::new();
         let mut shadow = String::new();
         for u in &self.users {
-            passwd.push_str(&format!("{}:x:{}:{}:{}:{}:{}\n", u.name, u.uid, u.gid, u.gecos, u.home, u.shell));
+            passwd.push_str(&format!(
+                "{}:x:{}:{}:{}:{}:{}\n",
+                u.name, u.uid, u.gid, u.gecos, u.home, u.shell
+            ));
             // a fixed "last change" day keeps the file reproducible
             shadow.push_str(&format!("{}:*:19000:0:99999:7:::\n", u.name));
         }
@@ -204,7 +224,13 @@ impl Accounts {
             ("etc/shadow", shadow, secret),
             ("etc/gshadow", gshadow, secret),
         ] {
-            tree.insert(TreePath::new(path)?, Node::File { meta, content: Content::inline(text) })?;
+            tree.insert(
+                TreePath::new(path)?,
+                Node::File {
+                    meta,
+                    content: Content::inline(text),
+                },
+            )?;
         }
         Ok(())
     }
@@ -270,12 +296,21 @@ fn dir_to_symlink(tree: &mut Tree, from: &str, to: &str, to_rel: &str) -> Result
             return Err(Error::Unpack {
                 package: "(base fixup)".into(),
                 path: from.into(),
-                why: format!("is a {}, expected a directory or a symlink to {to}", other.kind()),
+                why: format!(
+                    "is a {}, expected a directory or a symlink to {to}",
+                    other.kind()
+                ),
             });
         }
         None => {}
     }
-    tree.insert(p, Node::Symlink { meta: Meta::new(0o777, 0, 0), target: to.into() })?;
+    tree.insert(
+        p,
+        Node::Symlink {
+            meta: Meta::new(0o777, 0, 0),
+            target: to.into(),
+        },
+    )?;
     Ok(())
 }
 
@@ -302,7 +337,13 @@ pub fn base_fixup(tree: &mut Tree) -> Result<()> {
     dir_to_symlink(tree, "var/lock", "/run/lock", "run/lock")?;
     let nss = TreePath::new("etc/nsswitch.conf")?;
     if tree.get(&nss).is_none() {
-        tree.insert(nss, Node::File { meta: Meta::FILE, content: Content::inline(NSSWITCH_CONF) })?;
+        tree.insert(
+            nss,
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::inline(NSSWITCH_CONF),
+            },
+        )?;
     }
     Ok(())
 }
@@ -313,7 +354,10 @@ mod tests {
 
     fn file_text(tree: &Tree, p: &str) -> (String, Meta) {
         match tree.get(&TreePath::new(p).unwrap()) {
-            Some(Node::File { meta, content: Content::Inline(b) }) => (String::from_utf8(b.to_vec()).unwrap(), *meta),
+            Some(Node::File {
+                meta,
+                content: Content::Inline(b),
+            }) => (String::from_utf8(b.to_vec()).unwrap(), *meta),
             other => panic!("{p}: {other:?}"),
         }
     }
@@ -325,23 +369,86 @@ mod tests {
         assert_eq!(a.group("staff").unwrap().gid, 50);
         assert_eq!(a.group("shadow").unwrap().gid, 42);
         assert_eq!(a.user("nobody").unwrap().gid, 65534);
-        a.add_group(Group { name: "postgres".into(), gid: 999, members: vec![] }).unwrap();
-        a.add_user(User { name: "postgres".into(), uid: 999, gid: 999, gecos: "".into(), home: "/var/lib/postgresql".into(), shell: "/bin/sh".into() }).unwrap();
-        a.add_group(Group { name: "ssl-cert".into(), gid: 101, members: vec!["postgres".into()] }).unwrap();
+        a.add_group(Group {
+            name: "postgres".into(),
+            gid: 999,
+            members: vec![],
+        })
+        .unwrap();
+        a.add_user(User {
+            name: "postgres".into(),
+            uid: 999,
+            gid: 999,
+            gecos: "".into(),
+            home: "/var/lib/postgresql".into(),
+            shell: "/bin/sh".into(),
+        })
+        .unwrap();
+        a.add_group(Group {
+            name: "ssl-cert".into(),
+            gid: 101,
+            members: vec!["postgres".into()],
+        })
+        .unwrap();
         // re-declaring a base user with the same uid updates it
-        a.add_user(User { name: "www-data".into(), uid: 33, gid: 33, gecos: "www".into(), home: "/var/www".into(), shell: "/usr/sbin/nologin".into() }).unwrap();
-        let e = a.add_user(User { name: "redis".into(), uid: 999, gid: 999, gecos: "".into(), home: "/".into(), shell: "/bin/false".into() }).unwrap_err();
-        assert!(e.to_string().contains("`redis` (uid 999)") && e.to_string().contains("`postgres` (uid 999)"), "{e}");
-        let e = a.add_group(Group { name: "pg2".into(), gid: 999, members: vec![] }).unwrap_err();
-        assert!(e.to_string().contains("pg2") && e.to_string().contains("postgres"), "{e}");
-        assert!(a.add_user(User { name: "x".into(), uid: 5000, gid: 5000, gecos: "".into(), home: "/".into(), shell: "/".into() }).is_err());
+        a.add_user(User {
+            name: "www-data".into(),
+            uid: 33,
+            gid: 33,
+            gecos: "www".into(),
+            home: "/var/www".into(),
+            shell: "/usr/sbin/nologin".into(),
+        })
+        .unwrap();
+        let e = a
+            .add_user(User {
+                name: "redis".into(),
+                uid: 999,
+                gid: 999,
+                gecos: "".into(),
+                home: "/".into(),
+                shell: "/bin/false".into(),
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("`redis` (uid 999)")
+                && e.to_string().contains("`postgres` (uid 999)"),
+            "{e}"
+        );
+        let e = a
+            .add_group(Group {
+                name: "pg2".into(),
+                gid: 999,
+                members: vec![],
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("pg2") && e.to_string().contains("postgres"),
+            "{e}"
+        );
+        assert!(
+            a.add_user(User {
+                name: "x".into(),
+                uid: 5000,
+                gid: 5000,
+                gecos: "".into(),
+                home: "/".into(),
+                shell: "/".into()
+            })
+            .is_err()
+        );
 
         assert_eq!(a.resolve_owner("postgres:postgres").unwrap(), (999, 999));
         assert_eq!(a.resolve_owner("postgres").unwrap(), (999, 999));
         assert_eq!(a.resolve_owner("999:999").unwrap(), (999, 999));
         assert_eq!(a.resolve_owner("root:adm").unwrap(), (0, 4));
         assert_eq!(a.resolve_owner("33").unwrap(), (33, 33));
-        assert!(a.resolve_owner("redis:redis").unwrap_err().to_string().contains("no user `redis`"));
+        assert!(
+            a.resolve_owner("redis:redis")
+                .unwrap_err()
+                .to_string()
+                .contains("no user `redis`")
+        );
         assert!(a.resolve_owner("4242").is_err());
 
         // serde round trip (carried from layer to layer)
@@ -355,7 +462,9 @@ mod tests {
         assert!(passwd.starts_with("root:x:0:0:root:/root:/bin/bash\n"));
         assert!(passwd.contains("postgres:x:999:999::/var/lib/postgresql:/bin/sh\n"));
         let (group, _) = file_text(&t, "etc/group");
-        assert!(group.contains("ssl-cert:x:101:postgres\n") && group.contains("nogroup:x:65534:\n"));
+        assert!(
+            group.contains("ssl-cert:x:101:postgres\n") && group.contains("nogroup:x:65534:\n")
+        );
         let (shadow, m) = file_text(&t, "etc/shadow");
         assert_eq!(m, Meta::new(0o640, 0, 42));
         assert!(shadow.contains("postgres:*:"));
@@ -365,7 +474,14 @@ mod tests {
     #[test]
     fn fixup_layout() {
         let mut t = Tree::new();
-        t.insert(TreePath::new("var/run/foo.pid").unwrap(), Node::File { meta: Meta::FILE, content: Content::inline(*b"1") }).unwrap();
+        t.insert(
+            TreePath::new("var/run/foo.pid").unwrap(),
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::inline(*b"1"),
+            },
+        )
+        .unwrap();
         base_fixup(&mut t).unwrap();
         let get = |p: &str| t.get(&TreePath::new(p).unwrap()).cloned();
         assert_eq!(get("tmp"), Some(Node::Dir(Meta::new(0o1777, 0, 0))));
@@ -374,11 +490,22 @@ mod tests {
         assert_eq!(get("run"), Some(Node::Dir(Meta::new(0o755, 0, 0))));
         assert_eq!(get("root"), Some(Node::Dir(Meta::new(0o700, 0, 0))));
         assert!(matches!(get("var/run"), Some(Node::Symlink { target, .. }) if target == "/run"));
-        assert!(matches!(get("var/lock"), Some(Node::Symlink { target, .. }) if target == "/run/lock"));
+        assert!(
+            matches!(get("var/lock"), Some(Node::Symlink { target, .. }) if target == "/run/lock")
+        );
         assert!(matches!(get("bin"), Some(Node::Symlink { target, .. }) if target == "usr/bin"));
-        assert!(matches!(get("lib64"), Some(Node::Symlink { target, .. }) if target == "usr/lib64"));
-        assert!(matches!(get("run/foo.pid"), Some(Node::File { .. })), "moved from var/run");
-        assert!(file_text(&t, "etc/nsswitch.conf").0.contains("hosts:          files dns\n"));
+        assert!(
+            matches!(get("lib64"), Some(Node::Symlink { target, .. }) if target == "usr/lib64")
+        );
+        assert!(
+            matches!(get("run/foo.pid"), Some(Node::File { .. })),
+            "moved from var/run"
+        );
+        assert!(
+            file_text(&t, "etc/nsswitch.conf")
+                .0
+                .contains("hosts:          files dns\n")
+        );
         // idempotent
         base_fixup(&mut t).unwrap();
     }

@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(compare("1.0.0~rc1-1", "1.0.0-1"), Less);
         assert_eq!(compare("7.88.1-10+deb12u5", "7.88.1-10+deb12u12"), Less);
         // huge digit runs do not overflow
-        assert_eq!(compare("1.99999999999999999999999", "1.100000000000000000000000"), Less);
+        assert_eq!(
+            compare("1.99999999999999999999999", "1.100000000000000000000000"),
+            Less
+        );
         // upstream with hyphens: the revision is after the last one
         assert_eq!(compare("1.0-beta-2", "1.0-beta-10"), Less);
         assert_eq!(compare("a", "+"), Less, "letters sort before non-letters");

@@ -36,32 +36,60 @@ fn shared() -> &'static Shared {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
         let index = Index::fetch(&Mirror::default(), &store, &http()).expect("index fetch");
-        Shared { _dir: dir, store, index }
+        Shared {
+            _dir: dir,
+            store,
+            index,
+        }
     })
 }
 
 fn roots() -> Vec<String> {
-    ["nginx", "base-files", "netbase"].map(String::from).to_vec()
+    ["nginx", "base-files", "netbase"]
+        .map(String::from)
+        .to_vec()
 }
 
 #[test]
 fn index_is_verified_and_cached() {
     let s = shared();
-    assert!(s.index.len() > 30_000, "bookworm main amd64 has ~60k packages, got {}", s.index.len());
+    assert!(
+        s.index.len() > 30_000,
+        "bookworm main amd64 has ~60k packages, got {}",
+        s.index.len()
+    );
     assert_eq!(s.index.suites.len(), 3);
     for info in &s.index.suites {
         assert!(info.signed_by.starts_with("debian-archive-"), "{info:?}");
         assert!(s.store.has_blob(&info.packages_sha256));
     }
-    assert!(s.index.candidate("libc6").unwrap().filename.starts_with("pool/main/g/glibc/libc6_"));
+    assert!(
+        s.index
+            .candidate("libc6")
+            .unwrap()
+            .filename
+            .starts_with("pool/main/g/glibc/libc6_")
+    );
 
     // fetching again reuses the stored Packages blobs (same inode: not rewritten)
     let inodes = |st: &Store, idx: &Index| -> Vec<u64> {
-        idx.suites.iter().map(|i| std::fs::metadata(st.blob_path(&i.packages_sha256)).unwrap().ino()).collect()
+        idx.suites
+            .iter()
+            .map(|i| {
+                std::fs::metadata(st.blob_path(&i.packages_sha256))
+                    .unwrap()
+                    .ino()
+            })
+            .collect()
     };
     let before = inodes(&s.store, &s.index);
     let again = Index::fetch(&Mirror::default(), &s.store, &http()).unwrap();
-    if again.suites.iter().zip(&s.index.suites).all(|(a, b)| a.packages_sha256 == b.packages_sha256) {
+    if again
+        .suites
+        .iter()
+        .zip(&s.index.suites)
+        .all(|(a, b)| a.packages_sha256 == b.packages_sha256)
+    {
         assert_eq!(inodes(&s.store, &again), before);
     }
 }
@@ -71,8 +99,21 @@ fn nginx_closure_is_small_and_matches_apt() {
     let s = shared();
     let r = resolve(&s.index, &roots(), &[]).unwrap();
     let names: BTreeSet<&str> = r.packages.iter().map(|p| p.name.as_str()).collect();
-    assert!((25..=40).contains(&names.len()), "{} packages: {names:?}", names.len());
-    for must in ["nginx", "nginx-common", "libc6", "libpcre2-8-0", "libssl3", "base-files", "netbase", "iproute2"] {
+    assert!(
+        (25..=40).contains(&names.len()),
+        "{} packages: {names:?}",
+        names.len()
+    );
+    for must in [
+        "nginx",
+        "nginx-common",
+        "libc6",
+        "libpcre2-8-0",
+        "libssl3",
+        "base-files",
+        "netbase",
+        "iproute2",
+    ] {
         assert!(names.contains(must), "{must} missing from {names:?}");
     }
     // not the naive closure: no alternative awks, no Recommends, no implicit Essential set
@@ -82,21 +123,49 @@ fn nginx_closure_is_small_and_matches_apt() {
     let sorted: Vec<&str> = r.packages.iter().map(|p| p.name.as_str()).collect();
     assert!(sorted.windows(2).all(|w| w[0] < w[1]), "sorted by name");
     for p in &r.packages {
-        assert!(p.filename.starts_with("pool/") && p.filename.ends_with(".deb"), "{p:?}");
+        assert!(
+            p.filename.starts_with("pool/") && p.filename.ends_with(".deb"),
+            "{p:?}"
+        );
     }
 
     let apt = apt_resolve(&roots());
-    let ours: BTreeSet<String> = r.packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect();
-    assert_eq!(ours, apt, "ours (left) vs apt-get install -s on an empty status (right)");
+    let ours: BTreeSet<String> = r
+        .packages
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.version))
+        .collect();
+    assert_eq!(
+        ours, apt,
+        "ours (left) vs apt-get install -s on an empty status (right)"
+    );
 
     // exclude prunes iproute2 and what only it needed
-    let slim = resolve(&s.index, &roots(), &["iproute2".into(), "debconf".into(), "mawk".into()]).unwrap();
+    let slim = resolve(
+        &s.index,
+        &roots(),
+        &["iproute2".into(), "debconf".into(), "mawk".into()],
+    )
+    .unwrap();
     let slim_names: BTreeSet<&str> = slim.packages.iter().map(|p| p.name.as_str()).collect();
-    assert!(!slim_names.contains("iproute2") && !slim_names.contains("libbpf1") && !slim_names.contains("libelf1"), "{slim_names:?}");
+    assert!(
+        !slim_names.contains("iproute2")
+            && !slim_names.contains("libbpf1")
+            && !slim_names.contains("libelf1"),
+        "{slim_names:?}"
+    );
     assert!(slim_names.contains("nginx") && slim_names.contains("libc6"));
     assert!(slim.excluded_dropped.contains(&"iproute2".to_owned()));
-    assert_eq!(slim.packages.len(), 11, "the by-hand slim nginx had 11 packages: {slim_names:?}");
-    assert!(slim.excluded_required_by["iproute2"].contains(&"nginx".to_owned()), "{:?}", slim.excluded_required_by);
+    assert_eq!(
+        slim.packages.len(),
+        11,
+        "the by-hand slim nginx had 11 packages: {slim_names:?}"
+    );
+    assert!(
+        slim.excluded_required_by["iproute2"].contains(&"nginx".to_owned()),
+        "{:?}",
+        slim.excluded_required_by
+    );
 }
 
 /// `apt-get install -s --no-install-recommends` against a private apt root with only the
@@ -105,7 +174,14 @@ fn apt_resolve(roots: &[String]) -> BTreeSet<String> {
     static APT_ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
     static UPDATED: Mutex<bool> = Mutex::new(false);
     let a = APT_ROOT.get_or_init(|| tempfile::tempdir().unwrap()).path();
-    for d in ["etc/sources.list.d", "etc/preferences.d", "etc/apt.conf.d", "lists/partial", "cache/archives/partial", "state"] {
+    for d in [
+        "etc/sources.list.d",
+        "etc/preferences.d",
+        "etc/apt.conf.d",
+        "lists/partial",
+        "cache/archives/partial",
+        "state",
+    ] {
         std::fs::create_dir_all(a.join(d)).unwrap();
     }
     std::fs::write(a.join("state/status"), "").unwrap();
@@ -146,7 +222,11 @@ fn apt_resolve(roots: &[String]) -> BTreeSet<String> {
             .env("LC_ALL", "C")
             .output()
             .expect("apt-get must be installed (Debian package `apt`)");
-        assert!(out.status.success(), "apt-get {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "apt-get {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     {
@@ -175,18 +255,39 @@ fn apt_resolve(roots: &[String]) -> BTreeSet<String> {
 fn reference_closures_match_apt() {
     let s = shared();
     for roots in [
-        &["postgresql-15", "postgresql-plpython3-15", "dash", "base-files", "netbase"][..],
+        &[
+            "postgresql-15",
+            "postgresql-plpython3-15",
+            "dash",
+            "base-files",
+            "netbase",
+        ][..],
         &["python3.11", "tzdata", "base-files", "netbase"],
         &["redis-server", "base-files", "netbase"],
-        &["rabbitmq-server", "dash", "coreutils", "sed", "libc-bin", "base-files", "netbase"],
+        &[
+            "rabbitmq-server",
+            "dash",
+            "coreutils",
+            "sed",
+            "libc-bin",
+            "base-files",
+            "netbase",
+        ],
     ] {
         let roots: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
         let r = resolve(&s.index, &roots, &[]).unwrap();
-        let ours: BTreeSet<String> = r.packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect();
+        let ours: BTreeSet<String> = r
+            .packages
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.version))
+            .collect();
         let apt = apt_resolve(&roots);
         let only_ours: Vec<_> = ours.difference(&apt).collect();
         let only_apt: Vec<_> = apt.difference(&ours).collect();
-        assert!(only_ours.is_empty() && only_apt.is_empty(), "{roots:?}: only ours {only_ours:?}, only apt {only_apt:?}");
+        assert!(
+            only_ours.is_empty() && only_apt.is_empty(),
+            "{roots:?}: only ours {only_ours:?}, only apt {only_apt:?}"
+        );
     }
 }
 
@@ -196,22 +297,60 @@ fn fetch_unpack_and_tamper_detection() {
     let r = resolve(&s.index, &roots(), &[]).unwrap();
     let seen = Mutex::new(vec![]);
     let progress = |l: &str| seen.lock().unwrap().push(l.to_owned());
-    fetch_debs(&Mirror::default(), &r.packages, &s.store, &http(), 4, &progress).unwrap();
-    assert_eq!(seen.lock().unwrap().len(), r.packages.len(), "every .deb fetched once");
+    fetch_debs(
+        &Mirror::default(),
+        &r.packages,
+        &s.store,
+        &http(),
+        4,
+        &progress,
+    )
+    .unwrap();
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        r.packages.len(),
+        "every .deb fetched once"
+    );
     for p in &r.packages {
-        assert!(s.store.verify(&p.sha256).unwrap(), "{} stored and intact", p.name);
+        assert!(
+            s.store.verify(&p.sha256).unwrap(),
+            "{} stored and intact",
+            p.name
+        );
     }
 
     // nothing is fetched twice
     seen.lock().unwrap().clear();
-    fetch_debs(&Mirror::default(), &r.packages, &s.store, &http(), 4, &progress).unwrap();
+    fetch_debs(
+        &Mirror::default(),
+        &r.packages,
+        &s.store,
+        &http(),
+        4,
+        &progress,
+    )
+    .unwrap();
     assert!(seen.lock().unwrap().is_empty());
 
     // a tampered cached .deb is detected and fetched again
     let netbase = r.packages.iter().find(|p| p.name == "netbase").unwrap();
     std::fs::write(s.store.blob_path(&netbase.sha256), b"tampered").unwrap();
-    fetch_debs(&Mirror::default(), &r.packages, &s.store, &http(), 2, &progress).unwrap();
-    assert_eq!(seen.lock().unwrap().as_slice(), [format!("fetch netbase {} ({} bytes)", netbase.version, netbase.size)]);
+    fetch_debs(
+        &Mirror::default(),
+        &r.packages,
+        &s.store,
+        &http(),
+        2,
+        &progress,
+    )
+    .unwrap();
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [format!(
+            "fetch netbase {} ({} bytes)",
+            netbase.version, netbase.size
+        )]
+    );
     assert!(s.store.verify(&netbase.sha256).unwrap());
 
     // unpack the whole closure
@@ -219,7 +358,10 @@ fn fetch_unpack_and_tamper_detection() {
     let mut u = Unpacker::new();
     let mut reports = vec![];
     for p in &r.packages {
-        reports.push(u.unpack(&s.store, p, &mut tree).unwrap_or_else(|e| panic!("{e}")));
+        reports.push(
+            u.unpack(&s.store, p, &mut tree)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
     }
     base_fixup(&mut tree).unwrap();
     Accounts::debian_base().render(&mut tree).unwrap();
@@ -238,21 +380,66 @@ fn fetch_unpack_and_tamper_detection() {
     // libc6 ships ./lib64/ld-linux-x86-64.so.2: rewritten under usr/
     assert!(get("usr/lib64/ld-linux-x86-64.so.2").is_some());
     assert!(get("usr/lib/x86_64-linux-gnu/libc.so.6").is_some());
-    assert!(matches!(get("etc/nginx/nginx.conf"), Some(Node::File { .. })));
-    assert!(matches!(get("var/lib/dpkg/status.d/nginx"), Some(Node::File { .. })));
+    assert!(matches!(
+        get("etc/nginx/nginx.conf"),
+        Some(Node::File { .. })
+    ));
+    assert!(matches!(
+        get("var/lib/dpkg/status.d/nginx"),
+        Some(Node::File { .. })
+    ));
     // special bits survive: libc6's /var/mail? no; base-files ships /var/local 2775 root:staff
     assert_eq!(get("var/local"), Some(Node::Dir(Meta::new(0o2775, 0, 50))));
     assert_eq!(get("tmp"), Some(Node::Dir(Meta::new(0o1777, 0, 0))));
     // maintainer scripts reported
     let nginx_common = reports.iter().find(|r| r.name == "nginx-common").unwrap();
-    assert!(nginx_common.maintainer_scripts.iter().any(|s| s.script == "postinst"), "{nginx_common:?}");
+    assert!(
+        nginx_common
+            .maintainer_scripts
+            .iter()
+            .any(|s| s.script == "postinst"),
+        "{nginx_common:?}"
+    );
     // every regular file of the tree points at a spool blob range inside the file
     for (p, n) in tree.iter() {
-        if let Node::File { content: imgbuild_layer::Content::Range { path, offset, size }, .. } = n {
+        if let Node::File {
+            content: imgbuild_layer::Content::Range { path, offset, size },
+            ..
+        } = n
+        {
             let len = std::fs::metadata(path).unwrap().len();
             assert!(offset + size <= len, "{p}");
         }
     }
+}
+
+/// setuid/setgid bits and numeric groups survive from a real package (passwd, libpam-modules-bin).
+#[test]
+fn setuid_and_setgid_files_are_kept() {
+    let s = shared();
+    let r = resolve(&s.index, &["passwd".into()], &[]).unwrap();
+    fetch_debs(
+        &Mirror::default(),
+        &r.packages,
+        &s.store,
+        &http(),
+        4,
+        &|_| {},
+    )
+    .unwrap();
+    let mut tree = Tree::new();
+    let mut u = Unpacker::new();
+    for p in &r.packages {
+        u.unpack(&s.store, p, &mut tree).unwrap();
+    }
+    let meta = |p: &str| match tree.get(&TreePath::new(p).unwrap()) {
+        Some(Node::File { meta, .. }) => *meta,
+        other => panic!("{p}: {other:?}"),
+    };
+    assert_eq!(meta("usr/bin/passwd"), Meta::new(0o4755, 0, 0));
+    // setgid, group shadow(42)
+    assert_eq!(meta("usr/sbin/unix_chkpwd"), Meta::new(0o2755, 0, 42));
+    assert_eq!(meta("usr/bin/chage"), Meta::new(0o2755, 0, 42));
 }
 
 #[test]
@@ -265,5 +452,8 @@ fn a_version_the_mirror_no_longer_serves_says_what_to_do() {
     let err = fetch_debs(&Mirror::default(), &[gone], &s.store, &http(), 1, &|_| {}).unwrap_err();
     assert!(matches!(err, Error::DebGone { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("netbase 0.0.1") && msg.contains("imgbuild lock") && msg.contains("snapshot"), "{msg}");
+    assert!(
+        msg.contains("netbase 0.0.1") && msg.contains("imgbuild lock") && msg.contains("snapshot"),
+        "{msg}"
+    );
 }

@@ -10,8 +10,15 @@ fn real_inrelease_verifies_with_a_subkey() {
     let v = verify_inrelease(REAL).expect("real InRelease verifies");
     assert!(v.text.starts_with("Origin: Debian\n"), "{}", &v.text[..40]);
     assert!(v.text.contains("\nCodename: bookworm-security\n"));
-    assert!(!v.text.contains("BEGIN PGP"), "only the signed text is returned");
-    assert!(v.signed_by.contains("security-automatic"), "{}", v.signed_by);
+    assert!(
+        !v.text.contains("BEGIN PGP"),
+        "only the signed text is returned"
+    );
+    assert!(
+        v.signed_by.contains("security-automatic"),
+        "{}",
+        v.signed_by
+    );
     assert_eq!(trusted_keys().len(), 6);
 }
 
@@ -21,13 +28,21 @@ fn tampered_content_fails() {
     let i = REAL.find("main/binary-amd64/Packages.xz").unwrap();
     let line_start = REAL[..i].rfind('\n').unwrap() + 2; // skip the leading space
     let mut bytes = REAL.as_bytes().to_vec();
-    bytes[line_start] = if bytes[line_start] == b'0' { b'1' } else { b'0' };
+    bytes[line_start] = if bytes[line_start] == b'0' {
+        b'1'
+    } else {
+        b'0'
+    };
     let tampered = String::from_utf8(bytes).unwrap();
     let err = verify_inrelease(&tampered).unwrap_err();
     assert!(err.contains("bad signature"), "{err}");
 
     // an added field is caught too
-    let added = REAL.replacen("Origin: Debian\n", "Origin: Debian\nNo-Support-for-Architecture-all: Packages\n", 1);
+    let added = REAL.replacen(
+        "Origin: Debian\n",
+        "Origin: Debian\nNo-Support-for-Architecture-all: Packages\n",
+        1,
+    );
     assert!(verify_inrelease(&added).is_err());
 }
 

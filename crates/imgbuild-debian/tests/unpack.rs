@@ -49,7 +49,11 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
             }
             E::Symlink(p, t) | E::Hardlink(p, t) => {
                 raw_name(&mut h, p);
-                h.set_entry_type(if matches!(e, E::Symlink(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                h.set_entry_type(if matches!(e, E::Symlink(..)) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                });
                 h.set_link_name_literal(t).unwrap();
                 h.set_mode(0o777);
                 h.set_uid(0);
@@ -88,7 +92,18 @@ fn compress(kind: &str, data: &[u8]) -> Vec<u8> {
 }
 
 fn ar_member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
-    out.extend_from_slice(format!("{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", name, 0, 0, 0, 100644, data.len()).as_bytes());
+    out.extend_from_slice(
+        format!(
+            "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+            name,
+            0,
+            0,
+            0,
+            100644,
+            data.len()
+        )
+        .as_bytes(),
+    );
     out.extend_from_slice(data);
     if data.len() % 2 == 1 {
         out.push(b'\n');
@@ -108,17 +123,32 @@ fn ext(kind: &str) -> &str {
 
 /// A whole .deb: control.tar.xz with control (and optional scripts), data.tar.<kind>.
 fn deb(name: &str, kind: &str, data: &[E], scripts: &[(&str, &str)]) -> Vec<u8> {
-    let control = format!("Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: T <t@example.org>\nDescription: test\n");
-    let mut ctl: Vec<E> = vec![E::Dir("./", 0o755, 0, 0), E::File("./control", 0o644, 0, 0, control.as_bytes())];
+    let control = format!(
+        "Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: T <t@example.org>\nDescription: test\n"
+    );
+    let mut ctl: Vec<E> = vec![
+        E::Dir("./", 0o755, 0, 0),
+        E::File("./control", 0o644, 0, 0, control.as_bytes()),
+    ];
     let md5 = "d41d8cd98f00b204e9800998ecf8427e  usr/bin/tool\n";
     ctl.push(E::File("./md5sums", 0o644, 0, 0, md5.as_bytes()));
     for (s, text) in scripts {
-        ctl.push(E::File(Box::leak(format!("./{s}").into_boxed_str()), 0o755, 0, 0, text.as_bytes()));
+        ctl.push(E::File(
+            Box::leak(format!("./{s}").into_boxed_str()),
+            0o755,
+            0,
+            0,
+            text.as_bytes(),
+        ));
     }
     let mut out = b"!<arch>\n".to_vec();
     ar_member(&mut out, "debian-binary", b"2.0\n");
     ar_member(&mut out, "control.tar.xz", &compress("xz", &tar_of(&ctl)));
-    ar_member(&mut out, &format!("data.tar{}", ext(kind)), &compress(kind, &tar_of(data)));
+    ar_member(
+        &mut out,
+        &format!("data.tar{}", ext(kind)),
+        &compress(kind, &tar_of(data)),
+    );
     out
 }
 
@@ -136,7 +166,8 @@ fn put(store: &Store, name: &str, bytes: &[u8]) -> LockedPackage {
 }
 
 fn get<'t>(t: &'t Tree, p: &str) -> &'t Node {
-    t.get(&TreePath::new(p).unwrap()).unwrap_or_else(|| panic!("{p} missing"))
+    t.get(&TreePath::new(p).unwrap())
+        .unwrap_or_else(|| panic!("{p} missing"))
 }
 
 fn content(c: &Content) -> Vec<u8> {
@@ -178,7 +209,10 @@ fn good_entries() -> Vec<E<'static>> {
         E::Hardlink("./usr/lib/x/b", "./usr/lib/x/a"),
         E::File("./lib/x86_64-linux-gnu/libfoo.so.1", 0o644, 0, 0, b"lib"),
         E::Symlink("./lib/x86_64-linux-gnu/libfoo.so", "libfoo.so.1"),
-        E::Symlink("./lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        E::Symlink(
+            "./lib64/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ),
     ]
 }
 
@@ -188,39 +222,96 @@ fn unpacks_every_compression_with_metadata_and_merged_usr() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let postinst = "#!/bin/sh\nset -e\nadduser --system foo\nupdate-alternatives --install /usr/bin/x x /usr/bin/y 10\n";
-        let pkg = put(&store, "good", &deb("good", kind, &good_entries(), &[("postinst", postinst), ("triggers", "activate-noawait ldconfig\n")]));
+        let pkg = put(
+            &store,
+            "good",
+            &deb(
+                "good",
+                kind,
+                &good_entries(),
+                &[
+                    ("postinst", postinst),
+                    ("triggers", "activate-noawait ldconfig\n"),
+                ],
+            ),
+        );
         let mut tree = Tree::new();
         let report = Unpacker::new().unpack(&store, &pkg, &mut tree).unwrap();
         assert_eq!(report.data_compression, kind);
 
         // merged /usr
         for d in ["bin", "sbin", "lib", "lib64"] {
-            assert_eq!(get(&tree, d), &Node::Symlink { meta: Meta::new(0o777, 0, 0), target: format!("usr/{d}") }, "{kind}");
+            assert_eq!(
+                get(&tree, d),
+                &Node::Symlink {
+                    meta: Meta::new(0o777, 0, 0),
+                    target: format!("usr/{d}")
+                },
+                "{kind}"
+            );
         }
         assert!(tree.get(&TreePath::new("bin/tool").unwrap()).is_none());
         let (bytes, meta) = file_bytes(&tree, "usr/bin/tool");
-        assert_eq!((bytes.as_slice(), meta), (SCRIPT, Meta::new(0o755, 0, 0)), "{kind}");
+        assert_eq!(
+            (bytes.as_slice(), meta),
+            (SCRIPT, Meta::new(0o755, 0, 0)),
+            "{kind}"
+        );
         // special bits and numeric owners
         assert_eq!(file_bytes(&tree, "usr/bin/chsh").1, Meta::new(0o4755, 0, 0));
-        assert_eq!(file_bytes(&tree, "usr/sbin/unix_chkpwd").1, Meta::new(0o2755, 0, 42));
-        assert_eq!(get(&tree, "var/local"), &Node::Dir(Meta::new(0o2775, 0, 50)));
+        assert_eq!(
+            file_bytes(&tree, "usr/sbin/unix_chkpwd").1,
+            Meta::new(0o2755, 0, 42)
+        );
+        assert_eq!(
+            get(&tree, "var/local"),
+            &Node::Dir(Meta::new(0o2775, 0, 50))
+        );
         assert_eq!(get(&tree, "tmp"), &Node::Dir(Meta::new(0o1777, 0, 0)));
         // links
-        assert_eq!(get(&tree, "usr/lib/x/b"), &Node::Hardlink { target: TreePath::new("usr/lib/x/a").unwrap() });
+        assert_eq!(
+            get(&tree, "usr/lib/x/b"),
+            &Node::Hardlink {
+                target: TreePath::new("usr/lib/x/a").unwrap()
+            }
+        );
         assert_eq!(file_bytes(&tree, "usr/lib/x/a").0, b"shared bytes");
-        assert!(matches!(get(&tree, "usr/lib/x86_64-linux-gnu/libfoo.so"), Node::Symlink { target, .. } if target == "libfoo.so.1"));
-        assert!(matches!(get(&tree, "usr/lib64/ld-linux-x86-64.so.2"), Node::Symlink { target, .. } if target.starts_with("/lib/")));
+        assert!(
+            matches!(get(&tree, "usr/lib/x86_64-linux-gnu/libfoo.so"), Node::Symlink { target, .. } if target == "libfoo.so.1")
+        );
+        assert!(
+            matches!(get(&tree, "usr/lib64/ld-linux-x86-64.so.2"), Node::Symlink { target, .. } if target.starts_with("/lib/"))
+        );
         tree.validate().unwrap();
         // scanner metadata, as distroless writes it
         let (status, _) = file_bytes(&tree, "var/lib/dpkg/status.d/good");
-        assert!(String::from_utf8(status).unwrap().starts_with("Package: good\nVersion: 1.0-1\n"));
-        assert!(file_bytes(&tree, "var/lib/dpkg/status.d/good.md5sums").0.ends_with(b"usr/bin/tool\n"));
+        assert!(
+            String::from_utf8(status)
+                .unwrap()
+                .starts_with("Package: good\nVersion: 1.0-1\n")
+        );
+        assert!(
+            file_bytes(&tree, "var/lib/dpkg/status.d/good.md5sums")
+                .0
+                .ends_with(b"usr/bin/tool\n")
+        );
         // maintainer scripts reported, not run
-        let scripts: Vec<&str> = report.maintainer_scripts.iter().map(|s| s.script.as_str()).collect();
+        let scripts: Vec<&str> = report
+            .maintainer_scripts
+            .iter()
+            .map(|s| s.script.as_str())
+            .collect();
         assert_eq!(scripts, ["postinst", "triggers"]);
         let hints = &report.maintainer_scripts[0].hints;
-        assert!(hints.iter().any(|h| h.contains("adduser")) && hints.iter().any(|h| h.contains("update-alternatives")), "{hints:?}");
-        assert_eq!(report.maintainer_scripts[1].hints, ["trigger: activate-noawait ldconfig"]);
+        assert!(
+            hints.iter().any(|h| h.contains("adduser"))
+                && hints.iter().any(|h| h.contains("update-alternatives")),
+            "{hints:?}"
+        );
+        assert_eq!(
+            report.maintainer_scripts[1].hints,
+            ["trigger: activate-noawait ldconfig"]
+        );
         assert_eq!(report.sh_scripts, ["./bin/tool"]);
     }
 }
@@ -250,7 +341,9 @@ fn tampered_deb_in_store_is_refused() {
     let n = evil.len();
     evil[n - 30] ^= 0xff;
     std::fs::write(store.blob_path(&pkg.sha256), &evil).unwrap();
-    let err = Unpacker::new().unpack(&store, &pkg, &mut Tree::new()).unwrap_err();
+    let err = Unpacker::new()
+        .unpack(&store, &pkg, &mut Tree::new())
+        .unwrap_err();
     assert!(matches!(err, Error::BadDeb { .. }), "{err}");
     assert!(err.to_string().contains("good"), "{err}");
     // nothing was recorded for it, and the corrupt blob was removed
@@ -262,68 +355,145 @@ fn unpack_err(entries: &[E]) -> Error {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let pkg = put(&store, "evil", &deb("evil", "xz", entries, &[]));
-    Unpacker::new().unpack(&store, &pkg, &mut Tree::new()).unwrap_err()
+    Unpacker::new()
+        .unpack(&store, &pkg, &mut Tree::new())
+        .unwrap_err()
 }
 
 #[test]
 fn escaping_entries_are_refused() {
     let cases: Vec<(Vec<E>, &str)> = vec![
-        (vec![E::File("./../etc/passwd", 0o644, 0, 0, b"x")], "./../etc/passwd"),
-        (vec![E::File("./usr/../../etc/passwd", 0o644, 0, 0, b"x")], "./usr/../../etc/passwd"),
-        (vec![E::File("/etc/passwd", 0o644, 0, 0, b"x")], "/etc/passwd"),
-        (vec![E::Hardlink("./usr/bin/x", "../../etc/shadow")], "./usr/bin/x"),
-        (vec![E::Hardlink("./usr/bin/x", "/etc/shadow")], "./usr/bin/x"),
-        (vec![E::Hardlink("./usr/bin/x", "./usr/bin/nothing")], "./usr/bin/x"),
+        (
+            vec![E::File("./../etc/passwd", 0o644, 0, 0, b"x")],
+            "./../etc/passwd",
+        ),
+        (
+            vec![E::File("./usr/../../etc/passwd", 0o644, 0, 0, b"x")],
+            "./usr/../../etc/passwd",
+        ),
+        (
+            vec![E::File("/etc/passwd", 0o644, 0, 0, b"x")],
+            "/etc/passwd",
+        ),
+        (
+            vec![E::Hardlink("./usr/bin/x", "../../etc/shadow")],
+            "./usr/bin/x",
+        ),
+        (
+            vec![E::Hardlink("./usr/bin/x", "/etc/shadow")],
+            "./usr/bin/x",
+        ),
+        (
+            vec![E::Hardlink("./usr/bin/x", "./usr/bin/nothing")],
+            "./usr/bin/x",
+        ),
     ];
     for (entries, path) in cases {
         let err = unpack_err(&entries);
         match &err {
-            Error::Unpack { package, path: p, .. } => {
+            Error::Unpack {
+                package, path: p, ..
+            } => {
                 assert_eq!(package, "evil");
                 assert_eq!(p, path);
             }
             other => panic!("{path}: {other}"),
         }
-        assert!(err.to_string().contains("evil") && err.to_string().contains(path), "{err}");
+        assert!(
+            err.to_string().contains("evil") && err.to_string().contains(path),
+            "{err}"
+        );
     }
 }
 
 #[test]
 fn file_over_directory_is_refused() {
     // within one package
-    let err = unpack_err(&[E::Dir("./usr/share/foo/", 0o755, 0, 0), E::File("./usr/share/foo", 0o644, 0, 0, b"x")]);
-    assert!(matches!(&err, Error::Unpack { path, .. } if path == "./usr/share/foo"), "{err}");
+    let err = unpack_err(&[
+        E::Dir("./usr/share/foo/", 0o755, 0, 0),
+        E::File("./usr/share/foo", 0o644, 0, 0, b"x"),
+    ]);
+    assert!(
+        matches!(&err, Error::Unpack { path, .. } if path == "./usr/share/foo"),
+        "{err}"
+    );
     assert!(err.to_string().contains("directory"), "{err}");
 
     // across packages, and a directory over a file too
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let a = put(&store, "a", &deb("a", "xz", &[E::Dir("./etc/foo/", 0o755, 0, 0), E::File("./etc/bar", 0o644, 0, 0, b"1")], &[]));
-    let b = put(&store, "b", &deb("b", "xz", &[E::File("./etc/foo", 0o644, 0, 0, b"x")], &[]));
-    let c = put(&store, "c", &deb("c", "xz", &[E::Dir("./etc/bar/", 0o755, 0, 0)], &[]));
+    let a = put(
+        &store,
+        "a",
+        &deb(
+            "a",
+            "xz",
+            &[
+                E::Dir("./etc/foo/", 0o755, 0, 0),
+                E::File("./etc/bar", 0o644, 0, 0, b"1"),
+            ],
+            &[],
+        ),
+    );
+    let b = put(
+        &store,
+        "b",
+        &deb("b", "xz", &[E::File("./etc/foo", 0o644, 0, 0, b"x")], &[]),
+    );
+    let c = put(
+        &store,
+        "c",
+        &deb("c", "xz", &[E::Dir("./etc/bar/", 0o755, 0, 0)], &[]),
+    );
     let mut u = Unpacker::new();
     let mut t = Tree::new();
     u.unpack(&store, &a, &mut t).unwrap();
     let err = u.unpack(&store, &b, &mut t).unwrap_err();
-    assert!(matches!(&err, Error::Unpack { package, .. } if package == "b"), "{err}");
+    assert!(
+        matches!(&err, Error::Unpack { package, .. } if package == "b"),
+        "{err}"
+    );
     let err = u.unpack(&store, &c, &mut t).unwrap_err();
-    assert!(err.to_string().contains("`a`"), "names the package that shipped the file: {err}");
+    assert!(
+        err.to_string().contains("`a`"),
+        "names the package that shipped the file: {err}"
+    );
 }
 
 #[test]
 fn aliased_paths_across_packages_are_detected() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let a = put(&store, "a", &deb("a", "xz", &[E::File("./bin/x", 0o755, 0, 0, b"1")], &[]));
-    let b = put(&store, "b", &deb("b", "xz", &[E::File("./usr/bin/x", 0o755, 0, 0, b"2")], &[]));
-    let same = put(&store, "same", &deb("same", "xz", &[E::File("./bin/x", 0o755, 0, 0, b"3")], &[]));
+    let a = put(
+        &store,
+        "a",
+        &deb("a", "xz", &[E::File("./bin/x", 0o755, 0, 0, b"1")], &[]),
+    );
+    let b = put(
+        &store,
+        "b",
+        &deb("b", "xz", &[E::File("./usr/bin/x", 0o755, 0, 0, b"2")], &[]),
+    );
+    let same = put(
+        &store,
+        "same",
+        &deb("same", "xz", &[E::File("./bin/x", 0o755, 0, 0, b"3")], &[]),
+    );
     let mut u = Unpacker::new();
     let mut t = Tree::new();
     u.unpack(&store, &a, &mut t).unwrap();
     let err = u.unpack(&store, &b, &mut t).unwrap_err();
     match &err {
-        Error::AliasConflict { package, other_package, canonical, .. } => {
-            assert_eq!((package.as_str(), other_package.as_str(), canonical.as_str()), ("b", "a", "usr/bin/x"));
+        Error::AliasConflict {
+            package,
+            other_package,
+            canonical,
+            ..
+        } => {
+            assert_eq!(
+                (package.as_str(), other_package.as_str(), canonical.as_str()),
+                ("b", "a", "usr/bin/x")
+            );
         }
         other => panic!("{other}"),
     }
@@ -337,6 +507,11 @@ fn not_a_deb_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let pkg = put(&store, "junk", b"PK\x03\x04 definitely not ar");
-    let err = Unpacker::new().unpack(&store, &pkg, &mut Tree::new()).unwrap_err();
-    assert!(err.to_string().contains("junk") && err.to_string().contains("ar"), "{err}");
+    let err = Unpacker::new()
+        .unpack(&store, &pkg, &mut Tree::new())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("junk") && err.to_string().contains("ar"),
+        "{err}"
+    );
 }
