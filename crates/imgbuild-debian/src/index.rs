@@ -218,8 +218,18 @@ impl Index {
         store: &Store,
         http: &reqwest::blocking::Client,
     ) -> Result<Index> {
+        Index::fetch_suites(mirror, store, http, &SUITES)
+    }
+
+    /// [`Index::fetch`] for a chosen list of suites (tests, or a recipe that wants fewer).
+    pub fn fetch_suites(
+        mirror: &Mirror,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+        suites: &[(&str, Base)],
+    ) -> Result<Index> {
         let mut index = Index::new();
-        for (suite, base) in SUITES {
+        for &(suite, base) in suites {
             let root = format!("{}/dists/{suite}", mirror.base_url(base));
             let url = format!("{root}/InRelease");
             let mut armored = String::new();
