@@ -41,12 +41,21 @@ pub struct Global {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Build every recipe in recipes/.
-    All,
+    All {
+        /// Fail if a recipe no longer matches imgbuild.lock (instead of resolving).
+        #[arg(long)]
+        locked: bool,
+    },
     /// Build the named recipes and what they are built from.
     Build {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
+        /// Fail if a recipe no longer matches imgbuild.lock (instead of resolving).
+        #[arg(long)]
+        locked: bool,
     },
+    /// Resolve every recipe afresh and write imgbuild.lock.
+    Lock,
     /// Show the last build of an image: layers, sizes, digests, cache hits.
     Inspect { name: String },
     /// Remove store content that no recent build references.

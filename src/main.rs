@@ -3,15 +3,16 @@
 //! `main` parses the command line, opens the project, runs one `ops` function and
 //! turns an error into a one-line reason (with its causes) and exit code 1.
 
-mod accounts;
 mod cache;
 mod cli;
+mod lockfile;
 mod lower;
 mod oci;
 mod ops;
 mod progress;
 mod project;
 mod recipe;
+mod settings;
 mod sink;
 mod source;
 
@@ -51,12 +52,12 @@ fn run(cli: Cli) -> Result<()> {
     };
     let project = Project::open(&g.dir, g.store.clone(), g.out.clone(), g.jobs, Progress::new(verbosity))?;
     match &cli.command {
-        Command::All | Command::Build { .. } => {
+        Command::All { locked } | Command::Build { locked, .. } => {
             let names = match &cli.command {
-                Command::Build { names } => Some(names.clone()),
+                Command::Build { names, .. } => Some(names.clone()),
                 _ => None,
             };
-            let records = ops::build::build(&project, &ops::build::BuildOptions { names })?;
+            let records = ops::build::build(&project, &ops::build::BuildOptions { names, locked: *locked })?;
             if g.json {
                 let images: Vec<_> = records
                     .iter()
@@ -77,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Lock => ops::lock::lock(&project),
         Command::Inspect { name } => ops::inspect::inspect(&project, name, g.json),
         Command::Gc { keep_days, dry_run } => ops::gc::gc(&project, *keep_days, *dry_run),
     }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, anyhow};
 use imgbuild_layer::{WriteOptions, write_layer};
 use imgbuild_store::Digest;
 
-use crate::accounts::Accounts;
+use imgbuild_debian::system::Accounts;
 use crate::cache::{ImageRecord, LayerRecord, LayerReport};
 use crate::lower::LowerView;
 use crate::oci::{self, Descriptor, HistoryEntry, MEDIA_CONFIG, MEDIA_LAYER_GZIP};
@@ -26,11 +26,13 @@ use crate::progress::{human, short};
 use crate::project::Project;
 use crate::recipe::{ConfigSpec, From, Recipe, RecipeSet};
 use crate::sink::{self, ImageOut};
-use crate::source::{self, ExtraSource, files::StatCache};
+use crate::source::{self, Session, files::StatCache};
 
 pub struct BuildOptions {
     /// `None`: every recipe.
     pub names: Option<Vec<String>>,
+    /// Fail instead of resolving when a recipe does not match `imgbuild.lock`.
+    pub locked: bool,
 }
 
 /// What an image hands to images built `from` it.
@@ -38,7 +40,7 @@ pub struct BuildOptions {
 struct Built {
     record: ImageRecord,
     view: LowerView,
-    accounts: Accounts,
+    accounts: Option<Accounts>,
     config: ConfigSpec,
     history: Vec<String>,
 }
@@ -51,6 +53,8 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     // Temp files older than a day can only be left by killed processes.
     let _ = project.store.clean_tmp(std::time::Duration::from_secs(86400));
     let stat = Mutex::new(StatCache::load(&project.store, &project.key));
+    let session = Session::new(project, opts.locked, false)?;
+    let lock_before = session.debian.lock.lock().expect("lock").clone();
     let started = Instant::now();
 
     // Waves: an image builds once its base has; images within a wave are independent.
@@ -77,7 +81,7 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
                             From::Recipe(p) => done.get(p),
                             _ => None,
                         };
-                        let res = build_image(project, &set, r, base, &stat);
+                        let res = build_image(project, &session, r, base, &stat);
                         results.lock().expect("results").push((r.name.clone(), res));
                     }
                 });
@@ -103,6 +107,14 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     }
     project.progress.clear();
     stat.into_inner().expect("stat").save(&project.store, &project.key)?;
+    if opts.names.is_none() {
+        session.debian.prune_lock(&live_debian_layers(&set));
+    }
+    let lock_after = session.debian.lock.lock().expect("lock").clone();
+    if lock_after != lock_before {
+        lock_after.save(&project.root)?;
+        project.progress.line(format!("updated {}", crate::lockfile::FILE));
+    }
 
     let records: Vec<ImageRecord> = order.iter().map(|r| done[&r.name].record.clone()).collect();
     let outs: Vec<ImageOut> = records.iter().map(image_out).collect();
@@ -142,8 +154,20 @@ pub fn reference_for(r: &Recipe) -> String {
     format!("{repo}:{}", r.tags.first().map(String::as_str).unwrap_or("latest"))
 }
 
-fn build_image(project: &Project, set: &RecipeSet, r: &Recipe, base: Option<&Built>, stat: &Mutex<StatCache>) -> Result<Built> {
-    let _ = set;
+/// (recipe, layer number) of every Debian layer, to drop stale lock entries.
+pub fn live_debian_layers(set: &RecipeSet) -> BTreeMap<(String, usize), ()> {
+    let mut live = BTreeMap::new();
+    for r in set.recipes.values() {
+        for (i, l) in r.layers.iter().enumerate() {
+            if l.debian.is_some() {
+                live.insert((r.name.clone(), i + 1), ());
+            }
+        }
+    }
+    live
+}
+
+fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&Built>, stat: &Mutex<StatCache>) -> Result<Built> {
     if let From::Registry(reference) = &r.from.value {
         return Err(anyhow!(r.error_at(
             &r.from.pos,
@@ -154,14 +178,14 @@ fn build_image(project: &Project, set: &RecipeSet, r: &Recipe, base: Option<&Bui
     let contract = write.contract();
     let mut layers: Vec<LayerReport> = base.map(|b| b.record.layers.clone()).unwrap_or_default();
     let mut view = base.map(|b| b.view.clone()).unwrap_or_default();
-    let mut accounts = base.map(|b| b.accounts.clone()).unwrap_or_default();
+    let mut accounts = base.and_then(|b| b.accounts.clone());
     let mut history: Vec<String> = base.map(|b| b.history.clone()).unwrap_or_default();
     let mut inputs: Vec<Digest> = base.map(|b| b.record.inputs.clone()).unwrap_or_default();
     let n = r.layers.len();
     for (i, spec) in r.layers.iter().enumerate() {
         let label = format!("[{}] layer {}/{n}", r.name, i + 1);
         project.progress.status(format!("{label}: checking inputs ({})", spec.describe()));
-        let extra: Vec<Box<dyn ExtraSource + Send>> = crate::source::extra_sources(project, r, spec, &layers)?;
+        let extra = session.extra_sources(r, i, spec)?;
         let prepared = {
             let mut st = stat.lock().expect("stat cache");
             source::prepare(r, i, spec, &view, &accounts, &contract, &mut st, extra)?

@@ -3,3 +3,4 @@
 pub mod build;
 pub mod gc;
 pub mod inspect;
+pub mod lock;

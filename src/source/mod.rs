@@ -8,7 +8,9 @@
 //! fingerprint. [`Prepared::build_tree`] does the rest only when the fingerprint is
 //! not in the cache. Each source kind (files, debian, python) contributes to both.
 
+pub mod debian;
 pub mod files;
+pub mod python;
 
 use std::collections::BTreeMap;
 
@@ -16,7 +18,7 @@ use anyhow::{Context, Result};
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
 use imgbuild_store::{Digest, HashingWriter};
 
-use crate::accounts::Accounts;
+use imgbuild_debian::system::{Accounts, Group, User};
 use crate::lower::LowerView;
 use crate::recipe::{FileSource, LayerSpec, Recipe};
 use files::{StatCache, WalkedKind};
@@ -35,14 +37,14 @@ struct Planned {
 }
 
 /// A layer whose fingerprint is known and whose tree can be built on demand.
-pub struct Prepared {
+pub struct Prepared<'a> {
     pub fingerprint: Digest,
     pub description: String,
-    /// The image's accounts after this layer.
-    pub accounts_after: Accounts,
+    /// The image's accounts after this layer (`None`: no layer wrote any yet).
+    pub accounts_after: Option<Accounts>,
     planned: Vec<Planned>,
     accounts_written: bool,
-    extra: Vec<Box<dyn ExtraSource + Send>>,
+    extra: Vec<Box<dyn ExtraSource + Send + 'a>>,
 }
 
 /// A source kind beyond plain files (Debian packages, Python wheels): states its
@@ -55,30 +57,25 @@ pub trait ExtraSource {
 }
 
 /// Fingerprints and plans one layer.
-pub fn prepare(
+#[allow(clippy::too_many_arguments)]
+pub fn prepare<'a>(
     recipe: &Recipe,
     index: usize,
     spec: &LayerSpec,
     lower: &LowerView,
-    accounts_before: &Accounts,
+    accounts_before: &Option<Accounts>,
     write_contract: &str,
     stat: &mut StatCache,
-    extra: Vec<Box<dyn ExtraSource + Send>>,
-) -> Result<Prepared> {
+    extra: Vec<Box<dyn ExtraSource + Send + 'a>>,
+) -> Result<Prepared<'a>> {
     let at = |line: usize, col: usize| format!("{}:{line}:{col}", recipe.file.display());
-    let mut accounts = accounts_before.clone();
     let base_fixup = spec.debian.as_ref().is_some_and(|d| d.base);
-    if base_fixup && accounts.is_empty() {
-        accounts = Accounts::debian_base();
-    }
-    if accounts.is_empty() && (!spec.users.is_empty() || !spec.groups.is_empty()) {
-        accounts = Accounts::minimal();
-    }
-    let pos = spec.pos.clone().unwrap_or(crate::recipe::Pos { line: 0, column: 0 });
-    accounts
-        .declare(&spec.groups, &spec.users)
-        .with_context(|| format!("{}: in layer {}", at(pos.line, pos.column), index + 1))?;
     let accounts_written = base_fixup || !spec.users.is_empty() || !spec.groups.is_empty();
+    // An image has no accounts until a layer writes them; names then resolve
+    // against Debian's standard base accounts plus what the recipe declares.
+    let mut accounts = accounts_before.clone().unwrap_or_else(Accounts::debian_base);
+    let pos = spec.pos.clone().unwrap_or(crate::recipe::Pos { line: 0, column: 0 });
+    declare(&mut accounts, spec).with_context(|| format!("{}: in layer {}", at(pos.line, pos.column), index + 1))?;
 
     let mut planned: Vec<Planned> = vec![];
     let mut context: Vec<(String, Option<(u32, u32, u32)>)> = vec![];
@@ -90,7 +87,7 @@ pub fn prepare(
 
     for f in &spec.files {
         let owner = match &f.owner {
-            Some(o) => accounts.resolve(o).with_context(|| at(f.pos.line, f.pos.column))?,
+            Some(o) => resolve_owner(&accounts, o).with_context(|| at(f.pos.line, f.pos.column))?,
             None => (0, 0),
         };
         let dest = resolve_dest(&f.dest)?;
@@ -127,14 +124,14 @@ pub fn prepare(
     }
     for d in &spec.dirs {
         let owner = match &d.owner {
-            Some(o) => accounts.resolve(o).with_context(|| at(d.pos.line, d.pos.column))?,
+            Some(o) => resolve_owner(&accounts, o).with_context(|| at(d.pos.line, d.pos.column))?,
             None => (0, 0),
         };
         planned.push(Planned { path: resolve_dest(&d.path)?, node: Node::Dir(Meta::new(d.mode, owner.0, owner.1)), sha256: None, link_key: None });
     }
     for s in &spec.symlinks {
         let owner = match &s.owner {
-            Some(o) => accounts.resolve(o).with_context(|| at(s.pos.line, s.pos.column))?,
+            Some(o) => resolve_owner(&accounts, o).with_context(|| at(s.pos.line, s.pos.column))?,
             None => (0, 0),
         };
         planned.push(Planned {
@@ -169,6 +166,10 @@ pub fn prepare(
         };
         line(desc);
     }
+    if !extra.is_empty() {
+        // Packages and venvs write anywhere: the whole lower view matters.
+        line(serde_json::json!(["lower-view", Digest::of_bytes(&serde_json::to_vec(lower)?).to_string()]));
+    }
     for e in &extra {
         line(serde_json::json!(["source", e.fingerprint()]));
     }
@@ -176,11 +177,41 @@ pub fn prepare(
     Ok(Prepared {
         fingerprint,
         description: spec.describe(),
-        accounts_after: accounts,
+        accounts_after: if accounts_written { Some(accounts) } else { accounts_before.clone() },
         planned,
         accounts_written,
         extra,
     })
+}
+
+fn resolve_owner(accounts: &Accounts, o: &crate::recipe::OwnerSpec) -> Result<(u32, u32)> {
+    let spec = match &o.group {
+        Some(g) => format!("{}:{g}", o.user),
+        None => o.user.clone(),
+    };
+    Ok(accounts.resolve_owner(&spec)?)
+}
+
+/// Adds a layer's declared groups, then users; a user whose primary group does not
+/// exist gets one of its own name, as `adduser` would create.
+fn declare(accounts: &mut Accounts, spec: &LayerSpec) -> Result<()> {
+    for g in &spec.groups {
+        accounts.add_group(Group { name: g.name.clone(), gid: g.gid, members: g.members.clone() })?;
+    }
+    for u in &spec.users {
+        if !accounts.groups.iter().any(|g| g.gid == u.gid) {
+            accounts.add_group(Group { name: u.name.clone(), gid: u.gid, members: vec![] })?;
+        }
+        accounts.add_user(User {
+            name: u.name.clone(),
+            uid: u.uid,
+            gid: u.gid,
+            gecos: u.gecos.clone(),
+            home: u.home.clone(),
+            shell: u.shell.clone(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Files that share an inode within the layer become one file plus hardlinks to
@@ -212,7 +243,7 @@ pub struct Built {
     pub notes: Vec<String>,
 }
 
-impl Prepared {
+impl Prepared<'_> {
     /// Builds the layer's tree (on a cache miss).
     pub fn build_tree(mut self, lower: &LowerView) -> Result<Built> {
         let mut tree = Tree::new();
@@ -223,10 +254,10 @@ impl Prepared {
             inputs.extend(i);
             notes.extend(n);
         }
-        if self.accounts_written {
-            for (path, mode, gid, content) in self.accounts_after.render() {
-                tree.insert(TreePath::new(path)?, Node::File { meta: Meta::new(mode, 0, gid), content: Content::inline(content) })?;
-            }
+        if self.accounts_written
+            && let Some(a) = &self.accounts_after
+        {
+            a.render(&mut tree)?;
         }
         for p in self.planned {
             if let (Node::Dir(m), Some(Node::Dir(_))) = (&p.node, tree.get(&p.path)) {
@@ -262,18 +293,52 @@ pub fn view_of(tree: &Tree) -> LowerView {
     v
 }
 
-/// The non-file sources of a layer (Debian packages, Python wheels).
-pub fn extra_sources(
-    _project: &crate::project::Project,
-    recipe: &Recipe,
-    spec: &LayerSpec,
-    _lower_layers: &[crate::cache::LayerReport],
-) -> Result<Vec<Box<dyn ExtraSource + Send>>> {
-    if let Some(d) = &spec.debian {
-        return Err(anyhow::anyhow!(recipe.error_at(&d.pos, "`debian` layers are not supported by this build yet")));
+/// What the sources of all layers of one command share: network client, Debian
+/// index and lock, and where progress goes.
+pub struct Session {
+    pub debian: debian::DebianInputs,
+    pub http: reqwest::blocking::Client,
+    pub store: imgbuild_store::Store,
+    pub jobs: usize,
+    pub progress: crate::progress::Progress,
+}
+
+impl Session {
+    pub fn new(project: &crate::project::Project, locked: bool, relock: bool) -> Result<Session> {
+        let settings = crate::settings::Settings::load(&project.root)?;
+        let lock = crate::lockfile::Lockfile::load(&project.root)?;
+        let http = reqwest::blocking::Client::builder()
+            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("failed to set up the HTTP client")?;
+        Ok(Session {
+            debian: debian::DebianInputs::new(
+                settings.mirror(),
+                lock,
+                locked,
+                relock,
+                http.clone(),
+                project.store.clone(),
+                project.jobs,
+                project.progress.clone(),
+            ),
+            http,
+            store: project.store.clone(),
+            jobs: project.jobs,
+            progress: project.progress.clone(),
+        })
     }
-    if let Some(p) = &spec.python {
-        return Err(anyhow::anyhow!(recipe.error_at(&p.pos, "`python` layers are not supported by this build yet")));
+
+    /// The non-file sources of a layer (Debian packages, Python wheels).
+    pub fn extra_sources<'a>(&'a self, recipe: &Recipe, index: usize, spec: &LayerSpec) -> Result<Vec<Box<dyn ExtraSource + Send + 'a>>> {
+        let mut v: Vec<Box<dyn ExtraSource + Send + 'a>> = vec![];
+        if let Some(d) = &spec.debian {
+            v.push(Box::new(debian::DebianSource::new(&self.debian, recipe, index, d)?));
+        }
+        if let Some(p) = &spec.python {
+            v.push(Box::new(python::PythonSource::new(recipe, index, p, &self.store, &self.http, self.jobs, &self.progress)?));
+        }
+        Ok(v)
     }
-    Ok(vec![])
 }

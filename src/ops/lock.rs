@@ -1,0 +1,26 @@
+//! `imgbuild lock`: resolves every Debian layer of every recipe against the current
+//! (verified) index and writes `imgbuild.lock`. Nothing is built.
+
+use anyhow::Result;
+
+use crate::project::Project;
+use crate::recipe::RecipeSet;
+use crate::source::Session;
+
+pub fn lock(project: &Project) -> Result<()> {
+    let set = RecipeSet::load(&project.root)?;
+    let session = Session::new(project, false, true)?;
+    let mut n = 0;
+    for r in set.recipes.values() {
+        for (i, l) in r.layers.iter().enumerate() {
+            if let Some(d) = &l.debian {
+                n += session.debian.packages_for(r, i, d)?.len();
+            }
+        }
+    }
+    session.debian.prune_lock(&crate::ops::build::live_debian_layers(&set));
+    project.progress.clear();
+    session.debian.lock.lock().expect("lock").save(&project.root)?;
+    project.progress.line(format!("wrote {} ({n} package pins)", crate::lockfile::FILE));
+    Ok(())
+}

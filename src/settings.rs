@@ -1,0 +1,56 @@
+//! Project-wide settings: the optional `imgbuild.toml` at the project root.
+//!
+//! ```toml
+//! [debian]
+//! mirror = "http://deb.debian.org/debian"                   # bookworm, bookworm-updates, pool/
+//! security_mirror = "http://deb.debian.org/debian-security" # bookworm-security
+//! ```
+//! A snapshot mirror works the same way, e.g.
+//! `https://snapshot.debian.org/archive/debian/20250101T000000Z` and
+//! `https://snapshot.debian.org/archive/debian-security/20250101T000000Z`.
+//! `IMGBUILD_DEBIAN_MIRROR` and `IMGBUILD_DEBIAN_SECURITY_MIRROR` override the file.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub debian: DebianSettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianSettings {
+    pub mirror: Option<String>,
+    pub security_mirror: Option<String>,
+}
+
+impl Settings {
+    pub fn load(root: &Path) -> Result<Settings> {
+        let p = root.join("imgbuild.toml");
+        let s: Settings = match std::fs::read_to_string(&p) {
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(0);
+                anyhow::anyhow!("imgbuild.toml:{line}: {}", e.message().trim())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settings::default(),
+            Err(e) => return Err(e).with_context(|| format!("failed to read `{}`", p.display())),
+        };
+        Ok(s)
+    }
+
+    pub fn mirror(&self) -> imgbuild_debian::Mirror {
+        let mut m = imgbuild_debian::Mirror::default();
+        if let Some(x) = std::env::var("IMGBUILD_DEBIAN_MIRROR").ok().filter(|x| !x.is_empty()).or(self.debian.mirror.clone()) {
+            m.archive = x;
+        }
+        if let Some(x) = std::env::var("IMGBUILD_DEBIAN_SECURITY_MIRROR").ok().filter(|x| !x.is_empty()).or(self.debian.security_mirror.clone()) {
+            m.security = x;
+        }
+        m
+    }
+}
