@@ -52,3 +52,31 @@ fn unsigned_or_foreign_text_fails() {
     assert!(verify_inrelease(text_only).is_err());
     assert!(verify_inrelease("Origin: Debian\nCodename: bookworm\n").is_err());
 }
+
+#[test]
+fn valid_signature_by_a_foreign_key_fails() {
+    use pgp::composed::{CleartextSignedMessage, EncryptionCaps, KeyType, SecretKeyParamsBuilder};
+    use pgp::types::Password;
+
+    let mut params = SecretKeyParamsBuilder::default();
+    params
+        .key_type(KeyType::Ed25519Legacy)
+        .can_certify(true)
+        .can_sign(true)
+        .can_encrypt(EncryptionCaps::None)
+        .primary_user_id("Mallory <archive@example.org>".into());
+    let key = params
+        .build()
+        .unwrap()
+        .generate(rand::thread_rng())
+        .unwrap();
+    // the genuine Release text, re-signed by another key
+    let text = verify_inrelease(REAL).unwrap().text;
+    let msg =
+        CleartextSignedMessage::sign(rand::thread_rng(), &text, &*key, &Password::empty()).unwrap();
+    msg.verify(key.public_key())
+        .expect("the forged signature is itself valid");
+    let armored = msg.to_armored_string(Default::default()).unwrap();
+    let err = verify_inrelease(&armored).unwrap_err();
+    assert!(err.contains("not a Debian archive key"), "{err}");
+}
