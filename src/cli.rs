@@ -45,6 +45,16 @@ pub enum Command {
         /// Fail if a recipe no longer matches imgbuild.lock (instead of resolving).
         #[arg(long)]
         locked: bool,
+        /// Then push every image (see `imgbuild push`).
+        #[arg(long)]
+        push: bool,
+        /// Then load every image into the local engine (see `imgbuild load`).
+        #[arg(long)]
+        load: bool,
+        #[command(flatten)]
+        push_args: PushArgs,
+        #[arg(long, value_enum, default_value = "auto")]
+        engine: crate::ops::load::Engine,
     },
     /// Build the named recipes and what they are built from.
     Build {
@@ -56,6 +66,50 @@ pub enum Command {
     },
     /// Resolve every recipe afresh and write imgbuild.lock.
     Lock,
+    /// Push built images to their registries (only missing blobs are sent).
+    Push {
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        #[command(flatten)]
+        push_args: PushArgs,
+    },
+    /// Check and store registry credentials, as `docker login` does.
+    Login {
+        registry: String,
+        #[arg(short, long)]
+        username: String,
+        /// Read the password from stdin (otherwise: prompt, or IMGBUILD_REGISTRY_PASSWORD).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Reach this registry over plain HTTP.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Load built images into the local Docker or Podman engine.
+    Load {
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        engine: crate::ops::load::Engine,
+    },
+    /// Create the stack's .env with strong random secrets (mode 0600).
+    Setup {
+        /// Template listing the variables; `change-me...` values are generated secrets.
+        #[arg(long, default_value = "deploy/.env.example")]
+        template: PathBuf,
+        /// The file to write (compose reads .env beside the compose file).
+        #[arg(long, default_value = "deploy/.env")]
+        env_file: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+        /// Never prompt, even on a terminal.
+        #[arg(long)]
+        non_interactive: bool,
+        /// Set a variable instead of asking or generating it.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_kv)]
+        set: Vec<(String, String)>,
+    },
     /// Show the last build of an image: layers, sizes, digests, cache hits.
     Inspect { name: String },
     /// Remove store content that no recent build references.
@@ -67,4 +121,21 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct PushArgs {
+    /// Additional tag for every pushed image (repeatable), e.g. "$GIT_SHA".
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Push every image to PREFIX/NAME instead of its recipe's repository.
+    #[arg(long = "registry", value_name = "PREFIX")]
+    pub registry: Option<String>,
+    /// Reach this registry (host[:port]) over plain HTTP (loopback always may).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure: Vec<String>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }

@@ -41,6 +41,10 @@ fn main() -> ExitCode {
     }
 }
 
+fn push_options(names: Option<Vec<String>>, a: &cli::PushArgs) -> ops::push::PushOptions {
+    ops::push::PushOptions { names, extra_tags: a.tags.clone(), registry_prefix: a.registry.clone(), insecure: a.insecure.clone() }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     let verbosity = if g.quiet {
@@ -52,7 +56,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     let project = Project::open(&g.dir, g.store.clone(), g.out.clone(), g.jobs, Progress::new(verbosity))?;
     match &cli.command {
-        Command::All { locked } | Command::Build { locked, .. } => {
+        Command::All { locked, .. } | Command::Build { locked, .. } => {
             let names = match &cli.command {
                 Command::Build { names, .. } => Some(names.clone()),
                 _ => None,
@@ -76,6 +80,48 @@ fn run(cli: Cli) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&json!({ "images": images }))?);
             }
+            if let Command::All { push, load, push_args, engine, .. } = &cli.command {
+                if *load {
+                    ops::load::load(&project, None, *engine)?;
+                }
+                if *push {
+                    ops::push::push(&project, &push_options(None, push_args), g.json)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Push { names, push_args } => {
+            let names = (!names.is_empty()).then(|| names.clone());
+            ops::push::push(&project, &push_options(names, push_args), g.json)
+        }
+        Command::Login { registry, username, password_stdin, insecure } => {
+            let password = if *password_stdin {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s.trim_end_matches(['\n', '\r']).to_owned()
+            } else if let Ok(p) = std::env::var("IMGBUILD_REGISTRY_PASSWORD") {
+                p
+            } else {
+                rpassword::prompt_password(format!("Password for {username}@{registry}: "))?
+            };
+            let insecure = if *insecure { vec![registry.clone()] } else { vec![] };
+            project.progress.line(ops::push::login(registry, username, &password, &insecure)?);
+            Ok(())
+        }
+        Command::Load { names, engine } => {
+            let names = (!names.is_empty()).then(|| names.clone());
+            ops::load::load(&project, names.as_deref(), *engine)
+        }
+        Command::Setup { template, env_file, force, non_interactive, set } => {
+            let abs = |p: &std::path::Path| if p.is_absolute() { p.to_path_buf() } else { project.root.join(p) };
+            let msg = ops::setup::setup(&ops::setup::SetupOptions {
+                template: &abs(template),
+                env_file: &abs(env_file),
+                force: *force,
+                interactive: !*non_interactive,
+                set: set.clone(),
+            })?;
+            project.progress.line(msg);
             Ok(())
         }
         Command::Lock => ops::lock::lock(&project),

@@ -4,3 +4,6 @@ pub mod build;
 pub mod gc;
 pub mod inspect;
 pub mod lock;
+pub mod load;
+pub mod push;
+pub mod setup;

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use imgbuild_debian::{Index, LockedPackage, Mirror, Unpacker, fetch_debs, resolve};
-use imgbuild_layer::{Tree, TreePath};
+use imgbuild_layer::Tree;
 use imgbuild_store::{Digest, Store};
 
 use super::ExtraSource;
@@ -142,12 +142,7 @@ impl ExtraSource for DebianSource<'_> {
         if self.spec.base {
             imgbuild_debian::system::base_fixup(tree)?;
         }
-        for rp in &self.spec.remove_paths {
-            let p = TreePath::new(rp)?;
-            if tree.remove(&p) == 0 {
-                bail!("remove_paths: `{rp}` is not in the layer (the packages do not ship it)");
-            }
-        }
+        imgbuild_debian::remove_paths(tree, &self.spec.remove_paths)?;
         Ok((inputs_used, notes))
     }
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building and testing imgbuild needs on a fresh Debian bookworm
+# machine (root, Docker engine running). Idempotent: safe to run again.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+need_apt=()
+for pkg in skopeo umoci podman runc docker-registry uidmap gcc libc6-dev curl ca-certificates; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+# podman as a second engine: runc (crun fails on these machines), and no default
+# ulimits (the sandbox refuses raising them).
+conf=/etc/containers/containers.conf
+if ! grep -q '^default_ulimits = \[\]' "$conf" 2>/dev/null; then
+  mkdir -p /etc/containers
+  printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n' > "$conf"
+fi
+
+# The Debian docker-registry package starts a service on :5000 on some systems;
+# the tests start their own registries on free loopback ports and need nothing else.
+
+command -v just >/dev/null 2>&1 || cargo install --locked just
+
+docker info >/dev/null 2>&1 || { echo "setup: the Docker engine is not running (docker info failed)" >&2; exit 1; }
+command -v docker-compose >/dev/null 2>&1 || { echo "setup: docker-compose is missing (apt-get install docker-compose)" >&2; exit 1; }
+echo "setup: ok"
