@@ -6,3 +6,4 @@ mod support;
 
 mod core_build;
 mod engines;
+mod stack_images;

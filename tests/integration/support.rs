@@ -131,3 +131,151 @@ pub fn unique() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     format!("{}{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() % 100000)
 }
+
+/// The repository's own stack (recipes/, layers/, imgbuild.lock), built once per
+/// test run with `--locked` into a store shared by the tests of this run.
+pub struct Stack {
+    pub out: PathBuf,
+    pub store: PathBuf,
+    pub json: Value,
+}
+
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stack");
+        let (out, store) = (base.join("out"), base.join("store"));
+        let json = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+                .arg("-C")
+                .arg(repo_root())
+                .arg("--store")
+                .arg(&store)
+                .arg("--out")
+                .arg(&out)
+                .args(["--json", "all", "--locked"]),
+        );
+        Stack { out, store, json: serde_json::from_str(&json).expect("build JSON") }
+    })
+}
+
+/// Loads `out/NAME.tar` of the stack into docker under a unique tag and returns it;
+/// the image is removed when the guard drops.
+pub struct DockerImage(pub String);
+
+impl DockerImage {
+    pub fn load(tar: &Path, name: &str) -> DockerImage {
+        require("docker");
+        let out = run_ok(Command::new("docker").args(["load", "-q", "-i"]).arg(tar));
+        let loaded = out.lines().find_map(|l| l.strip_prefix("Loaded image: ")).unwrap_or_else(|| panic!("docker load said: {out}")).trim().to_owned();
+        let tag = format!("imgbuild-test/{name}:{}", unique());
+        run_ok(Command::new("docker").args(["tag", &loaded, &tag]));
+        DockerImage(tag)
+    }
+}
+
+impl Drop for DockerImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", &self.0]).output();
+    }
+}
+
+/// A container or network removed when dropped.
+pub struct DockerThing(pub &'static str, pub String);
+
+impl Drop for DockerThing {
+    fn drop(&mut self) {
+        let args: &[&str] = if self.0 == "network" { &["network", "rm"] } else { &["rm", "-f", "-v"] };
+        let _ = Command::new("docker").args(args).arg(&self.1).output();
+    }
+}
+
+pub fn docker_network() -> DockerThing {
+    let name = format!("imgbuild-test-{}", unique());
+    run_ok(Command::new("docker").args(["network", "create", &name]));
+    DockerThing("network", name)
+}
+
+/// `docker run -d` with the given arguments; returns the container guard.
+pub fn docker_run(args: &[&str]) -> DockerThing {
+    let id = run_ok(Command::new("docker").args(["run", "-d"]).args(args));
+    DockerThing("container", id.trim().to_owned())
+}
+
+/// Polls `f` every 500 ms until it returns Some, for at most `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// `docker exec` output if it succeeds.
+pub fn docker_exec(container: &str, args: &[&str]) -> Option<String> {
+    let o = Command::new("docker").arg("exec").arg(container).args(args).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+pub fn docker_logs(container: &str) -> String {
+    let o = Command::new("docker").args(["logs", container]).output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The CNCF distribution registry on 127.0.0.1, stopped (by PID) when dropped.
+pub struct Registry {
+    pub addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        require("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Registry { addr: addr.clone(), child, _dir: dir };
+        wait_for(30, "the registry to answer", || std::net::TcpStream::connect(&addr).ok().map(|_| ()));
+        r
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// HTTP GET on 127.0.0.1 with curl: (status, body).
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let o = Command::new("curl").args(["-s", "-m", "5", "-w", "\n%{http_code}", url]).output().ok()?;
+    let s = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = s.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_owned()))
+}
