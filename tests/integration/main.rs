@@ -6,4 +6,5 @@ mod support;
 
 mod core_build;
 mod engines;
+mod push;
 mod stack_images;
