@@ -11,6 +11,10 @@ import sys
 from worker import app
 
 node = sys.argv[1] if len(sys.argv) > 1 else "celery@" + socket.gethostname()
+# No connection pool: each connection is closed (AMQP close) as soon as it is
+# released. Pooled ones are only dropped at exit, which left RabbitMQ two "client
+# unexpectedly closed TCP connection" warnings per check.
+app.conf.broker_pool_limit = 0
 try:
     replies = app.control.ping(destination=[node], timeout=5.0)
 except Exception as e:  # broker unreachable etc.
