@@ -509,7 +509,7 @@ else
     # -- RabbitMQ: the user from the env file, the two queues and their consumers
     out=$(dc exec -T rabbitmq rabbitmqctl -q list_users 2>&1)
     user=${ENVF[RABBITMQ_DEFAULT_USER]}
-    if grep -q "^$user[[:space:]]" <<< "$out" && ! grep -q '^guest[[:space:]]' <<< "$out"; then
+    if grep -q "^${user}[[:space:]]" <<< "$out" && ! grep -q '^guest[[:space:]]' <<< "$out"; then
         pass "rabbitmqctl list_users: $user (from the env file), no guest"
     else
         fail "rabbitmqctl list_users: $(echo $out)"
