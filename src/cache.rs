@@ -60,6 +60,9 @@ pub struct LayerReport {
     pub description: String,
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Set for base-image layers that are not gzip (OCI zstd); `None`: gzip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
 }
 
 /// The result of building one image, kept per project for `inspect`, `push`, `gc`.
@@ -76,6 +79,9 @@ pub struct ImageRecord {
     pub tags: Vec<String>,
     /// The recipe this image is built `from` (a recipe name), for push ordering/mounts.
     pub base: Option<String>,
+    /// The registry image this image is built `from` (pinned reference), for mounts.
+    #[serde(default)]
+    pub base_image: Option<String>,
     pub layers: Vec<LayerReport>,
     #[serde(default)]
     pub inputs: Vec<Digest>,

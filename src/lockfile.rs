@@ -1,5 +1,6 @@
 //! `imgbuild.lock`: every resolved input pinned, committed with the recipes.
 //!
+//! For each registry base image given by tag: the digest it resolved to.
 //! For each Debian layer (recipe + layer number): the request it was resolved for
 //! (a digest of its `packages` and `exclude`) and each package's name, version,
 //! architecture, archive path, size and sha256. A build whose request matches the
@@ -29,16 +30,27 @@ pub struct DebianLock {
     pub packages: Vec<LockedPackage>,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BaseLock {
+    pub reference: String,
+    pub digest: Digest,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     version: u32,
+    #[serde(default)]
+    base: Vec<BaseLock>,
     #[serde(default)]
     debian: Vec<DebianLock>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Lockfile {
+    /// Registry base images given by tag: reference -> the digest it resolved to.
+    pub bases: BTreeMap<String, Digest>,
     pub debian: BTreeMap<(String, usize), DebianLock>,
 }
 
@@ -66,12 +78,18 @@ impl Lockfile {
         if raw.version != 1 {
             anyhow::bail!("{FILE} has version {}; this imgbuild reads version 1 (regenerate it with `imgbuild lock`)", raw.version);
         }
-        Ok(Lockfile { debian: raw.debian.into_iter().map(|d| ((d.recipe.clone(), d.layer), d)).collect() })
+        Ok(Lockfile {
+            bases: raw.base.into_iter().map(|b| (b.reference, b.digest)).collect(),
+            debian: raw.debian.into_iter().map(|d| ((d.recipe.clone(), d.layer), d)).collect(),
+        })
     }
 
     /// Writes the lock in its canonical layout (atomically).
     pub fn save(&self, root: &Path) -> Result<()> {
         let mut s = String::from("# imgbuild.lock: written by `imgbuild lock` and `imgbuild build`; commit it.\n# Every Debian package of every layer, pinned by version and sha256.\nversion = 1\n");
+        for (r, d) in &self.bases {
+            let _ = write!(s, "\n[[base]]\nreference = {}\ndigest = \"{d}\"\n", toml_str(r));
+        }
         for d in self.debian.values() {
             let _ = write!(s, "\n[[debian]]\nrecipe = {}\nlayer = {}\nrequest = \"{}\"\npackages = [\n", toml_str(&d.recipe), d.layer, d.request);
             for p in &d.packages {

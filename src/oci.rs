@@ -16,6 +16,7 @@ pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// The default PATH Docker gives images that set none; set explicitly so every
 /// engine sees the same environment.
@@ -85,8 +86,11 @@ pub fn merge_config(base: Option<&ConfigSpec>, own: &ConfigSpec) -> ConfigSpec {
     c
 }
 
+#[derive(Clone, Debug)]
 pub struct HistoryEntry {
     pub created_by: String,
+    /// An entry for a config-only step of a base image (no layer).
+    pub empty_layer: bool,
 }
 
 /// The image config JSON.
@@ -126,7 +130,13 @@ pub fn image_config(cfg: &ConfigSpec, diff_ids: &[Digest], history: &[HistoryEnt
         "created": created,
         "config": Value::Object(c),
         "rootfs": { "type": "layers", "diff_ids": diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>() },
-        "history": history.iter().map(|h| json!({"created": created, "created_by": h.created_by})).collect::<Vec<_>>(),
+        "history": history.iter().map(|h| {
+            let mut e = json!({"created": created, "created_by": h.created_by});
+            if h.empty_layer {
+                e["empty_layer"] = json!(true);
+            }
+            e
+        }).collect::<Vec<_>>(),
     });
     canonical(&v)
 }

@@ -42,7 +42,7 @@ struct Built {
     view: LowerView,
     accounts: Option<Accounts>,
     config: ConfigSpec,
-    history: Vec<String>,
+    history: Vec<HistoryEntry>,
 }
 
 /// Builds the requested images; returns their records in build order.
@@ -168,18 +168,39 @@ pub fn live_debian_layers(set: &RecipeSet) -> BTreeMap<(String, usize), ()> {
 }
 
 fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&Built>, stat: &Mutex<StatCache>) -> Result<Built> {
-    if let From::Registry(reference) = &r.from.value {
-        return Err(anyhow!(r.error_at(
-            &r.from.pos,
-            format!("`from = \"{reference}\"`: registry base images are not supported yet; use \"scratch\" or a recipe name")
-        )));
-    }
+    let registry_base = match &r.from.value {
+        From::Registry(reference) => Some(source::base::load(session, r, reference)?),
+        _ => None,
+    };
+    let base_image = registry_base.as_ref().map(|b| b.reference.clone());
+    let registry_base = registry_base.map(|b| Built {
+        record: ImageRecord {
+            name: String::new(),
+            manifest_digest: b.blobs[0].clone(),
+            manifest_size: 0,
+            config_digest: b.blobs[1].clone(),
+            config_size: 0,
+            tarball: String::new(),
+            reference: b.reference.clone(),
+            repository: None,
+            tags: vec![],
+            base: None,
+            base_image: None,
+            layers: b.layers,
+            inputs: b.blobs,
+        },
+        view: LowerView::default(),
+        accounts: None,
+        config: b.config,
+        history: b.history,
+    });
+    let base = base.or(registry_base.as_ref());
     let write = WriteOptions { mtime: project.epoch, threads: project.jobs };
     let contract = write.contract();
     let mut layers: Vec<LayerReport> = base.map(|b| b.record.layers.clone()).unwrap_or_default();
     let mut view = base.map(|b| b.view.clone()).unwrap_or_default();
     let mut accounts = base.and_then(|b| b.accounts.clone());
-    let mut history: Vec<String> = base.map(|b| b.history.clone()).unwrap_or_default();
+    let mut history: Vec<HistoryEntry> = base.map(|b| b.history.clone()).unwrap_or_default();
     let mut inputs: Vec<Digest> = base.map(|b| b.record.inputs.clone()).unwrap_or_default();
     let n = r.layers.len();
     for (i, spec) in r.layers.iter().enumerate() {
@@ -232,7 +253,10 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
         ));
         view.apply(&record.view);
         accounts = next_accounts;
-        history.push(format!("imgbuild {}: layer {} ({})", r.file.display(), i + 1, record.description));
+        history.push(HistoryEntry {
+            created_by: format!("imgbuild {}: layer {} ({})", r.file.display(), i + 1, record.description),
+            empty_layer: false,
+        });
         inputs.extend(record.inputs.iter().cloned());
         layers.push(LayerReport {
             digest: record.digest,
@@ -241,16 +265,20 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
             cached,
             description: record.description,
             notes: record.notes,
+            media_type: None,
         });
     }
     let config_spec = oci::merge_config(base.map(|b| &b.config), &r.config);
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let hist: Vec<HistoryEntry> = history.iter().map(|h| HistoryEntry { created_by: h.clone() }).collect();
-    let config = oci::image_config(&config_spec, &diff_ids, &hist, project.epoch);
+    let config = oci::image_config(&config_spec, &diff_ids, &history, project.epoch);
     let config_digest = project.store.put_bytes(&config)?;
     let layer_desc: Vec<Descriptor> = layers
         .iter()
-        .map(|l| Descriptor { media_type: MEDIA_LAYER_GZIP, digest: l.digest.clone(), size: l.size })
+        .map(|l| Descriptor {
+            media_type: if l.media_type.is_some() { crate::oci::MEDIA_LAYER_ZSTD } else { MEDIA_LAYER_GZIP },
+            digest: l.digest.clone(),
+            size: l.size,
+        })
         .collect();
     let manifest = oci::image_manifest(
         &Descriptor { media_type: MEDIA_CONFIG, digest: config_digest.clone(), size: config.len() as u64 },
@@ -274,6 +302,7 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
             From::Recipe(p) => Some(p.clone()),
             _ => None,
         },
+        base_image,
         layers,
         inputs,
     };

@@ -11,7 +11,14 @@ pub fn lock(project: &Project) -> Result<()> {
     let set = RecipeSet::load(&project.root)?;
     let session = Session::new(project, false, true)?;
     let mut n = 0;
+    // Registry bases given by tag are resolved afresh too.
+    session.debian.lock.lock().expect("lock").bases.clear();
     for r in set.recipes.values() {
+        if let crate::recipe::From::Registry(raw) = &r.from.value
+            && !raw.contains('@')
+        {
+            crate::source::base::load(&session, r, raw)?;
+        }
         for (i, l) in r.layers.iter().enumerate() {
             if let Some(d) = &l.debian {
                 n += session.debian.packages_for(r, i, d)?.len();

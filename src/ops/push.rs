@@ -67,6 +67,13 @@ pub fn push(project: &Project, opts: &PushOptions, json: bool) -> Result<()> {
                 img.mount_from.push(base_ref.repository);
             }
         }
+        // A registry base on the same registry: its layers are mounted, not uploaded.
+        if let Some(b) = rec.base_image.as_ref().and_then(|b| b.parse::<Reference>().ok())
+            && b.registry == target.registry
+            && b.repository != target.repository
+        {
+            img.mount_from.push(b.repository);
+        }
         images.push(img);
     }
     let client_opts = ClientOptions { parallelism: project.jobs.clamp(2, 8), insecure: opts.insecure.iter().cloned().collect(), ..Default::default() };

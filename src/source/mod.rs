@@ -8,6 +8,7 @@
 //! fingerprint. [`Prepared::build_tree`] does the rest only when the fingerprint is
 //! not in the cache. Each source kind (files, debian, python) contributes to both.
 
+pub mod base;
 pub mod debian;
 pub mod files;
 pub mod python;

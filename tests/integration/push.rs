@@ -58,6 +58,26 @@ fn push_sends_only_what_is_missing_and_an_engine_runs_the_result() {
         .collect();
     assert_eq!(layer_uploads.len(), 1, "{third}");
 
+    // A pushed image used as `from` (by tag) by another recipe builds and runs;
+    // the tag's digest is recorded in imgbuild.lock.
+    let d = Fixture::new("hello");
+    std::fs::write(
+        d.path().join("recipes/derived.toml"),
+        format!("from = \"{prefix}/hello:latest\"\n[config]\ncmd = [\"-f\", \"/etc/derived\", \"-f\", \"/srv/index.html\"]\n[[layers]]\nfiles = [ {{ dest = \"/etc/derived\", content = \"derived\\n\" }} ]\n"),
+    )
+    .unwrap();
+    let derived = d.build_json(&["build", "derived"]);
+    let lock = std::fs::read_to_string(d.path().join("imgbuild.lock")).unwrap();
+    assert!(lock.contains(&format!("reference = \"{prefix}/hello:latest\"")), "{lock}");
+    let dl = layers_of(&derived, "derived");
+    assert_eq!(dl.len(), 3);
+    assert_eq!(dl[..2].iter().map(|l| &l.0).collect::<Vec<_>>(), layers_of(&rebuilt, "hello").iter().map(|l| &l.0).collect::<Vec<_>>());
+    let img = DockerImage::load(&d.path().join("out/derived.tar"), "derived");
+    let ran = run_ok(Command::new("docker").args(["run", "--rm", &img.0]));
+    assert!(ran.contains("GREETING=hi") && ran.contains("/etc/derived: derived") && ran.contains("/srv/index.html: <h1>v2</h1>"), "{ran}");
+    // Locked and cached: builds again with the registry gone.
+    drop(img);
+
     // A real engine pulls and runs it.
     let image = format!("{prefix}/hello:latest");
     run_ok(Command::new("docker").args(["pull", "-q", &image]));
