@@ -4,7 +4,8 @@
 //! (48 hex characters, URL-safe since secrets end up inside connection URLs);
 //! other values are defaults. On a terminal each key is asked for (secrets without
 //! echo; Enter keeps the generated or default value); otherwise `--set KEY=VALUE`
-//! and the defaults are used. The file is created with mode 0600 and never
+//! and the defaults are used (`--set` also fills optional keys that the template
+//! lists commented out, like `#NGINX_PORT=8080`). The file is created with mode 0600 and never
 //! overwritten without `--force`. Values are never printed.
 
 use std::collections::BTreeMap;
@@ -42,6 +43,13 @@ pub fn setup(opts: &SetupOptions) -> Result<String> {
     let mut out = String::from("# Written by `imgbuild setup`. Secrets: never commit this file.\n");
     let mut secrets = 0;
     for (n, line) in template.lines().enumerate() {
+        // An optional key, commented out in the template (`#NGINX_PORT=8080`), is
+        // written when `--set` names it.
+        let uncommented = line.trim().trim_start_matches('#').trim_start();
+        let line = match uncommented.split_once('=') {
+            Some((k, _)) if line.trim_start().starts_with('#') && overrides.contains_key(k.trim()) => uncommented,
+            _ => line,
+        };
         let t = line.trim();
         let Some((key, value)) = t.split_once('=').filter(|_| !t.starts_with('#')) else {
             out.push_str(line);

@@ -7,4 +7,5 @@ mod support;
 mod core_build;
 mod engines;
 mod push;
+mod setup_cmd;
 mod stack_images;
