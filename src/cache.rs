@@ -41,7 +41,11 @@ impl LayerRecord {
         let Ok(rec) = serde_json::from_slice::<LayerRecord>(&bytes) else {
             return Ok(None); // a record from an incompatible version: rebuild
         };
-        if store.verify(&rec.digest)? { Ok(Some(rec)) } else { Ok(None) }
+        if store.verify(&rec.digest)? {
+            Ok(Some(rec))
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn save(&self, store: &Store, fingerprint: &Digest) -> anyhow::Result<()> {
@@ -91,14 +95,22 @@ impl ImageRecord {
     pub fn key(project_key: &str, name: &str) -> String {
         format!("{project_key}-{name}")
     }
-    pub fn load(store: &Store, project_key: &str, name: &str) -> anyhow::Result<Option<ImageRecord>> {
+    pub fn load(
+        store: &Store,
+        project_key: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<ImageRecord>> {
         match store.read_record(IMAGE_BUCKET, &Self::key(project_key, name))? {
             None => Ok(None),
             Some(b) => Ok(serde_json::from_slice(&b).ok()),
         }
     }
     pub fn save(&self, store: &Store, project_key: &str) -> anyhow::Result<()> {
-        store.write_record(IMAGE_BUCKET, &Self::key(project_key, &self.name), &serde_json::to_vec(self)?)?;
+        store.write_record(
+            IMAGE_BUCKET,
+            &Self::key(project_key, &self.name),
+            &serde_json::to_vec(self)?,
+        )?;
         Ok(())
     }
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "imgbuild", version, about = "Daemonless, declarative, reproducible OCI image builder")]
+#[command(
+    name = "imgbuild",
+    version,
+    about = "Daemonless, declarative, reproducible OCI image builder"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -16,7 +20,13 @@ pub struct Cli {
 #[derive(Args, Debug)]
 pub struct Global {
     /// Project root (holds recipes/, layers/).
-    #[arg(short = 'C', long = "directory", global = true, default_value = ".", value_name = "DIR")]
+    #[arg(
+        short = 'C',
+        long = "directory",
+        global = true,
+        default_value = ".",
+        value_name = "DIR"
+    )]
     pub dir: PathBuf,
     /// Content-addressed store [default: $XDG_CACHE_HOME/imgbuild or ~/.cache/imgbuild].
     #[arg(long, global = true, env = "IMGBUILD_STORE", value_name = "DIR")]
@@ -137,5 +147,7 @@ pub struct PushArgs {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }

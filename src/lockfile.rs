@@ -72,26 +72,55 @@ impl Lockfile {
             Err(e) => return Err(e).with_context(|| format!("failed to read `{}`", p.display())),
         };
         let raw: Raw = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(0);
-            anyhow::anyhow!("{FILE}:{line}: {} (regenerate it with `imgbuild lock`)", e.message().trim())
+            let line = e
+                .span()
+                .map(|s| text[..s.start].matches('\n').count() + 1)
+                .unwrap_or(0);
+            anyhow::anyhow!(
+                "{FILE}:{line}: {} (regenerate it with `imgbuild lock`)",
+                e.message().trim()
+            )
         })?;
         if raw.version != 1 {
-            anyhow::bail!("{FILE} has version {}; this imgbuild reads version 1 (regenerate it with `imgbuild lock`)", raw.version);
+            anyhow::bail!(
+                "{FILE} has version {}; this imgbuild reads version 1 (regenerate it with `imgbuild lock`)",
+                raw.version
+            );
         }
         Ok(Lockfile {
-            bases: raw.base.into_iter().map(|b| (b.reference, b.digest)).collect(),
-            debian: raw.debian.into_iter().map(|d| ((d.recipe.clone(), d.layer), d)).collect(),
+            bases: raw
+                .base
+                .into_iter()
+                .map(|b| (b.reference, b.digest))
+                .collect(),
+            debian: raw
+                .debian
+                .into_iter()
+                .map(|d| ((d.recipe.clone(), d.layer), d))
+                .collect(),
         })
     }
 
     /// Writes the lock in its canonical layout (atomically).
     pub fn save(&self, root: &Path) -> Result<()> {
-        let mut s = String::from("# imgbuild.lock: written by `imgbuild lock` and `imgbuild build`; commit it.\n# Every Debian package of every layer, pinned by version and sha256.\nversion = 1\n");
+        let mut s = String::from(
+            "# imgbuild.lock: written by `imgbuild lock` and `imgbuild build`; commit it.\n# Every Debian package of every layer, pinned by version and sha256.\nversion = 1\n",
+        );
         for (r, d) in &self.bases {
-            let _ = write!(s, "\n[[base]]\nreference = {}\ndigest = \"{d}\"\n", toml_str(r));
+            let _ = write!(
+                s,
+                "\n[[base]]\nreference = {}\ndigest = \"{d}\"\n",
+                toml_str(r)
+            );
         }
         for d in self.debian.values() {
-            let _ = write!(s, "\n[[debian]]\nrecipe = {}\nlayer = {}\nrequest = \"{}\"\npackages = [\n", toml_str(&d.recipe), d.layer, d.request);
+            let _ = write!(
+                s,
+                "\n[[debian]]\nrecipe = {}\nlayer = {}\nrequest = \"{}\"\npackages = [\n",
+                toml_str(&d.recipe),
+                d.layer,
+                d.request
+            );
             for p in &d.packages {
                 let _ = writeln!(
                     s,

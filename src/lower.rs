@@ -15,10 +15,16 @@ use std::collections::BTreeMap;
 use imgbuild_layer::Meta;
 use serde::{Deserialize, Serialize};
 
+/// (mode, uid, gid) of a directory.
+pub type DirMeta = (u32, u32, u32);
+
+/// What a layer writing some path depends on: each ancestor and its lower metadata.
+pub type AncestorContext = Vec<(String, Option<DirMeta>)>;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LowerView {
     /// path (no leading `/`) -> (mode, uid, gid)
-    pub dirs: BTreeMap<String, (u32, u32, u32)>,
+    pub dirs: BTreeMap<String, DirMeta>,
     /// path -> target
     pub symlinks: BTreeMap<String, String>,
 }
@@ -43,7 +49,11 @@ impl LowerView {
     /// Rewrites an image path (with or without leading `/`) so that no ancestor is a
     /// lower symlink. Returns the path without a leading `/`.
     pub fn resolve(&self, path: &str) -> String {
-        let mut parts: Vec<String> = path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_owned).collect();
+        let mut parts: Vec<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_owned)
+            .collect();
         let mut hops = 0;
         let mut i = 0;
         // Only ancestors are resolved: the final component is what the layer writes.
@@ -78,7 +88,7 @@ impl LowerView {
 
     /// The facts about `path`'s ancestors that a layer writing `path` depends on,
     /// for its fingerprint.
-    pub fn context_for(&self, resolved: &str) -> Vec<(String, Option<(u32, u32, u32)>)> {
+    pub fn context_for(&self, resolved: &str) -> AncestorContext {
         let mut out = vec![];
         let mut acc = String::new();
         let parts: Vec<&str> = resolved.split('/').collect();

@@ -42,7 +42,12 @@ fn main() -> ExitCode {
 }
 
 fn push_options(names: Option<Vec<String>>, a: &cli::PushArgs) -> ops::push::PushOptions {
-    ops::push::PushOptions { names, extra_tags: a.tags.clone(), registry_prefix: a.registry.clone(), insecure: a.insecure.clone() }
+    ops::push::PushOptions {
+        names,
+        extra_tags: a.tags.clone(),
+        registry_prefix: a.registry.clone(),
+        insecure: a.insecure.clone(),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -54,14 +59,26 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         Verbosity::Normal
     };
-    let project = Project::open(&g.dir, g.store.clone(), g.out.clone(), g.jobs, Progress::new(verbosity))?;
+    let project = Project::open(
+        &g.dir,
+        g.store.clone(),
+        g.out.clone(),
+        g.jobs,
+        Progress::new(verbosity),
+    )?;
     match &cli.command {
         Command::All { locked, .. } | Command::Build { locked, .. } => {
             let names = match &cli.command {
                 Command::Build { names, .. } => Some(names.clone()),
                 _ => None,
             };
-            let records = ops::build::build(&project, &ops::build::BuildOptions { names, locked: *locked })?;
+            let records = ops::build::build(
+                &project,
+                &ops::build::BuildOptions {
+                    names,
+                    locked: *locked,
+                },
+            )?;
             if g.json {
                 let images: Vec<_> = records
                     .iter()
@@ -78,9 +95,19 @@ fn run(cli: Cli) -> Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({ "images": images }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "images": images }))?
+                );
             }
-            if let Command::All { push, load, push_args, engine, .. } = &cli.command {
+            if let Command::All {
+                push,
+                load,
+                push_args,
+                engine,
+                ..
+            } = &cli.command
+            {
                 if *load {
                     ops::load::load(&project, None, *engine)?;
                 }
@@ -94,7 +121,12 @@ fn run(cli: Cli) -> Result<()> {
             let names = (!names.is_empty()).then(|| names.clone());
             ops::push::push(&project, &push_options(names, push_args), g.json)
         }
-        Command::Login { registry, username, password_stdin, insecure } => {
+        Command::Login {
+            registry,
+            username,
+            password_stdin,
+            insecure,
+        } => {
             let password = if *password_stdin {
                 let mut s = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
@@ -104,16 +136,34 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 rpassword::prompt_password(format!("Password for {username}@{registry}: "))?
             };
-            let insecure = if *insecure { vec![registry.clone()] } else { vec![] };
-            project.progress.line(ops::push::login(registry, username, &password, &insecure)?);
+            let insecure = if *insecure {
+                vec![registry.clone()]
+            } else {
+                vec![]
+            };
+            project
+                .progress
+                .line(ops::push::login(registry, username, &password, &insecure)?);
             Ok(())
         }
         Command::Load { names, engine } => {
             let names = (!names.is_empty()).then(|| names.clone());
             ops::load::load(&project, names.as_deref(), *engine)
         }
-        Command::Setup { template, env_file, force, non_interactive, set } => {
-            let abs = |p: &std::path::Path| if p.is_absolute() { p.to_path_buf() } else { project.root.join(p) };
+        Command::Setup {
+            template,
+            env_file,
+            force,
+            non_interactive,
+            set,
+        } => {
+            let abs = |p: &std::path::Path| {
+                if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    project.root.join(p)
+                }
+            };
             let msg = ops::setup::setup(&ops::setup::SetupOptions {
                 template: &abs(template),
                 env_file: &abs(env_file),

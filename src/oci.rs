@@ -27,7 +27,8 @@ pub fn canonical(v: &Value) -> Vec<u8> {
     fn sort(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
-                let sorted: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sort(v))).collect();
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
                 Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
             }
             Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
@@ -52,7 +53,12 @@ pub fn rfc3339(epoch: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// The effective config of an image: its base's config with the recipe's on top.
@@ -68,7 +74,11 @@ pub fn merge_config(base: Option<&ConfigSpec>, own: &ConfigSpec) -> ConfigSpec {
     }
     c.env.extend(own.env.clone());
     c.labels.extend(own.labels.clone());
-    for (dst, src) in [(&mut c.workdir, &own.workdir), (&mut c.user, &own.user), (&mut c.stop_signal, &own.stop_signal)] {
+    for (dst, src) in [
+        (&mut c.workdir, &own.workdir),
+        (&mut c.user, &own.user),
+        (&mut c.stop_signal, &own.stop_signal),
+    ] {
         if src.is_some() {
             *dst = src.clone();
         }
@@ -94,12 +104,25 @@ pub struct HistoryEntry {
 }
 
 /// The image config JSON.
-pub fn image_config(cfg: &ConfigSpec, diff_ids: &[Digest], history: &[HistoryEntry], epoch: u64) -> Vec<u8> {
+pub fn image_config(
+    cfg: &ConfigSpec,
+    diff_ids: &[Digest],
+    history: &[HistoryEntry],
+    epoch: u64,
+) -> Vec<u8> {
     let created = rfc3339(epoch);
     let mut env: BTreeMap<String, String> = cfg.env.clone();
-    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
     let mut c = serde_json::Map::new();
-    c.insert("Env".into(), json!(env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()));
+    c.insert(
+        "Env".into(),
+        json!(
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+        ),
+    );
     if let Some(e) = &cfg.entrypoint {
         c.insert("Entrypoint".into(), json!(e));
     }
@@ -113,10 +136,16 @@ pub fn image_config(cfg: &ConfigSpec, diff_ids: &[Digest], history: &[HistoryEnt
         c.insert("User".into(), json!(u));
     }
     if !cfg.ports.is_empty() {
-        c.insert("ExposedPorts".into(), Value::Object(cfg.ports.iter().map(|p| (p.clone(), json!({}))).collect()));
+        c.insert(
+            "ExposedPorts".into(),
+            Value::Object(cfg.ports.iter().map(|p| (p.clone(), json!({}))).collect()),
+        );
     }
     if !cfg.volumes.is_empty() {
-        c.insert("Volumes".into(), Value::Object(cfg.volumes.iter().map(|p| (p.clone(), json!({}))).collect()));
+        c.insert(
+            "Volumes".into(),
+            Value::Object(cfg.volumes.iter().map(|p| (p.clone(), json!({}))).collect()),
+        );
     }
     if !cfg.labels.is_empty() {
         c.insert("Labels".into(), json!(cfg.labels));
@@ -190,6 +219,9 @@ mod tests {
     #[test]
     fn canonical_sorts_keys() {
         let v = json!({"b": 1, "a": {"d": 2, "c": [ {"z": 1, "y": 2} ]}});
-        assert_eq!(String::from_utf8(canonical(&v)).unwrap(), r#"{"a":{"c":[{"y":2,"z":1}],"d":2},"b":1}"#);
+        assert_eq!(
+            String::from_utf8(canonical(&v)).unwrap(),
+            r#"{"a":{"c":[{"y":2,"z":1}],"d":2},"b":1}"#
+        );
     }
 }

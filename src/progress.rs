@@ -24,7 +24,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(verbosity: Verbosity) -> Progress {
-        Progress { verbosity, tty: std::io::stderr().is_terminal(), status: Arc::new(Mutex::new(None)) }
+        Progress {
+            verbosity,
+            tty: std::io::stderr().is_terminal(),
+            status: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// A finished step.
@@ -97,7 +101,11 @@ pub fn human(bytes: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// The first 12 hex digits of a digest, for display.

@@ -24,7 +24,13 @@ pub struct Project {
 }
 
 impl Project {
-    pub fn open(root: &Path, store: Option<PathBuf>, out: Option<PathBuf>, jobs: Option<usize>, progress: Progress) -> Result<Project> {
+    pub fn open(
+        root: &Path,
+        store: Option<PathBuf>,
+        out: Option<PathBuf>,
+        jobs: Option<usize>,
+        progress: Progress,
+    ) -> Result<Project> {
         let root = root
             .canonicalize()
             .with_context(|| format!("project directory `{}` does not exist", root.display()))?;
@@ -32,32 +38,58 @@ impl Project {
             Some(s) => s,
             None => default_store()?,
         };
-        let store = Store::open(&store_dir).with_context(|| format!("cannot open the store at `{}`", store_dir.display()))?;
+        let store = Store::open(&store_dir)
+            .with_context(|| format!("cannot open the store at `{}`", store_dir.display()))?;
         let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) if !v.is_empty() => v
-                .trim()
-                .parse()
-                .with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds"))?,
+            Ok(v) if !v.is_empty() => v.trim().parse().with_context(|| {
+                format!("SOURCE_DATE_EPOCH=`{v}` is not a whole number of seconds")
+            })?,
             _ => 0,
         };
-        let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+        let jobs = jobs
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .max(1);
         let key = Digest::of_bytes(root.as_os_str().as_encoded_bytes()).hex()[..16].to_owned();
-        Ok(Project { out: out.unwrap_or_else(|| root.join("out")), root, store, epoch, jobs, key, progress })
+        Ok(Project {
+            out: out.unwrap_or_else(|| root.join("out")),
+            root,
+            store,
+            epoch,
+            jobs,
+            key,
+            progress,
+        })
     }
 
     /// A shared lock on the store for the duration of a build: `gc` takes it
     /// exclusively, so it never deletes what a running build is about to use.
     pub fn lock_shared(&self) -> Result<File> {
         let p = self.store.root().join("lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&p).with_context(|| format!("failed to open `{}`", p.display()))?;
-        f.lock_shared().with_context(|| format!("failed to lock `{}`", p.display()))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("failed to open `{}`", p.display()))?;
+        f.lock_shared()
+            .with_context(|| format!("failed to lock `{}`", p.display()))?;
         Ok(f)
     }
 
     pub fn lock_exclusive(&self) -> Result<File> {
         let p = self.store.root().join("lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&p).with_context(|| format!("failed to open `{}`", p.display()))?;
-        f.lock().with_context(|| format!("failed to lock `{}`", p.display()))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("failed to open `{}`", p.display()))?;
+        f.lock()
+            .with_context(|| format!("failed to lock `{}`", p.display()))?;
         Ok(f)
     }
 }
@@ -67,6 +99,8 @@ fn default_store() -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("imgbuild"));
     }
-    let home = std::env::var_os("HOME").context("neither --store, IMGBUILD_STORE, XDG_CACHE_HOME nor HOME is set; pass --store DIR")?;
+    let home = std::env::var_os("HOME").context(
+        "neither --store, IMGBUILD_STORE, XDG_CACHE_HOME nor HOME is set; pass --store DIR",
+    )?;
     Ok(PathBuf::from(home).join(".cache/imgbuild"))
 }

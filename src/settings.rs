@@ -34,7 +34,10 @@ impl Settings {
         let p = root.join("imgbuild.toml");
         let s: Settings = match std::fs::read_to_string(&p) {
             Ok(text) => toml::from_str(&text).map_err(|e| {
-                let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(0);
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start].matches('\n').count() + 1)
+                    .unwrap_or(0);
                 anyhow::anyhow!("imgbuild.toml:{line}: {}", e.message().trim())
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settings::default(),
@@ -45,10 +48,18 @@ impl Settings {
 
     pub fn mirror(&self) -> imgbuild_debian::Mirror {
         let mut m = imgbuild_debian::Mirror::default();
-        if let Some(x) = std::env::var("IMGBUILD_DEBIAN_MIRROR").ok().filter(|x| !x.is_empty()).or(self.debian.mirror.clone()) {
+        if let Some(x) = std::env::var("IMGBUILD_DEBIAN_MIRROR")
+            .ok()
+            .filter(|x| !x.is_empty())
+            .or(self.debian.mirror.clone())
+        {
             m.archive = x;
         }
-        if let Some(x) = std::env::var("IMGBUILD_DEBIAN_SECURITY_MIRROR").ok().filter(|x| !x.is_empty()).or(self.debian.security_mirror.clone()) {
+        if let Some(x) = std::env::var("IMGBUILD_DEBIAN_SECURITY_MIRROR")
+            .ok()
+            .filter(|x| !x.is_empty())
+            .or(self.debian.security_mirror.clone())
+        {
             m.security = x;
         }
         m

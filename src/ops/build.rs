@@ -18,7 +18,6 @@ use anyhow::{Context, Result, anyhow};
 use imgbuild_layer::{WriteOptions, write_layer};
 use imgbuild_store::Digest;
 
-use imgbuild_debian::system::Accounts;
 use crate::cache::{ImageRecord, LayerRecord, LayerReport};
 use crate::lower::LowerView;
 use crate::oci::{self, Descriptor, HistoryEntry, MEDIA_CONFIG, MEDIA_LAYER_GZIP};
@@ -27,6 +26,7 @@ use crate::project::Project;
 use crate::recipe::{ConfigSpec, From, Recipe, RecipeSet};
 use crate::sink::{self, ImageOut};
 use crate::source::{self, Session, files::StatCache};
+use imgbuild_debian::system::Accounts;
 
 pub struct BuildOptions {
     /// `None`: every recipe.
@@ -51,7 +51,9 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     let order = set.closure(opts.names.as_deref())?;
     let _lock = project.lock_shared()?;
     // Temp files older than a day can only be left by killed processes.
-    let _ = project.store.clean_tmp(std::time::Duration::from_secs(86400));
+    let _ = project
+        .store
+        .clean_tmp(std::time::Duration::from_secs(86400));
     let stat = Mutex::new(StatCache::load(&project.store, &project.key));
     let session = Session::new(project, opts.locked, false)?;
     let lock_before = session.debian.lock.lock().expect("lock").clone();
@@ -61,13 +63,16 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     let mut done: BTreeMap<String, Built> = BTreeMap::new();
     let mut remaining: Vec<&Recipe> = order.clone();
     while !remaining.is_empty() {
-        let (ready, later): (Vec<&Recipe>, Vec<&Recipe>) = remaining.into_iter().partition(|r| match &r.from.value {
-            From::Recipe(p) => done.contains_key(p),
-            _ => true,
-        });
+        let (ready, later): (Vec<&Recipe>, Vec<&Recipe>) =
+            remaining.into_iter().partition(|r| match &r.from.value {
+                From::Recipe(p) => done.contains_key(p),
+                _ => true,
+            });
         remaining = later;
         if ready.is_empty() {
-            return Err(anyhow!("internal error: no buildable recipe left (dependency cycle?)"));
+            return Err(anyhow!(
+                "internal error: no buildable recipe left (dependency cycle?)"
+            ));
         }
         let queue = Mutex::new(ready.iter().rev().copied().collect::<Vec<_>>());
         let results: Mutex<Vec<(String, Result<Built>)>> = Mutex::new(vec![]);
@@ -76,7 +81,9 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
             for _ in 0..workers {
                 s.spawn(|| {
                     loop {
-                        let Some(r) = queue.lock().expect("queue").pop() else { break };
+                        let Some(r) = queue.lock().expect("queue").pop() else {
+                            break;
+                        };
                         let base = match &r.from.value {
                             From::Recipe(p) => done.get(p),
                             _ => None,
@@ -101,19 +108,26 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
         }
         if let Some(e) = first_err {
             project.progress.clear();
-            let _ = stat.lock().expect("stat").save(&project.store, &project.key);
+            let _ = stat
+                .lock()
+                .expect("stat")
+                .save(&project.store, &project.key);
             return Err(e);
         }
     }
     project.progress.clear();
-    stat.into_inner().expect("stat").save(&project.store, &project.key)?;
+    stat.into_inner()
+        .expect("stat")
+        .save(&project.store, &project.key)?;
     if opts.names.is_none() {
         session.debian.prune_lock(&live_debian_layers(&set));
     }
     let lock_after = session.debian.lock.lock().expect("lock").clone();
     if lock_after != lock_before {
         lock_after.save(&project.root)?;
-        project.progress.line(format!("updated {}", crate::lockfile::FILE));
+        project
+            .progress
+            .line(format!("updated {}", crate::lockfile::FILE));
     }
 
     let records: Vec<ImageRecord> = order.iter().map(|r| done[&r.name].record.clone()).collect();
@@ -122,7 +136,11 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     for rec in &records {
         rec.save(&project.store, &project.key)?;
     }
-    let built = records.iter().flat_map(|r| &r.layers).filter(|l| !l.cached).count();
+    let built = records
+        .iter()
+        .flat_map(|r| &r.layers)
+        .filter(|l| !l.cached)
+        .count();
     project.progress.line(format!(
         "built {} image(s) in {:.2}s ({built} layer(s) built, the rest cached) -> {}",
         records.len(),
@@ -133,8 +151,15 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
 }
 
 pub fn image_out(rec: &ImageRecord) -> ImageOut {
-    let repo = rec.repository.clone().unwrap_or_else(|| format!("imgbuild/{}", rec.name));
-    let tags = if rec.tags.is_empty() { vec!["latest".to_owned()] } else { rec.tags.clone() };
+    let repo = rec
+        .repository
+        .clone()
+        .unwrap_or_else(|| format!("imgbuild/{}", rec.name));
+    let tags = if rec.tags.is_empty() {
+        vec!["latest".to_owned()]
+    } else {
+        rec.tags.clone()
+    };
     ImageOut {
         name: rec.name.clone(),
         reference: rec.reference.clone(),
@@ -150,8 +175,14 @@ pub fn image_out(rec: &ImageRecord) -> ImageOut {
 /// repository is the recipe's `repository` or `imgbuild/NAME`, and the tag
 /// defaults to `latest`.
 pub fn reference_for(r: &Recipe) -> String {
-    let repo = r.repository.clone().unwrap_or_else(|| format!("imgbuild/{}", r.name));
-    format!("{repo}:{}", r.tags.first().map(String::as_str).unwrap_or("latest"))
+    let repo = r
+        .repository
+        .clone()
+        .unwrap_or_else(|| format!("imgbuild/{}", r.name));
+    format!(
+        "{repo}:{}",
+        r.tags.first().map(String::as_str).unwrap_or("latest")
+    )
 }
 
 /// (recipe, layer number) of every Debian layer, to drop stale lock entries.
@@ -167,7 +198,13 @@ pub fn live_debian_layers(set: &RecipeSet) -> BTreeMap<(String, usize), ()> {
     live
 }
 
-fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&Built>, stat: &Mutex<StatCache>) -> Result<Built> {
+fn build_image(
+    project: &Project,
+    session: &Session,
+    r: &Recipe,
+    base: Option<&Built>,
+    stat: &Mutex<StatCache>,
+) -> Result<Built> {
     let registry_base = match &r.from.value {
         From::Registry(reference) => Some(source::base::load(session, r, reference)?),
         _ => None,
@@ -195,7 +232,10 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
         history: b.history,
     });
     let base = base.or(registry_base.as_ref());
-    let write = WriteOptions { mtime: project.epoch, threads: project.jobs };
+    let write = WriteOptions {
+        mtime: project.epoch,
+        threads: project.jobs,
+    };
     let contract = write.contract();
     let mut layers: Vec<LayerReport> = base.map(|b| b.record.layers.clone()).unwrap_or_default();
     let mut view = base.map(|b| b.view.clone()).unwrap_or_default();
@@ -205,7 +245,9 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
     let n = r.layers.len();
     for (i, spec) in r.layers.iter().enumerate() {
         let label = format!("[{}] layer {}/{n}", r.name, i + 1);
-        project.progress.status(format!("{label}: checking inputs ({})", spec.describe()));
+        project
+            .progress
+            .status(format!("{label}: checking inputs ({})", spec.describe()));
         let extra = session.extra_sources(r, i, spec)?;
         let prepared = {
             let mut st = stat.lock().expect("stat cache");
@@ -217,10 +259,16 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
             Some(rec) => (rec, true),
             None => {
                 let t = Instant::now();
-                project.progress.status(format!("{label}: building ({})", spec.describe()));
+                project
+                    .progress
+                    .status(format!("{label}: building ({})", spec.describe()));
                 let description = prepared.description.clone();
-                let built = prepared.build_tree(&view).with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
-                project.progress.status(format!("{label}: writing {} entries", built.tree.len()));
+                let built = prepared
+                    .build_tree(&view)
+                    .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
+                project
+                    .progress
+                    .status(format!("{label}: writing {} entries", built.tree.len()));
                 let blob = write_layer(&built.tree, &write, &project.store)
                     .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
                 let rec = LayerRecord {
@@ -254,7 +302,12 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
         view.apply(&record.view);
         accounts = next_accounts;
         history.push(HistoryEntry {
-            created_by: format!("imgbuild {}: layer {} ({})", r.file.display(), i + 1, record.description),
+            created_by: format!(
+                "imgbuild {}: layer {} ({})",
+                r.file.display(),
+                i + 1,
+                record.description
+            ),
             empty_layer: false,
         });
         inputs.extend(record.inputs.iter().cloned());
@@ -275,13 +328,21 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
     let layer_desc: Vec<Descriptor> = layers
         .iter()
         .map(|l| Descriptor {
-            media_type: if l.media_type.is_some() { crate::oci::MEDIA_LAYER_ZSTD } else { MEDIA_LAYER_GZIP },
+            media_type: if l.media_type.is_some() {
+                crate::oci::MEDIA_LAYER_ZSTD
+            } else {
+                MEDIA_LAYER_GZIP
+            },
             digest: l.digest.clone(),
             size: l.size,
         })
         .collect();
     let manifest = oci::image_manifest(
-        &Descriptor { media_type: MEDIA_CONFIG, digest: config_digest.clone(), size: config.len() as u64 },
+        &Descriptor {
+            media_type: MEDIA_CONFIG,
+            digest: config_digest.clone(),
+            size: config.len() as u64,
+        },
         &layer_desc,
     );
     let manifest_digest = project.store.put_bytes(&manifest)?;
@@ -306,7 +367,9 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
         layers,
         inputs,
     };
-    project.progress.status(format!("[{}] writing {}", r.name, tarball.display()));
+    project
+        .progress
+        .status(format!("[{}] writing {}", r.name, tarball.display()));
     let wrote = sink::tarball::write(&tarball, &project.store, &image_out(&record), project.epoch)?;
     project.progress.line(format!(
         "[{}] image {} -> {}{}",
@@ -315,5 +378,11 @@ fn build_image(project: &Project, session: &Session, r: &Recipe, base: Option<&B
         tarball.display(),
         if wrote { "" } else { " (unchanged)" }
     ));
-    Ok(Built { record, view, accounts, config: config_spec, history })
+    Ok(Built {
+        record,
+        view,
+        accounts,
+        config: config_spec,
+        history,
+    })
 }

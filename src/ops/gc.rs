@@ -24,8 +24,13 @@ pub fn gc(project: &Project, keep_days: u64, dry_run: bool) -> Result<()> {
     let mut dropped_records = 0;
     for key in store.list_records(IMAGE_BUCKET)? {
         let path = store.record_path(IMAGE_BUCKET, &key);
-        let recent = std::fs::metadata(&path).and_then(|m| m.modified()).map(|t| t >= cutoff).unwrap_or(false);
-        let rec = store.read_record(IMAGE_BUCKET, &key)?.and_then(|b| serde_json::from_slice::<ImageRecord>(&b).ok());
+        let recent = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map(|t| t >= cutoff)
+            .unwrap_or(false);
+        let rec = store
+            .read_record(IMAGE_BUCKET, &key)?
+            .and_then(|b| serde_json::from_slice::<ImageRecord>(&b).ok());
         match rec {
             Some(rec) if recent => {
                 keep.insert(rec.manifest_digest.clone());
@@ -44,7 +49,10 @@ pub fn gc(project: &Project, keep_days: u64, dry_run: bool) -> Result<()> {
     // Layer records of kept layers keep their inputs too.
     let mut layer_records = vec![];
     for key in store.list_records(LAYER_BUCKET)? {
-        if let Some(rec) = store.read_record(LAYER_BUCKET, &key)?.and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok()) {
+        if let Some(rec) = store
+            .read_record(LAYER_BUCKET, &key)?
+            .and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok())
+        {
             if keep.contains(&rec.digest) {
                 keep.extend(rec.inputs.iter().cloned());
             }
@@ -72,7 +80,11 @@ pub fn gc(project: &Project, keep_days: u64, dry_run: bool) -> Result<()> {
             }
         }
     }
-    let tmp = if dry_run { 0 } else { store.clean_tmp(Duration::from_secs(3600))? };
+    let tmp = if dry_run {
+        0
+    } else {
+        store.clean_tmp(Duration::from_secs(3600))?
+    };
     project.progress.line(format!(
         "{}{blobs} blob(s), {} freed; {layer_dropped} layer cache record(s) and {dropped_records} image record(s) older than {keep_days} day(s) dropped; {tmp} stale temp file(s) removed",
         if dry_run { "would remove " } else { "removed " },

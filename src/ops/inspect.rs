@@ -10,7 +10,9 @@ use crate::project::Project;
 
 pub fn inspect(project: &Project, name: &str, json: bool) -> Result<()> {
     let Some(rec) = ImageRecord::load(&project.store, &project.key, name)? else {
-        bail!("no build of `{name}` recorded for this project in the store; run `imgbuild build {name}` first");
+        bail!(
+            "no build of `{name}` recorded for this project in the store; run `imgbuild build {name}` first"
+        );
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&rec)?);
@@ -22,7 +24,11 @@ pub fn inspect(project: &Project, name: &str, json: bool) -> Result<()> {
     println!("config     {}", rec.config_digest);
     println!("tarball    {}", rec.tarball);
     let total: u64 = rec.layers.iter().map(|l| l.size).sum();
-    println!("layers     {} ({} compressed)", rec.layers.len(), human(total));
+    println!(
+        "layers     {} ({} compressed)",
+        rec.layers.len(),
+        human(total)
+    );
     for (i, l) in rec.layers.iter().enumerate() {
         println!(
             "  {:>2}. {} {:>9}  {}  {}",

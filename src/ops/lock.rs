@@ -25,9 +25,19 @@ pub fn lock(project: &Project) -> Result<()> {
             }
         }
     }
-    session.debian.prune_lock(&crate::ops::build::live_debian_layers(&set));
+    session
+        .debian
+        .prune_lock(&crate::ops::build::live_debian_layers(&set));
     project.progress.clear();
-    session.debian.lock.lock().expect("lock").save(&project.root)?;
-    project.progress.line(format!("wrote {} ({n} package pins)", crate::lockfile::FILE));
+    session
+        .debian
+        .lock
+        .lock()
+        .expect("lock")
+        .save(&project.root)?;
+    project.progress.line(format!(
+        "wrote {} ({n} package pins)",
+        crate::lockfile::FILE
+    ));
     Ok(())
 }

@@ -3,7 +3,7 @@
 pub mod build;
 pub mod gc;
 pub mod inspect;
-pub mod lock;
 pub mod load;
+pub mod lock;
 pub mod push;
 pub mod setup;

@@ -28,18 +28,24 @@ pub struct SetupOptions<'a> {
 
 fn random_secret() -> Result<String> {
     let mut buf = [0u8; 24];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).context("failed to read /dev/urandom")?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("failed to read /dev/urandom")?;
     Ok(hex::encode(buf))
 }
 
 pub fn setup(opts: &SetupOptions) -> Result<String> {
     if opts.env_file.exists() && !opts.force {
-        bail!("{} already exists; keeping it (pass --force to replace it: the stack's volumes keep the old passwords)", opts.env_file.display());
+        bail!(
+            "{} already exists; keeping it (pass --force to replace it: the stack's volumes keep the old passwords)",
+            opts.env_file.display()
+        );
     }
     let template = std::fs::read_to_string(opts.template)
         .with_context(|| format!("failed to read the template `{}`", opts.template.display()))?;
     let mut overrides: BTreeMap<String, String> = opts.set.iter().cloned().collect();
-    let interactive = opts.interactive && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let interactive =
+        opts.interactive && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let mut out = String::from("# Written by `imgbuild setup`. Secrets: never commit this file.\n");
     let mut secrets = 0;
     for (n, line) in template.lines().enumerate() {
@@ -47,7 +53,11 @@ pub fn setup(opts: &SetupOptions) -> Result<String> {
         // written when `--set` names it.
         let uncommented = line.trim().trim_start_matches('#').trim_start();
         let line = match uncommented.split_once('=') {
-            Some((k, _)) if line.trim_start().starts_with('#') && overrides.contains_key(k.trim()) => uncommented,
+            Some((k, _))
+                if line.trim_start().starts_with('#') && overrides.contains_key(k.trim()) =>
+            {
+                uncommented
+            }
             _ => line,
         };
         let t = line.trim();
@@ -58,21 +68,36 @@ pub fn setup(opts: &SetupOptions) -> Result<String> {
         };
         let key = key.trim();
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            bail!("{}:{}: `{key}` is not a variable name", opts.template.display(), n + 1);
+            bail!(
+                "{}:{}: `{key}` is not a variable name",
+                opts.template.display(),
+                n + 1
+            );
         }
         let value = value.split(" #").next().unwrap_or("").trim();
         let secret = value.starts_with(SECRET_MARKER);
-        let default = if secret { random_secret()? } else { value.to_owned() };
+        let default = if secret {
+            random_secret()?
+        } else {
+            value.to_owned()
+        };
         let chosen = match overrides.remove(key) {
             Some(v) => v,
             None if interactive => {
-                let prompt = if secret { format!("{key} (secret; Enter = generate): ") } else { format!("{key} [{default}]: ") };
+                let prompt = if secret {
+                    format!("{key} (secret; Enter = generate): ")
+                } else {
+                    format!("{key} [{default}]: ")
+                };
                 let answer = if secret {
-                    rpassword::prompt_password(prompt).context("failed to read from the terminal")?
+                    rpassword::prompt_password(prompt)
+                        .context("failed to read from the terminal")?
                 } else {
                     eprint!("{prompt}");
                     let mut s = String::new();
-                    std::io::stdin().read_line(&mut s).context("failed to read from the terminal")?;
+                    std::io::stdin()
+                        .read_line(&mut s)
+                        .context("failed to read from the terminal")?;
                     s
                 };
                 let a = answer.trim();
@@ -87,16 +112,30 @@ pub fn setup(opts: &SetupOptions) -> Result<String> {
         out.push_str(&format!("{key}={chosen}\n"));
     }
     if let Some(k) = overrides.keys().next() {
-        bail!("--set {k}=...: `{k}` is not in the template {}", opts.template.display());
+        bail!(
+            "--set {k}=...: `{k}` is not in the template {}",
+            opts.template.display()
+        );
     }
     // 0600 from the start: the secrets are never readable by others, not even briefly.
-    let dir = opts.env_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = opts
+        .env_file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".env.{}.tmp", std::process::id()));
     let r = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(out.as_bytes())?;
         f.sync_all()
     })();
     crate::sink::finish_atomic(r, tmp, opts.env_file)?;
-    Ok(format!("wrote {} (mode 0600) with {secrets} generated secret(s)", opts.env_file.display()))
+    Ok(format!(
+        "wrote {} (mode 0600) with {secrets} generated secret(s)",
+        opts.env_file.display()
+    ))
 }

@@ -27,7 +27,14 @@ pub struct RecipeError {
 impl fmt::Display for RecipeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
         } else {
             write!(f, "{}: {}", self.file.display(), self.message)
         }
@@ -42,7 +49,11 @@ pub(crate) struct SourceFile<'a> {
 }
 
 impl SourceFile<'_> {
-    pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> RecipeError {
+    pub fn error_at(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> RecipeError {
         let upto = &self.text[..span.start.min(self.text.len())];
         let line = upto.matches('\n').count() + 1;
         let column = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
@@ -70,7 +81,9 @@ impl RecipeSet {
                 file: dir.clone(),
                 line: 0,
                 column: 0,
-                message: format!("cannot read the recipes directory: {e} (is -C pointing at the project root?)"),
+                message: format!(
+                    "cannot read the recipes directory: {e} (is -C pointing at the project root?)"
+                ),
             })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -85,7 +98,13 @@ impl RecipeSet {
                 column: 0,
                 message: format!("cannot read: {e}"),
             })?;
-            let recipe = model::parse(root, &SourceFile { display, text: &text })?;
+            let recipe = model::parse(
+                root,
+                &SourceFile {
+                    display,
+                    text: &text,
+                },
+            )?;
             recipes.insert(recipe.name.clone(), recipe);
         }
         let set = RecipeSet { recipes };
@@ -115,7 +134,9 @@ impl RecipeSet {
                 if seen.contains(&parent.as_str()) {
                     seen.push(parent);
                     let r = &self.recipes[cur];
-                    return Err(r.error_at(&r.from.pos, format!("`from` cycle: {}", seen.join(" -> "))));
+                    return Err(
+                        r.error_at(&r.from.pos, format!("`from` cycle: {}", seen.join(" -> ")))
+                    );
                 }
                 seen.push(parent);
                 cur = parent;
@@ -132,7 +153,12 @@ impl RecipeSet {
         };
         let mut out: Vec<&Recipe> = vec![];
         let mut done = BTreeSet::new();
-        fn visit<'a>(set: &'a RecipeSet, n: &str, done: &mut BTreeSet<String>, out: &mut Vec<&'a Recipe>) {
+        fn visit<'a>(
+            set: &'a RecipeSet,
+            n: &str,
+            done: &mut BTreeSet<String>,
+            out: &mut Vec<&'a Recipe>,
+        ) {
             if !done.insert(n.to_owned()) {
                 return;
             }

@@ -76,7 +76,10 @@ pub struct OwnerSpec {
 #[derive(Clone, Debug)]
 pub enum FileSource {
     /// A file or directory in the project, relative to the project root.
-    Host { rel: PathBuf, abs: PathBuf },
+    Host {
+        rel: PathBuf,
+        abs: PathBuf,
+    },
     Inline(String),
 }
 
@@ -177,7 +180,11 @@ impl LayerSpec {
                 kinds.push(format!("{n} {what}"));
             }
         }
-        if kinds.is_empty() { "empty".into() } else { kinds.join(", ") }
+        if kinds.is_empty() {
+            "empty".into()
+        } else {
+            kinds.join(", ")
+        }
     }
 }
 
@@ -189,7 +196,10 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn pos<T>(&self, s: &Spanned<T>) -> Pos {
         let e = self.src.error_at(s.span(), "");
-        Pos { line: e.line, column: e.column }
+        Pos {
+            line: e.line,
+            column: e.column,
+        }
     }
     fn err<T>(&self, s: &Spanned<T>, msg: impl Into<String>) -> RecipeError {
         self.src.error_at(s.span(), msg)
@@ -214,10 +224,15 @@ impl Ctx<'_> {
             None => (v.as_str(), None),
         };
         let valid = |x: &str| {
-            !x.is_empty() && x.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            !x.is_empty()
+                && x.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
         };
         if !valid(u) || g.is_some_and(|g| !valid(g)) {
-            return Err(self.err(s, format!("invalid owner \"{v}\": write \"user\", \"user:group\" or \"uid:gid\"")));
+            return Err(self.err(
+                s,
+                format!("invalid owner \"{v}\": write \"user\", \"user:group\" or \"uid:gid\""),
+            ));
         }
         Ok(OwnerSpec {
             user: u.to_owned(),
@@ -228,7 +243,10 @@ impl Ctx<'_> {
     fn image_path(&self, s: &Spanned<String>, what: &str) -> Result<String, RecipeError> {
         let v = s.get_ref();
         if !v.starts_with('/') {
-            return Err(self.err(s, format!("{what} \"{v}\" must be an absolute path in the image (start with `/`)")));
+            return Err(self.err(
+                s,
+                format!("{what} \"{v}\" must be an absolute path in the image (start with `/`)"),
+            ));
         }
         if v.split('/').any(|c| c == "..") {
             return Err(self.err(s, format!("{what} \"{v}\" may not contain `..`")));
@@ -240,11 +258,18 @@ impl Ctx<'_> {
     }
 
     /// A project-relative source path that must exist and stay inside the project.
-    fn project_path(&self, s: &Spanned<String>, what: &str) -> Result<(PathBuf, PathBuf), RecipeError> {
+    fn project_path(
+        &self,
+        s: &Spanned<String>,
+        what: &str,
+    ) -> Result<(PathBuf, PathBuf), RecipeError> {
         let v = s.get_ref();
         let rel = Path::new(v);
         if rel.is_absolute() {
-            return Err(self.err(s, format!("{what} \"{v}\" must be relative to the project root")));
+            return Err(self.err(
+                s,
+                format!("{what} \"{v}\" must be relative to the project root"),
+            ));
         }
         // Lexical check first (clear message), then the real one through symlinks.
         let mut depth: i64 = 0;
@@ -255,21 +280,38 @@ impl Ctx<'_> {
                 _ => {}
             }
             if depth < 0 {
-                return Err(self.err(s, format!("{what} \"{v}\" leaves the project directory; sources must be inside it")));
+                return Err(self.err(
+                    s,
+                    format!(
+                        "{what} \"{v}\" leaves the project directory; sources must be inside it"
+                    ),
+                ));
             }
         }
         let abs = self.root.join(rel);
         let meta = std::fs::symlink_metadata(&abs);
         if meta.is_err() {
-            return Err(self.err(s, format!("{what} \"{v}\" does not exist (looked for {})", abs.display())));
+            return Err(self.err(
+                s,
+                format!(
+                    "{what} \"{v}\" does not exist (looked for {})",
+                    abs.display()
+                ),
+            ));
         }
-        let canon_root = self.root.canonicalize().unwrap_or_else(|_| self.root.to_path_buf());
+        let canon_root = self
+            .root
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.to_path_buf());
         match abs.canonicalize() {
             Ok(c) if c.starts_with(&canon_root) => {}
             Ok(c) => {
                 return Err(self.err(
                     s,
-                    format!("{what} \"{v}\" resolves to {}, outside the project directory", c.display()),
+                    format!(
+                        "{what} \"{v}\" resolves to {}, outside the project directory",
+                        c.display()
+                    ),
                 ));
             }
             Err(e) => return Err(self.err(s, format!("{what} \"{v}\" cannot be resolved: {e}"))),
@@ -314,7 +356,10 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
     }
     let cx = Ctx { src, root };
     let from = match &raw.from {
-        None => At { value: From::Scratch, pos: Pos { line: 0, column: 0 } },
+        None => At {
+            value: From::Scratch,
+            pos: Pos { line: 0, column: 0 },
+        },
         Some(s) => {
             let v = s.get_ref();
             let value = if v == "scratch" {
@@ -324,7 +369,10 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
             } else {
                 From::Recipe(v.clone())
             };
-            At { value, pos: cx.pos(s) }
+            At {
+                value,
+                pos: cx.pos(s),
+            }
         }
     };
     let config = parse_config(&cx, raw.config)?;
@@ -340,16 +388,27 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
             let v = t.get_ref();
             let ok = !v.is_empty()
                 && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
                 && !v.starts_with(['.', '-']);
-            if ok { Ok(v.clone()) } else { Err(cx.err(&t, format!("invalid tag \"{v}\": use letters, digits, `_`, `.`, `-` (max 128)"))) }
+            if ok {
+                Ok(v.clone())
+            } else {
+                Err(cx.err(
+                    &t,
+                    format!("invalid tag \"{v}\": use letters, digits, `_`, `.`, `-` (max 128)"),
+                ))
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     let repository = match raw.repository {
         None => None,
         Some(r) => {
             let v = r.get_ref();
-            if v.is_empty() || v.contains(['@', ' ']) || v.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            if v.is_empty()
+                || v.contains(['@', ' '])
+                || v.rsplit('/').next().is_some_and(|last| last.contains(':'))
+            {
                 return Err(cx.err(&r, format!("invalid repository \"{v}\": write e.g. \"docker.io/ORG/NAME\" without tag or digest (tags go in `tags`)")));
             }
             Some(v.clone())
@@ -371,8 +430,13 @@ fn parse_config(cx: &Ctx, c: RawConfig) -> Result<ConfigSpec, RecipeError> {
     for p in c.ports.unwrap_or_default() {
         let v = p.get_ref();
         let (num, proto) = v.split_once('/').unwrap_or((v, "tcp"));
-        if num.parse::<u16>().map(|n| n == 0).unwrap_or(true) || !["tcp", "udp", "sctp"].contains(&proto) {
-            return Err(cx.err(&p, format!("invalid port \"{v}\": write e.g. \"8080/tcp\" or \"53/udp\"")));
+        if num.parse::<u16>().map(|n| n == 0).unwrap_or(true)
+            || !["tcp", "udp", "sctp"].contains(&proto)
+        {
+            return Err(cx.err(
+                &p,
+                format!("invalid port \"{v}\": write e.g. \"8080/tcp\" or \"53/udp\""),
+            ));
         }
         ports.push(format!("{num}/{proto}"));
     }
@@ -391,7 +455,10 @@ fn parse_config(cx: &Ctx, c: RawConfig) -> Result<ConfigSpec, RecipeError> {
 
 fn parse_layer(cx: &Ctx, l: &Spanned<RawLayer>) -> Result<LayerSpec, RecipeError> {
     let raw = l.get_ref();
-    let mut layer = LayerSpec { pos: Some(cx.pos(l)), ..Default::default() };
+    let mut layer = LayerSpec {
+        pos: Some(cx.pos(l)),
+        ..Default::default()
+    };
     for f in &raw.files {
         let rf = f.get_ref();
         let dest = cx.image_path(&rf.dest, "dest")?;
@@ -401,8 +468,15 @@ fn parse_layer(cx: &Ctx, l: &Spanned<RawLayer>) -> Result<LayerSpec, RecipeError
                 FileSource::Host { rel, abs }
             }
             (None, Some(c)) => FileSource::Inline(c.clone()),
-            (Some(_), Some(_)) => return Err(cx.err(f, "a file takes either `src` or `content`, not both")),
-            (None, None) => return Err(cx.err(f, "a file needs `src` (a path in the project) or `content` (inline text)")),
+            (Some(_), Some(_)) => {
+                return Err(cx.err(f, "a file takes either `src` or `content`, not both"));
+            }
+            (None, None) => {
+                return Err(cx.err(
+                    f,
+                    "a file needs `src` (a path in the project) or `content` (inline text)",
+                ));
+            }
         };
         let mode = rf.mode.as_ref().map(|m| cx.mode(m)).transpose()?;
         if let (Some(m), FileSource::Host { abs, .. }) = (&rf.mode, &source)
@@ -411,13 +485,24 @@ fn parse_layer(cx: &Ctx, l: &Spanned<RawLayer>) -> Result<LayerSpec, RecipeError
             return Err(cx.err(m, "`mode` applies to a single file; for a directory `src` the modes come from the files (exec bits kept), and `dirs` sets directory modes"));
         }
         let owner = rf.owner.as_ref().map(|o| cx.owner(o)).transpose()?;
-        layer.files.push(FileSpec { source, dest, mode, owner, pos: cx.pos(f) });
+        layer.files.push(FileSpec {
+            source,
+            dest,
+            mode,
+            owner,
+            pos: cx.pos(f),
+        });
     }
     for d in &raw.dirs {
         let rd = d.get_ref();
         layer.dirs.push(DirSpec {
             path: cx.image_path(&rd.path, "path")?,
-            mode: rd.mode.as_ref().map(|m| cx.mode(m)).transpose()?.unwrap_or(0o755),
+            mode: rd
+                .mode
+                .as_ref()
+                .map(|m| cx.mode(m))
+                .transpose()?
+                .unwrap_or(0o755),
             owner: rd.owner.as_ref().map(|o| cx.owner(o)).transpose()?,
             pos: cx.pos(d),
         });
@@ -436,7 +521,11 @@ fn parse_layer(cx: &Ctx, l: &Spanned<RawLayer>) -> Result<LayerSpec, RecipeError
     }
     for g in &raw.groups {
         let rg = g.get_ref();
-        layer.groups.push(GroupSpec { name: rg.name.clone(), gid: rg.gid, members: rg.members.clone() });
+        layer.groups.push(GroupSpec {
+            name: rg.name.clone(),
+            gid: rg.gid,
+            members: rg.members.clone(),
+        });
     }
     for u in &raw.users {
         let ru = u.get_ref();
@@ -446,7 +535,10 @@ fn parse_layer(cx: &Ctx, l: &Spanned<RawLayer>) -> Result<LayerSpec, RecipeError
             gid: ru.gid.unwrap_or(ru.uid),
             gecos: ru.gecos.clone(),
             home: ru.home.clone().unwrap_or_else(|| "/nonexistent".into()),
-            shell: ru.shell.clone().unwrap_or_else(|| "/usr/sbin/nologin".into()),
+            shell: ru
+                .shell
+                .clone()
+                .unwrap_or_else(|| "/usr/sbin/nologin".into()),
         });
     }
     if let Some(d) = &raw.debian {

@@ -18,13 +18,17 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
     let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).with_context(|| format!("failed to create `{}`", blobs.display()))?;
+    std::fs::create_dir_all(&blobs)
+        .with_context(|| format!("failed to create `{}`", blobs.display()))?;
     for img in images {
         for d in img.blobs() {
             copy_blob(store, d, &blobs.join(d.hex()))?;
         }
     }
-    write_atomic(&dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    write_atomic(
+        &dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     // Keep entries of images not rebuilt in this run; replace those that were.
     let mut entries: BTreeMap<String, Value> = BTreeMap::new();
     if let Ok(bytes) = std::fs::read(dir.join("index.json"))
@@ -40,12 +44,19 @@ pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
         }
     }
     for img in images {
-        let desc = Descriptor { media_type: MEDIA_MANIFEST, digest: img.manifest.clone(), size: img.manifest_size };
+        let desc = Descriptor {
+            media_type: MEDIA_MANIFEST,
+            digest: img.manifest.clone(),
+            size: img.manifest_size,
+        };
         let ann = BTreeMap::from([
             (REF_NAME.to_owned(), img.name.clone()),
             ("io.containerd.image.name".to_owned(), img.reference.clone()),
         ]);
         entries.insert(img.name.clone(), oci::index_entry(&desc, &ann));
     }
-    write_atomic(&dir.join("index.json"), &oci::image_index(entries.into_values().collect()))
+    write_atomic(
+        &dir.join("index.json"),
+        &oci::image_index(entries.into_values().collect()),
+    )
 }

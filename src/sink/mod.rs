@@ -54,10 +54,16 @@ pub fn temp_beside(dest: &Path) -> Result<(PathBuf, File)> {
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     for i in 0.. {
         let tmp = dir.join(format!(".{name}.{}.{i}.tmp", std::process::id()));
-        match fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("failed to create `{}`", tmp.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to create `{}`", tmp.display()));
+            }
         }
     }
     unreachable!()

@@ -29,7 +29,9 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
     }
     let expected_size = {
         let entry = |n: u64| 512 + n.div_ceil(512) * 512;
-        let mut s = entry(oci_layout.len() as u64) + entry(index.len() as u64) + entry(manifest_json.len() as u64);
+        let mut s = entry(oci_layout.len() as u64)
+            + entry(index.len() as u64)
+            + entry(manifest_json.len() as u64);
         s += 512 * 2; // blobs/ and blobs/sha256/
         s += blobs.values().map(|&n| entry(n)).sum::<u64>();
         s + 1024
@@ -50,15 +52,31 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
             h.set_gid(0);
             h
         };
-        for (name, bytes) in [("oci-layout", &oci_layout), ("index.json", &index), ("manifest.json", &manifest_json)] {
-            b.append_data(&mut header(bytes.len() as u64, tar::EntryType::Regular, 0o644), name, &bytes[..])?;
+        for (name, bytes) in [
+            ("oci-layout", &oci_layout),
+            ("index.json", &index),
+            ("manifest.json", &manifest_json),
+        ] {
+            b.append_data(
+                &mut header(bytes.len() as u64, tar::EntryType::Regular, 0o644),
+                name,
+                &bytes[..],
+            )?;
         }
         for dir in ["blobs/", "blobs/sha256/"] {
-            b.append_data(&mut header(0, tar::EntryType::Directory, 0o755), dir, io::empty())?;
+            b.append_data(
+                &mut header(0, tar::EntryType::Directory, 0o755),
+                dir,
+                io::empty(),
+            )?;
         }
         for (d, size) in &blobs {
             let src = store.open_verified(d).map_err(io::Error::other)?;
-            b.append_data(&mut header(*size, tar::EntryType::Regular, 0o644), format!("blobs/sha256/{}", d.hex()), src)?;
+            b.append_data(
+                &mut header(*size, tar::EntryType::Regular, 0o644),
+                format!("blobs/sha256/{}", d.hex()),
+                src,
+            )?;
         }
         let w = b.into_inner()?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()
@@ -69,7 +87,11 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
 
 /// The three small documents of the tarball.
 fn documents(img: &ImageOut) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let desc = Descriptor { media_type: MEDIA_MANIFEST, digest: img.manifest.clone(), size: img.manifest_size };
+    let desc = Descriptor {
+        media_type: MEDIA_MANIFEST,
+        digest: img.manifest.clone(),
+        size: img.manifest_size,
+    };
     let ann = BTreeMap::from([
         // podman names the loaded image after ref.name; a full reference keeps it
         // from being guessed. containerd and Docker 25+ read io.containerd.image.name.
@@ -82,21 +104,32 @@ fn documents(img: &ImageOut) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         "RepoTags": img.repo_tags,
         "Layers": img.layers.iter().map(|d| format!("blobs/sha256/{}", d.hex())).collect::<Vec<_>>(),
     }]));
-    (br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(), index, manifest_json)
+    (
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        index,
+        manifest_json,
+    )
 }
 
 /// Whether `dest` already is this exact tarball: same size, same index.json (the
 /// index names the manifest digest, which names every other blob).
 fn is_current(dest: &Path, index: &[u8], size: u64) -> bool {
-    let Ok(f) = File::open(dest) else { return false };
+    let Ok(f) = File::open(dest) else {
+        return false;
+    };
     if f.metadata().map(|m| m.len()).unwrap_or(0) != size {
         return false;
     }
     let mut ar = tar::Archive::new(f.take(64 * 1024));
-    let Ok(entries) = ar.entries() else { return false };
+    let Ok(entries) = ar.entries() else {
+        return false;
+    };
     for e in entries.take(3).flatten() {
         let mut e = e;
-        if e.path().map(|p| p.as_os_str() == "index.json").unwrap_or(false) {
+        if e.path()
+            .map(|p| p.as_os_str() == "index.json")
+            .unwrap_or(false)
+        {
             let mut buf = vec![];
             return e.read_to_end(&mut buf).is_ok() && buf == index;
         }

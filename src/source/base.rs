@@ -35,12 +35,34 @@ pub struct BaseImage {
 }
 
 pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> {
-    let at = format!("{}:{}:{}", recipe.file.display(), recipe.from.pos.line, recipe.from.pos.column);
-    let reference: Reference = raw.parse().with_context(|| format!("{at}: `from = \"{raw}\"` is not an image reference"))?;
+    let at = format!(
+        "{}:{}:{}",
+        recipe.file.display(),
+        recipe.from.pos.line,
+        recipe.from.pos.column
+    );
+    let reference: Reference = raw
+        .parse()
+        .with_context(|| format!("{at}: `from = \"{raw}\"` is not an image reference"))?;
     let store = &session.store;
-    let client = || Client::new(ClientOptions { parallelism: session.jobs.clamp(2, 8), ..Default::default() }, Credentials::from_process_env());
+    let client = || {
+        Client::new(
+            ClientOptions {
+                parallelism: session.jobs.clamp(2, 8),
+                ..Default::default()
+            },
+            Credentials::from_process_env(),
+        )
+    };
     // (bound first: a guard in the match scrutinee would live through the arms)
-    let locked_digest = session.debian.lock.lock().expect("lock").bases.get(raw).cloned();
+    let locked_digest = session
+        .debian
+        .lock
+        .lock()
+        .expect("lock")
+        .bases
+        .get(raw)
+        .cloned();
     let pinned = match &reference.digest {
         Some(d) => d.clone(),
         None => match locked_digest {
@@ -50,9 +72,19 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
                 crate::lockfile::FILE
             ),
             None => {
-                let d = client()?.resolve(&reference).with_context(|| format!("{at}: resolving {raw}"))?;
-                session.progress.line(format!("[{}] base {raw} resolved to {d}", recipe.name));
-                session.debian.lock.lock().expect("lock").bases.insert(raw.to_owned(), d.clone());
+                let d = client()?
+                    .resolve(&reference)
+                    .with_context(|| format!("{at}: resolving {raw}"))?;
+                session
+                    .progress
+                    .line(format!("[{}] base {raw} resolved to {d}", recipe.name));
+                session
+                    .debian
+                    .lock
+                    .lock()
+                    .expect("lock")
+                    .bases
+                    .insert(raw.to_owned(), d.clone());
                 d
             }
         },
@@ -60,9 +92,19 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
     let manifest_digest = match cached(store, &pinned)? {
         Some(m) => m,
         None => {
-            session.progress.status(format!("[{}] pulling {raw}", recipe.name));
-            let pulled = client()?.pull(store, &reference.with_digest(pinned.clone())).with_context(|| format!("{at}: pulling {raw}"))?;
-            store.write_record(BASE_BUCKET, pinned.hex(), &serde_json::to_vec(&BaseRecord { manifest: pulled.manifest_digest.clone() })?)?;
+            session
+                .progress
+                .status(format!("[{}] pulling {raw}", recipe.name));
+            let pulled = client()?
+                .pull(store, &reference.with_digest(pinned.clone()))
+                .with_context(|| format!("{at}: pulling {raw}"))?;
+            store.write_record(
+                BASE_BUCKET,
+                pinned.hex(),
+                &serde_json::to_vec(&BaseRecord {
+                    manifest: pulled.manifest_digest.clone(),
+                })?,
+            )?;
             session.progress.line(format!(
                 "[{}] pulled {raw} ({} downloaded, {} blob(s) already here)",
                 recipe.name,
@@ -73,7 +115,10 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
         }
     };
     let manifest: Value = serde_json::from_slice(&store.read_bytes(&manifest_digest)?)?;
-    let config_digest: Digest = manifest["config"]["digest"].as_str().unwrap_or_default().parse()?;
+    let config_digest: Digest = manifest["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
     let config: Value = serde_json::from_slice(&store.read_bytes(&config_digest)?)?;
     let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
         .as_array()
@@ -81,9 +126,15 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
         .iter()
         .map(|d| d.as_str().unwrap_or_default().parse())
         .collect::<Result<_, _>>()?;
-    let mlayers = manifest["layers"].as_array().context("base image manifest has no layers")?;
+    let mlayers = manifest["layers"]
+        .as_array()
+        .context("base image manifest has no layers")?;
     if mlayers.len() != diff_ids.len() {
-        bail!("{at}: base image {raw} has {} layers but {} diff_ids", mlayers.len(), diff_ids.len());
+        bail!(
+            "{at}: base image {raw} has {} layers but {} diff_ids",
+            mlayers.len(),
+            diff_ids.len()
+        );
     }
     let mut layers = vec![];
     let mut blobs = vec![manifest_digest.clone(), config_digest];
@@ -95,7 +146,9 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
         } else if media_type.ends_with("tar+gzip") || media_type.ends_with("tar.gzip") {
             None
         } else {
-            bail!("{at}: base image layer {digest} has media type `{media_type}`, which imgbuild cannot build on")
+            bail!(
+                "{at}: base image layer {digest} has media type `{media_type}`, which imgbuild cannot build on"
+            )
         };
         blobs.push(digest.clone());
         layers.push(LayerReport {
@@ -119,21 +172,42 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
                 .collect()
         })
         .unwrap_or_default();
-    Ok(BaseImage { reference: reference.with_digest(pinned).to_string(), layers, config: config_spec(&config["config"]), history, blobs })
+    Ok(BaseImage {
+        reference: reference.with_digest(pinned).to_string(),
+        layers,
+        config: config_spec(&config["config"]),
+        history,
+        blobs,
+    })
 }
 
 /// The manifest digest of a base pulled before, if all its blobs are intact.
 fn cached(store: &Store, pinned: &Digest) -> Result<Option<Digest>> {
-    let Some(bytes) = store.read_record(BASE_BUCKET, pinned.hex())? else { return Ok(None) };
-    let Ok(rec) = serde_json::from_slice::<BaseRecord>(&bytes) else { return Ok(None) };
+    let Some(bytes) = store.read_record(BASE_BUCKET, pinned.hex())? else {
+        return Ok(None);
+    };
+    let Ok(rec) = serde_json::from_slice::<BaseRecord>(&bytes) else {
+        return Ok(None);
+    };
     if !store.has_blob(&rec.manifest) {
         return Ok(None);
     }
-    let Ok(m) = serde_json::from_slice::<Value>(&store.read_bytes(&rec.manifest)?) else { return Ok(None) };
+    let Ok(m) = serde_json::from_slice::<Value>(&store.read_bytes(&rec.manifest)?) else {
+        return Ok(None);
+    };
     let mut all = vec![m["config"]["digest"].clone()];
-    all.extend(m["layers"].as_array().cloned().unwrap_or_default().into_iter().map(|l| l["digest"].clone()));
+    all.extend(
+        m["layers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| l["digest"].clone()),
+    );
     for d in all {
-        let Ok(d) = d.as_str().unwrap_or_default().parse::<Digest>() else { return Ok(None) };
+        let Ok(d) = d.as_str().unwrap_or_default().parse::<Digest>() else {
+            return Ok(None);
+        };
         if !store.verify(&d)? {
             return Ok(None);
         }
@@ -143,14 +217,39 @@ fn cached(store: &Store, pinned: &Digest) -> Result<Option<Digest>> {
 
 /// The runtime config of an image config JSON, as a recipe would have written it.
 fn config_spec(c: &Value) -> ConfigSpec {
-    let strings = |v: &Value| v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect::<Vec<_>>());
-    let keys = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
-    let map = |v: &Value| v.as_object().map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect()).unwrap_or_default();
+    let strings = |v: &Value| {
+        v.as_array().map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+    };
+    let keys = |v: &Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let map = |v: &Value| {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
     ConfigSpec {
         entrypoint: strings(&c["Entrypoint"]),
         cmd: strings(&c["Cmd"]),
-        env: strings(&c["Env"]).unwrap_or_default().into_iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))).collect(),
+        env: strings(&c["Env"])
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect(),
         workdir: text(&c["WorkingDir"]),
         user: text(&c["User"]),
         ports: keys(&c["ExposedPorts"]),

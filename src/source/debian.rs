@@ -35,14 +35,36 @@ pub struct DebianInputs {
 }
 
 impl DebianInputs {
-    pub fn new(mirror: Mirror, lock: Lockfile, locked: bool, relock: bool, http: reqwest::blocking::Client, store: Store, jobs: usize, progress: Progress) -> Self {
-        DebianInputs { mirror, lock: Mutex::new(lock), locked, relock, index: OnceLock::new(), http, store, jobs, progress }
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mirror: Mirror,
+        lock: Lockfile,
+        locked: bool,
+        relock: bool,
+        http: reqwest::blocking::Client,
+        store: Store,
+        jobs: usize,
+        progress: Progress,
+    ) -> Self {
+        DebianInputs {
+            mirror,
+            lock: Mutex::new(lock),
+            locked,
+            relock,
+            index: OnceLock::new(),
+            http,
+            store,
+            jobs,
+            progress,
+        }
     }
 
     fn index(&self) -> Result<&Index> {
         self.index
             .get_or_init(|| {
-                self.progress.status("debian: fetching and verifying the package index (InRelease, Packages)");
+                self.progress.status(
+                    "debian: fetching and verifying the package index (InRelease, Packages)",
+                );
                 Index::fetch(&self.mirror, &self.store, &self.http).map_err(|e| format!("{e}"))
             })
             .as_ref()
@@ -51,7 +73,12 @@ impl DebianInputs {
 
     /// The packages of a layer: from the lock when it matches, else resolved (and
     /// the lock updated).
-    pub fn packages_for(&self, recipe: &Recipe, layer: usize, spec: &DebianSpec) -> Result<Vec<LockedPackage>> {
+    pub fn packages_for(
+        &self,
+        recipe: &Recipe,
+        layer: usize,
+        spec: &DebianSpec,
+    ) -> Result<Vec<LockedPackage>> {
         let request = debian_request(&spec.packages, &spec.exclude);
         let key = (recipe.name.clone(), layer + 1);
         if !self.relock
@@ -69,8 +96,14 @@ impl DebianInputs {
             );
         }
         let index = self.index()?;
-        let res = resolve(index, &spec.packages, &spec.exclude)
-            .with_context(|| format!("{}:{}: resolving {}", recipe.file.display(), spec.pos.line, spec.packages.join(" ")))?;
+        let res = resolve(index, &spec.packages, &spec.exclude).with_context(|| {
+            format!(
+                "{}:{}: resolving {}",
+                recipe.file.display(),
+                spec.pos.line,
+                spec.packages.join(" ")
+            )
+        })?;
         if !res.excluded_unused.is_empty() {
             self.progress.warn(format!(
                 "{}: excluded package(s) not in the closure (typo?): {}",
@@ -84,18 +117,31 @@ impl DebianInputs {
             layer + 1,
             res.packages.len(),
             spec.packages.join(" "),
-            if res.excluded_dropped.is_empty() { String::new() } else { format!(" (dropped by exclude: {})", res.excluded_dropped.join(" ")) }
+            if res.excluded_dropped.is_empty() {
+                String::new()
+            } else {
+                format!(" (dropped by exclude: {})", res.excluded_dropped.join(" "))
+            }
         ));
         self.lock.lock().expect("lock").debian.insert(
             key.clone(),
-            DebianLock { recipe: key.0, layer: key.1, request, packages: res.packages.clone() },
+            DebianLock {
+                recipe: key.0,
+                layer: key.1,
+                request,
+                packages: res.packages.clone(),
+            },
         );
         Ok(res.packages)
     }
 
     /// Drops lock entries of recipes/layers that no longer exist.
     pub fn prune_lock(&self, live: &BTreeMap<(String, usize), ()>) {
-        self.lock.lock().expect("lock").debian.retain(|k, _| live.contains_key(k));
+        self.lock
+            .lock()
+            .expect("lock")
+            .debian
+            .retain(|k, _| live.contains_key(k));
     }
 }
 
@@ -107,15 +153,29 @@ pub struct DebianSource<'a> {
 }
 
 impl<'a> DebianSource<'a> {
-    pub fn new(inputs: &'a DebianInputs, recipe: &Recipe, layer: usize, spec: &DebianSpec) -> Result<Self> {
+    pub fn new(
+        inputs: &'a DebianInputs,
+        recipe: &Recipe,
+        layer: usize,
+        spec: &DebianSpec,
+    ) -> Result<Self> {
         let packages = inputs.packages_for(recipe, layer, spec)?;
-        Ok(DebianSource { inputs, spec: spec.clone(), packages, label: format!("[{}] layer {}", recipe.name, layer + 1) })
+        Ok(DebianSource {
+            inputs,
+            spec: spec.clone(),
+            packages,
+            label: format!("[{}] layer {}", recipe.name, layer + 1),
+        })
     }
 }
 
 impl ExtraSource for DebianSource<'_> {
     fn fingerprint(&self) -> String {
-        let pkgs: Vec<(&str, &str, String)> = self.packages.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.to_string())).collect();
+        let pkgs: Vec<(&str, &str, String)> = self
+            .packages
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.to_string()))
+            .collect();
         serde_json::json!(["debian-v1", pkgs, self.spec.remove_paths, self.spec.base]).to_string()
     }
 
@@ -123,9 +183,14 @@ impl ExtraSource for DebianSource<'_> {
         let inputs = self.inputs;
         let progress = inputs.progress.clone();
         let label = self.label.clone();
-        fetch_debs(&inputs.mirror, &self.packages, &inputs.store, &inputs.http, inputs.jobs.max(4), &|msg: &str| {
-            progress.status(format!("{label}: {msg}"))
-        })
+        fetch_debs(
+            &inputs.mirror,
+            &self.packages,
+            &inputs.store,
+            &inputs.http,
+            inputs.jobs.max(4),
+            &|msg: &str| progress.status(format!("{label}: {msg}")),
+        )
         .context("fetching .deb files (set the mirror in imgbuild.toml, [debian] mirror = ...)")?;
         let mut unpacker = Unpacker::new();
         let mut notes = vec![];
@@ -135,7 +200,11 @@ impl ExtraSource for DebianSource<'_> {
             let report = unpacker.unpack(&inputs.store, p, tree)?;
             inputs_used.push(p.sha256.clone());
             for s in &report.maintainer_scripts {
-                let hints = if s.hints.is_empty() { String::new() } else { format!(": {}", s.hints.join("; ")) };
+                let hints = if s.hints.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s.hints.join("; "))
+                };
                 notes.push(format!("not run: {} {}{hints}", p.name, s.script));
             }
         }

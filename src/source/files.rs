@@ -25,8 +25,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug)]
 pub enum WalkedKind {
     Dir,
-    File { host: PathBuf, size: u64, sha256: Digest, link_key: Option<(u64, u64)> },
-    Symlink { target: String },
+    File {
+        host: PathBuf,
+        size: u64,
+        sha256: Digest,
+        link_key: Option<(u64, u64)>,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -43,7 +50,11 @@ pub struct Walked {
 /// setgid and sticky are kept because they are meaningful.
 pub fn normalise_mode(host_mode: u32, is_dir: bool) -> u32 {
     let special = host_mode & 0o7000;
-    let base = if is_dir || host_mode & 0o111 != 0 { 0o755 } else { 0o644 };
+    let base = if is_dir || host_mode & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    };
     special | base
 }
 
@@ -92,7 +103,10 @@ const RACY_WINDOW_NS: i128 = 2_000_000_000;
 const STAT_BUCKET: &str = "statcache-v1";
 
 fn now_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
 impl StatCache {
@@ -132,9 +146,19 @@ impl StatCache {
         let (sha256, size) = digest_reader(std::io::BufReader::with_capacity(256 * 1024, f))
             .with_context(|| format!("failed to read `{}`", path.display()))?;
         if size != key.size {
-            anyhow::bail!("`{}` changed while it was being read; run the build again", path.display());
+            anyhow::bail!(
+                "`{}` changed while it was being read; run the build again",
+                path.display()
+            );
         }
-        self.entries.insert(name, StatEntry { key, sha256: sha256.clone(), recorded_ns });
+        self.entries.insert(
+            name,
+            StatEntry {
+                key,
+                sha256: sha256.clone(),
+                recorded_ns,
+            },
+        );
         self.dirty = true;
         Ok(sha256)
     }
@@ -143,25 +167,43 @@ impl StatCache {
 /// Walks a file or directory source. For a directory, the root itself comes
 /// first with `rel == ""`; entries follow in sorted byte order of their paths.
 pub fn walk(src: &Path, cache: &mut StatCache) -> Result<Vec<Walked>> {
-    let meta = fs::symlink_metadata(src).with_context(|| format!("failed to stat `{}`", src.display()))?;
+    let meta =
+        fs::symlink_metadata(src).with_context(|| format!("failed to stat `{}`", src.display()))?;
     let mut out = vec![];
     visit(src, String::new(), &meta, cache, &mut out)?;
     Ok(out)
 }
 
-fn visit(path: &Path, rel: String, meta: &fs::Metadata, cache: &mut StatCache, out: &mut Vec<Walked>) -> Result<()> {
+fn visit(
+    path: &Path,
+    rel: String,
+    meta: &fs::Metadata,
+    cache: &mut StatCache,
+    out: &mut Vec<Walked>,
+) -> Result<()> {
     let ft = meta.file_type();
     if ft.is_symlink() {
-        let target = fs::read_link(path).with_context(|| format!("failed to read link `{}`", path.display()))?;
+        let target = fs::read_link(path)
+            .with_context(|| format!("failed to read link `{}`", path.display()))?;
         let target = target
             .to_str()
             .with_context(|| format!("symlink `{}` has a non-UTF-8 target", path.display()))?
             .to_owned();
-        out.push(Walked { rel, kind: WalkedKind::Symlink { target }, mode: 0o777 });
+        out.push(Walked {
+            rel,
+            kind: WalkedKind::Symlink { target },
+            mode: 0o777,
+        });
     } else if ft.is_dir() {
-        out.push(Walked { rel: rel.clone(), kind: WalkedKind::Dir, mode: normalise_mode(meta.mode(), true) });
+        out.push(Walked {
+            rel: rel.clone(),
+            kind: WalkedKind::Dir,
+            mode: normalise_mode(meta.mode(), true),
+        });
         let mut children: Vec<(String, PathBuf)> = vec![];
-        for e in fs::read_dir(path).with_context(|| format!("failed to list `{}`", path.display()))? {
+        for e in
+            fs::read_dir(path).with_context(|| format!("failed to list `{}`", path.display()))?
+        {
             let e = e.with_context(|| format!("failed to list `{}`", path.display()))?;
             let name = e.file_name();
             let name = name
@@ -174,8 +216,13 @@ fn visit(path: &Path, rel: String, meta: &fs::Metadata, cache: &mut StatCache, o
         // byte order of their names: independent of the filesystem's read order.
         children.sort();
         for (name, child) in children {
-            let m = fs::symlink_metadata(&child).with_context(|| format!("failed to stat `{}`", child.display()))?;
-            let crel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let m = fs::symlink_metadata(&child)
+                .with_context(|| format!("failed to stat `{}`", child.display()))?;
+            let crel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             visit(&child, crel, &m, cache, out)?;
         }
     } else if ft.is_file() {
@@ -183,7 +230,12 @@ fn visit(path: &Path, rel: String, meta: &fs::Metadata, cache: &mut StatCache, o
         let link_key = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
         out.push(Walked {
             rel,
-            kind: WalkedKind::File { host: path.to_path_buf(), size: meta.len(), sha256, link_key },
+            kind: WalkedKind::File {
+                host: path.to_path_buf(),
+                size: meta.len(),
+                sha256,
+                link_key,
+            },
             mode: normalise_mode(meta.mode(), false),
         });
     } else {

@@ -19,10 +19,10 @@ use anyhow::{Context, Result};
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
 use imgbuild_store::{Digest, HashingWriter};
 
-use imgbuild_debian::system::{Accounts, Group, User};
 use crate::lower::LowerView;
 use crate::recipe::{FileSource, LayerSpec, Recipe};
 use files::{StatCache, WalkedKind};
+use imgbuild_debian::system::{Accounts, Group, User};
 
 /// Bump when the way a layer is derived from its inputs changes.
 const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v1";
@@ -74,12 +74,18 @@ pub fn prepare<'a>(
     let accounts_written = base_fixup || !spec.users.is_empty() || !spec.groups.is_empty();
     // An image has no accounts until a layer writes them; names then resolve
     // against Debian's standard base accounts plus what the recipe declares.
-    let mut accounts = accounts_before.clone().unwrap_or_else(Accounts::debian_base);
-    let pos = spec.pos.clone().unwrap_or(crate::recipe::Pos { line: 0, column: 0 });
-    declare(&mut accounts, spec).with_context(|| format!("{}: in layer {}", at(pos.line, pos.column), index + 1))?;
+    let mut accounts = accounts_before
+        .clone()
+        .unwrap_or_else(Accounts::debian_base);
+    let pos = spec
+        .pos
+        .clone()
+        .unwrap_or(crate::recipe::Pos { line: 0, column: 0 });
+    declare(&mut accounts, spec)
+        .with_context(|| format!("{}: in layer {}", at(pos.line, pos.column), index + 1))?;
 
     let mut planned: Vec<Planned> = vec![];
-    let mut context: Vec<(String, Option<(u32, u32, u32)>)> = vec![];
+    let mut context: crate::lower::AncestorContext = vec![];
     let mut resolve_dest = |dest: &str| -> Result<TreePath> {
         let resolved = lower.resolve(dest);
         context.extend(lower.context_for(&resolved));
@@ -100,25 +106,60 @@ pub fn prepare<'a>(
                     path: dest,
                     sha256: Some(Digest::of_bytes(&bytes)),
                     link_key: None,
-                    node: Node::File { meta, content: Content::inline(bytes) },
+                    node: Node::File {
+                        meta,
+                        content: Content::inline(bytes),
+                    },
                 });
             }
             FileSource::Host { abs, rel } => {
-                let walked = files::walk(abs, stat).with_context(|| format!("{}: src \"{}\"", at(f.pos.line, f.pos.column), rel.display()))?;
+                let walked = files::walk(abs, stat).with_context(|| {
+                    format!(
+                        "{}: src \"{}\"",
+                        at(f.pos.line, f.pos.column),
+                        rel.display()
+                    )
+                })?;
                 for w in walked {
-                    let path = if w.rel.is_empty() { dest.clone() } else { dest.join(&w.rel)? };
-                    let mode = if w.rel.is_empty() { f.mode.unwrap_or(w.mode) } else { w.mode };
+                    let path = if w.rel.is_empty() {
+                        dest.clone()
+                    } else {
+                        dest.join(&w.rel)?
+                    };
+                    let mode = if w.rel.is_empty() {
+                        f.mode.unwrap_or(w.mode)
+                    } else {
+                        w.mode
+                    };
                     let meta = Meta::new(mode, owner.0, owner.1);
                     let (node, sha256) = match w.kind {
                         WalkedKind::Dir => (Node::Dir(meta), None),
                         WalkedKind::Symlink { target } => (Node::Symlink { meta, target }, None),
-                        WalkedKind::File { host, size, sha256, link_key } => {
-                            let node = Node::File { meta, content: Content::Host { path: host, size } };
-                            planned.push(Planned { path, node, sha256: Some(sha256), link_key });
+                        WalkedKind::File {
+                            host,
+                            size,
+                            sha256,
+                            link_key,
+                        } => {
+                            let node = Node::File {
+                                meta,
+                                content: Content::Host { path: host, size },
+                            };
+                            planned.push(Planned {
+                                path,
+                                node,
+                                sha256: Some(sha256),
+                                link_key,
+                            });
                             continue;
                         }
                     };
-                    planned.push(Planned { path, node, sha256, link_key: None });
+                    planned.push(Planned {
+                        path,
+                        node,
+                        sha256,
+                        link_key: None,
+                    });
                 }
             }
         }
@@ -128,7 +169,12 @@ pub fn prepare<'a>(
             Some(o) => resolve_owner(&accounts, o).with_context(|| at(d.pos.line, d.pos.column))?,
             None => (0, 0),
         };
-        planned.push(Planned { path: resolve_dest(&d.path)?, node: Node::Dir(Meta::new(d.mode, owner.0, owner.1)), sha256: None, link_key: None });
+        planned.push(Planned {
+            path: resolve_dest(&d.path)?,
+            node: Node::Dir(Meta::new(d.mode, owner.0, owner.1)),
+            sha256: None,
+            link_key: None,
+        });
     }
     for s in &spec.symlinks {
         let owner = match &s.owner {
@@ -137,7 +183,10 @@ pub fn prepare<'a>(
         };
         planned.push(Planned {
             path: resolve_dest(&s.path)?,
-            node: Node::Symlink { meta: Meta::new(0o777, owner.0, owner.1), target: s.target.clone() },
+            node: Node::Symlink {
+                meta: Meta::new(0o777, owner.0, owner.1),
+                target: s.target.clone(),
+            },
             sha256: None,
             link_key: None,
         });
@@ -161,15 +210,27 @@ pub fn prepare<'a>(
     for p in &planned {
         let desc = match &p.node {
             Node::Dir(m) => serde_json::json!(["d", p.path.as_str(), m.mode, m.uid, m.gid]),
-            Node::File { meta, .. } => serde_json::json!(["f", p.path.as_str(), meta.mode, meta.uid, meta.gid, p.sha256.as_ref().map(|d| d.to_string())]),
-            Node::Symlink { meta, target } => serde_json::json!(["l", p.path.as_str(), meta.uid, meta.gid, target]),
+            Node::File { meta, .. } => serde_json::json!([
+                "f",
+                p.path.as_str(),
+                meta.mode,
+                meta.uid,
+                meta.gid,
+                p.sha256.as_ref().map(|d| d.to_string())
+            ]),
+            Node::Symlink { meta, target } => {
+                serde_json::json!(["l", p.path.as_str(), meta.uid, meta.gid, target])
+            }
             Node::Hardlink { target } => serde_json::json!(["h", p.path.as_str(), target.as_str()]),
         };
         line(desc);
     }
     if !extra.is_empty() {
         // Packages and venvs write anywhere: the whole lower view matters.
-        line(serde_json::json!(["lower-view", Digest::of_bytes(&serde_json::to_vec(lower)?).to_string()]));
+        line(serde_json::json!([
+            "lower-view",
+            Digest::of_bytes(&serde_json::to_vec(lower)?).to_string()
+        ]));
     }
     for e in &extra {
         line(serde_json::json!(["source", e.fingerprint()]));
@@ -178,7 +239,11 @@ pub fn prepare<'a>(
     Ok(Prepared {
         fingerprint,
         description: spec.describe(),
-        accounts_after: if accounts_written { Some(accounts) } else { accounts_before.clone() },
+        accounts_after: if accounts_written {
+            Some(accounts)
+        } else {
+            accounts_before.clone()
+        },
         planned,
         accounts_written,
         extra,
@@ -197,11 +262,19 @@ fn resolve_owner(accounts: &Accounts, o: &crate::recipe::OwnerSpec) -> Result<(u
 /// exist gets one of its own name, as `adduser` would create.
 fn declare(accounts: &mut Accounts, spec: &LayerSpec) -> Result<()> {
     for g in &spec.groups {
-        accounts.add_group(Group { name: g.name.clone(), gid: g.gid, members: g.members.clone() })?;
+        accounts.add_group(Group {
+            name: g.name.clone(),
+            gid: g.gid,
+            members: g.members.clone(),
+        })?;
     }
     for u in &spec.users {
         if !accounts.groups.iter().any(|g| g.gid == u.gid) {
-            accounts.add_group(Group { name: u.name.clone(), gid: u.gid, members: vec![] })?;
+            accounts.add_group(Group {
+                name: u.name.clone(),
+                gid: u.gid,
+                members: vec![],
+            })?;
         }
         accounts.add_user(User {
             name: u.name.clone(),
@@ -231,7 +304,9 @@ fn link_hardlinks(planned: &mut [Planned]) {
         idx.sort_by(|a, b| planned[*a].path.cmp(&planned[*b].path));
         let first = planned[idx[0]].path.clone();
         for &i in &idx[1..] {
-            planned[i].node = Node::Hardlink { target: first.clone() };
+            planned[i].node = Node::Hardlink {
+                target: first.clone(),
+            };
             planned[i].sha256 = None;
         }
     }
@@ -273,7 +348,11 @@ impl Prepared<'_> {
             tree.insert(p.path, p.node)?;
         }
         tree.adopt_lower_dirs(|p| lower.dir_meta(p.as_str()));
-        Ok(Built { tree, inputs, notes })
+        Ok(Built {
+            tree,
+            inputs,
+            notes,
+        })
     }
 }
 
@@ -332,13 +411,31 @@ impl Session {
     }
 
     /// The non-file sources of a layer (Debian packages, Python wheels).
-    pub fn extra_sources<'a>(&'a self, recipe: &Recipe, index: usize, spec: &LayerSpec) -> Result<Vec<Box<dyn ExtraSource + Send + 'a>>> {
+    pub fn extra_sources<'a>(
+        &'a self,
+        recipe: &Recipe,
+        index: usize,
+        spec: &LayerSpec,
+    ) -> Result<Vec<Box<dyn ExtraSource + Send + 'a>>> {
         let mut v: Vec<Box<dyn ExtraSource + Send + 'a>> = vec![];
         if let Some(d) = &spec.debian {
-            v.push(Box::new(debian::DebianSource::new(&self.debian, recipe, index, d)?));
+            v.push(Box::new(debian::DebianSource::new(
+                &self.debian,
+                recipe,
+                index,
+                d,
+            )?));
         }
         if let Some(p) = &spec.python {
-            v.push(Box::new(python::PythonSource::new(recipe, index, p, &self.store, &self.http, self.jobs, &self.progress)?));
+            v.push(Box::new(python::PythonSource::new(
+                recipe,
+                index,
+                p,
+                &self.store,
+                &self.http,
+                self.jobs,
+                &self.progress,
+            )?));
         }
         Ok(v)
     }

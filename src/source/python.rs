@@ -8,7 +8,9 @@
 
 use anyhow::{Context, Result};
 use imgbuild_layer::Tree;
-use imgbuild_python::{Requirements, VenvSpec, fetch_wheels, fingerprint, install, parse_requirements};
+use imgbuild_python::{
+    Requirements, VenvSpec, fetch_wheels, fingerprint, install, parse_requirements,
+};
 use imgbuild_store::{Digest, Store};
 
 use super::ExtraSource;
@@ -27,14 +29,26 @@ pub struct PythonSource {
 }
 
 impl PythonSource {
-    pub fn new(recipe: &Recipe, layer: usize, p: &PythonSpec, store: &Store, http: &reqwest::blocking::Client, jobs: usize, progress: &Progress) -> Result<Self> {
+    pub fn new(
+        recipe: &Recipe,
+        layer: usize,
+        p: &PythonSpec,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+        jobs: usize,
+        progress: &Progress,
+    ) -> Result<Self> {
         let mut spec = VenvSpec::bookworm(&p.requirements, &p.venv);
         spec.interpreter = p.interpreter.clone();
         spec.bytecode = p.bytecode;
         let at = format!("{}:{}:{}", recipe.file.display(), p.pos.line, p.pos.column);
         spec.validate().with_context(|| at.clone())?;
         let reqs = parse_requirements(&p.requirements).with_context(|| at.clone())?;
-        let host_python = if p.bytecode { host_python_version() } else { None };
+        let host_python = if p.bytecode {
+            host_python_version()
+        } else {
+            None
+        };
         Ok(PythonSource {
             spec,
             reqs,
@@ -50,19 +64,44 @@ impl PythonSource {
 
 /// `Python 3.11.x` of the host's same-minor interpreter, if any.
 fn host_python_version() -> Option<String> {
-    let out = std::process::Command::new("python3.11").arg("--version").output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    let out = std::process::Command::new("python3.11")
+        .arg("--version")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 impl ExtraSource for PythonSource {
     fn fingerprint(&self) -> String {
-        serde_json::json!(["python-v1", fingerprint(&self.spec, &self.reqs), self.host_python]).to_string()
+        serde_json::json!([
+            "python-v1",
+            fingerprint(&self.spec, &self.reqs),
+            self.host_python
+        ])
+        .to_string()
     }
 
     fn build(&mut self, tree: &mut Tree) -> Result<(Vec<Digest>, Vec<String>)> {
-        self.progress.status(format!("{}: fetching {} wheel(s)", self.label, self.reqs.requirements.len()));
-        let wheels = fetch_wheels(&self.spec, &self.reqs, &self.store, &self.http, self.jobs.max(4))?;
-        self.progress.status(format!("{}: installing {} wheel(s) into {}", self.label, wheels.len(), self.spec.venv));
+        self.progress.status(format!(
+            "{}: fetching {} wheel(s)",
+            self.label,
+            self.reqs.requirements.len()
+        ));
+        let wheels = fetch_wheels(
+            &self.spec,
+            &self.reqs,
+            &self.store,
+            &self.http,
+            self.jobs.max(4),
+        )?;
+        self.progress.status(format!(
+            "{}: installing {} wheel(s) into {}",
+            self.label,
+            wheels.len(),
+            self.spec.venv
+        ));
         let report = install(&self.spec, &self.reqs, &wheels, &self.store, tree)?;
         for w in &report.warnings {
             self.progress.warn(format!("{}: {w}", self.label));

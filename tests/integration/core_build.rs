@@ -25,7 +25,10 @@ fn reproducible_across_checkouts_umask_mtimes_and_jobs() {
         dst.display()
     )));
     // umask 077 really changed the modes we read from disk
-    let m = std::fs::metadata(dst.join("layers/site/index.html")).unwrap().permissions().mode();
+    let m = std::fs::metadata(dst.join("layers/site/index.html"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(m & 0o077, 0, "umask did not apply: {m:o}");
     let store = tempfile::tempdir().unwrap();
     let out = run_ok(
@@ -40,7 +43,11 @@ fn reproducible_across_checkouts_umask_mtimes_and_jobs() {
     assert_eq!(da, db, "digests differ between checkouts");
 
     // SOURCE_DATE_EPOCH changes mtimes and `created`, so it changes the digests.
-    let out = run_ok(a.cmd().env("SOURCE_DATE_EPOCH", "1700000000").args(["--json", "all"]));
+    let out = run_ok(
+        a.cmd()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["--json", "all"]),
+    );
     let dc = digests(&serde_json::from_str(&out).unwrap());
     assert_ne!(da, dc);
 }
@@ -52,15 +59,26 @@ fn second_build_is_cached_and_one_change_rebuilds_one_layer() {
     assert!(layers_of(&first, "hello").iter().all(|(_, c)| !c));
     let second = f.build_json(&["all"]);
     for name in ["base", "hello"] {
-        assert!(layers_of(&second, name).iter().all(|(_, c)| *c), "{name} not fully cached: {second}");
+        assert!(
+            layers_of(&second, name).iter().all(|(_, c)| *c),
+            "{name} not fully cached: {second}"
+        );
     }
     assert_eq!(digests(&first), digests(&second));
 
     // One file of the hello layer changes: exactly that layer is rebuilt.
-    std::fs::write(f.path().join("layers/site/index.html"), "<h1>changed</h1>\n").unwrap();
+    std::fs::write(
+        f.path().join("layers/site/index.html"),
+        "<h1>changed</h1>\n",
+    )
+    .unwrap();
     let third = f.build_json(&["all"]);
     let (l_old, l_new) = (layers_of(&second, "hello"), layers_of(&third, "hello"));
-    assert_eq!(l_new[0], (l_old[0].0.clone(), true), "the base layer must come from the cache");
+    assert_eq!(
+        l_new[0],
+        (l_old[0].0.clone(), true),
+        "the base layer must come from the cache"
+    );
     assert!(!l_new[1].1, "the changed layer must be rebuilt");
     assert_ne!(l_new[1].0, l_old[1].0);
     assert!(layers_of(&third, "base").iter().all(|(_, c)| *c));
@@ -81,7 +99,10 @@ fn a_change_within_the_same_mtime_tick_is_seen() {
     std::fs::write(&idx, "BBBB\n").unwrap();
     run_ok(Command::new("touch").arg("-d").arg(mtime.trim()).arg(&idx));
     let second = f.build_json(&["all"]);
-    assert_ne!(layers_of(&first, "hello")[1].0, layers_of(&second, "hello")[1].0);
+    assert_ne!(
+        layers_of(&first, "hello")[1].0,
+        layers_of(&second, "hello")[1].0
+    );
 }
 
 #[test]
@@ -89,7 +110,10 @@ fn a_corrupt_blob_in_the_store_is_never_used() {
     let f = Fixture::new("hello");
     let first = f.build_json(&["all"]);
     let (layer, _) = layers_of(&first, "hello")[1].clone();
-    let blob = f.store.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    let blob = f
+        .store
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&blob).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
@@ -97,20 +121,38 @@ fn a_corrupt_blob_in_the_store_is_never_used() {
     let second = f.build_json(&["all"]);
     let l = &layers_of(&second, "hello")[1];
     assert_eq!(l.0, layer, "the rebuilt layer has the same digest");
-    assert!(!l.1, "the corrupt cached layer must have been rebuilt, not reused");
+    assert!(
+        !l.1,
+        "the corrupt cached layer must have been rebuilt, not reused"
+    );
     // and the output verifies with an independent tool
     require("skopeo");
-    run_ok(Command::new("skopeo").arg("inspect").arg(format!("oci-archive:{}/out/hello.tar", f.path().display())));
+    run_ok(
+        Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci-archive:{}/out/hello.tar", f.path().display())),
+    );
 }
 
 #[test]
 fn two_processes_on_one_store_both_succeed() {
     let f = Fixture::new("hello");
     enrich_site(f.path());
-    let spawn = || f.cmd().args(["--json", "-q", "all"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let spawn = || {
+        f.cmd()
+            .args(["--json", "-q", "all"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(a.status.success() && b.status.success(), "{}\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
     let da = digests(&serde_json::from_slice(&a.stdout).unwrap());
     let db = digests(&serde_json::from_slice(&b.stdout).unwrap());
     assert_eq!(da, db);
@@ -120,7 +162,11 @@ fn two_processes_on_one_store_both_succeed() {
 fn a_killed_build_leaves_the_store_usable() {
     let f = Fixture::new("hello");
     // A large incompressible input so the build is still running when killed.
-    run_ok(Command::new("head").args(["-c", "200000000", "/dev/urandom"]).stdout(std::fs::File::create(f.path().join("layers/site/big.bin")).unwrap()));
+    run_ok(
+        Command::new("head")
+            .args(["-c", "200000000", "/dev/urandom"])
+            .stdout(std::fs::File::create(f.path().join("layers/site/big.bin")).unwrap()),
+    );
     for delay_ms in [50u64, 300, 900] {
         let mut child = f.cmd().args(["-q", "all"]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
@@ -129,11 +175,19 @@ fn a_killed_build_leaves_the_store_usable() {
     }
     let after_kill = f.build_json(&["all"]);
     let fresh = Fixture::new("hello");
-    std::fs::copy(f.path().join("layers/site/big.bin"), fresh.path().join("layers/site/big.bin")).unwrap();
+    std::fs::copy(
+        f.path().join("layers/site/big.bin"),
+        fresh.path().join("layers/site/big.bin"),
+    )
+    .unwrap();
     let clean = fresh.build_json(&["all"]);
     assert_eq!(digests(&after_kill), digests(&clean));
     require("skopeo");
-    run_ok(Command::new("skopeo").arg("inspect").arg(format!("oci-archive:{}/out/hello.tar", f.path().display())));
+    run_ok(
+        Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci-archive:{}/out/hello.tar", f.path().display())),
+    );
 }
 
 #[test]
@@ -142,15 +196,26 @@ fn gc_keeps_what_recent_builds_use_and_drops_the_rest() {
     f.build_json(&["all"]);
     std::fs::write(f.path().join("layers/site/index.html"), "v2\n").unwrap();
     f.build_json(&["all"]); // the v1 hello layer is now unreferenced
-    let blobs = |f: &Fixture| std::fs::read_dir(f.store.join("blobs/sha256")).unwrap().count();
+    let blobs = |f: &Fixture| {
+        std::fs::read_dir(f.store.join("blobs/sha256"))
+            .unwrap()
+            .count()
+    };
     let before = blobs(&f);
     let out = f.run(&["gc"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let after = blobs(&f);
     assert!(after < before, "gc removed nothing ({before} blobs)");
     let again = f.build_json(&["all"]);
     for name in ["base", "hello"] {
-        assert!(layers_of(&again, name).iter().all(|(_, c)| *c), "gc removed something in use");
+        assert!(
+            layers_of(&again, name).iter().all(|(_, c)| *c),
+            "gc removed something in use"
+        );
     }
     // Nothing is recent with --keep-days 0: the next build rebuilds and still works.
     assert!(f.run(&["gc", "--keep-days", "0"]).status.success());
@@ -177,12 +242,36 @@ fn inspect_shows_layers_and_cache_state() {
 #[test]
 fn bad_input_gives_clear_errors_and_writes_nothing() {
     let cases: &[(&str, &str, &str)] = &[
-        ("unknown key", "[config]\nentrypont = [\"/x\"]\n", "recipes/bad.toml:2:1: unknown field `entrypont`"),
-        ("missing src", "[[layers]]\nfiles = [ { src = \"layers/nope\", dest = \"/x\" } ]\n", "recipes/bad.toml:2:19: src \"layers/nope\" does not exist"),
-        ("src outside", "[[layers]]\nfiles = [ { src = \"../../etc/passwd\", dest = \"/x\" } ]\n", "recipes/bad.toml:2:19: src \"../../etc/passwd\" leaves the project directory"),
-        ("unknown from", "from = \"nosuch\"\n", "recipes/bad.toml:1:8: unknown `from = \"nosuch\"`"),
-        ("invalid mode", "[[layers]]\ndirs = [ { path = \"/d\", mode = \"0999\" } ]\n", "recipes/bad.toml:2:32: invalid mode \"0999\""),
-        ("relative dest", "[[layers]]\nfiles = [ { content = \"x\", dest = \"etc/x\" } ]\n", "recipes/bad.toml:2:35: dest \"etc/x\" must be an absolute path"),
+        (
+            "unknown key",
+            "[config]\nentrypont = [\"/x\"]\n",
+            "recipes/bad.toml:2:1: unknown field `entrypont`",
+        ),
+        (
+            "missing src",
+            "[[layers]]\nfiles = [ { src = \"layers/nope\", dest = \"/x\" } ]\n",
+            "recipes/bad.toml:2:19: src \"layers/nope\" does not exist",
+        ),
+        (
+            "src outside",
+            "[[layers]]\nfiles = [ { src = \"../../etc/passwd\", dest = \"/x\" } ]\n",
+            "recipes/bad.toml:2:19: src \"../../etc/passwd\" leaves the project directory",
+        ),
+        (
+            "unknown from",
+            "from = \"nosuch\"\n",
+            "recipes/bad.toml:1:8: unknown `from = \"nosuch\"`",
+        ),
+        (
+            "invalid mode",
+            "[[layers]]\ndirs = [ { path = \"/d\", mode = \"0999\" } ]\n",
+            "recipes/bad.toml:2:32: invalid mode \"0999\"",
+        ),
+        (
+            "relative dest",
+            "[[layers]]\nfiles = [ { content = \"x\", dest = \"etc/x\" } ]\n",
+            "recipes/bad.toml:2:35: dest \"etc/x\" must be an absolute path",
+        ),
     ];
     for (what, recipe, expected) in cases {
         let f = Fixture::new("hello");
@@ -190,8 +279,15 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
         let out = f.run(&["all"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        assert!(err.contains(expected), "{what}: expected `{expected}` in:\n{err}");
-        assert_eq!(err.trim().lines().count(), 1, "{what}: expected one line:\n{err}");
+        assert!(
+            err.contains(expected),
+            "{what}: expected `{expected}` in:\n{err}"
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{what}: expected one line:\n{err}"
+        );
         assert!(!f.path().join("out").exists(), "{what}: output was written");
     }
     // A cycle names the chain.
@@ -199,6 +295,9 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
     std::fs::write(f.path().join("recipes/a.toml"), "from = \"b\"\n").unwrap();
     std::fs::write(f.path().join("recipes/b.toml"), "from = \"a\"\n").unwrap();
     let err = String::from_utf8_lossy(&f.run(&["all"]).stderr).into_owned();
-    assert!(err.contains("recipes/b.toml:1:8: `from` cycle: a -> b -> a"), "{err}");
+    assert!(
+        err.contains("recipes/b.toml:1:8: `from` cycle: a -> b -> a"),
+        "{err}"
+    );
     assert!(!f.path().join("out").exists());
 }

@@ -15,21 +15,49 @@ fn nginx_serves_static_files_and_proxies_to_an_upstream() {
     let net = docker_network();
     // The upstream: a tiny HTTP server in the venv image, reachable as `app`.
     let upstream = "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n  b=('{\"upstream\":\"'+s.path+'\"}').encode(); s.send_response(200); s.send_header('Content-Length',str(len(b))); s.end_headers(); s.wfile.write(b)\nh.HTTPServer(('0.0.0.0',8000),H).serve_forever()";
-    let _app = docker_run(&["--network", &net.1, "--network-alias", "app", &venv.0, "-c", upstream]);
+    let _app = docker_run(&[
+        "--network",
+        &net.1,
+        "--network-alias",
+        "app",
+        &venv.0,
+        "-c",
+        upstream,
+    ]);
     let port = free_port().to_string();
-    let c = docker_run(&["--network", &net.1, "-p", &format!("127.0.0.1:{port}:8080"), &nginx.0]);
+    let c = docker_run(&[
+        "--network",
+        &net.1,
+        "-p",
+        &format!("127.0.0.1:{port}:8080"),
+        &nginx.0,
+    ]);
     let base = format!("http://127.0.0.1:{port}");
-    wait_for(30, "nginx", || http_get(&format!("{base}/nginx-health")).filter(|(s, _)| *s == 200));
+    wait_for(30, "nginx", || {
+        http_get(&format!("{base}/nginx-health")).filter(|(s, _)| *s == 200)
+    });
     let (s, body) = http_get(&format!("{base}/static/app.css")).unwrap();
     assert_eq!(s, 200);
-    assert_eq!(body, std::fs::read_to_string(repo_root().join("layers/static/app.css")).unwrap());
-    let (s, body) = wait_for(30, "the proxied upstream", || http_get(&format!("{base}/api/hello")).filter(|(s, _)| *s == 200));
+    assert_eq!(
+        body,
+        std::fs::read_to_string(repo_root().join("layers/static/app.css")).unwrap()
+    );
+    let (s, body) = wait_for(30, "the proxied upstream", || {
+        http_get(&format!("{base}/api/hello")).filter(|(s, _)| *s == 200)
+    });
     assert_eq!(s, 200);
     assert!(body.contains("\"upstream\":\"/api/hello\""), "{body}");
     // workers run as www-data, the master as root
     let top = run_ok(Command::new("docker").args(["top", &c.1, "-o", "user,pid,args"]));
-    assert!(top.lines().any(|l| l.starts_with("www-data") && l.contains("worker process")), "{top}");
-    assert!(docker_logs(&c.1).contains("GET /static/app.css"), "access log goes to stdout");
+    assert!(
+        top.lines()
+            .any(|l| l.starts_with("www-data") && l.contains("worker process")),
+        "{top}"
+    );
+    assert!(
+        docker_logs(&c.1).contains("GET /static/app.css"),
+        "access log goes to stdout"
+    );
 }
 
 #[test]
@@ -38,22 +66,58 @@ fn postgres_initialises_with_plpython_and_backup_functions() {
     let pg = image("postgres-plpython");
     let port = free_port().to_string();
     let password = format!("pw{}", unique());
-    let c = docker_run(&["-e", &format!("POSTGRES_PASSWORD={password}"), "-p", &format!("127.0.0.1:{port}:5432"), &pg.0]);
+    let c = docker_run(&[
+        "-e",
+        &format!("POSTGRES_PASSWORD={password}"),
+        "-p",
+        &format!("127.0.0.1:{port}:5432"),
+        &pg.0,
+    ]);
     let psql = |sql: &str| {
         let o = Command::new("psql")
             .env("PGPASSWORD", &password)
             // the init SQL creates the extension and functions in the app database
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "app", "-Atc", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "app",
+                "-Atc",
+                sql,
+            ])
             .output()
             .unwrap();
-        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     wait_for(90, "a password login over TCP", || psql("select 1")).to_string();
-    assert_eq!(psql("select extname from pg_extension where extname = 'plpython3u'").as_deref(), Some("plpython3u"));
-    let report = psql("select backup_report()::text").unwrap_or_else(|| panic!("backup_report failed; logs:\n{}", docker_logs(&c.1)));
+    assert_eq!(
+        psql("select extname from pg_extension where extname = 'plpython3u'").as_deref(),
+        Some("plpython3u")
+    );
+    let report = psql("select backup_report()::text")
+        .unwrap_or_else(|| panic!("backup_report failed; logs:\n{}", docker_logs(&c.1)));
     assert!(report.contains('{'), "{report}");
     // a wrong password is refused
-    let bad = Command::new("psql").env("PGPASSWORD", "wrong").args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-Atc", "select 1"]).output().unwrap();
+    let bad = Command::new("psql")
+        .env("PGPASSWORD", "wrong")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-Atc",
+            "select 1",
+        ])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     // the server runs as postgres, not root
     let top = run_ok(Command::new("docker").args(["top", &c.1, "-o", "user,pid,args"]));
@@ -64,9 +128,16 @@ fn postgres_initialises_with_plpython_and_backup_functions() {
 fn redis_answers_ping() {
     let redis = image("redis");
     let c = docker_run(&[&redis.0]);
-    let pong = wait_for(30, "redis", || docker_exec(&c.1, &["redis-cli", "ping"]).filter(|s| s.trim() == "PONG"));
+    let pong = wait_for(30, "redis", || {
+        docker_exec(&c.1, &["redis-cli", "ping"]).filter(|s| s.trim() == "PONG")
+    });
     assert_eq!(pong.trim(), "PONG");
-    assert_eq!(docker_exec(&c.1, &["redis-cli", "set", "k", "v"]).unwrap().trim(), "OK");
+    assert_eq!(
+        docker_exec(&c.1, &["redis-cli", "set", "k", "v"])
+            .unwrap()
+            .trim(),
+        "OK"
+    );
 }
 
 #[test]
@@ -74,53 +145,155 @@ fn rabbitmq_pings_and_accepts_the_configured_user() {
     let (rmq, venv) = (image("rabbitmq"), image("venv"));
     let net = docker_network();
     let user = format!("u{}", unique());
-    let c = docker_run(&["--network", &net.1, "--network-alias", "rmq", "-e", &format!("RABBITMQ_DEFAULT_USER={user}"), "-e", "RABBITMQ_DEFAULT_PASS=s3cret", &rmq.0]);
-    wait_for(120, "rabbitmq-diagnostics ping", || docker_exec(&c.1, &["rabbitmq-diagnostics", "-q", "ping"]));
+    let c = docker_run(&[
+        "--network",
+        &net.1,
+        "--network-alias",
+        "rmq",
+        "-e",
+        &format!("RABBITMQ_DEFAULT_USER={user}"),
+        "-e",
+        "RABBITMQ_DEFAULT_PASS=s3cret",
+        &rmq.0,
+    ]);
+    wait_for(120, "rabbitmq-diagnostics ping", || {
+        docker_exec(&c.1, &["rabbitmq-diagnostics", "-q", "ping"])
+    });
     // the node answers pings before its AMQP listener is up
-    wait_for(120, "rabbitmq startup", || docker_logs(&c.1).contains("Server startup complete").then_some(()));
+    wait_for(120, "rabbitmq startup", || {
+        docker_logs(&c.1)
+            .contains("Server startup complete")
+            .then_some(())
+    });
     let amqp = |u: &str, p: &str| {
-        let script = format!("from kombu import Connection\nwith Connection('amqp://{u}:{p}@rmq:5672//', connect_timeout=10) as c:\n    c.connect(); print('connected')");
-        Command::new("docker").args(["run", "--rm", "--network", &net.1, &venv.0, "-c", &script]).output().unwrap()
+        let script = format!(
+            "from kombu import Connection\nwith Connection('amqp://{u}:{p}@rmq:5672//', connect_timeout=10) as c:\n    c.connect(); print('connected')"
+        );
+        Command::new("docker")
+            .args(["run", "--rm", "--network", &net.1, &venv.0, "-c", &script])
+            .output()
+            .unwrap()
     };
     let ok = amqp(&user, "s3cret");
-    assert!(ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("connected"), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(!amqp(&user, "wrong").status.success(), "a wrong password must be refused");
+    assert!(
+        ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("connected"),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        !amqp(&user, "wrong").status.success(),
+        "a wrong password must be refused"
+    );
 }
 
 #[test]
 fn app_imports_its_stack_and_answers_healthz() {
     let app = image("app");
-    let out = run_ok(Command::new("docker").args(["run", "--rm", "--entrypoint", "/opt/venv/bin/python", &app.0, "-c", "import celery, flask, psycopg, redis, gunicorn; print('ok', psycopg.pq.__impl__)"]));
+    let out = run_ok(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/opt/venv/bin/python",
+        &app.0,
+        "-c",
+        "import celery, flask, psycopg, redis, gunicorn; print('ok', psycopg.pq.__impl__)",
+    ]));
     assert!(out.starts_with("ok binary"), "{out}");
     let port = free_port().to_string();
-    let c = docker_run(&["-p", &format!("127.0.0.1:{port}:8000"), "-e", "DATABASE_URL=postgresql://x:y@nowhere/z", "-e", "CELERY_BROKER_URL=amqp://x:y@nowhere//", "-e", "REDIS_URL=redis://nowhere:6379/0", &app.0]);
-    let (_, body) = wait_for(60, "gunicorn /healthz", || http_get(&format!("http://127.0.0.1:{port}/healthz")).filter(|(s, _)| *s == 200));
-    assert!(body.contains("\"status\":\"ok\""), "{body}\n{}", docker_logs(&c.1));
+    let c = docker_run(&[
+        "-p",
+        &format!("127.0.0.1:{port}:8000"),
+        "-e",
+        "DATABASE_URL=postgresql://x:y@nowhere/z",
+        "-e",
+        "CELERY_BROKER_URL=amqp://x:y@nowhere//",
+        "-e",
+        "REDIS_URL=redis://nowhere:6379/0",
+        &app.0,
+    ]);
+    let (_, body) = wait_for(60, "gunicorn /healthz", || {
+        http_get(&format!("http://127.0.0.1:{port}/healthz")).filter(|(s, _)| *s == 200)
+    });
+    assert!(
+        body.contains("\"status\":\"ok\""),
+        "{body}\n{}",
+        docker_logs(&c.1)
+    );
     let top = run_ok(Command::new("docker").args(["top", &c.1, "-o", "user,pid,args"]));
-    assert!(top.contains("gunicorn") && !top.lines().skip(1).any(|l| l.starts_with("root")), "{top}");
+    assert!(
+        top.contains("gunicorn") && !top.lines().skip(1).any(|l| l.starts_with("root")),
+        "{top}"
+    );
 }
 
 #[test]
 fn worker_connects_to_a_broker_and_completes_a_task() {
-    let (worker, rmq, redis, app) = (image("worker"), image("rabbitmq"), image("redis"), image("app"));
+    let (worker, rmq, redis, app) = (
+        image("worker"),
+        image("rabbitmq"),
+        image("redis"),
+        image("app"),
+    );
     let version = run_ok(Command::new("docker").args(["run", "--rm", &worker.0, "--version"]));
-    assert!(version.trim().starts_with('5'), "celery --version: {version}");
+    assert!(
+        version.trim().starts_with('5'),
+        "celery --version: {version}"
+    );
     let net = docker_network();
-    let rc = docker_run(&["--network", &net.1, "--network-alias", "rabbitmq", "-e", "RABBITMQ_DEFAULT_USER=stack", "-e", "RABBITMQ_DEFAULT_PASS=pw", &rmq.0]);
+    let rc = docker_run(&[
+        "--network",
+        &net.1,
+        "--network-alias",
+        "rabbitmq",
+        "-e",
+        "RABBITMQ_DEFAULT_USER=stack",
+        "-e",
+        "RABBITMQ_DEFAULT_PASS=pw",
+        &rmq.0,
+    ]);
     let _redis = docker_run(&["--network", &net.1, "--network-alias", "redis", &redis.0]);
-    wait_for(120, "rabbitmq", || docker_exec(&rc.1, &["rabbitmq-diagnostics", "-q", "ping"]));
-    let env = ["-e", "CELERY_BROKER_URL=amqp://stack:pw@rabbitmq:5672//", "-e", "REDIS_URL=redis://redis:6379/0", "-e", "CELERY_QUEUES=default"];
+    wait_for(120, "rabbitmq", || {
+        docker_exec(&rc.1, &["rabbitmq-diagnostics", "-q", "ping"])
+    });
+    let env = [
+        "-e",
+        "CELERY_BROKER_URL=amqp://stack:pw@rabbitmq:5672//",
+        "-e",
+        "REDIS_URL=redis://redis:6379/0",
+        "-e",
+        "CELERY_QUEUES=default",
+    ];
     let mut args = vec!["--network", &net.1];
     args.extend(env);
     args.push(&worker.0);
     let w = docker_run(&args);
-    wait_for(60, "the worker to be ready", || docker_logs(&w.1).contains("ready.").then_some(()));
+    wait_for(60, "the worker to be ready", || {
+        docker_logs(&w.1).contains("ready.").then_some(())
+    });
     // celery's built-in `celery.accumulate` task, sent from the app image to the
     // default queue, executed by the worker, its result read from Redis.
     let client = "from celery import Celery\nc = Celery(broker='amqp://stack:pw@rabbitmq:5672//', backend='redis://redis:6379/0')\nr = c.send_task('celery.accumulate', args=(2, 3), queue='default')\nprint('result', r.get(timeout=60))";
-    let out = run_ok(Command::new("docker").args(["run", "--rm", "--network", &net.1, "--entrypoint", "/opt/venv/bin/python", &app.0, "-c", client]));
-    assert!(out.contains("result [2, 3]") || out.contains("result (2, 3)"), "{out}\nworker logs:\n{}", docker_logs(&w.1));
-    assert!(docker_logs(&w.1).contains("succeeded"), "{}", docker_logs(&w.1));
+    let out = run_ok(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--network",
+        &net.1,
+        "--entrypoint",
+        "/opt/venv/bin/python",
+        &app.0,
+        "-c",
+        client,
+    ]));
+    assert!(
+        out.contains("result [2, 3]") || out.contains("result (2, 3)"),
+        "{out}\nworker logs:\n{}",
+        docker_logs(&w.1)
+    );
+    assert!(
+        docker_logs(&w.1).contains("succeeded"),
+        "{}",
+        docker_logs(&w.1)
+    );
 }
 
 #[test]
@@ -129,13 +302,22 @@ fn stack_layers_are_shared_and_rebuild_bit_for_bit() {
     let venv = layers_of(&s.json, "venv");
     for name in ["app", "worker"] {
         let l = layers_of(&s.json, name);
-        assert_eq!(l[..venv.len()].iter().map(|x| &x.0).collect::<Vec<_>>(), venv.iter().map(|x| &x.0).collect::<Vec<_>>(), "{name} must start with venv's layers");
+        assert_eq!(
+            l[..venv.len()].iter().map(|x| &x.0).collect::<Vec<_>>(),
+            venv.iter().map(|x| &x.0).collect::<Vec<_>>(),
+            "{name} must start with venv's layers"
+        );
     }
     // Rebuild every layer in a new store that has the downloads (.debs, wheels) but
     // no layer records: the same inputs must give the same bytes.
     let fresh = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(fresh.path().join("blobs")).unwrap();
-    run_ok(Command::new("cp").arg("-al").arg(s.store.join("blobs/sha256")).arg(fresh.path().join("blobs/")));
+    run_ok(
+        Command::new("cp")
+            .arg("-al")
+            .arg(s.store.join("blobs/sha256"))
+            .arg(fresh.path().join("blobs/")),
+    );
     let out = tempfile::tempdir().unwrap();
     let json = run_ok(
         Command::new(env!("CARGO_BIN_EXE_imgbuild"))
@@ -148,6 +330,11 @@ fn stack_layers_are_shared_and_rebuild_bit_for_bit() {
             .args(["--json", "--jobs", "1", "all", "--locked"]),
     );
     let rebuilt: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert!(layers_of(&rebuilt, "postgres-plpython").iter().all(|(_, cached)| !cached), "layers must really be rebuilt");
+    assert!(
+        layers_of(&rebuilt, "postgres-plpython")
+            .iter()
+            .all(|(_, cached)| !cached),
+        "layers must really be rebuilt"
+    );
     assert_eq!(digests(&rebuilt), digests(&s.json));
 }

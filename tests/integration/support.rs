@@ -14,13 +14,23 @@ pub fn repo_root() -> PathBuf {
 
 /// Fails (never skips) when a tool the tests need is not installed.
 pub fn require(tool: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(found, "`{tool}` is not installed: the tests need it (run `just setup` or `.ci/run`, which install it)");
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed: the tests need it (run `just setup` or `.ci/run`, which install it)"
+    );
 }
 
 /// Runs a command and returns stdout, panicking with its output if it fails.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -39,7 +49,12 @@ pub fn hello_binary() -> &'static Path {
         let dir = std::env::temp_dir().join(format!("imgbuild-test-bin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("hello");
-        run_ok(Command::new("gcc").args(["-static", "-Os", "-s", "-o"]).arg(&out).arg(repo_root().join("fixtures/hello/src/hello.c")));
+        run_ok(
+            Command::new("gcc")
+                .args(["-static", "-Os", "-s", "-o"])
+                .arg(&out)
+                .arg(repo_root().join("fixtures/hello/src/hello.c")),
+        );
         out
     })
 }
@@ -52,7 +67,12 @@ pub struct Fixture {
 }
 
 pub fn copy_tree(src: &Path, dst: &Path) {
-    run_ok(Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dst));
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.display()))
+            .arg(dst),
+    );
 }
 
 impl Fixture {
@@ -65,7 +85,11 @@ impl Fixture {
             std::fs::copy(hello_binary(), bin.join("hello")).unwrap();
         }
         let store_dir = tempfile::tempdir().unwrap();
-        Fixture { store: store_dir.path().to_path_buf(), dir, _store_dir: store_dir }
+        Fixture {
+            store: store_dir.path().to_path_buf(),
+            dir,
+            _store_dir: store_dir,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -87,7 +111,8 @@ impl Fixture {
     /// Runs a build with `--json` and returns the parsed output.
     pub fn build_json(&self, args: &[&str]) -> Value {
         let out = run_ok(self.cmd().arg("--json").args(args));
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from imgbuild ({e}):\n{out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("bad JSON from imgbuild ({e}):\n{out}"))
     }
 }
 
@@ -97,14 +122,34 @@ pub fn digests(v: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["name"].as_str().unwrap().to_owned(), i["manifest_digest"].as_str().unwrap().to_owned()))
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_owned(),
+                i["manifest_digest"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
 /// Every layer's (digest, cached) of one image.
 pub fn layers_of(v: &Value, name: &str) -> Vec<(String, bool)> {
-    let img = v["images"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap_or_else(|| panic!("no image {name} in {v}"));
-    img["layers"].as_array().unwrap().iter().map(|l| (l["digest"].as_str().unwrap().to_owned(), l["cached"].as_bool().unwrap())).collect()
+    let img = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no image {name} in {v}"));
+    img["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_owned(),
+                l["cached"].as_bool().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// Adds what git cannot carry to a fixture's site tree: hardlinks, a long path,
@@ -129,7 +174,15 @@ pub fn enrich_site(root: &Path) {
 /// A short unique suffix for names in shared engines.
 pub fn unique() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    format!("{}{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() % 100000)
+    format!(
+        "{}{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            % 100000
+    )
 }
 
 /// The repository's own stack (recipes/, layers/, imgbuild.lock), built once per
@@ -155,7 +208,11 @@ pub fn stack() -> &'static Stack {
                 .arg(&out)
                 .args(["--json", "all", "--locked"]),
         );
-        Stack { out, store, json: serde_json::from_str(&json).expect("build JSON") }
+        Stack {
+            out,
+            store,
+            json: serde_json::from_str(&json).expect("build JSON"),
+        }
     })
 }
 
@@ -167,7 +224,12 @@ impl DockerImage {
     pub fn load(tar: &Path, name: &str) -> DockerImage {
         require("docker");
         let out = run_ok(Command::new("docker").args(["load", "-q", "-i"]).arg(tar));
-        let loaded = out.lines().find_map(|l| l.strip_prefix("Loaded image: ")).unwrap_or_else(|| panic!("docker load said: {out}")).trim().to_owned();
+        let loaded = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Loaded image: "))
+            .unwrap_or_else(|| panic!("docker load said: {out}"))
+            .trim()
+            .to_owned();
         let tag = format!("imgbuild-test/{name}:{}", unique());
         run_ok(Command::new("docker").args(["tag", &loaded, &tag]));
         DockerImage(tag)
@@ -185,7 +247,11 @@ pub struct DockerThing(pub &'static str, pub String);
 
 impl Drop for DockerThing {
     fn drop(&mut self) {
-        let args: &[&str] = if self.0 == "network" { &["network", "rm"] } else { &["rm", "-f", "-v"] };
+        let args: &[&str] = if self.0 == "network" {
+            &["network", "rm"]
+        } else {
+            &["rm", "-f", "-v"]
+        };
         let _ = Command::new("docker").args(args).arg(&self.1).output();
     }
 }
@@ -209,25 +275,46 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
         if let Some(v) = f() {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
 /// `docker exec` output if it succeeds.
 pub fn docker_exec(container: &str, args: &[&str]) -> Option<String> {
-    let o = Command::new("docker").arg("exec").arg(container).args(args).output().ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    let o = Command::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(args)
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 pub fn docker_logs(container: &str) -> String {
-    let o = Command::new("docker").args(["logs", container]).output().unwrap();
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    let o = Command::new("docker")
+        .args(["logs", container])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The CNCF distribution registry on 127.0.0.1, stopped (by PID) when dropped.
@@ -259,8 +346,14 @@ impl Registry {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let r = Registry { addr: addr.clone(), child, _dir: dir };
-        wait_for(30, "the registry to answer", || std::net::TcpStream::connect(&addr).ok().map(|_| ()));
+        let r = Registry {
+            addr: addr.clone(),
+            child,
+            _dir: dir,
+        };
+        wait_for(30, "the registry to answer", || {
+            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+        });
         r
     }
 }
@@ -274,7 +367,10 @@ impl Drop for Registry {
 
 /// HTTP GET on 127.0.0.1 with curl: (status, body).
 pub fn http_get(url: &str) -> Option<(u16, String)> {
-    let o = Command::new("curl").args(["-s", "-m", "5", "-w", "\n%{http_code}", url]).output().ok()?;
+    let o = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .ok()?;
     let s = String::from_utf8_lossy(&o.stdout).into_owned();
     let (body, code) = s.rsplit_once('\n')?;
     Some((code.trim().parse().ok()?, body.to_owned()))

@@ -26,7 +26,8 @@ pub const BLOCK_SIZE: usize = 1 << 20;
 /// zlib level 6, the `gzip`/`docker` default: the usual size/speed balance.
 pub const LEVEL: u32 = 6;
 /// Everything that determines the compressed bytes. Bump when any part changes.
-pub const CONTRACT: &str = "gzip;deflate=zlib-rs-flate2-1.1.11;level=6;block=1048576;header=fixed-v1";
+pub const CONTRACT: &str =
+    "gzip;deflate=zlib-rs-flate2-1.1.11;level=6;block=1048576;header=fixed-v1";
 
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
@@ -48,7 +49,11 @@ pub struct GzWriter<W: Write> {
 fn deflate_block(input: &[u8], last: bool) -> io::Result<Vec<u8>> {
     let mut c = Compress::new(Compression::new(LEVEL), false);
     let mut out = Vec::with_capacity(input.len() / 2 + 1024);
-    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
     loop {
         let consumed = c.total_in() as usize;
         if out.capacity() - out.len() < 64 * 1024 {
@@ -62,7 +67,9 @@ fn deflate_block(input: &[u8], last: bool) -> io::Result<Vec<u8>> {
             Status::StreamEnd => break,
             // A sync flush is complete once all input is consumed and the
             // compressor stopped with room left in the output buffer.
-            Status::Ok | Status::BufError if !last && done_input && out.len() < out.capacity() => break,
+            Status::Ok | Status::BufError if !last && done_input && out.len() < out.capacity() => {
+                break;
+            }
             _ => {}
         }
     }
@@ -106,7 +113,14 @@ impl<W: Write> GzWriter<W> {
     }
 
     fn dispatch(&mut self, last: bool) -> io::Result<()> {
-        let data = std::mem::replace(&mut self.buf, if last { Vec::new() } else { Vec::with_capacity(BLOCK_SIZE) });
+        let data = std::mem::replace(
+            &mut self.buf,
+            if last {
+                Vec::new()
+            } else {
+                Vec::with_capacity(BLOCK_SIZE)
+            },
+        );
         match &self.jobs {
             None => {
                 let block = deflate_block(&data, last)?;
@@ -150,7 +164,9 @@ impl<W: Write> GzWriter<W> {
             let _ = w.join();
         }
         self.out.flush()?;
-        let GzWriter { out, compressed, .. } = self;
+        let GzWriter {
+            out, compressed, ..
+        } = self;
         Ok((out, compressed))
     }
 }
@@ -202,15 +218,28 @@ mod tests {
 
     #[test]
     fn identical_for_any_thread_count_and_write_pattern() {
-        for len in [0, 1, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE + 777] {
+        for len in [
+            0,
+            1,
+            BLOCK_SIZE - 1,
+            BLOCK_SIZE,
+            BLOCK_SIZE + 1,
+            3 * BLOCK_SIZE + 777,
+        ] {
             let data = sample(len);
             let one = gz(&data, 1, 4096);
             for (threads, chunk) in [(2, 1 << 16), (3, 999), (8, BLOCK_SIZE * 2)] {
-                assert_eq!(one, gz(&data, threads, chunk), "len {len} threads {threads}");
+                assert_eq!(
+                    one,
+                    gz(&data, threads, chunk),
+                    "len {len} threads {threads}"
+                );
             }
             // and it is valid gzip that round-trips
             let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&one[..]).read_to_end(&mut back).unwrap();
+            flate2::read::GzDecoder::new(&one[..])
+                .read_to_end(&mut back)
+                .unwrap();
             assert_eq!(back, data, "len {len}");
         }
     }

@@ -10,10 +10,16 @@ use std::sync::Arc;
 pub enum TreeError {
     #[error("invalid path `{path}` in layer: {why}")]
     InvalidPath { path: String, why: &'static str },
-    #[error("`{path}` would replace a directory with a {kind}; refusing (remove the directory first or pick another path)")]
+    #[error(
+        "`{path}` would replace a directory with a {kind}; refusing (remove the directory first or pick another path)"
+    )]
     ReplacesDirectory { path: String, kind: &'static str },
     #[error("`{path}` needs `{parent}` to be a directory, but it is a {kind}")]
-    ParentNotDirectory { path: String, parent: String, kind: &'static str },
+    ParentNotDirectory {
+        path: String,
+        parent: String,
+        kind: &'static str,
+    },
     #[error("hardlink `{path}` points at `{target}`, which is not a regular file in this layer")]
     BadHardlink { path: String, target: String },
 }
@@ -125,7 +131,11 @@ pub enum Content {
     /// file that changed size since is an error rather than a silently different layer.
     Host { path: PathBuf, size: u64 },
     /// `size` bytes at `offset` of a file (an uncompressed tar spooled from a `.deb`).
-    Range { path: PathBuf, offset: u64, size: u64 },
+    Range {
+        path: PathBuf,
+        offset: u64,
+        size: u64,
+    },
 }
 
 impl Content {
@@ -144,11 +154,19 @@ impl Content {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
     Dir(Meta),
-    File { meta: Meta, content: Content },
+    File {
+        meta: Meta,
+        content: Content,
+    },
     /// Symlink permissions are not meaningful on Linux; `meta` carries only the owner.
-    Symlink { meta: Meta, target: String },
+    Symlink {
+        meta: Meta,
+        target: String,
+    },
     /// A hard link to a regular file elsewhere in the same layer.
-    Hardlink { target: TreePath },
+    Hardlink {
+        target: TreePath,
+    },
 }
 
 impl Node {
@@ -294,7 +312,10 @@ mod tests {
 
     #[test]
     fn paths_normalise_and_refuse_escape() {
-        assert_eq!(TreePath::new("./usr//bin/x/").unwrap().as_str(), "usr/bin/x");
+        assert_eq!(
+            TreePath::new("./usr//bin/x/").unwrap().as_str(),
+            "usr/bin/x"
+        );
         assert_eq!(TreePath::new("/").unwrap(), TreePath::root());
         assert!(TreePath::new("../etc/passwd").is_err());
         assert!(TreePath::new("usr/../../x").is_err());
@@ -307,15 +328,31 @@ mod tests {
     #[test]
     fn parents_are_implicit_and_dirs_are_protected() {
         let mut t = Tree::new();
-        t.insert(TreePath::new("a/b/f").unwrap(), Node::File { meta: Meta::FILE, content: Content::inline(*b"x") })
-            .unwrap();
+        t.insert(
+            TreePath::new("a/b/f").unwrap(),
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::inline(*b"x"),
+            },
+        )
+        .unwrap();
         assert_eq!(t.len(), 3);
         let err = t
-            .insert(TreePath::new("a/b").unwrap(), Node::File { meta: Meta::FILE, content: Content::inline(*b"") })
+            .insert(
+                TreePath::new("a/b").unwrap(),
+                Node::File {
+                    meta: Meta::FILE,
+                    content: Content::inline(*b""),
+                },
+            )
             .unwrap_err();
         assert!(matches!(err, TreeError::ReplacesDirectory { .. }));
-        t.insert_dir_if_absent(TreePath::new("a").unwrap(), Meta::new(0o1777, 0, 0)).unwrap();
-        assert_eq!(t.get(&TreePath::new("a").unwrap()), Some(&Node::Dir(Meta::new(0o1777, 0, 0))));
+        t.insert_dir_if_absent(TreePath::new("a").unwrap(), Meta::new(0o1777, 0, 0))
+            .unwrap();
+        assert_eq!(
+            t.get(&TreePath::new("a").unwrap()),
+            Some(&Node::Dir(Meta::new(0o1777, 0, 0)))
+        );
         assert_eq!(t.remove(&TreePath::new("a/b").unwrap()), 2);
     }
 }

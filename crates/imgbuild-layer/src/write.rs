@@ -38,7 +38,11 @@ pub struct WriteOptions {
 impl WriteOptions {
     /// Everything about the encoding that the bytes depend on, as a string for cache keys.
     pub fn contract(&self) -> String {
-        format!("tar=gnu-normalised-v1;mtime={};{}", self.mtime, crate::gzip::CONTRACT)
+        format!(
+            "tar=gnu-normalised-v1;mtime={};{}",
+            self.mtime,
+            crate::gzip::CONTRACT
+        )
     }
 }
 
@@ -66,8 +70,14 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
-    #[error("`{path}` changed while the layer was being written (expected {expected} bytes, found {actual}); run the build again")]
-    Changed { path: String, expected: u64, actual: u64 },
+    #[error(
+        "`{path}` changed while the layer was being written (expected {expected} bytes, found {actual}); run the build again"
+    )]
+    Changed {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("failed to write layer: {0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
@@ -75,7 +85,11 @@ pub enum WriteError {
 }
 
 /// Writes `tree` as a gzipped tar layer into `store`.
-pub fn write_layer(tree: &Tree, opts: &WriteOptions, store: &Store) -> Result<LayerBlob, WriteError> {
+pub fn write_layer(
+    tree: &Tree,
+    opts: &WriteOptions,
+    store: &Store,
+) -> Result<LayerBlob, WriteError> {
     tree.validate()?;
     let blob = store.writer()?;
     let compressed = HashingWriter::new(blob);
@@ -109,7 +123,11 @@ fn base_header(mtime: u64, mode: u32, uid: u32, gid: u32, kind: tar::EntryType) 
     h
 }
 
-fn write_entries<W: Write>(b: &mut tar::Builder<W>, tree: &Tree, mtime: u64) -> Result<(), WriteError> {
+fn write_entries<W: Write>(
+    b: &mut tar::Builder<W>,
+    tree: &Tree,
+    mtime: u64,
+) -> Result<(), WriteError> {
     for (path, node) in tree.iter() {
         let name = path.as_str();
         match node {
@@ -132,7 +150,13 @@ fn write_entries<W: Write>(b: &mut tar::Builder<W>, tree: &Tree, mtime: u64) -> 
                 b.append_link(&mut h, name, target.as_str())?;
             }
             Node::File { meta, content } => {
-                let mut h = base_header(mtime, meta.mode, meta.uid, meta.gid, tar::EntryType::Regular);
+                let mut h = base_header(
+                    mtime,
+                    meta.mode,
+                    meta.uid,
+                    meta.gid,
+                    tar::EntryType::Regular,
+                );
                 let size = content.size();
                 h.set_size(size);
                 match content {
@@ -149,9 +173,14 @@ fn write_entries<W: Write>(b: &mut tar::Builder<W>, tree: &Tree, mtime: u64) -> 
                         }
                         append_exact(b, &mut h, name, f, *size, src)?;
                     }
-                    Content::Range { path: src, offset, size } => {
+                    Content::Range {
+                        path: src,
+                        offset,
+                        size,
+                    } => {
                         let mut f = open(src, name)?;
-                        f.seek(SeekFrom::Start(*offset)).map_err(|e| read_err(src, name, e))?;
+                        f.seek(SeekFrom::Start(*offset))
+                            .map_err(|e| read_err(src, name, e))?;
                         append_exact(b, &mut h, name, f, *size, src)?;
                     }
                 }
@@ -212,7 +241,10 @@ impl<R: Read> Read for ExactReader<R> {
         }
         let n = self.inner.read(buf)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source ended early"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source ended early",
+            ));
         }
         self.left -= n as u64;
         Ok(n)
@@ -236,17 +268,70 @@ mod tests {
         std::fs::write(&host, vec![7u8; 3 << 20]).unwrap();
         let long = format!("deep/{}/file", "n".repeat(150));
         let mut t = Tree::new();
-        t.insert(p("bin/hello"), Node::File { meta: Meta::new(0o4755, 0, 0), content: Content::inline(*b"hi\n") })
+        t.insert(
+            p("bin/hello"),
+            Node::File {
+                meta: Meta::new(0o4755, 0, 0),
+                content: Content::inline(*b"hi\n"),
+            },
+        )
+        .unwrap();
+        t.insert(p("data"), Node::Dir(Meta::new(0o1777, 0, 0)))
             .unwrap();
-        t.insert(p("data"), Node::Dir(Meta::new(0o1777, 0, 0))).unwrap();
-        t.insert(p(&long), Node::File { meta: Meta::FILE, content: Content::Host { path: host.clone(), size: 3 << 20 } })
-            .unwrap();
-        t.insert(p("bin/hi"), Node::Hardlink { target: p("bin/hello") }).unwrap();
-        t.insert(p("usr/bin/x"), Node::Symlink { meta: Meta::FILE, target: "/bin/hello".into() }).unwrap();
-        let a = write_layer(&t, &WriteOptions { mtime: 0, threads: 1 }, &store).unwrap();
-        let b = write_layer(&t, &WriteOptions { mtime: 0, threads: 4 }, &store).unwrap();
+        t.insert(
+            p(&long),
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::Host {
+                    path: host.clone(),
+                    size: 3 << 20,
+                },
+            },
+        )
+        .unwrap();
+        t.insert(
+            p("bin/hi"),
+            Node::Hardlink {
+                target: p("bin/hello"),
+            },
+        )
+        .unwrap();
+        t.insert(
+            p("usr/bin/x"),
+            Node::Symlink {
+                meta: Meta::FILE,
+                target: "/bin/hello".into(),
+            },
+        )
+        .unwrap();
+        let a = write_layer(
+            &t,
+            &WriteOptions {
+                mtime: 0,
+                threads: 1,
+            },
+            &store,
+        )
+        .unwrap();
+        let b = write_layer(
+            &t,
+            &WriteOptions {
+                mtime: 0,
+                threads: 4,
+            },
+            &store,
+        )
+        .unwrap();
         assert_eq!(a, b);
-        let c = write_layer(&t, &WriteOptions { mtime: 1700000000, threads: 2 }, &store).unwrap();
+        let c = write_layer(
+            &t,
+            &WriteOptions {
+                mtime: 1700000000,
+                threads: 2,
+            },
+            &store,
+        )
+        .unwrap();
         assert_ne!(a.digest, c.digest);
 
         // read it back with the tar crate
@@ -256,11 +341,29 @@ mod tests {
         for e in ar.entries().unwrap() {
             let e = e.unwrap();
             let h = e.header();
-            seen.push((e.path().unwrap().display().to_string(), h.mode().unwrap(), h.mtime().unwrap()));
+            seen.push((
+                e.path().unwrap().display().to_string(),
+                h.mode().unwrap(),
+                h.mtime().unwrap(),
+            ));
         }
         let names: Vec<_> = seen.iter().map(|s| s.0.as_str()).collect();
         let deep = format!("deep/{}/", "n".repeat(150));
-        assert_eq!(names, ["bin/", "bin/hello", "bin/hi", "data/", "deep/", &deep, &long, "usr/", "usr/bin/", "usr/bin/x"]);
+        assert_eq!(
+            names,
+            [
+                "bin/",
+                "bin/hello",
+                "bin/hi",
+                "data/",
+                "deep/",
+                &deep,
+                &long,
+                "usr/",
+                "usr/bin/",
+                "usr/bin/x"
+            ]
+        );
         assert_eq!(seen[1].1, 0o4755);
         assert_eq!(seen[3].1, 0o1777);
         assert!(seen.iter().all(|s| s.2 == 0));
@@ -273,9 +376,32 @@ mod tests {
         let host = dir.path().join("f");
         std::fs::write(&host, b"12345").unwrap();
         let mut t = Tree::new();
-        t.insert(p("f"), Node::File { meta: Meta::FILE, content: Content::Host { path: host, size: 3 } }).unwrap();
-        let err = write_layer(&t, &WriteOptions { mtime: 0, threads: 1 }, &store).unwrap_err();
+        t.insert(
+            p("f"),
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::Host {
+                    path: host,
+                    size: 3,
+                },
+            },
+        )
+        .unwrap();
+        let err = write_layer(
+            &t,
+            &WriteOptions {
+                mtime: 0,
+                threads: 1,
+            },
+            &store,
+        )
+        .unwrap_err();
         assert!(matches!(err, WriteError::Changed { .. }), "{err}");
-        assert_eq!(std::fs::read_dir(dir.path().join("store/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("store/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

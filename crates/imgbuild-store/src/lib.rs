@@ -82,8 +82,14 @@ impl Digest {
 
     /// Parses a bare 64-digit hex string (as in `SHA256:` fields of Debian indexes).
     pub fn from_hex(hex: &str) -> Result<Digest> {
-        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            Ok(Digest { hex: hex.to_owned() })
+        if hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Digest {
+                hex: hex.to_owned(),
+            })
         } else {
             Err(StoreError::InvalidDigest(hex.to_owned()))
         }
@@ -147,13 +153,20 @@ impl<W: Write> HashingWriter<W> {
     }
     /// The inner writer, the digest and the byte count of everything written.
     pub fn finish(self) -> (W, Digest, u64) {
-        (self.inner, Digest::from_sha256(self.hasher.finalize().into()), self.len)
+        (
+            self.inner,
+            Digest::from_sha256(self.hasher.finalize().into()),
+            self.len,
+        )
     }
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
     pub fn len(&self) -> u64 {
         self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -248,7 +261,9 @@ impl Store {
     /// Size of a present blob.
     pub fn blob_size(&self, digest: &Digest) -> Result<u64> {
         let p = self.blob_path(digest);
-        Ok(fs::metadata(&p).map_err(io_err("failed to stat blob", &p))?.len())
+        Ok(fs::metadata(&p)
+            .map_err(io_err("failed to stat blob", &p))?
+            .len())
     }
 
     /// Reads a whole blob and checks it against its name. A corrupt blob is deleted
@@ -289,14 +304,23 @@ impl Store {
         let (path, file) = self.temp_file()?;
         Ok(BlobWriter {
             store: self.clone(),
-            inner: Some(HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file))),
+            inner: Some(HashingWriter::new(io::BufWriter::with_capacity(
+                1 << 20,
+                file,
+            ))),
             temp: path,
         })
     }
 
     /// Stores a blob from a reader, checking it against `expected` (digest and, if
     /// given, size) before it becomes visible. Returns the blob's size.
-    pub fn put_verified(&self, mut src: impl Read, expected: &Digest, size: Option<u64>, what: &str) -> Result<u64> {
+    pub fn put_verified(
+        &self,
+        mut src: impl Read,
+        expected: &Digest,
+        size: Option<u64>,
+        what: &str,
+    ) -> Result<u64> {
         if self.has_blob(expected) && self.verify(expected)? {
             return self.blob_size(expected);
         }
@@ -317,7 +341,8 @@ impl Store {
             return Ok(digest);
         }
         let mut w = self.writer()?;
-        w.write_all(bytes).map_err(io_err("failed to write", &w.temp.clone()))?;
+        w.write_all(bytes)
+            .map_err(io_err("failed to write", &w.temp.clone()))?;
         w.commit()?;
         Ok(digest)
     }
@@ -360,7 +385,8 @@ impl Store {
         fs::create_dir_all(dir).map_err(io_err("failed to create directory", dir))?;
         let (tmp, mut f) = self.temp_file()?;
         let r = (|| {
-            f.write_all(bytes).map_err(io_err("failed to write", &tmp))?;
+            f.write_all(bytes)
+                .map_err(io_err("failed to write", &tmp))?;
             f.sync_all().map_err(io_err("failed to fsync", &tmp))?;
             drop(f);
             fs::rename(&tmp, &dest).map_err(io_err("failed to rename into place", &dest))?;
@@ -407,7 +433,11 @@ impl Store {
         let mut out = vec![];
         for e in fs::read_dir(&dir).map_err(io_err("failed to list", &dir))? {
             let e = e.map_err(io_err("failed to list", &dir))?;
-            if let Some(d) = e.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) {
+            if let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::from_hex(n).ok())
+            {
                 out.push(d);
             }
         }
@@ -430,7 +460,10 @@ impl Store {
         let dir = self.root.join("tmp");
         let now = SystemTime::now();
         let mut n = 0;
-        for e in fs::read_dir(&dir).map_err(io_err("failed to list", &dir))?.flatten() {
+        for e in fs::read_dir(&dir)
+            .map_err(io_err("failed to list", &dir))?
+            .flatten()
+        {
             let old = e
                 .metadata()
                 .and_then(|m| m.modified())
@@ -457,7 +490,12 @@ impl Store {
                     .unwrap_or(0)
             );
             let p = dir.join(name);
-            match OpenOptions::new().write(true).read(true).create_new(true).open(&p) {
+            match OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .open(&p)
+            {
                 Ok(f) => return Ok((p, f)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io_err("failed to create temp file", &p)(e)),
@@ -494,6 +532,9 @@ impl BlobWriter {
     pub fn len(&self) -> u64 {
         self.inner.as_ref().map(|w| w.len()).unwrap_or(0)
     }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 
     /// Flushes, fsyncs and renames the blob into place under its digest.
     pub fn commit(self) -> Result<(Digest, u64)> {
@@ -502,11 +543,21 @@ impl BlobWriter {
 
     /// Like [`BlobWriter::commit`], but refuses (and deletes the temp file) when the
     /// content does not match the expected digest or size.
-    pub fn commit_expecting(self, expected: &Digest, size: Option<u64>, what: &str) -> Result<(Digest, u64)> {
+    pub fn commit_expecting(
+        self,
+        expected: &Digest,
+        size: Option<u64>,
+        what: &str,
+    ) -> Result<(Digest, u64)> {
         self.finish(Some(expected), size, what)
     }
 
-    fn finish(mut self, expected: Option<&Digest>, size: Option<u64>, what: &str) -> Result<(Digest, u64)> {
+    fn finish(
+        mut self,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+        what: &str,
+    ) -> Result<(Digest, u64)> {
         let (buf, digest, len) = self.inner.take().expect("not finished").finish();
         let temp = self.temp.clone();
         let file = buf
@@ -615,12 +666,22 @@ mod tests {
         assert_eq!(d, Digest::of_bytes(b"hello"));
         assert!(store.verify(&d).unwrap());
         let mut s = String::new();
-        store.open_verified(&d).unwrap().read_to_string(&mut s).unwrap();
+        store
+            .open_verified(&d)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "hello");
         // corrupt it: the verified reader fails and the blob is removed
         fs::write(store.blob_path(&d), b"hellx").unwrap();
         let mut s = String::new();
-        assert!(store.open_verified(&d).unwrap().read_to_string(&mut s).is_err());
+        assert!(
+            store
+                .open_verified(&d)
+                .unwrap()
+                .read_to_string(&mut s)
+                .is_err()
+        );
         assert!(!store.has_blob(&d));
         // temp dir is empty: nothing half-written remains
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -631,11 +692,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let want = Digest::of_bytes(b"good");
-        let err = store.put_verified(&b"evil"[..], &want, None, "x.deb").unwrap_err();
+        let err = store
+            .put_verified(&b"evil"[..], &want, None, "x.deb")
+            .unwrap_err();
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
         assert!(!store.has_blob(&want));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        assert_eq!(store.put_verified(&b"good"[..], &want, Some(4), "x.deb").unwrap(), 4);
+        assert_eq!(
+            store
+                .put_verified(&b"good"[..], &want, Some(4), "x.deb")
+                .unwrap(),
+            4
+        );
         assert!(store.verify(&want).unwrap());
     }
 
