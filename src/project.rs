@@ -68,19 +68,14 @@ impl Project {
     /// A shared lock on the store for the duration of a build: `gc` takes it
     /// exclusively, so it never deletes what a running build is about to use.
     pub fn lock_shared(&self) -> Result<File> {
-        let p = self.store.root().join("lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .with_context(|| format!("failed to open `{}`", p.display()))?;
-        f.lock_shared()
-            .with_context(|| format!("failed to lock `{}`", p.display()))?;
-        Ok(f)
+        self.lock_store(true)
     }
 
     pub fn lock_exclusive(&self) -> Result<File> {
+        self.lock_store(false)
+    }
+
+    fn lock_store(&self, shared: bool) -> Result<File> {
         let p = self.store.root().join("lock");
         let f = File::options()
             .create(true)
@@ -88,7 +83,7 @@ impl Project {
             .write(true)
             .open(&p)
             .with_context(|| format!("failed to open `{}`", p.display()))?;
-        f.lock()
+        if shared { f.lock_shared() } else { f.lock() }
             .with_context(|| format!("failed to lock `{}`", p.display()))?;
         Ok(f)
     }

@@ -108,22 +108,8 @@ pub struct SymlinkSpec {
     pub pos: Pos,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct UserSpec {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub gecos: String,
-    pub home: String,
-    pub shell: String,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct GroupSpec {
-    pub name: String,
-    pub gid: u32,
-    pub members: Vec<String>,
-}
+/// Accounts are declared with the very types the image's account database uses.
+pub use imgbuild_debian::system::{Group as GroupSpec, User as UserSpec};
 
 #[derive(Clone, Debug)]
 pub struct DebianSpec {

@@ -22,7 +22,7 @@ use imgbuild_store::{Digest, HashingWriter};
 use crate::lower::LowerView;
 use crate::recipe::{FileSource, LayerSpec, Recipe};
 use files::{StatCache, WalkedKind};
-use imgbuild_debian::system::{Accounts, Group, User};
+use imgbuild_debian::system::{Accounts, Group};
 
 /// Bump when the way a layer is derived from its inputs changes.
 const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v1";
@@ -262,11 +262,7 @@ fn resolve_owner(accounts: &Accounts, o: &crate::recipe::OwnerSpec) -> Result<(u
 /// exist gets one of its own name, as `adduser` would create.
 fn declare(accounts: &mut Accounts, spec: &LayerSpec) -> Result<()> {
     for g in &spec.groups {
-        accounts.add_group(Group {
-            name: g.name.clone(),
-            gid: g.gid,
-            members: g.members.clone(),
-        })?;
+        accounts.add_group(g.clone())?;
     }
     for u in &spec.users {
         if !accounts.groups.iter().any(|g| g.gid == u.gid) {
@@ -276,14 +272,7 @@ fn declare(accounts: &mut Accounts, spec: &LayerSpec) -> Result<()> {
                 members: vec![],
             })?;
         }
-        accounts.add_user(User {
-            name: u.name.clone(),
-            uid: u.uid,
-            gid: u.gid,
-            gecos: u.gecos.clone(),
-            home: u.home.clone(),
-            shell: u.shell.clone(),
-        })?;
+        accounts.add_user(u.clone())?;
     }
     Ok(())
 }

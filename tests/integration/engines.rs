@@ -137,30 +137,9 @@ fn skopeo_and_umoci_read_every_output_and_unpack_the_exact_tree() {
         std::fs::read_link(rootfs.join("usr/bin/hi")).unwrap(),
         Path::new("/bin/hello")
     );
-    assert_eq!(
-        std::fs::metadata(rootfs.join("data"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o1777
-    );
-    assert_eq!(
-        std::fs::metadata(rootfs.join("tmp"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o1777
-    );
-    assert_eq!(
-        std::fs::metadata(rootfs.join("bin/hello"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o755
-    );
+    assert_eq!(mode_of(&rootfs.join("data")), 0o1777);
+    assert_eq!(mode_of(&rootfs.join("tmp")), 0o1777);
+    assert_eq!(mode_of(&rootfs.join("bin/hello")), 0o755);
 }
 
 #[test]

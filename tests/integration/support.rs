@@ -375,3 +375,23 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     let (body, code) = s.rsplit_once('\n')?;
     Some((code.trim().parse().ok()?, body.to_owned()))
 }
+
+/// An independent reader (skopeo) accepts the tarball.
+pub fn skopeo_accepts(tar: &Path) {
+    require("skopeo");
+    run_ok(
+        Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci-archive:{}", tar.display())),
+    );
+}
+
+/// Permission bits (with setuid/setgid/sticky) of a path.
+pub fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
