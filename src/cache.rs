@@ -105,11 +105,21 @@ impl ImageRecord {
             Some(b) => Ok(serde_json::from_slice(&b).ok()),
         }
     }
+    /// Saves the record; an unchanged one is only touched (its age is what `gc`
+    /// reads), which spares an fsync on every no-op build.
     pub fn save(&self, store: &Store, project_key: &str) -> anyhow::Result<()> {
+        let key = Self::key(project_key, &self.name);
+        let bytes = serde_json::to_vec(self)?;
+        if store.read_record(IMAGE_BUCKET, &key)?.as_deref() == Some(&bytes[..]) {
+            let p = store.record_path(IMAGE_BUCKET, &key);
+            if std::fs::File::options().write(true).open(&p).and_then(|f| f.set_modified(std::time::SystemTime::now())).is_ok() {
+                return Ok(());
+            }
+        }
         store.write_record(
             IMAGE_BUCKET,
-            &Self::key(project_key, &self.name),
-            &serde_json::to_vec(self)?,
+            &key,
+            &bytes,
         )?;
         Ok(())
     }

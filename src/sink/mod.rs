@@ -37,8 +37,11 @@ impl ImageOut {
     }
 }
 
-/// Writes `bytes` to `dest` atomically.
+/// Writes `bytes` to `dest` atomically, unless `dest` already holds exactly them.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+    if fs::read(dest).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
     let (tmp, mut f) = temp_beside(dest)?;
     let r = (|| -> io::Result<()> {
         f.write_all(bytes)?;
@@ -80,11 +83,30 @@ pub fn finish_atomic(result: io::Result<()>, tmp: PathBuf, dest: &Path) -> Resul
     }
 }
 
-/// Copies a store blob to `dest` (verifying it on the way) unless `dest` already
-/// holds a file of the right size.
+/// Puts a store blob at `dest` unless `dest` already holds a file of the right
+/// size: a hard link when the output is on the store's filesystem (no copy; if
+/// anyone writes to the output file, the store sees the blob changed and hashes
+/// it again before using it), else a copy verified on the way.
 pub fn copy_blob(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
-    let size = store.blob_size(digest)?;
-    if fs::metadata(dest).map(|m| m.len() == size).unwrap_or(false) {
+    use std::os::unix::fs::MetadataExt;
+    let src = store.blob_path(digest);
+    let src_meta = fs::metadata(&src).with_context(|| format!("blob {digest} is not in the store"))?;
+    if let Ok(d) = fs::metadata(dest)
+        && d.ino() == src_meta.ino()
+        && d.dev() == src_meta.dev()
+    {
+        return Ok(()); // already this very file
+    }
+    // Link beside dest, then rename over it: an older link or copy is replaced
+    // atomically (a stale link to a replaced blob is never kept).
+    let dir = dest.parent().context("output path has no directory")?;
+    let tmp = dir.join(format!(".{}.{}.link", digest.hex(), std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    if fs::hard_link(&src, &tmp).is_ok() {
+        return finish_atomic(Ok(()), tmp, dest);
+    }
+    // Another filesystem: a copy, verified on the way, unless one is there.
+    if fs::metadata(dest).map(|m| m.len() == src_meta.len()).unwrap_or(false) {
         return Ok(());
     }
     let (tmp, f) = temp_beside(dest)?;

@@ -28,7 +28,7 @@ pub struct DebianInputs {
     /// `imgbuild lock`: resolve everything afresh.
     pub relock: bool,
     index: OnceLock<Result<Index, String>>,
-    http: reqwest::blocking::Client,
+    http: std::sync::Arc<super::Http>,
     store: Store,
     jobs: usize,
     progress: Progress,
@@ -41,7 +41,7 @@ impl DebianInputs {
         lock: Lockfile,
         locked: bool,
         relock: bool,
-        http: reqwest::blocking::Client,
+        http: std::sync::Arc<super::Http>,
         store: Store,
         jobs: usize,
         progress: Progress,
@@ -65,7 +65,7 @@ impl DebianInputs {
                 self.progress.status(
                     "debian: fetching and verifying the package index (InRelease, Packages)",
                 );
-                Index::fetch(&self.mirror, &self.store, &self.http).map_err(|e| format!("{e}"))
+                Index::fetch(&self.mirror, &self.store, self.http.client().map_err(|e| format!("{e:#}"))?).map_err(|e| format!("{e}"))
             })
             .as_ref()
             .map_err(|e| anyhow!("{e}"))
@@ -187,7 +187,7 @@ impl ExtraSource for DebianSource<'_> {
             &inputs.mirror,
             &self.packages,
             &inputs.store,
-            &inputs.http,
+            inputs.http.client()?,
             inputs.jobs.max(4),
             &|msg: &str| progress.status(format!("{label}: {msg}")),
         )

@@ -25,7 +25,7 @@ use files::{StatCache, WalkedKind};
 use imgbuild_debian::system::{Accounts, Group};
 
 /// Bump when the way a layer is derived from its inputs changes.
-const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v1";
+const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v2";
 
 /// A planned entry: its node, plus the content hash that stands in for the host
 /// path in the fingerprint (paths differ between checkouts; content does not).
@@ -55,6 +55,18 @@ pub trait ExtraSource {
     fn fingerprint(&self) -> String;
     /// Adds this source's entries to the tree. Returns blobs used (for gc) and notes.
     fn build(&mut self, tree: &mut Tree) -> Result<(Vec<Digest>, Vec<String>)>;
+}
+
+/// Serialising fingerprint lines of different types through one closure.
+mod erased {
+    pub trait Line {
+        fn write_to(&self, w: &mut dyn std::io::Write) -> serde_json::Result<()>;
+    }
+    impl<T: serde::Serialize> Line for T {
+        fn write_to(&self, w: &mut dyn std::io::Write) -> serde_json::Result<()> {
+            serde_json::to_writer(w, self)
+        }
+    }
 }
 
 /// Fingerprints and plans one layer.
@@ -193,48 +205,39 @@ pub fn prepare<'a>(
     }
     link_hardlinks(&mut planned);
 
-    // The fingerprint: a canonical, line-oriented description of every input.
-    let mut h = HashingWriter::new(std::io::sink());
-    let mut line = |v: serde_json::Value| {
-        use std::io::Write;
-        let _ = h.write_all(&crate::oci::canonical(&v));
-        let _ = h.write_all(b"\n");
+    // The fingerprint: a line-oriented description of every input, one JSON array
+    // per line, serialised straight into the hasher (tuples and structs have a fixed
+    // field order; maps are BTreeMaps), without building JSON values.
+    let mut h = std::io::BufWriter::with_capacity(64 * 1024, HashingWriter::new(std::io::sink()));
+    let mut line = |v: &dyn erased::Line| -> Result<()> {
+        v.write_to(&mut h)?;
+        std::io::Write::write_all(&mut h, b"\n")?;
+        Ok(())
     };
-    line(serde_json::json!([FINGERPRINT_VERSION, write_contract]));
+    line(&(FINGERPRINT_VERSION, write_contract))?;
     context.sort();
     context.dedup();
-    line(serde_json::json!(["lower", context]));
+    line(&("lower", &context))?;
     if accounts_written {
-        line(serde_json::json!(["accounts", accounts, base_fixup]));
+        line(&("accounts", &accounts, base_fixup))?;
     }
     for p in &planned {
-        let desc = match &p.node {
-            Node::Dir(m) => serde_json::json!(["d", p.path.as_str(), m.mode, m.uid, m.gid]),
-            Node::File { meta, .. } => serde_json::json!([
-                "f",
-                p.path.as_str(),
-                meta.mode,
-                meta.uid,
-                meta.gid,
-                p.sha256.as_ref().map(|d| d.to_string())
-            ]),
-            Node::Symlink { meta, target } => {
-                serde_json::json!(["l", p.path.as_str(), meta.uid, meta.gid, target])
-            }
-            Node::Hardlink { target } => serde_json::json!(["h", p.path.as_str(), target.as_str()]),
-        };
-        line(desc);
+        let path = p.path.as_str();
+        match &p.node {
+            Node::Dir(m) => line(&("d", path, m.mode, m.uid, m.gid))?,
+            Node::File { meta, .. } => line(&("f", path, meta.mode, meta.uid, meta.gid, p.sha256.as_ref()))?,
+            Node::Symlink { meta, target } => line(&("l", path, meta.uid, meta.gid, target))?,
+            Node::Hardlink { target } => line(&("h", path, target.as_str()))?,
+        }
     }
     if !extra.is_empty() {
         // Packages and venvs write anywhere: the whole lower view matters.
-        line(serde_json::json!([
-            "lower-view",
-            Digest::of_bytes(&serde_json::to_vec(lower)?).to_string()
-        ]));
+        line(&("lower-view", Digest::of_bytes(&serde_json::to_vec(lower)?)))?;
     }
     for e in &extra {
-        line(serde_json::json!(["source", e.fingerprint()]));
+        line(&("source", e.fingerprint()))?;
     }
+    let h = h.into_inner().map_err(|e| e.into_error())?;
     let (_, fingerprint, _) = h.finish();
     Ok(Prepared {
         fingerprint,
@@ -362,11 +365,30 @@ pub fn view_of(tree: &Tree) -> LowerView {
     v
 }
 
+/// The HTTP client, made on first use: a build served from the cache never
+/// starts one (it costs a runtime thread and TLS set-up).
+#[derive(Default)]
+pub struct Http(std::sync::OnceLock<reqwest::blocking::Client>);
+
+impl Http {
+    pub fn client(&self) -> Result<&reqwest::blocking::Client> {
+        if let Some(c) = self.0.get() {
+            return Ok(c);
+        }
+        let c = reqwest::blocking::Client::builder()
+            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("failed to set up the HTTP client")?;
+        Ok(self.0.get_or_init(|| c))
+    }
+}
+
 /// What the sources of all layers of one command share: network client, Debian
 /// index and lock, and where progress goes.
 pub struct Session {
     pub debian: debian::DebianInputs,
-    pub http: reqwest::blocking::Client,
+    pub http: std::sync::Arc<Http>,
     pub store: imgbuild_store::Store,
     pub jobs: usize,
     pub progress: crate::progress::Progress,
@@ -376,11 +398,7 @@ impl Session {
     pub fn new(project: &crate::project::Project, locked: bool, relock: bool) -> Result<Session> {
         let settings = crate::settings::Settings::load(&project.root)?;
         let lock = crate::lockfile::Lockfile::load(&project.root)?;
-        let http = reqwest::blocking::Client::builder()
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("failed to set up the HTTP client")?;
+        let http = std::sync::Arc::new(Http::default());
         Ok(Session {
             debian: debian::DebianInputs::new(
                 settings.mirror(),

@@ -22,7 +22,7 @@ pub struct PythonSource {
     reqs: Requirements,
     host_python: Option<String>,
     store: Store,
-    http: reqwest::blocking::Client,
+    http: std::sync::Arc<super::Http>,
     jobs: usize,
     progress: Progress,
     label: String,
@@ -34,7 +34,7 @@ impl PythonSource {
         layer: usize,
         p: &PythonSpec,
         store: &Store,
-        http: &reqwest::blocking::Client,
+        http: &std::sync::Arc<super::Http>,
         jobs: usize,
         progress: &Progress,
     ) -> Result<Self> {
@@ -93,7 +93,7 @@ impl ExtraSource for PythonSource {
             &self.spec,
             &self.reqs,
             &self.store,
-            &self.http,
+            self.http.client()?,
             self.jobs.max(4),
         )?;
         self.progress.status(format!(

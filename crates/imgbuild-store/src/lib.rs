@@ -285,6 +285,23 @@ impl Store {
         }
     }
 
+    /// Like [`Store::verify`], but skips re-hashing a blob whose inode has not
+    /// changed since `since` (its ctime is older): a blob that was verified or
+    /// written before `since` and not written to since still has the same bytes.
+    /// Any write, truncation, rename or chmod moves ctime forward, so the blob is
+    /// then hashed in full again.
+    pub fn verify_unless_unchanged_since(&self, digest: &Digest, since: SystemTime) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let p = self.blob_path(digest);
+        let Ok(m) = fs::metadata(&p) else { return Ok(false) };
+        let ctime = SystemTime::UNIX_EPOCH
+            + Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().clamp(0, 999_999_999) as u32);
+        if ctime < since {
+            return Ok(true);
+        }
+        self.verify(digest)
+    }
+
     /// Opens a blob for reading; the reader fails with `InvalidData` at end of stream
     /// if the bytes do not match the digest (and the corrupt blob is then deleted).
     pub fn open_verified(&self, digest: &Digest) -> Result<VerifiedReader> {
