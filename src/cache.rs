@@ -112,15 +112,16 @@ impl ImageRecord {
         let bytes = serde_json::to_vec(self)?;
         if store.read_record(IMAGE_BUCKET, &key)?.as_deref() == Some(&bytes[..]) {
             let p = store.record_path(IMAGE_BUCKET, &key);
-            if std::fs::File::options().write(true).open(&p).and_then(|f| f.set_modified(std::time::SystemTime::now())).is_ok() {
+            if std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                .is_ok()
+            {
                 return Ok(());
             }
         }
-        store.write_record(
-            IMAGE_BUCKET,
-            &key,
-            &bytes,
-        )?;
+        store.write_record(IMAGE_BUCKET, &key, &bytes)?;
         Ok(())
     }
 }

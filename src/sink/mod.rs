@@ -90,7 +90,8 @@ pub fn finish_atomic(result: io::Result<()>, tmp: PathBuf, dest: &Path) -> Resul
 pub fn copy_blob(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let src = store.blob_path(digest);
-    let src_meta = fs::metadata(&src).with_context(|| format!("blob {digest} is not in the store"))?;
+    let src_meta =
+        fs::metadata(&src).with_context(|| format!("blob {digest} is not in the store"))?;
     if let Ok(d) = fs::metadata(dest)
         && d.ino() == src_meta.ino()
         && d.dev() == src_meta.dev()
@@ -106,7 +107,10 @@ pub fn copy_blob(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
         return finish_atomic(Ok(()), tmp, dest);
     }
     // Another filesystem: a copy, verified on the way, unless one is there.
-    if fs::metadata(dest).map(|m| m.len() == src_meta.len()).unwrap_or(false) {
+    if fs::metadata(dest)
+        .map(|m| m.len() == src_meta.len())
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     let (tmp, f) = temp_beside(dest)?;

@@ -65,7 +65,12 @@ impl DebianInputs {
                 self.progress.status(
                     "debian: fetching and verifying the package index (InRelease, Packages)",
                 );
-                Index::fetch(&self.mirror, &self.store, self.http.client().map_err(|e| format!("{e:#}"))?).map_err(|e| format!("{e}"))
+                Index::fetch(
+                    &self.mirror,
+                    &self.store,
+                    self.http.client().map_err(|e| format!("{e:#}"))?,
+                )
+                .map_err(|e| format!("{e}"))
             })
             .as_ref()
             .map_err(|e| anyhow!("{e}"))

@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(normalise_mode(0o100664, false), 0o644);
         assert_eq!(normalise_mode(0o100700, false), 0o755);
         assert_eq!(normalise_mode(0o104750, false), 0o4755);
-        assert_eq!(normalise_mode(0o41777, true), 0o1777);
+        assert_eq!(normalise_mode(0o41777, true), 0o1755);
         assert_eq!(normalise_mode(0o40700, true), 0o755);
     }
 

@@ -225,7 +225,9 @@ pub fn prepare<'a>(
         let path = p.path.as_str();
         match &p.node {
             Node::Dir(m) => line(&("d", path, m.mode, m.uid, m.gid))?,
-            Node::File { meta, .. } => line(&("f", path, meta.mode, meta.uid, meta.gid, p.sha256.as_ref()))?,
+            Node::File { meta, .. } => {
+                line(&("f", path, meta.mode, meta.uid, meta.gid, p.sha256.as_ref()))?
+            }
             Node::Symlink { meta, target } => line(&("l", path, meta.uid, meta.gid, target))?,
             Node::Hardlink { target } => line(&("h", path, target.as_str()))?,
         }

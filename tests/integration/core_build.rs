@@ -129,7 +129,8 @@ fn a_corrupt_blob_in_the_store_is_never_used() {
     skopeo_accepts(&f.path().join("out/hello.tar"));
     // and the layout in out/oci holds the good bytes, not the corrupted ones
     let hex = layer.trim_start_matches("sha256:");
-    let sum = run_ok(Command::new("sha256sum").arg(f.path().join("out/oci/blobs/sha256").join(hex)));
+    let sum =
+        run_ok(Command::new("sha256sum").arg(f.path().join("out/oci/blobs/sha256").join(hex)));
     assert!(sum.starts_with(hex), "{sum}");
 }
 

@@ -1,16 +1,21 @@
-//! Byte-stable parallel gzip, in the manner of pigz.
+//! Byte-stable parallel gzip: independent 1 MiB blocks, one gzip member each.
 //!
-//! The uncompressed stream is cut into fixed [`BLOCK_SIZE`] blocks. Each block is
-//! deflated on its own (no shared dictionary) and ended with a sync flush, which
-//! byte-aligns it, so the compressed blocks can simply be concatenated; the last
-//! block is finished normally. Because block boundaries depend only on the input
-//! length, the output is identical for any number of worker threads, including
-//! one, which runs the very same code inline. The gzip header is fixed (mtime 0,
-//! no name, OS 255) and the trailer is the CRC-32 and length of the whole input.
+//! The uncompressed stream is cut into fixed [`BLOCK_SIZE`] blocks, and each block
+//! becomes a complete gzip member (header, deflate data, CRC-32 and length) made by
+//! libdeflate. A gzip file may hold several members one after another (RFC 1952
+//! 2.2); Go's `compress/gzip` (Docker, containerd, podman, skopeo, umoci), zlib's
+//! `gzip -d` and Python all read them as one stream. Because block boundaries depend
+//! only on the input length, the bytes are identical for any number of worker
+//! threads, including one, which runs the same code inline.
 //!
-//! The bytes depend on: the block size, the level, and the deflate implementation
-//! (zlib-rs, version pinned in Cargo.toml). [`CONTRACT`] names all three and is part
-//! of every layer's cache key, so changing any of them rebuilds rather than mixes.
+//! Why libdeflate at level 1: on 2 cores it compresses a site-packages tar at about
+//! 240 MB/s to a ratio of 0.32, where zlib at level 6 (what `gzip`/`pigz` default
+//! to) gives 0.30 at about 70 MB/s; layers are ~8% larger and build 3x faster.
+//! go-containerregistry (ko, crane) also writes layers at the fastest gzip level.
+//!
+//! The bytes depend on: the block size, the level, and libdeflate's version (pinned
+//! in Cargo.toml). [`CONTRACT`] names all three and is part of every layer's cache
+//! key, so changing any of them rebuilds rather than mixes.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -18,18 +23,13 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use flate2::{Compress, Compression, FlushCompress, Status};
-
-/// Uncompressed bytes per independently deflated block. 1 MiB, as apko's pgzip
+/// Uncompressed bytes per independently compressed block. 1 MiB, as apko's pgzip
 /// uses: large enough that the ratio loss against one stream is under 1%.
 pub const BLOCK_SIZE: usize = 1 << 20;
-/// zlib level 6, the `gzip`/`docker` default: the usual size/speed balance.
-pub const LEVEL: u32 = 6;
+/// libdeflate level 1 (see the module docs for why).
+pub const LEVEL: u32 = 1;
 /// Everything that determines the compressed bytes. Bump when any part changes.
-pub const CONTRACT: &str =
-    "gzip;deflate=zlib-rs-flate2-1.1.11;level=6;block=1048576;header=fixed-v1";
-
-const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+pub const CONTRACT: &str = "gzip-members;libdeflate=1.26.1;level=1;block=1048576";
 
 type Job = (Vec<u8>, bool, SyncSender<io::Result<Vec<u8>>>);
 
@@ -37,48 +37,35 @@ type Job = (Vec<u8>, bool, SyncSender<io::Result<Vec<u8>>>);
 pub struct GzWriter<W: Write> {
     out: W,
     buf: Vec<u8>,
-    crc: crc32fast::Hasher,
     total: u64,
     pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
     jobs: Option<SyncSender<Job>>,
     workers: Vec<JoinHandle<()>>,
     max_in_flight: usize,
     compressed: u64,
+    level: u32,
 }
 
-fn deflate_block(input: &[u8], last: bool) -> io::Result<Vec<u8>> {
-    let mut c = Compress::new(Compression::new(LEVEL), false);
-    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
-    let flush = if last {
-        FlushCompress::Finish
-    } else {
-        FlushCompress::Sync
-    };
-    loop {
-        let consumed = c.total_in() as usize;
-        if out.capacity() - out.len() < 64 * 1024 {
-            out.reserve(256 * 1024);
-        }
-        let status = c
-            .compress_vec(&input[consumed..], &mut out, flush)
-            .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?;
-        let done_input = c.total_in() as usize == input.len();
-        match status {
-            Status::StreamEnd => break,
-            // A sync flush is complete once all input is consumed and the
-            // compressor stopped with room left in the output buffer.
-            Status::Ok | Status::BufError if !last && done_input && out.len() < out.capacity() => {
-                break;
-            }
-            _ => {}
-        }
-    }
+/// One block as one complete gzip member.
+fn deflate_block(input: &[u8], _last: bool, level: u32) -> io::Result<Vec<u8>> {
+    let lvl = libdeflater::CompressionLvl::new(level as i32)
+        .map_err(|_| io::Error::other(format!("invalid gzip level {level}")))?;
+    let mut c = libdeflater::Compressor::new(lvl);
+    let mut out = vec![0u8; c.gzip_compress_bound(input.len())];
+    let n = c
+        .gzip_compress(input, &mut out)
+        .map_err(|e| io::Error::other(format!("gzip failed: {e:?}")))?;
+    out.truncate(n);
     Ok(out)
 }
 
 impl<W: Write> GzWriter<W> {
-    pub fn new(mut out: W, threads: usize) -> io::Result<Self> {
-        out.write_all(&GZIP_HEADER)?;
+    pub fn new(out: W, threads: usize) -> io::Result<Self> {
+        Self::with_level(out, threads, LEVEL)
+    }
+
+    /// A writer at another level (for measurements; layers always use [`LEVEL`]).
+    pub fn with_level(out: W, threads: usize, level: u32) -> io::Result<Self> {
         let threads = threads.max(1);
         let (jobs, workers) = if threads > 1 {
             let (tx, rx) = sync_channel::<Job>(threads * 2);
@@ -90,7 +77,7 @@ impl<W: Write> GzWriter<W> {
                         loop {
                             let job = rx.lock().expect("job queue").recv();
                             let Ok((data, last, reply)) = job else { break };
-                            let _ = reply.send(deflate_block(&data, last));
+                            let _ = reply.send(deflate_block(&data, last, level));
                         }
                     })
                 })
@@ -102,13 +89,13 @@ impl<W: Write> GzWriter<W> {
         Ok(GzWriter {
             out,
             buf: Vec::with_capacity(BLOCK_SIZE),
-            crc: crc32fast::Hasher::new(),
             total: 0,
             pending: VecDeque::new(),
             jobs,
             workers,
             max_in_flight: threads * 2,
-            compressed: GZIP_HEADER.len() as u64,
+            compressed: 0,
+            level,
         })
     }
 
@@ -123,7 +110,7 @@ impl<W: Write> GzWriter<W> {
         );
         match &self.jobs {
             None => {
-                let block = deflate_block(&data, last)?;
+                let block = deflate_block(&data, last, self.level)?;
                 self.compressed += block.len() as u64;
                 self.out.write_all(&block)?;
             }
@@ -153,12 +140,15 @@ impl<W: Write> GzWriter<W> {
 
     /// Finishes the stream; returns the inner writer and the compressed size.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
-        self.dispatch(true)?;
-        let mut trailer = [0u8; 8];
-        trailer[..4].copy_from_slice(&self.crc.clone().finalize().to_le_bytes());
-        trailer[4..].copy_from_slice(&(self.total as u32).to_le_bytes());
-        self.out.write_all(&trailer)?;
-        self.compressed += 8;
+        // The last, partial block; also the only member of an empty stream (a gzip
+        // file needs at least one), never an empty member after full blocks.
+        if !self.buf.is_empty() || self.total == 0 {
+            self.dispatch(true)?;
+        } else {
+            while !self.pending.is_empty() {
+                self.drain_one()?;
+            }
+        }
         self.jobs = None; // closes the queue; workers exit
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -174,7 +164,6 @@ impl<W: Write> GzWriter<W> {
 impl<W: Write> Write for GzWriter<W> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         let n = data.len();
-        self.crc.update(data);
         self.total += n as u64;
         while !data.is_empty() {
             let room = BLOCK_SIZE - self.buf.len();
@@ -237,7 +226,7 @@ mod tests {
             }
             // and it is valid gzip that round-trips
             let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&one[..])
+            flate2::read::MultiGzDecoder::new(&one[..])
                 .read_to_end(&mut back)
                 .unwrap();
             assert_eq!(back, data, "len {len}");

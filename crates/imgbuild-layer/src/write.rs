@@ -336,7 +336,7 @@ mod tests {
 
         // read it back with the tar crate
         let f = store.open_verified(&a.digest).unwrap();
-        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
         let mut seen = vec![];
         for e in ar.entries().unwrap() {
             let e = e.unwrap();

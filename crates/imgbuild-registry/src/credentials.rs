@@ -324,9 +324,14 @@ impl Credentials {
         // The helper reads all of stdin before answering; stdin is small, so writing it whole
         // before reading stdout cannot deadlock.
         let mut input = child.stdin.take().expect("piped");
-        input
-            .write_all(stdin)
-            .map_err(|e| fail(format!("cannot write to it: {e}")))?;
+        // A helper that exits without reading its input closes the pipe; what it
+        // printed and its exit status say more than the EPIPE, so keep going.
+        match input.write_all(stdin) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(fail(format!("cannot write to it: {e}")));
+            }
+            _ => {}
+        }
         drop(input);
         child
             .wait_with_output()

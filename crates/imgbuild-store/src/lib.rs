@@ -229,6 +229,32 @@ pub fn digest_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Blobs this process wrote or hashed, with the identity of the file then
+    /// (device, inode, ctime, size): while it is unchanged, hashing it again
+    /// could only give the same answer.
+    known_good: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, FileId>>>,
+}
+
+/// What identifies one version of a file: any write, truncation or replacement
+/// changes the inode or moves ctime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    ctime_ns: i128,
+    size: u64,
+}
+
+impl FileId {
+    fn of(m: &fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+            size: m.len(),
+        }
+    }
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -241,7 +267,24 @@ impl Store {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("failed to create store directory", &p))?;
         }
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            known_good: Default::default(),
+        })
+    }
+
+    fn remember_good(&self, digest: &Digest) {
+        if let Ok(m) = fs::metadata(self.blob_path(digest)) {
+            self.known_good
+                .lock()
+                .expect("known_good")
+                .insert(digest.clone(), FileId::of(&m));
+        }
+    }
+
+    /// Whether this process wrote or hashed the blob and it has not changed since.
+    fn is_known_good(&self, digest: &Digest, m: &fs::Metadata) -> bool {
+        self.known_good.lock().expect("known_good").get(digest) == Some(&FileId::of(m))
     }
 
     pub fn root(&self) -> &Path {
@@ -275,9 +318,13 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err("failed to open blob", &p)(e)),
         };
+        if f.metadata().is_ok_and(|m| self.is_known_good(digest, &m)) {
+            return Ok(true);
+        }
         let (actual, _) = digest_reader(io::BufReader::with_capacity(1 << 20, f))
             .map_err(io_err("failed to read blob", &p))?;
         if &actual == digest {
+            self.remember_good(digest);
             Ok(true)
         } else {
             let _ = fs::remove_file(&p);
@@ -290,12 +337,21 @@ impl Store {
     /// written before `since` and not written to since still has the same bytes.
     /// Any write, truncation, rename or chmod moves ctime forward, so the blob is
     /// then hashed in full again.
-    pub fn verify_unless_unchanged_since(&self, digest: &Digest, since: SystemTime) -> Result<bool> {
+    pub fn verify_unless_unchanged_since(
+        &self,
+        digest: &Digest,
+        since: SystemTime,
+    ) -> Result<bool> {
         use std::os::unix::fs::MetadataExt;
         let p = self.blob_path(digest);
-        let Ok(m) = fs::metadata(&p) else { return Ok(false) };
+        let Ok(m) = fs::metadata(&p) else {
+            return Ok(false);
+        };
         let ctime = SystemTime::UNIX_EPOCH
-            + Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().clamp(0, 999_999_999) as u32);
+            + Duration::new(
+                m.ctime().max(0) as u64,
+                m.ctime_nsec().clamp(0, 999_999_999) as u32,
+            );
         if ctime < since {
             return Ok(true);
         }
@@ -307,11 +363,13 @@ impl Store {
     pub fn open_verified(&self, digest: &Digest) -> Result<VerifiedReader> {
         let p = self.blob_path(digest);
         let f = File::open(&p).map_err(io_err("failed to open blob", &p))?;
+        // Already hashed (or written) by this process and unchanged: checked.
+        let checked = f.metadata().is_ok_and(|m| self.is_known_good(digest, &m));
         Ok(VerifiedReader {
-            inner: HashingReader::new(f),
+            file: f,
+            hasher: (!checked).then(Sha256::new),
             expected: digest.clone(),
             path: p,
-            done: false,
         })
     }
 
@@ -603,6 +661,7 @@ impl BlobWriter {
         let dest = self.store.blob_path(&digest);
         fs::rename(&temp, &dest).map_err(io_err("failed to rename blob into place", &dest))?;
         sync_dir(dest.parent().expect("blob has a parent"))?;
+        self.store.remember_good(&digest);
         Ok((digest, len))
     }
 }
@@ -627,20 +686,24 @@ impl Drop for BlobWriter {
     }
 }
 
-/// A blob reader that checks the digest at end of stream.
+/// A blob reader that checks the digest at end of stream (or a plain reader when
+/// this process already hashed the unchanged blob: `hasher` is then `None`).
 pub struct VerifiedReader {
-    inner: HashingReader<File>,
+    file: File,
+    hasher: Option<Sha256>,
     expected: Digest,
     path: PathBuf,
-    done: bool,
 }
 
 impl Read for VerifiedReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() && !self.done {
-            self.done = true;
-            let actual = Digest::from_sha256(self.inner.hasher.clone().finalize().into());
+        let n = self.file.read(buf)?;
+        let Some(hasher) = self.hasher.as_mut() else {
+            return Ok(n);
+        };
+        hasher.update(&buf[..n]);
+        if n == 0 && !buf.is_empty() {
+            let actual = Digest::from_sha256(self.hasher.take().expect("hasher").finalize().into());
             if actual != self.expected {
                 let _ = fs::remove_file(&self.path);
                 return Err(io::Error::new(
