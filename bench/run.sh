@@ -150,7 +150,11 @@ cat "$RES/machine.env" >&2
 
 # ---------------------------------------------------------------- the realistic tree
 C=$W/core P=$W/core/proj
-CHANGED=$P/layers/sp/django/__init__.py # the file the one-file-change benchmarks touch
+CHANGED=$P/layers/sp/django/__init__.py # the file the one-file-change build benchmarks touch
+# The push benchmark changes one application source file, as a developer's edit
+# of the stack's app does (issue: "on the stack's images"): only the small app
+# layer (and config, manifest) differ from what the registry has.
+APP_CHANGED=$P/layers/app/main.py
 make_core_tree() {
   local wheels=$W/wheels
   mkdir -p "$wheels"
@@ -396,6 +400,7 @@ EOF
     SK_PUSH="skopeo copy -q --dest-tls-verify=false oci-archive:$C/out/core.tar docker://$REG/sk/core:latest"
     PD_PUSH="$PODMAN push -q --tls-verify=false bench-core docker://$REG/pd/core:latest"
     echo "imgbuild_push_cmd=$IB_PUSH" > "$RES/push.env"
+    cp -p "$APP_CHANGED" "$C/app-main.orig"
     hf push-cold \
       -n "imgbuild push (cold)" --prepare "sh $G/restart.sh" "$IB_PUSH" \
       -n "skopeo copy (cold)" --prepare "sh $G/restart.sh" "$SK_PUSH" \
@@ -405,10 +410,10 @@ EOF
       -n "skopeo copy (nothing to send)" "$SK_PUSH" \
       -n "podman push (nothing to send)" "$PD_PUSH"
     hf push-onefile \
-      -n "imgbuild push (1 file changed)" --prepare "date +%s%N >> $CHANGED && $IBC build core" "$IB_PUSH" \
-      -n "skopeo copy (1 file changed)" --prepare "date +%s%N >> $CHANGED && $IBC build core" "$SK_PUSH" \
-      -n "podman push (1 file changed)" --prepare "date +%s%N >> $CHANGED && $PODMAN_BUILD >/dev/null" "$PD_PUSH"
-    cp -p "$C/changed.orig" "$CHANGED"
+      -n "imgbuild push (1 file changed)" --prepare "echo \"# \$(date +%s%N)\" >> $APP_CHANGED && $IBC build core" "$IB_PUSH" \
+      -n "skopeo copy (1 file changed)" --prepare "echo \"# \$(date +%s%N)\" >> $APP_CHANGED && $IBC build core" "$SK_PUSH" \
+      -n "podman push (1 file changed)" --prepare "echo \"# \$(date +%s%N)\" >> $APP_CHANGED && $PODMAN_BUILD >/dev/null" "$PD_PUSH"
+    cp -p "$C/app-main.orig" "$APP_CHANGED"
     # the registry holds what imgbuild built, byte for byte (same manifest digest)
     $IBC build core; $IB_PUSH; $SK_PUSH
     want_digest=$("$IB" -C "$P" --store "$C/store" --out "$C/out" --json inspect core | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifest_digest"])')
