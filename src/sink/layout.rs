@@ -55,8 +55,41 @@ pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
         ]);
         entries.insert(img.name.clone(), oci::index_entry(&desc, &ann));
     }
-    write_atomic(
-        &dir.join("index.json"),
-        &oci::image_index(entries.into_values().collect()),
-    )
+    let index = oci::image_index(entries.values().cloned().collect());
+    write_atomic(&dir.join("index.json"), &index)?;
+    prune(&blobs, entries.values())
+}
+
+/// Removes blobs that no manifest of the index refers to (left by earlier builds).
+fn prune<'a>(blobs: &Path, entries: impl Iterator<Item = &'a Value>) -> Result<()> {
+    let mut live = std::collections::BTreeSet::new();
+    for e in entries {
+        let Some(m) = e["digest"]
+            .as_str()
+            .map(|d| d.trim_start_matches("sha256:").to_owned())
+        else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(blobs.join(&m)) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        live.insert(m);
+        for d in std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten()) {
+            if let Some(d) = d["digest"].as_str() {
+                live.insert(d.trim_start_matches("sha256:").to_owned());
+            }
+        }
+    }
+    let listing = std::fs::read_dir(blobs)
+        .with_context(|| format!("failed to list `{}`", blobs.display()))?;
+    for e in listing.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !live.contains(&name) && !name.starts_with('.') {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
 }

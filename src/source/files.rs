@@ -200,7 +200,9 @@ fn visit(
             kind: WalkedKind::Dir,
             mode: normalise_mode(meta.mode(), true),
         });
-        let mut children: Vec<(String, PathBuf)> = vec![];
+        // DirEntry::metadata stats relative to the open directory (fstatat), not
+        // by resolving the full path again, and does not follow symlinks.
+        let mut children: Vec<(String, PathBuf, fs::Metadata)> = vec![];
         for e in
             fs::read_dir(path).with_context(|| format!("failed to list `{}`", path.display()))?
         {
@@ -210,14 +212,15 @@ fn visit(
                 .to_str()
                 .with_context(|| format!("`{}` has a non-UTF-8 name", e.path().display()))?
                 .to_owned();
-            children.push((name, e.path()));
+            let m = e
+                .metadata()
+                .with_context(|| format!("failed to stat `{}`", e.path().display()))?;
+            children.push((name, e.path(), m));
         }
         // Sorted by the bytes of the full relative path, which for siblings is the
         // byte order of their names: independent of the filesystem's read order.
-        children.sort();
-        for (name, child) in children {
-            let m = fs::symlink_metadata(&child)
-                .with_context(|| format!("failed to stat `{}`", child.display()))?;
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, child, m) in children {
             let crel = if rel.is_empty() {
                 name
             } else {

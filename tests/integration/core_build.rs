@@ -296,3 +296,26 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
     );
     assert!(!f.path().join("out").exists());
 }
+
+#[test]
+fn the_oci_layout_keeps_only_blobs_its_images_use() {
+    let f = Fixture::new("hello");
+    f.build_json(&["all"]);
+    for v in ["v2", "v3"] {
+        std::fs::write(f.path().join("layers/site/index.html"), v).unwrap();
+        f.build_json(&["all"]);
+    }
+    // base: config, layer, manifest; hello: config, 2 layers (one shared), manifest
+    let n = std::fs::read_dir(f.path().join("out/oci/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(n, 6, "stale blobs left in out/oci");
+    require("skopeo");
+    for name in ["base", "hello"] {
+        run_ok(
+            Command::new("skopeo")
+                .arg("inspect")
+                .arg(format!("oci:{}:{name}", f.path().join("out/oci").display())),
+        );
+    }
+}
