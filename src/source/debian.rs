@@ -155,6 +155,9 @@ pub struct DebianSource<'a> {
     spec: DebianSpec,
     packages: Vec<LockedPackage>,
     label: String,
+    /// The host interpreter that byte-compiles the stdlib, when the layer ships
+    /// CPython (part of the fingerprint: another patch release may write other bytes).
+    stdlib_bytecode: Option<String>,
 }
 
 impl<'a> DebianSource<'a> {
@@ -165,11 +168,17 @@ impl<'a> DebianSource<'a> {
         spec: &DebianSpec,
     ) -> Result<Self> {
         let packages = inputs.packages_for(recipe, layer, spec)?;
+        let stdlib_bytecode = if super::stdlib_pyc::ships_stdlib(packages.iter().map(|p| &p.name)) {
+            super::stdlib_pyc::host_version()
+        } else {
+            None
+        };
         Ok(DebianSource {
             inputs,
             spec: spec.clone(),
             packages,
             label: format!("[{}] layer {}", recipe.name, layer + 1),
+            stdlib_bytecode,
         })
     }
 }
@@ -181,7 +190,14 @@ impl ExtraSource for DebianSource<'_> {
             .iter()
             .map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.to_string()))
             .collect();
-        serde_json::json!(["debian-v1", pkgs, self.spec.remove_paths, self.spec.base]).to_string()
+        serde_json::json!([
+            "debian-v1",
+            pkgs,
+            self.spec.remove_paths,
+            self.spec.base,
+            self.stdlib_bytecode
+        ])
+        .to_string()
     }
 
     fn build(&mut self, tree: &mut Tree) -> Result<(Vec<Digest>, Vec<String>)> {
@@ -217,6 +233,12 @@ impl ExtraSource for DebianSource<'_> {
             imgbuild_debian::system::base_fixup(tree)?;
         }
         imgbuild_debian::remove_paths(tree, &self.spec.remove_paths)?;
+        if self.stdlib_bytecode.is_some() {
+            progress.status(format!(
+                "{label}: byte-compiling the Python standard library"
+            ));
+            notes.extend(super::stdlib_pyc::compile(&inputs.store, tree)?);
+        }
         Ok((inputs_used, notes))
     }
 }

@@ -12,6 +12,7 @@ pub mod base;
 pub mod debian;
 pub mod files;
 pub mod python;
+pub mod stdlib_pyc;
 
 use std::collections::BTreeMap;
 
