@@ -79,7 +79,7 @@ pub fn prepare<'a>(
     lower: &LowerView,
     accounts_before: &Option<Accounts>,
     write_contract: &str,
-    stat: &mut StatCache,
+    stat: &StatCache,
     extra: Vec<Box<dyn ExtraSource + Send + 'a>>,
 ) -> Result<Prepared<'a>> {
     let at = |line: usize, col: usize| format!("{}:{line}:{col}", recipe.file.display());
@@ -156,7 +156,11 @@ pub fn prepare<'a>(
                         } => {
                             let node = Node::File {
                                 meta,
-                                content: Content::Host { path: host, size },
+                                content: Content::Host {
+                                    path: host,
+                                    size,
+                                    sha256: Some(sha256.clone()),
+                                },
                             };
                             planned.push(Planned {
                                 path,

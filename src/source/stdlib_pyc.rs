@@ -65,7 +65,7 @@ pub fn compile(store: &Store, tree: &mut Tree) -> Result<Vec<String>> {
     for (rel, c) in &sources {
         key.push_str(&match c {
             Content::Inline(b) => format!("{rel}\t{}\n", Digest::of_bytes(b)),
-            Content::Host { path, size } | Content::Range { path, size, .. } => {
+            Content::Host { path, size, .. } | Content::Range { path, size, .. } => {
                 let offset = if let Content::Range { offset, .. } = c {
                     *offset
                 } else {
@@ -121,6 +121,7 @@ pub fn compile(store: &Store, tree: &mut Tree) -> Result<Vec<String>> {
                 content: Content::Host {
                     path: compiled.host_path(f),
                     size: f.size,
+                    sha256: None,
                 },
             },
         )?;

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use imgbuild_store::Digest;
+
 /// Errors raised while filling a tree; each names the path.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -127,9 +129,15 @@ impl Meta {
 pub enum Content {
     /// Bytes held in memory (small generated files: passwd, pyvenv.cfg, scripts).
     Inline(Arc<[u8]>),
-    /// A whole file on the host; `size` is the size seen when the tree was made, and a
-    /// file that changed size since is an error rather than a silently different layer.
-    Host { path: PathBuf, size: u64 },
+    /// A whole file on the host; `size` (and `sha256`, when the tree's maker hashed
+    /// the file, e.g. for a cache key) are what was seen when the tree was made. A
+    /// file that differs when it is written is an error rather than a layer whose
+    /// bytes disagree with the fingerprint it is stored under.
+    Host {
+        path: PathBuf,
+        size: u64,
+        sha256: Option<Digest>,
+    },
     /// `size` bytes at `offset` of a file (an uncompressed tar spooled from a `.deb`).
     Range {
         path: PathBuf,

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use imgbuild_store::{Digest, HashingWriter, Store, StoreError};
+use imgbuild_store::{Digest, HashingReader, HashingWriter, Store, StoreError};
 
 use crate::gzip::GzWriter;
 use crate::tree::{Content, Node, Tree};
@@ -78,6 +78,10 @@ pub enum WriteError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "`{path}` changed while the layer was being written (its content no longer matches the hash taken for the layer's fingerprint); run the build again"
+    )]
+    ContentChanged { path: String },
     #[error("failed to write layer: {0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
@@ -161,7 +165,11 @@ fn write_entries<W: Write>(
                 h.set_size(size);
                 match content {
                     Content::Inline(bytes) => b.append_data(&mut h, name, &bytes[..])?,
-                    Content::Host { path: src, size } => {
+                    Content::Host {
+                        path: src,
+                        size,
+                        sha256,
+                    } => {
                         let f = open(src, name)?;
                         let actual = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
                         if actual != *size {
@@ -171,7 +179,21 @@ fn write_entries<W: Write>(
                                 actual,
                             });
                         }
-                        append_exact(b, &mut h, name, f, *size, src)?;
+                        // The bytes must be the ones the fingerprint was computed from:
+                        // a same-size edit between hashing and writing would otherwise
+                        // store new bytes under the old fingerprint (a poisoned cache).
+                        match sha256 {
+                            Some(expected) => {
+                                let mut hashed = HashingReader::new(f);
+                                append_exact(b, &mut h, name, &mut hashed, *size, src)?;
+                                if hashed.finish().0 != *expected {
+                                    return Err(WriteError::ContentChanged {
+                                        path: src.display().to_string(),
+                                    });
+                                }
+                            }
+                            None => append_exact(b, &mut h, name, f, *size, src)?,
+                        }
                     }
                     Content::Range {
                         path: src,
@@ -208,7 +230,7 @@ fn append_exact<W: Write>(
     b: &mut tar::Builder<W>,
     h: &mut tar::Header,
     name: &str,
-    f: File,
+    f: impl Read,
     size: u64,
     src: &Path,
 ) -> Result<(), WriteError> {
@@ -285,6 +307,7 @@ mod tests {
                 content: Content::Host {
                     path: host.clone(),
                     size: 3 << 20,
+                    sha256: Some(Digest::of_bytes(&vec![7u8; 3 << 20])),
                 },
             },
         )
@@ -383,6 +406,7 @@ mod tests {
                 content: Content::Host {
                     path: host,
                     size: 3,
+                    sha256: None,
                 },
             },
         )
@@ -397,6 +421,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, WriteError::Changed { .. }), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("store/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_same_size_edit_after_hashing_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let host = dir.path().join("f");
+        std::fs::write(&host, b"12345").unwrap();
+        let mut t = Tree::new();
+        t.insert(
+            p("f"),
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::Host {
+                    path: host.clone(),
+                    size: 5,
+                    sha256: Some(Digest::of_bytes(b"12345")),
+                },
+            },
+        )
+        .unwrap();
+        let opts = WriteOptions {
+            mtime: 0,
+            threads: 1,
+        };
+        write_layer(&t, &opts, &store).unwrap();
+        // same size, other bytes: the fingerprint's hash no longer holds
+        std::fs::write(&host, b"54321").unwrap();
+        let err = write_layer(&t, &opts, &store).unwrap_err();
+        assert!(matches!(err, WriteError::ContentChanged { .. }), "{err}");
+        assert!(err.to_string().contains("run the build again"), "{err}");
         assert_eq!(
             std::fs::read_dir(dir.path().join("store/tmp"))
                 .unwrap()

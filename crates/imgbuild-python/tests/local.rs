@@ -258,7 +258,7 @@ fn fetch_picks_best_wheel_per_target_and_installs_a_venv() {
     match get(&format!("{sp}/demo/__init__.py")) {
         Node::File {
             meta,
-            content: Content::Host { path, size },
+            content: Content::Host { path, size, .. },
         } => {
             assert_eq!(meta, Meta::new(0o644, 0, 0));
             assert!(

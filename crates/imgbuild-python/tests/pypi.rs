@@ -56,7 +56,7 @@ fn materialise(tree: &Tree, root: &Path) {
             Node::Dir(_) => std::fs::create_dir_all(&dest).unwrap(),
             Node::File { content, .. } => match content {
                 Content::Inline(b) => std::fs::write(&dest, b).unwrap(),
-                Content::Host { path, size } => {
+                Content::Host { path, size, .. } => {
                     assert_eq!(std::fs::copy(path, &dest).unwrap(), *size);
                 }
                 Content::Range { .. } => panic!("unexpected range content"),
