@@ -62,6 +62,12 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
     }
 }
 
+/// How much older than a reference time a file's ctime must be before the file is
+/// trusted to be unchanged since then. File timestamps come from a coarse kernel
+/// clock (a tick of up to 10 ms), and some filesystems store seconds only: 2 s
+/// covers both, as git's and the build's stat caches do.
+pub const TIMESTAMP_MARGIN: Duration = Duration::from_secs(2);
+
 /// A sha256 content digest, always valid: `sha256:` and 64 lowercase hex digits.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Digest {
@@ -225,6 +231,7 @@ pub fn digest_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
 /// blobs/sha256/<hex>      immutable content
 /// records/<bucket>/<key>  small metadata (cache entries), replaced atomically
 /// tmp/                    temp files of writes in progress
+/// owners/<owner>.alive    locked by each process that has temp files (see TempOwner)
 /// ```
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -233,7 +240,30 @@ pub struct Store {
     /// (device, inode, ctime, size): while it is unchanged, hashing it again
     /// could only give the same answer.
     known_good: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, FileId>>>,
+    /// This process's claim on its temp files (made on first use).
+    owner: std::sync::Arc<std::sync::OnceLock<TempOwner>>,
 }
+
+/// Who owns which temp files: every temp name starts with `<owner>-`, and
+/// `owners/<owner>.alive` is locked (flock) by the owning process for as long as it
+/// runs. The kernel drops the lock when the process dies, however it dies, so a
+/// cleaner that can lock the file knows the owner is gone. Unlike a PID check,
+/// this also holds for processes in other PID namespaces (containers sharing a
+/// store).
+#[derive(Debug)]
+struct TempOwner {
+    name: String,
+    alive: PathBuf,
+    _lock: File,
+}
+
+impl Drop for TempOwner {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.alive);
+    }
+}
+
+const ALIVE_SUFFIX: &str = ".alive";
 
 /// What identifies one version of a file: any write, truncation or replacement
 /// changes the inode or moves ctime.
@@ -263,13 +293,14 @@ impl Store {
     /// Opens (creating if needed) a store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for sub in ["blobs/sha256", "records", "tmp"] {
+        for sub in ["blobs/sha256", "records", "tmp", "owners"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("failed to create store directory", &p))?;
         }
         Ok(Store {
             root,
             known_good: Default::default(),
+            owner: Default::default(),
         })
     }
 
@@ -333,10 +364,12 @@ impl Store {
     }
 
     /// Like [`Store::verify`], but skips re-hashing a blob whose inode has not
-    /// changed since `since` (its ctime is older): a blob that was verified or
-    /// written before `since` and not written to since still has the same bytes.
-    /// Any write, truncation, rename or chmod moves ctime forward, so the blob is
-    /// then hashed in full again.
+    /// changed since `since` (its ctime is older by more than
+    /// [`TIMESTAMP_MARGIN`]): a blob that was verified or written before `since`
+    /// and not written to since still has the same bytes. Any write, truncation,
+    /// rename or chmod moves ctime forward, so the blob is then hashed in full
+    /// again. The margin covers the kernel's coarse file timestamps (a write in the
+    /// same tick as `since` can carry a ctime slightly before it).
     pub fn verify_unless_unchanged_since(
         &self,
         digest: &Digest,
@@ -352,7 +385,7 @@ impl Store {
                 m.ctime().max(0) as u64,
                 m.ctime_nsec().clamp(0, 999_999_999) as u32,
             );
-        if ctime < since {
+        if ctime + TIMESTAMP_MARGIN < since {
             return Ok(true);
         }
         self.verify(digest)
@@ -530,21 +563,105 @@ impl Store {
         }
     }
 
-    /// Removes temp files older than `age` (left by killed processes).
+    /// This process's temp-file owner name, claiming it on first use: the lock
+    /// file is made under another name, locked, then renamed into place, so a
+    /// cleaner never sees an unlocked `.alive` file of a live process.
+    fn owner(&self) -> Result<&str> {
+        if let Some(o) = self.owner.get() {
+            return Ok(&o.name);
+        }
+        let dir = self.root.join("owners");
+        let name = format!(
+            "{}x{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() % 1_000_000_000_000)
+                .unwrap_or(0)
+        );
+        let claiming = dir.join(format!("{name}.claim"));
+        let alive = dir.join(format!("{name}{ALIVE_SUFFIX}"));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claiming)
+            .map_err(io_err("failed to create temp owner file", &claiming))?;
+        f.lock()
+            .map_err(io_err("failed to lock temp owner file", &claiming))?;
+        fs::rename(&claiming, &alive).map_err(io_err("failed to create", &alive))?;
+        let owner = TempOwner {
+            name,
+            alive,
+            _lock: f,
+        };
+        // Another thread may have claimed first: its owner wins, ours is dropped
+        // (and its file removed).
+        let _ = self.owner.set(owner);
+        Ok(&self.owner.get().expect("owner set").name)
+    }
+
+    /// Removes temp files and directories left by killed processes: everything of
+    /// an owner whose `.alive` lock is free (the process is gone), and anything
+    /// older than `age` (left by versions without owner files, or whose owner
+    /// file is lost).
     pub fn clean_tmp(&self, age: Duration) -> Result<usize> {
-        let dir = self.root.join("tmp");
         let now = SystemTime::now();
+        let mine = self.owner.get().map(|o| o.name.clone());
+        // Owners that no longer run (their lock is free), and claims that never
+        // became owners (a process killed while claiming).
+        let owners = self.root.join("owners");
+        let mut dead: Vec<String> = vec![];
+        for e in fs::read_dir(&owners)
+            .map_err(io_err("failed to list", &owners))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(owner) = name.strip_suffix(ALIVE_SUFFIX) {
+                if Some(owner) == mine.as_deref() {
+                    continue;
+                }
+                let free = File::options()
+                    .write(true)
+                    .open(e.path())
+                    .is_ok_and(|f| f.try_lock().is_ok());
+                if free {
+                    dead.push(owner.to_owned());
+                    let _ = fs::remove_file(e.path());
+                }
+            } else if e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= age)
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let dir = self.root.join("tmp");
         let mut n = 0;
         for e in fs::read_dir(&dir)
             .map_err(io_err("failed to list", &dir))?
             .flatten()
         {
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = e.metadata() else { continue };
+            let owner = name.split('-').next().unwrap_or("");
+            if Some(owner) == mine.as_deref() {
+                continue;
+            }
+            let orphan = dead.iter().any(|d| d == owner);
+            let old = meta
+                .modified()
                 .map(|t| now.duration_since(t).unwrap_or_default() >= age)
                 .unwrap_or(false);
-            if old && fs::remove_file(e.path()).is_ok() {
+            if !(orphan || old) {
+                continue;
+            }
+            let removed = if meta.is_dir() {
+                fs::remove_dir_all(e.path())
+            } else {
+                fs::remove_file(e.path())
+            };
+            if removed.is_ok() {
                 n += 1;
             }
         }
@@ -554,16 +671,9 @@ impl Store {
     /// A fresh temp file under `tmp/` (same filesystem as the blobs, so rename is atomic).
     pub fn temp_file(&self) -> Result<(PathBuf, File)> {
         let dir = self.root.join("tmp");
+        let owner = self.owner()?.to_owned();
         loop {
-            let name = format!(
-                "{}-{}-{}",
-                std::process::id(),
-                TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(0)
-            );
+            let name = format!("{owner}-{}", TMP_COUNTER.fetch_add(1, Ordering::Relaxed),);
             let p = dir.join(name);
             match OpenOptions::new()
                 .write(true)
@@ -796,5 +906,38 @@ mod tests {
         store.write_record("b-v1", "k", b"2").unwrap();
         assert_eq!(store.read_record("b-v1", "k").unwrap().unwrap(), b"2");
         assert_eq!(store.list_records("b-v1").unwrap(), vec!["k".to_owned()]);
+    }
+
+    #[test]
+    fn temp_files_of_dead_owners_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // a live owner: another "process" holding its lock
+        let live = dir.path().join("owners/111x1.alive");
+        let held = File::create(&live).unwrap();
+        held.lock().unwrap();
+        fs::write(dir.path().join("tmp/111x1-0"), b"in progress").unwrap();
+        // a dead owner: its lock file is there but nobody holds it
+        fs::write(dir.path().join("owners/222x2.alive"), b"").unwrap();
+        fs::write(dir.path().join("tmp/222x2-0"), b"left behind").unwrap();
+        fs::create_dir(dir.path().join("tmp/222x2-1")).unwrap();
+        fs::write(dir.path().join("tmp/222x2-1/spool"), b"x").unwrap();
+        // this process's own temp file
+        let (mine, _f) = store.temp_file().unwrap();
+
+        let removed = store.clean_tmp(Duration::from_secs(86400)).unwrap();
+        assert_eq!(removed, 2);
+        assert!(dir.path().join("tmp/111x1-0").exists());
+        assert!(live.exists());
+        assert!(mine.exists());
+        assert!(!dir.path().join("tmp/222x2-0").exists());
+        assert!(!dir.path().join("tmp/222x2-1").exists());
+        assert!(!dir.path().join("owners/222x2.alive").exists());
+
+        // once the live owner's lock is released (its process died), it goes too
+        drop(held);
+        assert_eq!(store.clean_tmp(Duration::from_secs(86400)).unwrap(), 1);
+        assert!(!dir.path().join("tmp/111x1-0").exists());
+        assert!(mine.exists());
     }
 }
