@@ -49,6 +49,9 @@ impl LayerRecord {
         let written = std::fs::metadata(&record)
             .and_then(|m| m.modified())
             .unwrap_or(std::time::UNIX_EPOCH);
+        // Taken before the check: a write to the blob during or after it has a later
+        // ctime and is hashed again next time.
+        let checked_at = std::time::SystemTime::now();
         if !store.verify_unless_unchanged_since(&rec.digest, written)? {
             return Ok(None);
         }
@@ -58,7 +61,7 @@ impl LayerRecord {
         let _ = std::fs::File::options()
             .write(true)
             .open(&record)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            .and_then(|f| f.set_modified(checked_at));
         Ok(Some(rec))
     }
 
