@@ -50,11 +50,12 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     let set = RecipeSet::load(&project.root)?;
     let order = set.closure(opts.names.as_deref())?;
     let _lock = project.lock_shared()?;
-    // Temp files older than a day can only be left by killed processes.
+    // Temp files of processes that no longer run, or older than a day, were left
+    // by killed builds.
     let _ = project
         .store
         .clean_tmp(std::time::Duration::from_secs(86400));
-    let stat = Mutex::new(StatCache::load(&project.store, &project.key));
+    let stat = StatCache::load(&project.store, &project.key);
     let session = Session::new(project, opts.locked, false)?;
     let lock_before = session.debian.lock.lock().expect("lock").clone();
     let started = Instant::now();
@@ -76,8 +77,11 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
         }
         let queue = Mutex::new(ready.iter().rev().copied().collect::<Vec<_>>());
         let results: Mutex<Vec<(String, Result<Built>)>> = Mutex::new(vec![]);
+        let workers = project.jobs.min(ready.len()).max(1);
+        // Images built side by side share the --jobs budget for compression: jobs
+        // threads (and about 4 x jobs 1 MiB blocks in flight) in all, not jobs per image.
+        let threads = (project.jobs / workers).max(1);
         std::thread::scope(|s| {
-            let workers = project.jobs.min(ready.len()).max(1);
             for _ in 0..workers {
                 s.spawn(|| {
                     loop {
@@ -88,7 +92,7 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
                             From::Recipe(p) => done.get(p),
                             _ => None,
                         };
-                        let res = build_image(project, &session, r, base, &stat);
+                        let res = build_image(project, &session, r, base, &stat, threads);
                         results.lock().expect("results").push((r.name.clone(), res));
                     }
                 });
@@ -108,17 +112,12 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
         }
         if let Some(e) = first_err {
             project.progress.clear();
-            let _ = stat
-                .lock()
-                .expect("stat")
-                .save(&project.store, &project.key);
+            let _ = stat.save(&project.store, &project.key, false);
             return Err(e);
         }
     }
     project.progress.clear();
-    stat.into_inner()
-        .expect("stat")
-        .save(&project.store, &project.key)?;
+    stat.save(&project.store, &project.key, opts.names.is_none())?;
     if opts.names.is_none() {
         session.debian.prune_lock(&live_debian_layers(&set));
     }
@@ -132,7 +131,11 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
 
     let records: Vec<ImageRecord> = order.iter().map(|r| done[&r.name].record.clone()).collect();
     let outs: Vec<ImageOut> = records.iter().map(image_out).collect();
-    sink::layout::write(&project.out.join("oci"), &project.store, &outs)?;
+    {
+        let _out = sink::lock_out(&project.out)?;
+        sink::remove_stale_temps(&project.out);
+        sink::layout::write(&project.out.join("oci"), &project.store, &outs)?;
+    }
     for rec in &records {
         rec.save(&project.store, &project.key)?;
     }
@@ -203,7 +206,8 @@ fn build_image(
     session: &Session,
     r: &Recipe,
     base: Option<&Built>,
-    stat: &Mutex<StatCache>,
+    stat: &StatCache,
+    threads: usize,
 ) -> Result<Built> {
     let registry_base = match &r.from.value {
         From::Registry(reference) => Some(source::base::load(session, r, reference)?),
@@ -234,7 +238,7 @@ fn build_image(
     let base = base.or(registry_base.as_ref());
     let write = WriteOptions {
         mtime: project.epoch,
-        threads: project.jobs,
+        threads,
     };
     let contract = write.contract();
     let mut layers: Vec<LayerReport> = base.map(|b| b.record.layers.clone()).unwrap_or_default();
@@ -249,10 +253,7 @@ fn build_image(
             .progress
             .status(format!("{label}: checking inputs ({})", spec.describe()));
         let extra = session.extra_sources(r, i, spec)?;
-        let prepared = {
-            let mut st = stat.lock().expect("stat cache");
-            source::prepare(r, i, spec, &view, &accounts, &contract, &mut st, extra)?
-        };
+        let prepared = source::prepare(r, i, spec, &view, &accounts, &contract, stat, extra)?;
         let fingerprint = prepared.fingerprint.clone();
         let next_accounts = prepared.accounts_after.clone();
         let (record, cached) = match LayerRecord::lookup(&project.store, &fingerprint)? {

@@ -19,7 +19,11 @@ use crate::project::Project;
 pub fn gc(project: &Project, keep_days: u64, dry_run: bool) -> Result<()> {
     let _lock = project.lock_exclusive()?;
     let store = &project.store;
-    let cutoff = SystemTime::now() - Duration::from_secs(keep_days * 86400);
+    // Saturating: `--keep-days 99999999999` means "keep everything", not a panic.
+    let cutoff = keep_days
+        .checked_mul(86400)
+        .and_then(|secs| SystemTime::now().checked_sub(Duration::from_secs(secs)))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut keep: BTreeSet<Digest> = BTreeSet::new();
     let mut dropped_records = 0;
     for key in store.list_records(IMAGE_BUCKET)? {

@@ -16,10 +16,13 @@ use crate::oci::{self, Descriptor, MEDIA_MANIFEST};
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// Adds `images` to the layout (the caller holds [`super::lock_out`]).
 pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)
         .with_context(|| format!("failed to create `{}`", blobs.display()))?;
+    super::remove_stale_temps(dir);
+    super::remove_stale_temps(&blobs);
     for img in images {
         for d in img.blobs() {
             copy_blob(store, d, &blobs.join(d.hex()))?;

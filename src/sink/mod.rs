@@ -106,10 +106,12 @@ pub fn copy_blob(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
     if fs::hard_link(&src, &tmp).is_ok() {
         return finish_atomic(Ok(()), tmp, dest);
     }
-    // Another filesystem: a copy, verified on the way, unless one is there.
-    if fs::metadata(dest)
-        .map(|m| m.len() == src_meta.len())
-        .unwrap_or(false)
+    // Another filesystem: a copy, verified on the way, unless one with exactly
+    // these bytes is there (the size alone would keep a damaged copy).
+    if fs::metadata(dest).is_ok_and(|m| m.len() == src_meta.len())
+        && File::open(dest)
+            .and_then(imgbuild_store::digest_reader)
+            .is_ok_and(|(d, _)| &d == digest)
     {
         return Ok(());
     }
@@ -121,4 +123,52 @@ pub fn copy_blob(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
         w.into_inner().map_err(|e| e.into_error())?.sync_all()
     })();
     finish_atomic(r, tmp, dest)
+}
+
+/// An exclusive lock on the output directory while a command writes the shared
+/// parts of it (`out/oci/index.json` is read, extended and rewritten, and blobs no
+/// entry uses are pruned): two builds into one `out/` must not lose each other's
+/// entries or delete blobs the other has just linked.
+pub fn lock_out(out: &Path) -> Result<File> {
+    fs::create_dir_all(out).with_context(|| format!("failed to create `{}`", out.display()))?;
+    let p = out.join(".imgbuild.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("failed to open `{}`", p.display()))?;
+    f.lock()
+        .with_context(|| format!("failed to lock `{}`", p.display()))?;
+    Ok(f)
+}
+
+/// Removes the temp files (`.NAME.PID.N.tmp`, `.HEX.PID.link`) that a killed
+/// process left in `dir`: only those whose process no longer runs.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(listing) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in listing.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix('.') else {
+            continue;
+        };
+        let pid = if let Some(r) = rest.strip_suffix(".tmp") {
+            // NAME.PID.N
+            let mut parts = r.rsplitn(3, '.');
+            let _n = parts.next();
+            parts.next()
+        } else if let Some(r) = rest.strip_suffix(".link") {
+            r.rsplit_once('.').map(|(_, pid)| pid)
+        } else {
+            None
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }

@@ -36,7 +36,12 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
         s += blobs.values().map(|&n| entry(n)).sum::<u64>();
         s + 1024
     };
-    if is_current(dest, &index, expected_size) {
+    let docs = [
+        ("oci-layout", &oci_layout[..]),
+        ("index.json", &index[..]),
+        ("manifest.json", &manifest_json[..]),
+    ];
+    if is_current(dest, docs, expected_size) {
         return Ok(false);
     }
     let (tmp, f) = temp_beside(dest)?;
@@ -111,9 +116,10 @@ fn documents(img: &ImageOut) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Whether `dest` already is this exact tarball: same size, same index.json (the
-/// index names the manifest digest, which names every other blob).
-fn is_current(dest: &Path, index: &[u8], size: u64) -> bool {
+/// Whether `dest` already is this exact tarball: same size and the same three
+/// documents (the index names the manifest digest, which names every other blob;
+/// `manifest.json` carries the tags `docker load` applies).
+fn is_current(dest: &Path, docs: [(&str, &[u8]); 3], size: u64) -> bool {
     let Ok(f) = File::open(dest) else {
         return false;
     };
@@ -124,15 +130,17 @@ fn is_current(dest: &Path, index: &[u8], size: u64) -> bool {
     let Ok(entries) = ar.entries() else {
         return false;
     };
-    for e in entries.take(3).flatten() {
-        let mut e = e;
-        if e.path()
-            .map(|p| p.as_os_str() == "index.json")
-            .unwrap_or(false)
-        {
-            let mut buf = vec![];
-            return e.read_to_end(&mut buf).is_ok() && buf == index;
+    let mut matched = 0;
+    for (e, (name, bytes)) in entries.take(3).zip(docs) {
+        let Ok(mut e) = e else {
+            return false;
+        };
+        let mut buf = vec![];
+        let same_name = e.path().map(|p| p.as_os_str() == name).unwrap_or(false);
+        if !same_name || e.read_to_end(&mut buf).is_err() || buf != bytes {
+            return false;
         }
+        matched += 1;
     }
-    false
+    matched == 3
 }

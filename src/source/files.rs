@@ -88,8 +88,15 @@ struct StatEntry {
 }
 
 /// The stat cache of one project: absolute host path -> (stat data, hash).
-#[derive(Default, Serialize, Deserialize)]
+/// Shared by the images a build fingerprints in parallel: the lock is held only
+/// to look up and record entries, never while a file is hashed.
+#[derive(Default)]
 pub struct StatCache {
+    inner: std::sync::Mutex<StatEntries>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct StatEntries {
     entries: BTreeMap<String, StatEntry>,
     #[serde(skip)]
     dirty: bool,
@@ -111,35 +118,48 @@ fn now_ns() -> i128 {
 
 impl StatCache {
     pub fn load(store: &Store, project_key: &str) -> StatCache {
-        store
+        let entries = store
             .read_record(STAT_BUCKET, project_key)
             .ok()
             .flatten()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        StatCache {
+            inner: std::sync::Mutex::new(entries),
+        }
     }
 
-    /// Saves the entries used by this run (dropping stale ones) if anything changed.
-    pub fn save(&mut self, store: &Store, project_key: &str) -> Result<()> {
-        if !self.dirty && self.used.len() == self.entries.len() {
+    /// Saves the cache if anything changed. `prune` (a build of every recipe)
+    /// drops the entries this run did not use: files no recipe reads any more. A
+    /// build of some recipes keeps the others' entries.
+    pub fn save(&self, store: &Store, project_key: &str, prune: bool) -> Result<()> {
+        let mut c = self.inner.lock().expect("stat cache");
+        let stale = prune && c.used.len() != c.entries.len();
+        if !c.dirty && !stale {
             return Ok(());
         }
-        let used = std::mem::take(&mut self.used);
-        self.entries.retain(|k, _| used.contains(k));
-        store.write_record(STAT_BUCKET, project_key, &serde_json::to_vec(self)?)?;
+        if prune {
+            let used = std::mem::take(&mut c.used);
+            c.entries.retain(|k, _| used.contains(k));
+        }
+        store.write_record(STAT_BUCKET, project_key, &serde_json::to_vec(&*c)?)?;
+        c.dirty = false;
         Ok(())
     }
 
     /// The sha256 of a file, from the cache when it can be trusted.
-    pub fn hash(&mut self, path: &Path, meta: &fs::Metadata) -> Result<Digest> {
+    pub fn hash(&self, path: &Path, meta: &fs::Metadata) -> Result<Digest> {
         let key = StatKey::of(meta);
         let name = path.to_string_lossy().into_owned();
-        self.used.insert(name.clone());
-        if let Some(e) = self.entries.get(&name)
-            && e.key == key
-            && key.mtime_ns < e.recorded_ns - RACY_WINDOW_NS
         {
-            return Ok(e.sha256.clone());
+            let mut c = self.inner.lock().expect("stat cache");
+            c.used.insert(name.clone());
+            if let Some(e) = c.entries.get(&name)
+                && e.key == key
+                && key.mtime_ns < e.recorded_ns - RACY_WINDOW_NS
+            {
+                return Ok(e.sha256.clone());
+            }
         }
         let recorded_ns = now_ns();
         let f = File::open(path).with_context(|| format!("failed to read `{}`", path.display()))?;
@@ -151,7 +171,8 @@ impl StatCache {
                 path.display()
             );
         }
-        self.entries.insert(
+        let mut c = self.inner.lock().expect("stat cache");
+        c.entries.insert(
             name,
             StatEntry {
                 key,
@@ -159,14 +180,14 @@ impl StatCache {
                 recorded_ns,
             },
         );
-        self.dirty = true;
+        c.dirty = true;
         Ok(sha256)
     }
 }
 
 /// Walks a file or directory source. For a directory, the root itself comes
 /// first with `rel == ""`; entries follow in sorted byte order of their paths.
-pub fn walk(src: &Path, cache: &mut StatCache) -> Result<Vec<Walked>> {
+pub fn walk(src: &Path, cache: &StatCache) -> Result<Vec<Walked>> {
     let meta =
         fs::symlink_metadata(src).with_context(|| format!("failed to stat `{}`", src.display()))?;
     let mut out = vec![];
@@ -178,7 +199,7 @@ fn visit(
     path: &Path,
     rel: String,
     meta: &fs::Metadata,
-    cache: &mut StatCache,
+    cache: &StatCache,
     out: &mut Vec<Walked>,
 ) -> Result<()> {
     let ft = meta.file_type();
@@ -268,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("f");
         fs::write(&f, b"one").unwrap();
-        let mut c = StatCache::default();
+        let c = StatCache::default();
         let m = fs::symlink_metadata(&f).unwrap();
         assert_eq!(c.hash(&f, &m).unwrap(), Digest::of_bytes(b"one"));
         // same size, same second: a racy entry is never trusted

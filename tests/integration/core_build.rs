@@ -9,20 +9,37 @@ use crate::support::*;
 fn reproducible_across_checkouts_umask_mtimes_and_jobs() {
     let a = Fixture::new("hello");
     enrich_site(a.path());
+    // A file of several compression blocks (gzip works in 1 MiB blocks, in parallel
+    // with --jobs > 1), and a second image beside `hello` so that two images build
+    // at the same time with --jobs 2.
+    let mut x: u32 = 7;
+    let big: Vec<u8> = (0..3_500_000)
+        .map(|_| {
+            x = x.wrapping_mul(1103515245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    std::fs::write(a.path().join("layers/site/big.bin"), &big).unwrap();
+    std::fs::write(
+        a.path().join("recipes/sibling.toml"),
+        "from = \"base\"\n[[layers]]\nfiles = [ { src = \"layers/site\", dest = \"/www\" } ]\n",
+    )
+    .unwrap();
     let da = digests(&a.build_json(&["all", "--jobs", "1"]));
+    assert_eq!(da.len(), 3, "{da:?}");
 
-    // Another checkout in another directory, as a umask of 077 would leave it
-    // (group and other bits cleared; setuid/sticky are content and stay), with
-    // every mtime touched, built with other parallelism and a fresh store.
+    // Another checkout in another directory, copied under a real umask of 077
+    // (group and other bits cleared, as a checkout by such a user has them;
+    // hardlinks kept), with setuid and sticky put back (git does not carry them,
+    // they are content), every mtime touched, built under umask 077 with other
+    // parallelism and a fresh store.
     let b = tempfile::tempdir().unwrap();
     let dst = b.path().join("elsewhere/checkout");
-    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
     run_ok(Command::new("sh").arg("-c").arg(format!(
-        "cp -a {}/. {} && chmod -R go-rwx {} && find {} -exec touch -h -d '2031-05-06 07:08:09' {{}} +",
-        a.path().display(),
-        dst.display(),
-        dst.display(),
-        dst.display()
+        "umask 077 && cp -r --preserve=links {src} {dst} && chmod u+s {dst}/layers/site/suid && chmod +t {dst}/layers/site/sticky && find {dst} -exec touch -h -d '2031-05-06 07:08:09' {{}} +",
+        src = a.path().display(),
+        dst = dst.display(),
     )));
     // umask 077 really changed the modes we read from disk
     let m = std::fs::metadata(dst.join("layers/site/index.html"))
@@ -32,7 +49,10 @@ fn reproducible_across_checkouts_umask_mtimes_and_jobs() {
     assert_eq!(m & 0o077, 0, "umask did not apply: {m:o}");
     let store = tempfile::tempdir().unwrap();
     let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 077 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_imgbuild"))
             .arg("-C")
             .arg(&dst)
             .arg("--store")
@@ -156,6 +176,53 @@ fn two_processes_on_one_store_both_succeed() {
     let da = digests(&serde_json::from_slice(&a.stdout).unwrap());
     let db = digests(&serde_json::from_slice(&b.stdout).unwrap());
     assert_eq!(da, db);
+
+    // Two builds of different images into one out/ at once: out/oci keeps both
+    // (neither loses the other's index entry nor blobs), and skopeo reads both.
+    std::fs::write(
+        f.path().join("recipes/other.toml"),
+        "[[layers]]\nfiles = [ { dest = \"/other\", content = \"other\\n\" } ]\n",
+    )
+    .unwrap();
+    for _ in 0..10 {
+        // from an empty out/ each time: both builds start the index afresh
+        let _ = std::fs::remove_dir_all(f.path().join("out"));
+        let spawn = |name: &str| {
+            f.cmd()
+                .args(["-q", "build", name])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn("hello"), spawn("other"));
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        assert!(a.status.success() && b.status.success());
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(f.path().join("out/oci/index.json")).unwrap())
+                .unwrap();
+        let mut names: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                m["annotations"]["org.opencontainers.image.ref.name"]
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["base", "hello", "other"], "{index}");
+        // skopeo copy reads and verifies every blob of each image
+        for name in names {
+            let to = tempfile::tempdir().unwrap();
+            run_ok(
+                Command::new("skopeo")
+                    .arg("copy")
+                    .arg(format!("oci:{}:{name}", f.path().join("out/oci").display()))
+                    .arg(format!("dir:{}", to.path().display())),
+            );
+        }
+    }
 }
 
 #[test]
@@ -167,13 +234,38 @@ fn a_killed_build_leaves_the_store_usable() {
             .args(["-c", "200000000", "/dev/urandom"])
             .stdout(std::fs::File::create(f.path().join("layers/site/big.bin")).unwrap()),
     );
+    let temps = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".tmp") || n.ends_with(".link") || !n.contains('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut left = vec![];
     for delay_ms in [50u64, 300, 900] {
         let mut child = f.cmd().args(["-q", "all"]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
+        left.extend(temps(&f.store.join("tmp")));
     }
+    // at least one kill landed while a blob was being written
+    assert!(!left.is_empty(), "no kill interrupted a write");
     let after_kill = f.build_json(&["all"]);
+    // the next build removed what the killed ones left
+    assert_eq!(temps(&f.store.join("tmp")), Vec::<String>::new());
+    for dir in [f.path().join("out"), f.path().join("out/oci/blobs/sha256")] {
+        let dotted: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") || n.ends_with(".link"))
+            .collect();
+        assert!(dotted.is_empty(), "{}: {dotted:?}", dir.display());
+    }
     let fresh = Fixture::new("hello");
     std::fs::copy(
         f.path().join("layers/site/big.bin"),
