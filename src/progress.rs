@@ -60,8 +60,7 @@ impl Progress {
         let msg = msg.into();
         let mut s = self.status.lock().expect("progress");
         let mut err = std::io::stderr().lock();
-        let width = 100;
-        let shown: String = msg.chars().take(width).collect();
+        let shown = fit(&msg);
         let _ = write!(err, "\r\x1b[2K{shown}");
         let _ = err.flush();
         *s = Some(msg);
@@ -85,10 +84,31 @@ impl Progress {
         }
         let _ = writeln!(err, "{msg}");
         if let (true, Some(st)) = (self.tty, s.as_ref()) {
-            let shown: String = st.chars().take(100).collect();
-            let _ = write!(err, "{shown}");
+            let _ = write!(err, "{}", fit(st));
         }
         let _ = err.flush();
+    }
+}
+
+/// The status line cut to the terminal's width: a longer line would wrap, and
+/// `\r` would then redraw only its last row.
+fn fit(msg: &str) -> String {
+    msg.chars()
+        .take(terminal_width().saturating_sub(1).max(20))
+        .collect()
+}
+
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize struct owned here; stderr is a terminal.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        ws.ws_col as usize
+    } else {
+        std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(80)
     }
 }
 

@@ -139,11 +139,14 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     for rec in &records {
         rec.save(&project.store, &project.key)?;
     }
+    // a base's layer built in this run appears in every image built from it: count it once
     let built = records
         .iter()
         .flat_map(|r| &r.layers)
         .filter(|l| !l.cached)
-        .count();
+        .map(|l| &l.digest)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     project.progress.line(format!(
         "built {} image(s) in {:.2}s ({built} layer(s) built, the rest cached) -> {}",
         records.len(),

@@ -290,6 +290,14 @@ impl Ctx<'_> {
             .canonicalize()
             .unwrap_or_else(|_| self.root.to_path_buf());
         match abs.canonicalize() {
+            Ok(c) if c == canon_root => {
+                return Err(self.err(
+                    s,
+                    format!(
+                        "{what} \"{v}\" is the whole project directory (recipes, out/, the lock, ...); name a directory inside it"
+                    ),
+                ));
+            }
             Ok(c) if c.starts_with(&canon_root) => {}
             Ok(c) => {
                 return Err(self.err(

@@ -288,12 +288,18 @@ fn declare(accounts: &mut Accounts, spec: &LayerSpec) -> Result<()> {
 }
 
 /// Files that share an inode within the layer become one file plus hardlinks to
-/// it; the first in tar order is the file, so extraction order works.
+/// it; the first in tar order is the file, so extraction order works. Only entries
+/// with the same owner and mode are linked (a link has its target's metadata): the
+/// same host file placed twice with different `mode` or `owner` stays two files.
 fn link_hardlinks(planned: &mut [Planned]) {
-    let mut groups: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+    type LinkGroup = ((u64, u64), (u32, u32, u32));
+    let mut groups: BTreeMap<LinkGroup, Vec<usize>> = BTreeMap::new();
     for (i, p) in planned.iter().enumerate() {
-        if let Some(k) = p.link_key {
-            groups.entry(k).or_default().push(i);
+        if let (Some(k), Node::File { meta, .. }) = (p.link_key, &p.node) {
+            groups
+                .entry((k, (meta.mode, meta.uid, meta.gid)))
+                .or_default()
+                .push(i);
         }
     }
     for (_, mut idx) in groups {

@@ -359,9 +359,25 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
             "[[layers]]\nfiles = [ { content = \"x\", dest = \"etc/x\" } ]\n",
             "recipes/bad.toml:2:35: dest \"etc/x\" must be an absolute path",
         ),
+        (
+            "unknown key in an inline table",
+            "[[layers]]\nfiles = [ { src = \"layers/site\", dest = \"/x\", mdoe = \"0644\" } ]\n",
+            "recipes/bad.toml:2:47: unknown field `mdoe`",
+        ),
+        (
+            "src escaping through a symlink",
+            "[[layers]]\nfiles = [ { src = \"layers/escape\", dest = \"/x\" } ]\n",
+            "recipes/bad.toml:2:19: src \"layers/escape\" resolves to /etc, outside the project directory",
+        ),
+        (
+            "the whole project as src",
+            "[[layers]]\nfiles = [ { src = \".\", dest = \"/x\" } ]\n",
+            "recipes/bad.toml:2:19: src \".\" is the whole project directory",
+        ),
     ];
     for (what, recipe, expected) in cases {
         let f = Fixture::new("hello");
+        std::os::unix::fs::symlink("/etc", f.path().join("layers/escape")).unwrap();
         std::fs::write(f.path().join("recipes/bad.toml"), recipe).unwrap();
         let out = f.run(&["all"]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -376,17 +392,28 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
             "{what}: expected one line:\n{err}"
         );
         assert!(!f.path().join("out").exists(), "{what}: output was written");
+        assert_eq!(blob_count(&f), 0, "{what}: something was stored");
     }
     // A cycle names the chain.
     let f = Fixture::new("hello");
     std::fs::write(f.path().join("recipes/a.toml"), "from = \"b\"\n").unwrap();
     std::fs::write(f.path().join("recipes/b.toml"), "from = \"a\"\n").unwrap();
-    let err = String::from_utf8_lossy(&f.run(&["all"]).stderr).into_owned();
+    let out = f.run(&["all"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("recipes/b.toml:1:8: `from` cycle: a -> b -> a"),
         "{err}"
     );
     assert!(!f.path().join("out").exists());
+    assert_eq!(blob_count(&f), 0);
+}
+
+fn blob_count(f: &Fixture) -> usize {
+    std::fs::read_dir(f.store.join("blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[test]

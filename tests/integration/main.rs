@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cli_output;
 mod core_build;
 mod engines;
 mod push;
