@@ -55,7 +55,7 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     let _ = project
         .store
         .clean_tmp(std::time::Duration::from_secs(86400));
-    let stat = StatCache::load(&project.store, &project.key);
+    let stat = StatCache::load(&project.store, &project.key, project.jobs);
     let session = Session::new(project, opts.locked, false)?;
     let lock_before = session.debian.lock.lock().expect("lock").clone();
     let started = Instant::now();
