@@ -179,12 +179,20 @@ impl Session {
 
     fn transport_failure(&self, what: &str, e: reqwest::Error) -> Failure {
         let mut message = error_chain(&e);
-        // A certificate that does not verify will not verify on a retry either.
+        // A certificate that does not verify will not verify on a retry either, and a
+        // server that answers TLS with plain HTTP will not start speaking TLS.
         let untrusted = message.contains("invalid peer certificate");
+        let not_tls = message.contains("InvalidContentType");
         if untrusted {
             message.push_str(&format!(
                 " (if {} uses a private CA, put the CA certificate in /etc/docker/certs.d/{}/ca.crt)",
                 self.registry, self.registry
+            ));
+        } else if not_tls {
+            message.push_str(&format!(
+                " (the server does not speak TLS: if {} is a plain-HTTP registry, list it in \
+                 IMGBUILD_INSECURE_REGISTRIES or `[registry] insecure` of imgbuild.toml)",
+                self.registry
             ));
         }
         let error = RegistryError::Transport {
@@ -192,7 +200,7 @@ impl Session {
             what: what.to_owned(),
             message,
         };
-        if e.is_builder() || e.is_redirect() || untrusted {
+        if e.is_builder() || e.is_redirect() || untrusted || not_tls {
             Failure::Fatal(error)
         } else {
             Failure::Retry { error, after: None }
