@@ -8,23 +8,35 @@
 #   memory  peak RSS of a cold build as one layer grows: 100 MB, 500 MB, 1 GB.
 #   debian  the nginx image from warm .debs vs dpkg-deb | tar + umoci by hand; a no-op
 #           rebuild against an unreachable mirror (no network, no .deb opened: strace).
-#   push    cold / warm / one-file-change push to a local docker-registry, against
-#           skopeo copy and podman push (runs only when `imgbuild push` exists).
+#   push    cold / warm / one-file-change push of the stack's app and worker images
+#           (recipes/, built --locked into $W/stack) to a local docker-registry, against
+#           skopeo copy and podman push of the same two images.
+#
+# usage: bench/run.sh [SECTION...]      e.g. `bench/run.sh push` runs only the push part
 #
 # Everything downloaded or generated lives under $IMGBUILD_BENCH_DIR
 # (default /var/tmp/imgbuild-bench), never in the repository. The results of the run
 # are written to BENCHMARKS.md at the repository root (bench/report.py).
 #
 # Knobs: BENCH_RUNS (timed runs per command, default 8), BENCH_SECTIONS (comma list,
-# default core,memory,debian,push), IMGBUILD_BIN (skip the cargo build and use that
-# binary), BENCH_NO_REPORT=1 (do not rewrite BENCHMARKS.md, e.g. for a partial run).
+# default core,memory,debian,push; the arguments take precedence), IMGBUILD_BIN (skip
+# the cargo build and use that binary), BENCH_NO_REPORT=1 (do not rewrite
+# BENCHMARKS.md). A run of some sections only never rewrites BENCHMARKS.md (it would
+# drop the others): its report is printed and written to $W/results/BENCHMARKS.md.
 set -euo pipefail
 export LC_ALL=C
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${IMGBUILD_BENCH_DIR:-/var/tmp/imgbuild-bench}
 RUNS=${BENCH_RUNS:-8}
-SECTIONS=${BENCH_SECTIONS:-core,memory,debian,push}
+ALL_SECTIONS=core,memory,debian,push
+SECTIONS=${BENCH_SECTIONS:-$ALL_SECTIONS}
+if (($#)); then SECTIONS=$(IFS=,; echo "$*"); fi
+for s in ${SECTIONS//,/ }; do
+  [[ ",$ALL_SECTIONS," == *",$s,"* ]] || { echo "bench/run.sh: unknown section \`$s\` (sections: $ALL_SECTIONS)" >&2; exit 2; }
+done
+PARTIAL=0
+for s in ${ALL_SECTIONS//,/ }; do [[ ",$SECTIONS," == *",$s,"* ]] || PARTIAL=1; done
 RES=$W/results
 T0=$(date +%s)
 
@@ -151,10 +163,6 @@ cat "$RES/machine.env" >&2
 # ---------------------------------------------------------------- the realistic tree
 C=$W/core P=$W/core/proj
 CHANGED=$P/layers/sp/django/__init__.py # the file the one-file-change build benchmarks touch
-# The push benchmark changes one application source file, as a developer's edit
-# of the stack's app does (issue: "on the stack's images"): only the small app
-# layer (and config, manifest) differ from what the registry has.
-APP_CHANGED=$P/layers/app/main.py
 make_core_tree() {
   local wheels=$W/wheels
   mkdir -p "$wheels"
@@ -222,7 +230,7 @@ IBC="$IB -q -C $P --store $C/store --out $C/out"
 TAR="tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf -"
 PODMAN_BUILD="$PODMAN build -q --layers --runtime runc -t bench-core -f $P/Containerfile $P"
 
-if want core || want push; then
+if want core; then
   make_core_tree
   cp -p "$C/changed.orig" "$CHANGED"
   {
@@ -365,22 +373,34 @@ fi
 
 # ---------------------------------------------------------------- push
 if want push; then
-  if ! "$IB" push --help >/dev/null 2>&1; then
-    say "push: \`imgbuild push\` does not exist in this build; skipped"
-    echo "skipped=imgbuild push not available" > "$RES/push.env"
-  else
-    say "push: local docker-registry"
-    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    REG=127.0.0.1:$PORT
-    mkdir -p "$G"
-    cat > "$G/config.yml" <<EOF
+  # The stack's app and worker images (both FROM venv: Debian's python3.11 + the venv,
+  # then one small app layer each), built from a copy of the repository's recipes with
+  # its lock. The first run downloads the locked .debs and wheels (Debian archive, PyPI)
+  # into $W/stack/store, kept for later runs.
+  S=$W/stack SP=$W/stack/proj
+  say "push: the stack's app and worker images"
+  rm -rf "$SP"; mkdir -p "$SP"
+  cp -r "$REPO/recipes" "$REPO/layers" "$REPO/imgbuild.lock" "$SP/"
+  if [[ -f "$REPO/imgbuild.toml" ]]; then cp "$REPO/imgbuild.toml" "$SP/"; fi
+  IBS="$IB -q -C $SP --store $S/store --out $S/out"
+  $IBS build --locked app worker
+  # One application source file, as a developer's edit of the app: only the app layer
+  # (and its config and manifest) differ from what the registry has.
+  APP_CHANGED=$SP/layers/app/app.py
+  [[ -f "$APP_CHANGED" ]] || die "$APP_CHANGED is missing (the push benchmark edits it)"
+
+  say "push: local docker-registry"
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  REG=127.0.0.1:$PORT
+  mkdir -p "$G"
+  cat > "$G/config.yml" <<REGISTRY_CONFIG
 version: 0.1
 log: { level: error, accesslog: { disabled: true } }
 storage: { filesystem: { rootdirectory: $G/data }, delete: { enabled: true } }
 http: { addr: $REG }
-EOF
-    # restart = stop by PID, empty the storage, start, wait for /v2/
-    cat > "$G/restart.sh" <<EOF
+REGISTRY_CONFIG
+  # restart = stop by PID, empty the storage, start, wait for /v2/
+  cat > "$G/restart.sh" <<RESTART_SCRIPT
 set -eu
 pid=\$(cat $G/pid 2>/dev/null || true)
 if [ -n "\$pid" ] && grep -qF $G/config.yml /proc/\$pid/cmdline 2>/dev/null; then
@@ -391,42 +411,70 @@ docker-registry serve $G/config.yml > $G/log 2>&1 &
 echo \$! > $G/pid
 for i in \$(seq 100); do python3 -c 'import urllib.request,sys; urllib.request.urlopen("http://$REG/v2/")' 2>/dev/null && exit 0; sleep 0.1; done
 echo "registry did not start: \$(cat $G/log)" >&2; exit 1
-EOF
-    # make sure both images exist (the core section may have been skipped)
-    $IBC build core; $PODMAN_BUILD >/dev/null
-    PUSH_HELP=$("$IB" push --help)
-    INSECURE=""; [[ "$PUSH_HELP" == *--insecure-registry* ]] && INSECURE="--insecure-registry $REG"
-    IB_PUSH="$IBC push --registry $REG/ib $INSECURE core"
-    SK_PUSH="skopeo copy -q --dest-tls-verify=false oci-archive:$C/out/core.tar docker://$REG/sk/core:latest"
-    PD_PUSH="$PODMAN push -q --tls-verify=false bench-core docker://$REG/pd/core:latest"
-    echo "imgbuild_push_cmd=$IB_PUSH" > "$RES/push.env"
-    cp -p "$APP_CHANGED" "$C/app-main.orig"
-    hf push-cold \
-      -n "imgbuild push (cold)" --prepare "sh $G/restart.sh" "$IB_PUSH" \
-      -n "skopeo copy (cold)" --prepare "sh $G/restart.sh" "$SK_PUSH" \
-      -n "podman push (cold)" --prepare "sh $G/restart.sh" "$PD_PUSH"
-    hf push-warm --warmup 1 \
-      -n "imgbuild push (nothing to send)" "$IB_PUSH" \
-      -n "skopeo copy (nothing to send)" "$SK_PUSH" \
-      -n "podman push (nothing to send)" "$PD_PUSH"
-    hf push-onefile \
-      -n "imgbuild push (1 file changed)" --prepare "echo \"# \$(date +%s%N)\" >> $APP_CHANGED && $IBC build core" "$IB_PUSH" \
-      -n "skopeo copy (1 file changed)" --prepare "echo \"# \$(date +%s%N)\" >> $APP_CHANGED && $IBC build core" "$SK_PUSH" \
-      -n "podman push (1 file changed)" --prepare "echo \"# \$(date +%s%N)\" >> $APP_CHANGED && $PODMAN_BUILD >/dev/null" "$PD_PUSH"
-    cp -p "$C/app-main.orig" "$APP_CHANGED"
-    # the registry holds what imgbuild built, byte for byte (same manifest digest)
-    $IBC build core; $IB_PUSH; $SK_PUSH
-    want_digest=$("$IB" -C "$P" --store "$C/store" --out "$C/out" --json inspect core | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifest_digest"])')
-    ib_got=sha256:$(skopeo inspect --raw --tls-verify=false "docker://$REG/ib/core:latest" | sha256sum | cut -d' ' -f1)
-    sk_got=sha256:$(skopeo inspect --raw --tls-verify=false "docker://$REG/sk/core:latest" | sha256sum | cut -d' ' -f1)
-    {
-      echo "ib_manifest=$want_digest"
-      echo "ib_digest_ok=$([[ "$ib_got" == "$want_digest" ]] && echo 1 || echo 0)"
-      echo "sk_digest_same=$([[ "$sk_got" == "$want_digest" ]] && echo 1 || echo 0)"
-    } >> "$RES/push.env"
-    stop_registry
-    rm -rf "$G/data"
-  fi
+RESTART_SCRIPT
+  # podman pushes from its own storage: the same two images, loaded from imgbuild's tarballs
+  PD_LOAD="$PODMAN load -q -i $S/out/app.tar >/dev/null && $PODMAN load -q -i $S/out/worker.tar >/dev/null"
+  eval "$PD_LOAD"
+  IB_PUSH="$IBS push --registry $REG/ib app worker"
+  # skopeo copies one image per invocation: both, one after the other (as a CI script would)
+  SK_PUSH="skopeo copy -q --dest-tls-verify=false oci-archive:$S/out/app.tar docker://$REG/sk/app:latest && skopeo copy -q --dest-tls-verify=false oci-archive:$S/out/worker.tar docker://$REG/sk/worker:latest"
+  PD_PUSH="$PODMAN push -q --tls-verify=false imgbuild/app:latest docker://$REG/pd/app:latest && $PODMAN push -q --tls-verify=false imgbuild/worker:latest docker://$REG/pd/worker:latest"
+  EDIT="echo \"# \$(date +%s%N)\" >> $APP_CHANGED"
+  manifest_of() { "$IB" -C "$SP" --store "$S/store" --out "$S/out" --json inspect "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifest_digest"])'; }
+  # bytes of (config + layers) of one image, from its manifest in the store
+  image_bytes() {
+    python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(sum(l["size"] for l in m["layers"]) + m["config"]["size"])' \
+      "$S/store/blobs/sha256/$(manifest_of "$1" | cut -d: -f2)"
+  }
+  # a field of the report of `imgbuild --json push`, read from stdin
+  report_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)["push"][sys.argv[1]])' "$1"; }
+  {
+    echo "imgbuild_push_cmd=$IB_PUSH"
+    echo "app_bytes=$(image_bytes app)"
+    echo "worker_bytes=$(image_bytes worker)"
+  } > "$RES/push.env"
+  cp -p "$APP_CHANGED" "$S/app-changed.orig"
+  hf push-cold \
+    -n "imgbuild push app worker (cold)" --prepare "sh $G/restart.sh" "$IB_PUSH" \
+    -n "skopeo copy app, worker (cold)" --prepare "sh $G/restart.sh" "$SK_PUSH" \
+    -n "podman push app, worker (cold)" --prepare "sh $G/restart.sh" "$PD_PUSH"
+  # what a cold push of imgbuild sends (one more, into an empty registry)
+  sh "$G/restart.sh"
+  r=$($IBS --json push --registry "$REG/ib" app worker)
+  echo "cold_uploaded=$(report_field bytes_uploaded <<< "$r")" >> "$RES/push.env"
+  echo "cold_mounted=$(report_field bytes_mounted <<< "$r")" >> "$RES/push.env"
+  bash -c "$SK_PUSH"; bash -c "$PD_PUSH"
+  hf push-warm --warmup 1 \
+    -n "imgbuild push app worker (nothing to send)" "$IB_PUSH" \
+    -n "skopeo copy app, worker (nothing to send)" "$SK_PUSH" \
+    -n "podman push app, worker (nothing to send)" "$PD_PUSH"
+  hf push-onefile \
+    -n "imgbuild push app worker (1 file changed)" --prepare "$EDIT && $IBS build --locked app worker" "$IB_PUSH" \
+    -n "skopeo copy app, worker (1 file changed)" --prepare "$EDIT && $IBS build --locked app worker" "$SK_PUSH" \
+    -n "podman push app, worker (1 file changed)" --prepare "$EDIT && $IBS build --locked app worker && $PD_LOAD" "$PD_PUSH"
+  # what one push after a one-file change sends
+  bash -c "$EDIT"; $IBS build --locked app worker
+  r=$($IBS --json push --registry "$REG/ib" app worker)
+  echo "onefile_uploaded=$(report_field bytes_uploaded <<< "$r")" >> "$RES/push.env"
+  cp -p "$S/app-changed.orig" "$APP_CHANGED"
+  # the registry holds what imgbuild built, byte for byte (same manifest digests)
+  $IBS build --locked app worker; $IB_PUSH; bash -c "$SK_PUSH"
+  ok=1 sk_same=1 manifests=""
+  for d in app worker; do
+    want_digest=$(manifest_of $d)
+    ib_got=sha256:$(skopeo inspect --raw --tls-verify=false "docker://$REG/ib/$d:latest" | sha256sum | cut -d' ' -f1)
+    sk_got=sha256:$(skopeo inspect --raw --tls-verify=false "docker://$REG/sk/$d:latest" | sha256sum | cut -d' ' -f1)
+    [[ "$ib_got" == "$want_digest" ]] || ok=0
+    [[ "$sk_got" == "$want_digest" ]] || sk_same=0
+    manifests="$manifests $d:$want_digest"
+  done
+  {
+    echo "ib_manifests=${manifests# }"
+    echo "ib_digest_ok=$ok"
+    echo "sk_digest_same=$sk_same"
+  } >> "$RES/push.env"
+  stop_registry
+  rm -rf "$G/data"
 fi
 
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RES/machine.env"
@@ -435,6 +483,8 @@ remove_podman_storage
 say "report"
 if [[ "${BENCH_NO_REPORT:-}" == 1 ]]; then
   python3 "$REPO/bench/report.py" "$RES"
+elif ((PARTIAL)); then
+  python3 "$REPO/bench/report.py" "$RES" "$RES/BENCHMARKS.md"
 else
   python3 "$REPO/bench/report.py" "$RES" "$REPO/BENCHMARKS.md"
 fi

@@ -79,7 +79,24 @@ fn run(cli: Cli) -> Result<()> {
                     locked: *locked,
                 },
             )?;
+            let mut pushed = None;
+            if let Command::All {
+                push,
+                load,
+                push_args,
+                engine,
+                ..
+            } = &cli.command
+            {
+                if *load {
+                    ops::load::load(&project, None, *engine)?;
+                }
+                if *push {
+                    pushed = Some(ops::push::push(&project, &push_options(None, push_args))?);
+                }
+            }
             if g.json {
+                // One document: the build, and the push report when there was a push.
                 let images: Vec<_> = records
                     .iter()
                     .map(|r| {
@@ -95,31 +112,24 @@ fn run(cli: Cli) -> Result<()> {
                         })
                     })
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "images": images }))?
-                );
-            }
-            if let Command::All {
-                push,
-                load,
-                push_args,
-                engine,
-                ..
-            } = &cli.command
-            {
-                if *load {
-                    ops::load::load(&project, None, *engine)?;
+                let mut doc = json!({ "images": images });
+                if let Some(report) = pushed {
+                    doc["push"] = serde_json::to_value(report)?;
                 }
-                if *push {
-                    ops::push::push(&project, &push_options(None, push_args), g.json)?;
-                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             }
             Ok(())
         }
         Command::Push { names, push_args } => {
             let names = (!names.is_empty()).then(|| names.clone());
-            ops::push::push(&project, &push_options(names, push_args), g.json)
+            let report = ops::push::push(&project, &push_options(names, push_args))?;
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "push": report }))?
+                );
+            }
+            Ok(())
         }
         Command::Login {
             registry,
@@ -141,9 +151,9 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 vec![]
             };
-            project
-                .progress
-                .line(ops::push::login(registry, username, &password, &insecure)?);
+            project.progress.line(ops::push::login(
+                &project, registry, username, &password, &insecure,
+            )?);
             Ok(())
         }
         Command::Load { names, engine } => {

@@ -9,6 +9,14 @@
 //! `https://snapshot.debian.org/archive/debian/20250101T000000Z` and
 //! `https://snapshot.debian.org/archive/debian-security/20250101T000000Z`.
 //! `IMGBUILD_DEBIAN_MIRROR` and `IMGBUILD_DEBIAN_SECURITY_MIRROR` override the file.
+//!
+//! ```toml
+//! [registry]
+//! insecure = ["registry.lan:5000"]   # plain HTTP for push, base pulls and lock
+//! ```
+//! `IMGBUILD_INSECURE_REGISTRIES` (comma-separated) adds to the list;
+//! `IMGBUILD_CERTS_D` replaces the Docker-style CA directories (`/etc/docker/certs.d`,
+//! `/etc/containers/certs.d`) with one directory.
 
 use std::path::Path;
 
@@ -20,6 +28,16 @@ use serde::Deserialize;
 pub struct Settings {
     #[serde(default)]
     pub debian: DebianSettings,
+    #[serde(default)]
+    pub registry: RegistrySettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Registries (`host[:port]`) reached over plain HTTP although not on loopback.
+    #[serde(default)]
+    pub insecure: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,5 +81,35 @@ impl Settings {
             m.security = x;
         }
         m
+    }
+
+    /// Registry client options for push, base pulls and lock: the insecure registries of
+    /// `imgbuild.toml`, `IMGBUILD_INSECURE_REGISTRIES` and `extra_insecure` (the command
+    /// line); `IMGBUILD_CERTS_D` in place of the default CA directories.
+    pub fn registry_options(
+        &self,
+        extra_insecure: &[String],
+        parallelism: usize,
+    ) -> imgbuild_registry::ClientOptions {
+        let from_env = std::env::var("IMGBUILD_INSECURE_REGISTRIES").unwrap_or_default();
+        let mut options = imgbuild_registry::ClientOptions {
+            parallelism,
+            insecure: self
+                .registry
+                .insecure
+                .iter()
+                .map(String::as_str)
+                .chain(from_env.split(','))
+                .chain(extra_insecure.iter().map(String::as_str))
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            ..Default::default()
+        };
+        if let Some(dir) = std::env::var_os("IMGBUILD_CERTS_D").filter(|d| !d.is_empty()) {
+            options.certs_dirs = vec![dir.into()];
+        }
+        options
     }
 }

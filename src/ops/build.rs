@@ -233,8 +233,8 @@ fn build_image(
             layers: b.layers,
             inputs: b.blobs,
         },
-        view: LowerView::default(),
-        accounts: None,
+        view: b.view,
+        accounts: b.accounts,
         config: b.config,
         history: b.history,
     });

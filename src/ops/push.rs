@@ -1,5 +1,7 @@
 //! `imgbuild push [NAME...]` and `imgbuild all --push`: the images of the last build
-//! go to their registries as one release.
+//! go to their registries as one release. `push NAME...` pushes exactly the named
+//! images (their manifests carry the base recipes' layers, so the base images need
+//! not be pushed); without names, and with `all --push`, every image is pushed.
 //!
 //! Where an image goes: its recipe's `repository` (default `imgbuild/NAME`, which
 //! means `docker.io/imgbuild/NAME`), or, with `--registry PREFIX`, `PREFIX/NAME`
@@ -11,12 +13,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
-use imgbuild_registry::{Client, ClientOptions, Credentials, PushImage, Reference};
+use imgbuild_registry::{Client, Credentials, PushImage, PushReport, Reference};
 
 use crate::cache::ImageRecord;
 use crate::progress::human;
 use crate::project::Project;
 use crate::recipe::RecipeSet;
+use crate::settings::Settings;
 
 #[derive(Clone, Debug, Default)]
 pub struct PushOptions {
@@ -37,9 +40,15 @@ pub fn target_repository(rec: &ImageRecord, prefix: Option<&str>) -> String {
     }
 }
 
-pub fn push(project: &Project, opts: &PushOptions, json: bool) -> Result<()> {
+/// Pushes the images and prints a line per image; returns the report (`--json`).
+pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
     let set = RecipeSet::load(&project.root)?;
-    let order = set.closure(opts.names.as_deref())?;
+    // (closure: names checked, bases first; only the named images are pushed)
+    let order: Vec<_> = set
+        .closure(opts.names.as_deref())?
+        .into_iter()
+        .filter(|r| opts.names.as_ref().is_none_or(|n| n.contains(&r.name)))
+        .collect();
     let mut records: BTreeMap<String, ImageRecord> = BTreeMap::new();
     for r in &order {
         let Some(rec) = ImageRecord::load(&project.store, &project.key, &r.name)? else {
@@ -84,10 +93,18 @@ pub fn push(project: &Project, opts: &PushOptions, json: bool) -> Result<()> {
         };
         tags.extend(opts.extra_tags.iter().cloned());
         img.tags = tags.into_iter().collect();
-        // The base image's repository on the same registry: its blobs can be mounted.
-        if let Some(base) = rec.base.as_ref().and_then(|b| records.get(b).or(None)) {
+        // The base image's repository on the same registry (pushed now or before): its
+        // blobs can be mounted.
+        let base = match rec.base.as_ref() {
+            Some(b) => match records.get(b) {
+                Some(r) => Some(r.clone()),
+                None => ImageRecord::load(&project.store, &project.key, b)?,
+            },
+            None => None,
+        };
+        if let Some(base) = base {
             let base_ref: Reference =
-                target_repository(base, opts.registry_prefix.as_deref()).parse()?;
+                target_repository(&base, opts.registry_prefix.as_deref()).parse()?;
             if base_ref.registry == target.registry && base_ref.repository != target.repository {
                 img.mount_from.push(base_ref.repository);
             }
@@ -104,12 +121,11 @@ pub fn push(project: &Project, opts: &PushOptions, json: bool) -> Result<()> {
         }
         images.push(img);
     }
-    let client_opts = ClientOptions {
-        parallelism: project.jobs.clamp(2, 8),
-        insecure: opts.insecure.iter().cloned().collect(),
-        ..Default::default()
-    };
-    let client = Client::new(client_opts, Credentials::from_process_env())?;
+    let settings = Settings::load(&project.root)?;
+    let client = Client::new(
+        settings.registry_options(&opts.insecure, project.jobs.clamp(2, 8)),
+        Credentials::from_process_env(),
+    )?;
     project
         .progress
         .status(format!("pushing {} image(s)", images.len()));
@@ -131,31 +147,32 @@ pub fn push(project: &Project, opts: &PushOptions, json: bool) -> Result<()> {
         human(report.bytes_mounted),
         human(report.bytes_skipped)
     ));
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "push": report }))?
-        );
-    }
-    Ok(())
+    Ok(report)
 }
 
 /// `imgbuild login REGISTRY`: checks the credentials against the registry and stores
 /// them the way `docker login` does (credential helper if configured, else
-/// `~/.docker/config.json`, mode 0600).
-pub fn login(registry: &str, user: &str, password: &str, insecure: &[String]) -> Result<String> {
-    let client_opts = ClientOptions {
-        insecure: insecure.iter().cloned().collect(),
-        ..Default::default()
-    };
-    let client = Client::new(client_opts, Credentials::none())?;
+/// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, mode 0600).
+pub fn login(
+    project: &Project,
+    registry: &str,
+    user: &str,
+    password: &str,
+    insecure: &[String],
+) -> Result<String> {
+    let settings = Settings::load(&project.root)?;
+    // The process environment: where config.json is, and the credential helpers on PATH.
+    let client = Client::new(
+        settings.registry_options(insecure, 1),
+        Credentials::from_process_env(),
+    )?;
     let stored = client.login(registry, user, password)?;
     Ok(match stored {
         imgbuild_registry::StoredIn::ConfigFile { path } => {
             format!("login succeeded; credentials stored in {}", path.display())
         }
         imgbuild_registry::StoredIn::Helper { helper } => {
-            format!("login succeeded; credentials stored with docker-credential-{helper}")
+            format!("login succeeded; credentials stored with {helper}")
         }
     })
 }

@@ -2,22 +2,39 @@
 //! digest is recorded in `imgbuild.lock`.
 //!
 //! The image is pulled once into the store (an index resolved to linux/amd64, every
-//! blob verified while it streams in) and found there afterwards without network.
+//! blob verified while it streams in) and found there afterwards without network
+//! (its blobs are hashed again only when they changed on disk since the last check).
 //! Its layers come first in the new image, byte for byte; its config is the config
 //! the recipe's own `[config]` merges over.
+//!
+//! What the recipe's layers need of the base's filesystem is read once from its
+//! layers (streamed through the decompressor, whiteouts applied) and kept in the
+//! store: the directories and symlinks ([`LowerView`]: `/bin/x` goes through a
+//! merged-/usr `bin -> usr/bin`, `/tmp` keeps its mode) and the accounts of its
+//! `/etc/passwd` and `/etc/group` (owner names resolve against them, and a layer
+//! declaring users adds to them).
+
+use std::collections::BTreeMap;
+use std::io::Read;
 
 use anyhow::{Context, Result, bail};
-use imgbuild_registry::{Client, ClientOptions, Credentials, Reference};
+use imgbuild_debian::system::{Accounts, Group, User};
+use imgbuild_registry::{Client, Credentials, Reference};
 use imgbuild_store::{Digest, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cache::LayerReport;
+use crate::lower::LowerView;
 use crate::oci::HistoryEntry;
 use crate::recipe::{ConfigSpec, Recipe};
 use crate::source::Session;
 
 const BASE_BUCKET: &str = "bases-v1";
+/// manifest digest -> [`BaseContents`]
+const CONTENTS_BUCKET: &str = "base-contents-v1";
+/// `/etc/passwd` or `/etc/group` larger than this is refused.
+const MAX_ACCOUNTS_FILE: u64 = 16 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct BaseRecord {
@@ -32,6 +49,17 @@ pub struct BaseImage {
     pub history: Vec<HistoryEntry>,
     /// The blobs (manifest, config, layers), kept by gc.
     pub blobs: Vec<Digest>,
+    /// Its directories and symlinks, for the layers above.
+    pub view: LowerView,
+    /// Its `/etc/passwd` and `/etc/group`; `None` if it has no `/etc/passwd`.
+    pub accounts: Option<Accounts>,
+}
+
+/// What upper layers need of a base image's filesystem (kept per manifest digest).
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaseContents {
+    pub view: LowerView,
+    pub accounts: Option<Accounts>,
 }
 
 pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> {
@@ -45,15 +73,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
         .parse()
         .with_context(|| format!("{at}: `from = \"{raw}\"` is not an image reference"))?;
     let store = &session.store;
-    let client = || {
-        Client::new(
-            ClientOptions {
-                parallelism: session.jobs.clamp(2, 8),
-                ..Default::default()
-            },
-            Credentials::from_process_env(),
-        )
-    };
+    let client = || Client::new(session.registry.clone(), Credentials::from_process_env());
     // (bound first: a guard in the match scrutinee would live through the arms)
     let locked_digest = session
         .debian
@@ -138,6 +158,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
     }
     let mut layers = vec![];
     let mut blobs = vec![manifest_digest.clone(), config_digest];
+    let mut zstd = vec![];
     for (l, diff_id) in mlayers.iter().zip(diff_ids) {
         let digest: Digest = l["digest"].as_str().unwrap_or_default().parse()?;
         let media_type = l["mediaType"].as_str().unwrap_or_default();
@@ -151,6 +172,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
             )
         };
         blobs.push(digest.clone());
+        zstd.push(media_type.is_some());
         layers.push(LayerReport {
             digest,
             diff_id,
@@ -172,16 +194,269 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
                 .collect()
         })
         .unwrap_or_default();
+    let layer_blobs: Vec<(Digest, bool)> =
+        layers.iter().map(|l| l.digest.clone()).zip(zstd).collect();
+    let contents = contents(session, &manifest_digest, &layer_blobs)
+        .with_context(|| format!("{at}: reading the filesystem of base image {raw}"))?;
     Ok(BaseImage {
         reference: reference.with_digest(pinned).to_string(),
         layers,
         config: config_spec(&config["config"]),
         history,
         blobs,
+        view: contents.view,
+        accounts: contents.accounts,
     })
 }
 
-/// The manifest digest of a base pulled before, if all its blobs are intact.
+/// The base's [`BaseContents`], from the store's record or read from its layers.
+fn contents(
+    session: &Session,
+    manifest: &Digest,
+    layers: &[(Digest, bool)],
+) -> Result<BaseContents> {
+    let store = &session.store;
+    if let Some(bytes) = store.read_record(CONTENTS_BUCKET, manifest.hex())?
+        && let Ok(c) = serde_json::from_slice::<BaseContents>(&bytes)
+    {
+        return Ok(c);
+    }
+    session
+        .progress
+        .status(format!("reading the base image's filesystem ({manifest})"));
+    let mut reader = ContentsReader::default();
+    for (digest, zstd) in layers {
+        let blob = store.open_verified(digest)?;
+        let tar: Box<dyn Read> = if *zstd {
+            Box::new(zstd::Decoder::new(blob).context("zstd")?)
+        } else {
+            Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+                blob,
+            )))
+        };
+        reader
+            .layer(tar)
+            .with_context(|| format!("layer {digest}"))?;
+    }
+    let c = reader.finish();
+    store.write_record(CONTENTS_BUCKET, manifest.hex(), &serde_json::to_vec(&c)?)?;
+    Ok(c)
+}
+
+/// Lays the layers of an image over each other, keeping only what [`BaseContents`] needs.
+#[derive(Default)]
+pub struct ContentsReader {
+    view: LowerView,
+    passwd: Option<Vec<u8>>,
+    group: Option<Vec<u8>>,
+}
+
+/// A path of a layer tar, without `./`, leading or trailing `/`; `None` for the root and
+/// for paths that would leave it.
+fn layer_path(raw: &std::path::Path) -> Option<String> {
+    let s = raw.to_string_lossy();
+    let parts: Vec<&str> = s
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if parts.is_empty() || parts.contains(&"..") {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// Removes `path` and everything under it from the view.
+fn remove_tree(view: &mut LowerView, path: &str) {
+    let (lo, hi) = (format!("{path}/"), format!("{path}0")); // '0' follows '/'
+    for map in [&mut view.dirs as &mut dyn RemoveRange, &mut view.symlinks] {
+        map.remove_key(path);
+        map.remove_range(&lo, &hi);
+    }
+}
+
+trait RemoveRange {
+    fn remove_key(&mut self, k: &str);
+    fn remove_range(&mut self, lo: &str, hi: &str);
+}
+
+impl<V> RemoveRange for BTreeMap<String, V> {
+    fn remove_key(&mut self, k: &str) {
+        self.remove(k);
+    }
+    fn remove_range(&mut self, lo: &str, hi: &str) {
+        let keys: Vec<String> = self
+            .range::<str, _>((std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.remove(&k);
+        }
+    }
+}
+
+impl ContentsReader {
+    /// Applies one layer (an uncompressed tar stream, read to its end): its whiteouts
+    /// (`.wh.NAME`, `.wh..wh..opq`) remove from the layers below, then its entries apply.
+    pub fn layer(&mut self, tar: impl Read) -> Result<()> {
+        let mut archive = tar::Archive::new(tar);
+        let mut upper = LowerView::default();
+        let mut hidden: Vec<String> = vec![]; // whiteouts and paths replaced by non-dirs
+        let mut opaque: Vec<String> = vec![];
+        let (mut passwd, mut group) = (None, None);
+        for entry in archive.entries().context("reading the layer tar")? {
+            let mut entry = entry.context("reading the layer tar")?;
+            let Some(path) = layer_path(&entry.path().context("entry path")?) else {
+                continue;
+            };
+            let (parent, name) = match path.rsplit_once('/') {
+                Some((p, n)) => (Some(p), n),
+                None => (None, path.as_str()),
+            };
+            let join = |n: &str| match parent {
+                Some(p) => format!("{p}/{n}"),
+                None => n.to_owned(),
+            };
+            if name == ".wh..wh..opq" {
+                opaque.push(parent.unwrap_or("").to_owned());
+                continue;
+            }
+            if let Some(gone) = name.strip_prefix(".wh.") {
+                hidden.push(join(gone));
+                continue;
+            }
+            let header = entry.header();
+            let kind = header.entry_type();
+            if kind.is_dir() {
+                let mode = header.mode().unwrap_or(0o755) & 0o7777;
+                let uid = header.uid().unwrap_or(0) as u32;
+                let gid = header.gid().unwrap_or(0) as u32;
+                upper.dirs.insert(path, (mode, uid, gid));
+                continue;
+            }
+            hidden.push(path.clone());
+            if kind.is_symlink() {
+                let target = entry
+                    .link_name()
+                    .context("symlink target")?
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                upper.symlinks.insert(path.clone(), target);
+            }
+            let slot = match path.as_str() {
+                "etc/passwd" => &mut passwd,
+                "etc/group" => &mut group,
+                _ => continue,
+            };
+            // A regular file: its content. A link or anything else: unknown, as if absent.
+            *slot = Some(if kind.is_file() {
+                let size = entry.size();
+                if size > MAX_ACCOUNTS_FILE {
+                    bail!("/{path} is {size} bytes, more than imgbuild reads");
+                }
+                let mut text = Vec::with_capacity(size as usize);
+                entry.read_to_end(&mut text)?;
+                Some(text)
+            } else {
+                None
+            });
+        }
+        // Read to the end, so that the verified blob reader checks the digest.
+        std::io::copy(&mut archive.into_inner(), &mut std::io::sink())?;
+
+        for dir in &opaque {
+            let keep = self.view.dirs.get(dir).copied();
+            if dir.is_empty() {
+                self.view = LowerView::default();
+            } else {
+                remove_tree(&mut self.view, dir);
+            }
+            if let Some(m) = keep {
+                self.view.dirs.insert(dir.clone(), m);
+            }
+        }
+        for path in &hidden {
+            remove_tree(&mut self.view, path);
+        }
+        let gone = |f: &str| {
+            let under = |p: &String| f == p || f.starts_with(&format!("{p}/"));
+            hidden.iter().any(under)
+                || opaque
+                    .iter()
+                    .any(|d| d.is_empty() || f.starts_with(&format!("{d}/")))
+        };
+        if gone("etc/passwd") {
+            self.passwd = None;
+        }
+        if gone("etc/group") {
+            self.group = None;
+        }
+        self.view.apply(&upper);
+        if let Some(p) = passwd {
+            self.passwd = p;
+        }
+        if let Some(g) = group {
+            self.group = g;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> BaseContents {
+        BaseContents {
+            view: self.view,
+            accounts: self
+                .passwd
+                .map(|p| parse_accounts(&p, self.group.as_deref().unwrap_or_default())),
+        }
+    }
+}
+
+/// The users of a passwd file and the groups of a group file, as they are (comments,
+/// NIS `+`/`-` lines and malformed lines skipped).
+pub fn parse_accounts(passwd: &[u8], group: &[u8]) -> Accounts {
+    let lines = |b: &[u8]| -> Vec<Vec<String>> {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty() && !l.starts_with(['#', '+', '-']))
+            .map(|l| l.split(':').map(str::to_owned).collect())
+            .collect()
+    };
+    let mut accounts = Accounts::empty();
+    for f in lines(passwd) {
+        if let [name, _, uid, gid, gecos, home, shell] = &f[..]
+            && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
+        {
+            accounts.users.push(User {
+                name: name.clone(),
+                uid,
+                gid,
+                gecos: gecos.clone(),
+                home: home.clone(),
+                shell: shell.clone(),
+            });
+        }
+    }
+    for f in lines(group) {
+        if let [name, _, gid, members] = &f[..]
+            && let Ok(gid) = gid.parse()
+        {
+            accounts.groups.push(Group {
+                name: name.clone(),
+                gid,
+                members: members
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            });
+        }
+    }
+    accounts
+}
+
+/// The manifest digest of a base pulled before, if all its blobs are intact. A blob is
+/// hashed again only if its inode changed since the record was written or last
+/// checked (the record's mtime moves forward after a full check).
 fn cached(store: &Store, pinned: &Digest) -> Result<Option<Digest>> {
     let Some(bytes) = store.read_record(BASE_BUCKET, pinned.hex())? else {
         return Ok(None);
@@ -189,7 +464,11 @@ fn cached(store: &Store, pinned: &Digest) -> Result<Option<Digest>> {
     let Ok(rec) = serde_json::from_slice::<BaseRecord>(&bytes) else {
         return Ok(None);
     };
-    if !store.has_blob(&rec.manifest) {
+    let record = store.record_path(BASE_BUCKET, pinned.hex());
+    let checked = std::fs::metadata(&record)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    if !store.verify_unless_unchanged_since(&rec.manifest, checked)? {
         return Ok(None);
     }
     let Ok(m) = serde_json::from_slice::<Value>(&store.read_bytes(&rec.manifest)?) else {
@@ -208,10 +487,14 @@ fn cached(store: &Store, pinned: &Digest) -> Result<Option<Digest>> {
         let Ok(d) = d.as_str().unwrap_or_default().parse::<Digest>() else {
             return Ok(None);
         };
-        if !store.verify(&d)? {
+        if !store.verify_unless_unchanged_since(&d, checked)? {
             return Ok(None);
         }
     }
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(&record)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
     Ok(Some(rec.manifest))
 }
 
@@ -256,5 +539,136 @@ fn config_spec(c: &Value) -> ConfigSpec {
         volumes: keys(&c["Volumes"]),
         labels: map(&c["Labels"]),
         stop_signal: text(&c["StopSignal"]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    enum E<'a> {
+        Dir(&'a str, u32),
+        File(&'a str, &'a str),
+        Link(&'a str, &'a str),
+    }
+
+    fn tar_of(entries: &[E]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            match e {
+                E::Dir(p, mode) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(*mode);
+                    h.set_uid(7);
+                    h.set_gid(8);
+                    h.set_size(0);
+                    b.append_data(&mut h, format!("./{p}/"), &[][..]).unwrap();
+                }
+                E::File(p, text) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    h.set_size(text.len() as u64);
+                    b.append_data(&mut h, p, text.as_bytes()).unwrap();
+                }
+                E::Link(p, target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_mode(0o777);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, target).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn layers_whiteouts_and_accounts() {
+        let mut r = ContentsReader::default();
+        r.layer(
+            &tar_of(&[
+                E::Dir("usr", 0o755),
+                E::Dir("usr/bin", 0o755),
+                E::Link("bin", "usr/bin"),
+                E::Link("lib", "usr/lib"),
+                E::Dir("tmp", 0o1777),
+                E::Dir("opt", 0o755),
+                E::Dir("opt/gone", 0o700),
+                E::Dir("opt/gone/sub", 0o700),
+                E::Dir("srv", 0o750),
+                E::Dir("srv/old", 0o750),
+                E::Dir("var", 0o755),
+                E::Dir("var/x", 0o755),
+                E::Dir("etc", 0o755),
+                E::File(
+                    "etc/passwd",
+                    "root:x:0:0:root:/root:/bin/sh\nold:x:5:5::/:/bin/false\n",
+                ),
+                E::File("etc/group", "root:x:0:\nold:x:5:\n"),
+            ])[..],
+        )
+        .unwrap();
+        r.layer(&tar_of(&[
+            E::File("opt/.wh.gone", ""),
+            E::File(".wh.lib", ""),
+            E::File("srv/.wh..wh..opq", ""),
+            E::Dir("srv/new", 0o700),
+            E::File("var", "a file over a directory"),
+            E::File(
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\n# comment\nbaseuser:x:1234:1234:Base:/home/b:/bin/sh\nbroken line\n",
+            ),
+            E::File("etc/group", "root:x:0:\nbaseuser:x:1234:a,b\n"),
+        ])[..])
+        .unwrap();
+        let c = r.finish();
+        assert_eq!(
+            c.view.symlinks.get("bin").map(String::as_str),
+            Some("usr/bin")
+        );
+        assert!(!c.view.symlinks.contains_key("lib"), "{:?}", c.view);
+        assert_eq!(c.view.dirs.get("tmp"), Some(&(0o1777, 7, 8)));
+        assert!(c.view.dirs.contains_key("opt"));
+        assert!(!c.view.dirs.contains_key("opt/gone"));
+        assert!(!c.view.dirs.contains_key("opt/gone/sub"));
+        // opaque: the directory stays, its lower content goes, its new content is there
+        assert!(c.view.dirs.contains_key("srv"));
+        assert!(!c.view.dirs.contains_key("srv/old"));
+        assert_eq!(c.view.dirs.get("srv/new"), Some(&(0o700, 7, 8)));
+        assert!(!c.view.dirs.contains_key("var") && !c.view.dirs.contains_key("var/x"));
+        assert_eq!(c.view.resolve("/bin/x"), "usr/bin/x");
+        let a = c.accounts.unwrap();
+        assert_eq!(
+            a.users
+                .iter()
+                .map(|u| (u.name.as_str(), u.uid))
+                .collect::<Vec<_>>(),
+            vec![("root", 0), ("baseuser", 1234)]
+        );
+        assert_eq!(a.user("baseuser").unwrap().home, "/home/b");
+        assert_eq!(a.group("baseuser").unwrap().members, vec!["a", "b"]);
+        assert_eq!(a.resolve_owner("baseuser").unwrap(), (1234, 1234));
+
+        // A whiteout of /etc/passwd: no accounts (names fall back as for scratch).
+        r = ContentsReader::default();
+        r.layer(&tar_of(&[E::File("etc/passwd", "root:x:0:0::/:/bin/sh\n")])[..])
+            .unwrap();
+        r.layer(&tar_of(&[E::File("etc/.wh.passwd", "")])[..])
+            .unwrap();
+        assert_eq!(r.finish().accounts, None);
+    }
+
+    #[test]
+    fn paths_are_normalised_and_escapes_ignored() {
+        assert_eq!(
+            layer_path("./usr/bin/".as_ref()).as_deref(),
+            Some("usr/bin")
+        );
+        assert_eq!(
+            layer_path("/etc//passwd".as_ref()).as_deref(),
+            Some("etc/passwd")
+        );
+        assert_eq!(layer_path("./".as_ref()), None);
+        assert_eq!(layer_path("a/../../etc".as_ref()), None);
     }
 }

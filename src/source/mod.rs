@@ -405,6 +405,8 @@ pub struct Session {
     pub store: imgbuild_store::Store,
     pub jobs: usize,
     pub progress: crate::progress::Progress,
+    /// Registry client options for base images (insecure registries, CA directories).
+    pub registry: imgbuild_registry::ClientOptions,
 }
 
 impl Session {
@@ -427,6 +429,7 @@ impl Session {
             store: project.store.clone(),
             jobs: project.jobs,
             progress: project.progress.clone(),
+            registry: settings.registry_options(&[], project.jobs.clamp(2, 8)),
         })
     }
 

@@ -138,6 +138,14 @@ pub enum RegistryError {
     )]
     InsecureNotAllowed { registry: String },
 
+    /// A `certs.d` CA file that cannot be used.
+    #[error("CA certificate `{}` for {registry}: {message}", path.display())]
+    CaCertificate {
+        registry: String,
+        path: PathBuf,
+        message: String,
+    },
+
     #[error("invalid push input for {repository}: {message}")]
     InvalidInput { repository: String, message: String },
 

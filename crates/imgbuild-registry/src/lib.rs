@@ -12,8 +12,10 @@
 //! (one blob: streamed, chunked, resumable), [`push`] (a release), [`pull`] (one image).
 //!
 //! All I/O is blocking (reqwest with rustls); parallelism is a bounded number of std threads.
-//! TLS is always verified; plain HTTP is used only for loopback registries and registries
-//! named in [`ClientOptions::insecure`].
+//! TLS is always verified, against the system trust store, the Mozilla roots compiled in, and
+//! for a registry with a private CA the `*.crt` files of its directory in a Docker-style
+//! `certs.d` ([`ClientOptions::certs_dirs`]). Plain HTTP is used only for loopback registries
+//! without such a directory and for registries named in [`ClientOptions::insecure`].
 
 // Errors carry registry, repository and blob names (owned strings): large, but only on the
 // failure path, where an allocation more or less does not matter.
@@ -30,7 +32,8 @@ mod transport;
 mod upload;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 pub use credentials::{AuthEnv, Credential, Credentials, Secret, StoredIn};
@@ -40,7 +43,7 @@ pub use push::{BlobOutcome, BlobReport, ImageReport, PushImage, PushReport};
 pub use reference::Reference;
 pub use transport::RetryPolicy;
 
-use reference::normalize_registry;
+use reference::{is_loopback, normalize_registry};
 use transport::Session;
 
 /// The platform chosen from a multi-platform image index when pulling.
@@ -79,6 +82,11 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Upper bound for one HTTP request (one upload chunk, one blob download). Default 1 h.
     pub request_timeout: Duration,
+    /// Docker-style `certs.d` directories: `<dir>/<host[:port]>/*.crt` are extra CA
+    /// certificates trusted for that registry only (as `docker` and `podman` read them). A
+    /// loopback registry with such a directory is reached over HTTPS. Default:
+    /// `/etc/docker/certs.d`, then `/etc/containers/certs.d`.
+    pub certs_dirs: Vec<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -92,16 +100,25 @@ impl Default for ClientOptions {
             user_agent: concat!("imgbuild/", env!("CARGO_PKG_VERSION")).into(),
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(3600),
+            certs_dirs: vec![
+                PathBuf::from("/etc/docker/certs.d"),
+                PathBuf::from("/etc/containers/certs.d"),
+            ],
         }
     }
 }
 
 /// A registry client: push, pull, resolve, login. Cheap to share between threads by reference.
 pub struct Client {
-    http: reqwest::blocking::Client,
     options: ClientOptions,
     credentials: Credentials,
     sessions: Mutex<BTreeMap<String, Arc<Session>>>,
+    /// For plain-HTTP registries: no system trust store (only the compiled-in roots, for
+    /// an HTTPS redirect or token realm), so that a push to a local registry does not pay
+    /// for reading `/etc/ssl/certs` (~20 ms).
+    plain_http: OnceLock<reqwest::blocking::Client>,
+    /// For HTTPS registries without a `certs.d` directory: system and compiled-in roots.
+    tls_http: OnceLock<reqwest::blocking::Client>,
 }
 
 impl std::fmt::Debug for Client {
@@ -113,24 +130,93 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// A client; HTTP connections and TLS roots are set up on first use, per registry.
     pub fn new(options: ClientOptions, credentials: Credentials) -> Result<Client> {
-        let http = reqwest::blocking::Client::builder()
-            .user_agent(options.user_agent.clone())
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.request_timeout)
-            .tcp_keepalive(Duration::from_secs(30))
-            .build()
-            .map_err(|e| RegistryError::Protocol {
-                registry: "-".into(),
-                what: "creating the HTTP client".into(),
-                message: transport::error_chain(&e),
-            })?;
         Ok(Client {
-            http,
             options,
             credentials,
             sessions: Mutex::new(BTreeMap::new()),
+            plain_http: OnceLock::new(),
+            tls_http: OnceLock::new(),
         })
+    }
+
+    fn http_builder(&self) -> reqwest::blocking::ClientBuilder {
+        reqwest::blocking::Client::builder()
+            .user_agent(self.options.user_agent.clone())
+            .connect_timeout(self.options.connect_timeout)
+            .timeout(self.options.request_timeout)
+            .tcp_keepalive(Duration::from_secs(30))
+    }
+
+    fn build_http(
+        &self,
+        registry: &str,
+        builder: reqwest::blocking::ClientBuilder,
+    ) -> Result<reqwest::blocking::Client> {
+        builder.build().map_err(|e| RegistryError::Protocol {
+            registry: registry.to_owned(),
+            what: "creating the HTTP client".into(),
+            message: transport::error_chain(&e),
+        })
+    }
+
+    fn cached_http(
+        &self,
+        cell: &OnceLock<reqwest::blocking::Client>,
+        registry: &str,
+        builder: impl FnOnce() -> reqwest::blocking::ClientBuilder,
+    ) -> Result<reqwest::blocking::Client> {
+        if let Some(c) = cell.get() {
+            return Ok(c.clone());
+        }
+        let c = self.build_http(registry, builder())?;
+        Ok(cell.get_or_init(|| c).clone())
+    }
+
+    /// The `*.crt` files of the registry's `certs.d` directories, sorted.
+    fn ca_files(&self, registry: &str) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for dir in &self.options.certs_dirs {
+            let Ok(entries) = std::fs::read_dir(dir.join(registry)) else {
+                continue;
+            };
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "crt") && p.is_file())
+                .collect();
+            found.sort();
+            out.extend(found);
+        }
+        out
+    }
+
+    /// The HTTP client for a registry's session, and whether it is reached over plain HTTP.
+    fn http_for(
+        &self,
+        registry: &str,
+        insecure: bool,
+    ) -> Result<(reqwest::blocking::Client, bool)> {
+        let cas = self.ca_files(registry);
+        if insecure || (is_loopback(registry) && cas.is_empty()) {
+            let c = self.cached_http(&self.plain_http, registry, || {
+                self.http_builder().tls_built_in_native_certs(false)
+            })?;
+            return Ok((c, true));
+        }
+        if cas.is_empty() {
+            return Ok((
+                self.cached_http(&self.tls_http, registry, || self.http_builder())?,
+                false,
+            ));
+        }
+        let mut builder = self.http_builder();
+        for path in &cas {
+            for cert in read_ca_file(registry, path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok((self.build_http(registry, builder)?, false))
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -155,15 +241,19 @@ impl Client {
     }
 
     fn new_session(&self, registry: &str, credential: Option<Credential>) -> Result<Session> {
+        let insecure = self
+            .options
+            .insecure
+            .iter()
+            .any(|r| normalize_registry(r) == registry);
+        let (http, plain) = self.http_for(registry, insecure)?;
         Session::new(
             registry,
-            self.http.clone(),
+            http,
             credential,
             self.options.retry.clone(),
-            self.options
-                .insecure
-                .iter()
-                .any(|r| normalize_registry(r) == registry),
+            plain,
+            insecure,
         )
     }
 
@@ -185,6 +275,22 @@ impl Client {
         self.sessions.lock().unwrap().remove(&registry);
         Ok(stored)
     }
+}
+
+/// The certificates of one PEM file of a `certs.d` directory.
+fn read_ca_file(registry: &str, path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let bad = |message: String| RegistryError::CaCertificate {
+        registry: registry.to_owned(),
+        path: path.to_path_buf(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(transport::error_chain(&e)))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 /// Runs `f` over `items` on at most `parallelism` threads; results in input order. The first

@@ -1,16 +1,20 @@
 //! Pushing a set of images as one release.
 //!
 //! Order of work, so that a half-failed push never moves a tag and no blob goes up twice:
-//! 1. every (repository, blob) pair is checked with a `HEAD` (in parallel);
-//! 2. each blob that some repository lacks is handled by one job (jobs run in parallel, at
+//! 1. every image's manifest is looked up with a `HEAD` by digest and by each of its tags (in
+//!    parallel): an image whose manifest is already in its repository needs no blob (the
+//!    registry checked them when the manifest was put), and a tag that already names the
+//!    manifest is not written again, so pushing an unchanged release only reads;
+//! 2. for the other images every (repository, blob) pair is checked with a `HEAD`;
+//! 3. each blob that some repository lacks is handled by one job (jobs run in parallel, at
 //!    most [`crate::ClientOptions::parallelism`]): if a repository of the same registry
-//!    already has it (seen by the `HEAD`s, or named in [`PushImage::mount_from`], e.g. the
-//!    base image's repository) it is mounted from there; otherwise it is uploaded once, to
-//!    the first repository in name order, and mounted into the others (with a fallback to an
-//!    upload when the registry declines the mount);
-//! 3. every image's manifest is pushed by digest, byte for byte as given (so the digest in
+//!    already has it (seen by the `HEAD`s, holding a manifest that uses it, or named in
+//!    [`PushImage::mount_from`], e.g. the base image's repository) it is mounted from there;
+//!    otherwise it is uploaded once, to the first repository in name order, and mounted into
+//!    the others (with a fallback to an upload when the registry declines the mount);
+//! 4. every missing manifest is pushed by digest, byte for byte as given (so the digest in
 //!    the registry is the local one);
-//! 4. only when all manifests are in, the tags are moved (`PUT` of the manifest by tag).
+//! 5. only when all manifests are in, the tags are moved (`PUT` of the manifest by tag).
 //!
 //! The report says, per image, which blobs were uploaded, mounted or already there, with byte
 //! totals; it serialises to JSON for `--json`.
@@ -20,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use imgbuild_store::{Digest, Store};
 use oci_spec::image::{Descriptor, ImageManifest};
 use reqwest::StatusCode;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use crate::auth::repo_scope;
 use crate::error::{RegistryError, Result};
@@ -249,14 +253,64 @@ impl Client {
         }
         let parallelism = self.options.parallelism;
 
-        // 1. HEAD every pair.
-        let keys: Vec<(Repo, Digest)> = pairs.keys().cloned().collect();
+        // 1. What the registry already has: each manifest by digest, and each tag.
+        let lookups: Vec<(usize, Option<String>)> = images
+            .iter()
+            .enumerate()
+            .flat_map(|(i, img)| {
+                std::iter::once((i, None))
+                    .chain(img.all_tags().into_iter().map(move |t| (i, Some(t))))
+            })
+            .collect();
+        let found = parallel_map(&lookups, parallelism, |(i, tag)| {
+            self.manifest_at(&images[*i], tag.as_deref())
+        })?;
+        let mut manifest_existed = vec![false; images.len()];
+        let mut tags_to_move: Vec<(&PushImage, String)> = vec![];
+        for ((i, tag), at) in lookups.iter().zip(found) {
+            let there = at.as_ref() == Some(&images[*i].digest());
+            match tag {
+                None => manifest_existed[*i] = there,
+                Some(t) if !there => tags_to_move.push((&images[*i], t.clone())),
+                Some(_) => {}
+            }
+        }
+
+        // 2. Every (repository, blob) pair of the images whose manifest is missing, and the
+        // hints per (registry, blob); a repository holding a manifest holds its blobs.
+        let mut pairs: BTreeMap<(Repo, Digest), u64> = BTreeMap::new();
+        let mut hints: BTreeMap<(String, Digest), Vec<String>> = BTreeMap::new();
+        let mut known: BTreeSet<(Repo, Digest)> = BTreeSet::new();
+        for (img, existed) in images.iter().zip(&manifest_existed) {
+            let repo = (img.target.registry.clone(), img.target.repository.clone());
+            for (digest, size) in img.blobs()? {
+                if *existed {
+                    known.insert((repo.clone(), digest));
+                    continue;
+                }
+                pairs.insert((repo.clone(), digest.clone()), size);
+                let h = hints.entry((repo.0.clone(), digest)).or_default();
+                for m in &img.mount_from {
+                    if m != &repo.1 && !h.contains(m) {
+                        h.push(m.clone());
+                    }
+                }
+            }
+        }
+        let keys: Vec<(Repo, Digest)> = pairs
+            .keys()
+            .filter(|k| !known.contains(*k))
+            .cloned()
+            .collect();
         let present = parallel_map(&keys, parallelism, |((registry, repository), digest)| {
             blob_exists(&*self.session(registry)?, repository, digest)
         })?;
-        let present: BTreeMap<(Repo, Digest), bool> = keys.into_iter().zip(present).collect();
+        let mut present: BTreeMap<(Repo, Digest), bool> = keys.into_iter().zip(present).collect();
+        for k in &known {
+            present.insert(k.clone(), true);
+        }
 
-        // 2. Plan one job per (registry, blob) that some repository lacks.
+        // 3. Plan one job per (registry, blob) that some repository lacks.
         let mut jobs: BTreeMap<(String, Digest), BlobJob> = BTreeMap::new();
         for (((registry, repository), digest), size) in &pairs {
             let job = jobs
@@ -278,11 +332,16 @@ impl Client {
             .into_values()
             .filter(|j| !j.targets.is_empty())
             .map(|mut j| {
-                for h in hints
-                    .get(&(j.registry.clone(), j.digest.clone()))
-                    .into_iter()
-                    .flatten()
-                {
+                let holders = known
+                    .iter()
+                    .filter(|((r, _), d)| *r == j.registry && *d == j.digest)
+                    .map(|((_, repo), _)| repo);
+                for h in holders.chain(
+                    hints
+                        .get(&(j.registry.clone(), j.digest.clone()))
+                        .into_iter()
+                        .flatten(),
+                ) {
                     if !j.sources.contains(h) && !j.targets.contains(h) {
                         j.sources.push(h.clone());
                     }
@@ -300,23 +359,25 @@ impl Client {
             }
         }
 
-        // 3. Manifests by digest, all of them, before any tag.
-        let existed = parallel_map(images, parallelism, |img| self.put_manifest(img, None))?;
-
-        // 4. Tags.
-        let tag_jobs: Vec<(&PushImage, String)> = images
+        // 4. Missing manifests by digest, all of them, before any tag.
+        let missing: Vec<&PushImage> = images
             .iter()
-            .flat_map(|img| img.all_tags().into_iter().map(move |t| (img, t)))
+            .zip(&manifest_existed)
+            .filter(|(_, existed)| !**existed)
+            .map(|(img, _)| img)
             .collect();
-        parallel_map(&tag_jobs, parallelism, |(img, tag)| {
-            self.put_manifest(img, Some(tag)).map(|_| ())
+        parallel_map(&missing, parallelism, |img| self.put_manifest(img, None))?;
+
+        // 5. Tags that do not name the manifest yet.
+        parallel_map(&tags_to_move, parallelism, |(img, tag)| {
+            self.put_manifest(img, Some(tag))
         })?;
 
         // Report: a pair's outcome goes to the first image listing it; later images of the
         // same repository count it as shared.
         let mut claimed: BTreeSet<(Repo, Digest)> = BTreeSet::new();
         let mut report = PushReport::default();
-        for (img, manifest_existed) in images.iter().zip(existed) {
+        for (img, manifest_existed) in images.iter().zip(manifest_existed) {
             let repo = (img.target.registry.clone(), img.target.repository.clone());
             let digest = img.digest();
             let mut r = ImageReport {
@@ -407,9 +468,37 @@ impl Client {
         Ok(out)
     }
 
-    /// `PUT` of the manifest by digest (skipped when a `HEAD` finds it) or by tag. Returns
-    /// whether the manifest was already there.
-    fn put_manifest(&self, img: &PushImage, tag: Option<&str>) -> Result<bool> {
+    /// The digest of the manifest the image's repository has under `tag` (or under the
+    /// image's digest), `None` if it has none. A `HEAD`: nothing is downloaded.
+    fn manifest_at(&self, img: &PushImage, tag: Option<&str>) -> Result<Option<Digest>> {
+        let sess = self.session(&img.target.registry)?;
+        let repository = &img.target.repository;
+        let digest = img.digest();
+        let reference = tag.map(str::to_owned).unwrap_or_else(|| digest.to_string());
+        let url = sess.url(&format!("/v2/{repository}/manifests/{reference}"));
+        let what = format!("HEAD of manifest {reference} in {repository}");
+        let resp = sess.send(&[repo_scope(repository, true)], &what, &|c| {
+            c.head(url.clone()).header(ACCEPT, img.media_type())
+        })?;
+        match resp.status() {
+            s if s.is_success() => Ok(
+                match resp
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some(d) => d.parse().ok(),
+                    // Without the header, a hit by digest is that digest; a tag stays unknown.
+                    None => tag.is_none().then_some(digest),
+                },
+            ),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(sess.error_from(&what, repository, resp)),
+        }
+    }
+
+    /// `PUT` of the manifest by digest or by tag.
+    fn put_manifest(&self, img: &PushImage, tag: Option<&str>) -> Result<()> {
         let sess = self.session(&img.target.registry)?;
         let repository = &img.target.repository;
         let digest = img.digest();
@@ -417,15 +506,6 @@ impl Client {
         let scopes = [repo_scope(repository, true)];
         let url = sess.url(&format!("/v2/{repository}/manifests/{reference}"));
         let media_type = img.media_type();
-        if tag.is_none() {
-            let what = format!("HEAD of manifest {digest} in {repository}");
-            let resp = sess.send(&scopes, &what, &|c| {
-                c.head(url.clone()).header("accept", media_type.clone())
-            })?;
-            if resp.status().is_success() {
-                return Ok(true);
-            }
-        }
         let what = match tag {
             Some(t) => format!("tagging {repository}:{t} (manifest {digest})"),
             None => format!("push of manifest {digest} to {repository}"),
@@ -453,6 +533,6 @@ impl Client {
                 actual: d.to_owned(),
             });
         }
-        Ok(false)
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! One registry session: base URL (HTTPS, or HTTP only for loopback/insecure registries), its
-//! auth challenge, the token cache, and the execution of requests with retries.
+//! One registry session: base URL (HTTPS, or HTTP only for loopback/insecure registries, as
+//! the client decided), its auth challenge, the token cache, and the execution of requests
+//! with retries.
 //!
 //! A request is described by a closure that builds it, so that it can be sent again: after a
 //! 401 with an expired token (once, with a fresh token), and after transient failures —
@@ -103,15 +104,18 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// `plain`: reach the registry over HTTP (the client allows it only for loopback
+    /// registries and `insecure` ones, the registries the user listed).
     pub fn new(
         registry: &str,
         http: HttpClient,
         credential: Option<Credential>,
         retry: RetryPolicy,
+        plain: bool,
         insecure: bool,
     ) -> Result<Session> {
-        let insecure_ok = insecure || is_loopback(registry);
-        let scheme = if insecure_ok { "http" } else { "https" };
+        debug_assert!(!plain || insecure || is_loopback(registry));
+        let scheme = if plain { "http" } else { "https" };
         let base = Url::parse(&format!("{scheme}://{}/", api_host(registry))).map_err(|e| {
             RegistryError::InvalidReference {
                 input: registry.to_owned(),
@@ -174,12 +178,29 @@ impl Session {
     }
 
     fn transport_failure(&self, what: &str, e: reqwest::Error) -> Failure {
+        let mut message = error_chain(&e);
+        // A certificate that does not verify will not verify on a retry either, and a
+        // server that answers TLS with plain HTTP will not start speaking TLS.
+        let untrusted = message.contains("invalid peer certificate");
+        let not_tls = message.contains("InvalidContentType");
+        if untrusted {
+            message.push_str(&format!(
+                " (if {} uses a private CA, put the CA certificate in /etc/docker/certs.d/{}/ca.crt)",
+                self.registry, self.registry
+            ));
+        } else if not_tls {
+            message.push_str(&format!(
+                " (the server does not speak TLS: if {} is a plain-HTTP registry, list it in \
+                 IMGBUILD_INSECURE_REGISTRIES or `[registry] insecure` of imgbuild.toml)",
+                self.registry
+            ));
+        }
         let error = RegistryError::Transport {
             registry: self.registry.clone(),
             what: what.to_owned(),
-            message: error_chain(&e),
+            message,
         };
-        if e.is_builder() || e.is_redirect() {
+        if e.is_builder() || e.is_redirect() || untrusted || not_tls {
             Failure::Fatal(error)
         } else {
             Failure::Retry { error, after: None }
@@ -392,7 +413,8 @@ impl Session {
                     registry: self.registry.clone(),
                     what: what.to_owned(),
                     user: self.user().map(str::to_owned),
-                    message: "the token does not grant the needed access (insufficient_scope)"
+                    message: "the token server did not grant this access (insufficient_scope): \
+                              check the repository name, and that the account may pull and push it"
                         .into(),
                 }));
             }
@@ -616,8 +638,8 @@ mod tests {
     #[test]
     fn plain_http_only_for_loopback_or_listed_registries() {
         let http = HttpClient::new();
-        let s = |r: &str, insecure: bool| {
-            Session::new(r, http.clone(), None, RetryPolicy::default(), insecure)
+        let s = |r: &str, plain: bool| {
+            Session::new(r, http.clone(), None, RetryPolicy::default(), plain, plain)
                 .unwrap()
                 .base
                 .to_string()
@@ -626,8 +648,7 @@ mod tests {
         assert_eq!(s("ghcr.io", false), "https://ghcr.io/");
         assert_eq!(s("10.1.2.3:5000", false), "https://10.1.2.3:5000/");
         assert_eq!(s("10.1.2.3:5000", true), "http://10.1.2.3:5000/");
-        assert_eq!(s("127.0.0.1:5000", false), "http://127.0.0.1:5000/");
-        assert_eq!(s("localhost:5000", false), "http://localhost:5000/");
+        assert_eq!(s("127.0.0.1:5000", false), "https://127.0.0.1:5000/");
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! Moving one blob into one repository: a cross-repository mount, or an upload streamed from
 //! the store that survives faults.
 //!
-//! Upload protocol (as go-containerregistry does, plus chunking and resume): `POST
-//! /v2/<repo>/blobs/uploads/` opens a session; the blob goes up in `PATCH` requests of at most
-//! `chunk_size` bytes, each with a known `Content-Length` and a `Content-Range`, body read
-//! straight from the store file (never whole in memory); `PUT <location>?digest=` closes it.
+//! Upload protocol: `POST /v2/<repo>/blobs/uploads/` opens a session. A blob of at most
+//! `chunk_size` bytes then goes up whole in the closing `PUT <location>?digest=` (a
+//! "monolithic" upload: two requests in all); a bigger one goes up in `PATCH` requests of at
+//! most `chunk_size` bytes, each with a known `Content-Length` and a `Content-Range`, and an
+//! empty closing `PUT`. Bodies are read straight from the store file (never whole in memory).
 //! After a failed request the client backs off, asks the registry how much it has (`GET
-//! <location>` → `Range: 0-N`) and continues from there; when the registry has lost or
-//! cancelled the session it starts a new one from byte 0. A `PUT` whose answer was lost is
-//! recognised by a `HEAD` of the blob.
+//! <location>` → `Range: 0-N`) and continues from there in `PATCH`es; when the registry has
+//! lost or cancelled the session it starts a new one from byte 0. A `PUT` whose answer was
+//! lost is recognised by a `HEAD` of the blob.
 //!
-//! The local blob is verified against its digest before it is uploaded (a corrupt blob is
-//! removed from the store and reported); the registry checks the digest again at the `PUT`.
+//! The local blob is not hashed before it is sent: the registry computes the digest of what it
+//! received and refuses the closing `PUT` (`DIGEST_INVALID`) when it differs. Only then is the
+//! local blob hashed, to tell a corrupt store (the blob is removed and reported) from a
+//! transfer that went wrong (the upload starts again).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -100,9 +103,11 @@ enum State {
         url: Url,
         offset: u64,
     },
-    /// Everything sent: close the session with the digest.
+    /// Close the session with the digest; `whole`: the `PUT` carries the whole blob (nothing
+    /// was sent to this session yet), else everything was sent and the body is empty.
     Finish {
         url: Url,
+        whole: bool,
     },
     Done,
 }
@@ -139,9 +144,6 @@ pub(crate) fn upload_blob(
     };
     if !store.has_blob(digest) {
         return Err(local_err(false));
-    }
-    if !store.verify(digest)? {
-        return Err(local_err(true));
     }
     let actual = store.blob_size(digest)?;
     if actual != size {
@@ -195,7 +197,11 @@ pub(crate) fn upload_blob(
                 }
             }
             State::Done => return Ok(()),
-            State::Send { url, offset } if offset >= size => State::Finish { url },
+            State::Send { url, offset } if offset >= size => State::Finish { url, whole: false },
+            // Small enough for one request: all of it in the closing PUT.
+            State::Send { url, offset: 0 } if size <= chunk_size => {
+                State::Finish { url, whole: true }
+            }
             State::Send { url, offset } => {
                 let end = (offset + chunk_size).min(size);
                 let what = format!(
@@ -291,13 +297,23 @@ pub(crate) fn upload_blob(
                     }
                 }
             }
-            State::Finish { url } => {
-                let what = format!("completing the upload of blob {digest} to {repository}");
+            State::Finish { url, whole } => {
+                let what = if whole {
+                    format!("upload of blob {digest} to {repository}")
+                } else {
+                    format!("completing the upload of blob {digest} to {repository}")
+                };
                 let mut put = url.clone();
                 put.query_pairs_mut()
                     .append_pair("digest", &digest.to_string());
                 match sess.attempt(&scopes, &what, &|c| {
-                    c.put(put.clone()).header(CONTENT_LENGTH, 0)
+                    if whole {
+                        c.put(put.clone())
+                            .header(CONTENT_TYPE, "application/octet-stream")
+                            .body(Body::sized(FileRange::new(&path, 0, size), size))
+                    } else {
+                        c.put(put.clone()).header(CONTENT_LENGTH, 0)
+                    }
                 }) {
                     Ok(resp)
                         if resp.status() == StatusCode::CREATED || resp.status().is_success() =>
@@ -327,8 +343,12 @@ pub(crate) fn upload_blob(
                                 || c == "SIZE_INVALID"
                                 || c == "BLOB_UPLOAD_INVALID"
                         }) {
-                            // The registry assembled something else than our blob (a resume at
-                            // a wrong offset): start again from byte 0.
+                            // The registry assembled something else than the blob's name: the
+                            // local bytes are wrong (reported, removed from the store), or
+                            // the transfer was (a resume at a wrong offset): start again.
+                            if !store.verify(digest)? {
+                                return Err(local_err(true));
+                            }
                             restart(&mut restarts, max_attempts, sess, repository, digest)?;
                             State::Start
                         } else {

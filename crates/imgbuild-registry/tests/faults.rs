@@ -136,18 +136,18 @@ fn push_survives_drops_5xx_429_and_lost_answers() {
     let path = |t: &str| t.split('?').next().unwrap().to_owned();
     let mut resumed = false;
     let mut restarted = false;
-    for (i, (m, t, _)) in log.iter().enumerate() {
+    for (i, (m, t, _, _)) in log.iter().enumerate() {
         if m != "GET" || !t.contains("/blobs/uploads/") {
             continue;
         }
         match log[i + 1..]
             .iter()
-            .find(|(m2, t2, _)| m2 != "GET" && (path(t2) == path(t) || m2 == "POST"))
+            .find(|(m2, t2, _, _)| m2 != "GET" && (path(t2) == path(t) || m2 == "POST"))
         {
-            Some((m2, _, Some(range))) if m2 == "PATCH" && !range.starts_with("0-") => {
+            Some((m2, _, Some(range), _)) if m2 == "PATCH" && !range.starts_with("0-") => {
                 resumed = true
             }
-            Some((m2, _, _)) if m2 == "POST" => restarted = true,
+            Some((m2, _, _, _)) if m2 == "POST" => restarted = true,
             _ => {}
         }
     }
@@ -158,9 +158,25 @@ fn push_survives_drops_5xx_429_and_lost_answers() {
     // The lost answer to a PUT ?digest= was recognised by a HEAD, not by re-uploading.
     let put = log
         .iter()
-        .position(|(m, t, _)| m == "PUT" && t.contains("digest="))
+        .position(|(m, t, _, _)| m == "PUT" && t.contains("digest="))
         .unwrap();
     assert_eq!(log[put + 1].0, "HEAD", "{log:#?}");
+    // The 429 with `Retry-After: 1` was honoured: the same request came again no earlier
+    // than a second later (the first blob HEAD is the one the fault answered).
+    let first_head = log
+        .iter()
+        .position(|(m, t, _, _)| m == "HEAD" && t.contains("/blobs/sha256:"))
+        .unwrap();
+    let (_, target, _, answered_429) = &log[first_head];
+    let (_, _, _, retried) = log[first_head + 1..]
+        .iter()
+        .find(|(m, t, _, _)| m == "HEAD" && t == target)
+        .unwrap_or_else(|| panic!("{target} was not retried: {log:#?}"));
+    assert!(
+        retried.duration_since(*answered_429) >= std::time::Duration::from_secs(1),
+        "retried {:?} after a 429 with Retry-After: 1",
+        retried.duration_since(*answered_429)
+    );
 
     // Read back directly from the registry (not through the proxy) by another client.
     let creds = format!("{USER}:{PASSWORD}");
@@ -348,5 +364,86 @@ fn pull_retries_transient_errors_and_refuses_corrupt_content() {
         );
         assert!(err.to_string().contains("manifest"), "{err}");
         assert_eq!(store_blob_count(&dst), 0);
+    }
+}
+
+#[test]
+fn small_blobs_go_up_in_two_requests_and_an_unchanged_release_only_reads() {
+    let reg = Registry::start(Auth::Htpasswd);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let big = layer(&store, &[("big", noise(600_000, 3))]);
+    let small = layer(&store, &[("small", b"small".to_vec())]);
+    let a = image(&store, &[&big, &small], "a");
+    let b = image(&store, &[&big], "b");
+    // A proxy without faults: it only records the requests.
+    let proxy = FaultProxy::start(reg.port, vec![]);
+    let host = proxy.host();
+    let client = proxy_client(&proxy, 2, 256 << 10);
+    let release = |tags: &[&str]| {
+        vec![
+            push_image(reference(&host, "rec/a"), &a, tags),
+            push_image(reference(&host, "rec/b"), &b, tags),
+        ]
+    };
+    let requests = |from: usize| -> Vec<(String, String)> {
+        proxy.log.lock().unwrap()[from..]
+            .iter()
+            .map(|(m, t, _, _)| (m.clone(), t.split('?').next().unwrap().to_owned()))
+            .collect()
+    };
+    client.push(&store, &release(&["v1"])).unwrap();
+    let first = requests(0);
+    // The big layer (600 kB > 256 KiB chunks) goes up in PATCHes; the small layer and the
+    // configs fit one request: POST, then PUT with the body, no PATCH.
+    let patches = first.iter().filter(|(m, _)| m == "PATCH").count();
+    assert_eq!(patches, 3, "{first:#?}");
+    let uploads = proxy
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, t, _, _)| {
+            m == "POST" && t.contains("/blobs/uploads/") && !t.contains("mount=")
+        })
+        .count();
+    let uploaded: usize = [&a, &b].iter().map(|i| 1 + i.layers.len()).sum::<usize>() - 1; // the big layer is mounted into the second repository
+    assert_eq!(uploads, uploaded, "{first:#?}");
+
+    // Same release again: only reads (and no blob HEAD, the manifests are there).
+    let mark = proxy.log.lock().unwrap().len();
+    let again = client.push(&store, &release(&["v1"])).unwrap();
+    let second = requests(mark);
+    assert!(
+        second.iter().all(|(m, _)| m == "HEAD" || m == "GET"),
+        "{second:#?}"
+    );
+    assert!(
+        !second.iter().any(|(_, t)| t.contains("/blobs/")),
+        "{second:#?}"
+    );
+    assert_eq!(again.bytes_uploaded + again.bytes_mounted, 0);
+    assert!(again.images.iter().all(|i| i.manifest_existed));
+
+    // A new tag for the same images: one PUT per image, by tag, nothing else written.
+    let mark = proxy.log.lock().unwrap().len();
+    client.push(&store, &release(&["v1", "v2"])).unwrap();
+    let writes: Vec<_> = requests(mark)
+        .into_iter()
+        .filter(|(m, _)| m != "HEAD" && m != "GET")
+        .collect();
+    let mut writes = writes;
+    writes.sort();
+    assert_eq!(
+        writes,
+        vec![
+            ("PUT".to_owned(), "/v2/rec/a/manifests/v2".to_owned()),
+            ("PUT".to_owned(), "/v2/rec/b/manifests/v2".to_owned())
+        ]
+    );
+    let creds = format!("{USER}:{PASSWORD}");
+    for (repo, img) in [("rec/a", &a), ("rec/b", &b)] {
+        let raw = skopeo_raw_manifest(&format!("{}/{repo}:v2", reg.host), &creds);
+        assert_eq!(Digest::of_bytes(&raw), img.digest, "{repo}");
     }
 }

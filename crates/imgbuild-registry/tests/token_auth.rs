@@ -165,3 +165,44 @@ fn wrong_password_at_the_token_server_is_clear_and_secret_free() {
     login_client.login(&reg.host, USER, PASSWORD).unwrap();
     assert!(home.path().join("config.json").exists());
 }
+
+#[test]
+fn a_repository_the_token_server_denies_is_a_clear_error() {
+    let ts = TokenServer::start();
+    let reg = Registry::start(Auth::Token(&ts));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let img = image(&store, &[&layer(&store, &[("f", b"no".to_vec())])], "no");
+    let client = client_for(&reg.host, USER, PASSWORD);
+    let repo = format!("{}secret-project", TokenServer::FORBIDDEN_PREFIX);
+    let err = client
+        .push(&store, &[push_image(reg.reference(&repo), &img, &["t"])])
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Denied { .. }), "{err:?}");
+    let msg = err.to_string();
+    // names the registry, the repository and the user, and says what to check
+    for part in [
+        reg.host.as_str(),
+        repo.as_str(),
+        USER,
+        "insufficient_scope",
+        "repository name",
+    ] {
+        assert!(msg.contains(part), "`{part}` missing in: {msg}");
+    }
+    assert!(!msg.contains(PASSWORD), "{msg}");
+    // the token server was asked for exactly that repository, and nothing was pushed
+    assert!(
+        ts.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.contains(&format!("repository:{repo}:pull,push"))),
+        "{:?}",
+        ts.requests.lock().unwrap()
+    );
+    let err = client
+        .pull(&store, &reg.reference(&format!("{repo}:t")))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Denied { .. }), "{err:?}");
+}

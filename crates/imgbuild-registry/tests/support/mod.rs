@@ -47,8 +47,64 @@ pub struct Registry {
     pub dir: tempfile::TempDir,
 }
 
+/// A certificate and its key, PEM files.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A test certificate authority and a server certificate it signed for 127.0.0.1.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub server: TlsFiles,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("imgbuild test CA {name}"));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        let server = params.signed_by(&server_key, &ca, &ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+        fs::write(&cert, server.pem()).unwrap();
+        fs::write(&key, server_key.serialize_pem()).unwrap();
+        TestCa {
+            ca_pem: ca.pem(),
+            server: TlsFiles { cert, key },
+            _dir: dir,
+        }
+    }
+}
+
 impl Registry {
     pub fn start(auth: Auth) -> Registry {
+        Registry::start_with(auth, None)
+    }
+
+    /// A registry serving HTTPS only, with the given certificate.
+    pub fn start_tls(auth: Auth, tls: &TlsFiles) -> Registry {
+        Registry::start_with(auth, Some(tls))
+    }
+
+    fn start_with(auth: Auth, tls: Option<&TlsFiles>) -> Registry {
         let bin = Path::new("/usr/bin/docker-registry");
         assert!(
             bin.is_file(),
@@ -76,8 +132,16 @@ impl Registry {
                 ts.cert_path.display()
             ),
         };
+        let tls_yaml = match tls {
+            Some(t) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                t.cert.display(),
+                t.key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: imgbuild-test-secret\nauth:\n{auth_yaml}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: imgbuild-test-secret\n{tls_yaml}auth:\n{auth_yaml}",
             root = dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -112,7 +176,11 @@ impl Registry {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut buf = String::new();
                 let _ = s.read_to_string(&mut buf);
-                if buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.1 401") {
+                // (a TLS-only server answers plain HTTP with a 400: it is serving too)
+                if buf.starts_with("HTTP/1.1 200")
+                    || buf.starts_with("HTTP/1.1 401")
+                    || buf.starts_with("HTTP/1.0 400")
+                {
                     return;
                 }
             }
@@ -291,6 +359,8 @@ pub const REFRESH_TOKEN: &str = "refresh-token-of-alice-0123456789";
 impl TokenServer {
     pub const SERVICE: &'static str = "imgbuild-test-registry";
     pub const ISSUER: &'static str = "imgbuild-test-issuer";
+    /// Repositories whose names start with this get no access in any token.
+    pub const FORBIDDEN_PREFIX: &'static str = "forbidden/";
 
     pub fn start() -> TokenServer {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -367,11 +437,16 @@ impl TokenServer {
                 .collect();
             scopes.sort();
             reqs.lock().unwrap().push(scopes.join(" "));
+            // Repositories under `forbidden/` are granted nothing (a repository the account
+            // may not use): the token is valid, its `access` is empty for them.
             let access: Vec<serde_json::Value> = scopes
                 .iter()
                 .filter_map(|s| {
                     let mut p = s.splitn(3, ':');
                     let (t, name, actions) = (p.next()?, p.next()?, p.next()?);
+                    if name.starts_with(Self::FORBIDDEN_PREFIX) {
+                        return None;
+                    }
                     Some(serde_json::json!({"type": t, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
                 })
                 .collect();
@@ -463,7 +538,7 @@ struct FaultState {
 pub struct FaultProxy {
     server: Server,
     faults: Arc<Mutex<Vec<FaultState>>>,
-    /// Every request seen: (method, target, Content-Range), in arrival order.
+    /// Every request seen: (method, target, Content-Range, arrival time), in arrival order.
     pub log: Arc<Log>,
 }
 
@@ -508,8 +583,8 @@ impl FaultProxy {
     }
 }
 
-/// (method, target, Content-Range) of every request, in arrival order.
-pub type Log = Mutex<Vec<(String, String, Option<String>)>>;
+/// (method, target, Content-Range, arrival time) of every request, in arrival order.
+pub type Log = Mutex<Vec<(String, String, Option<String>, Instant)>>;
 
 fn proxy_connection(
     conn: TcpStream,
@@ -527,6 +602,7 @@ fn proxy_connection(
         req.method.clone(),
         req.target.clone(),
         req.header("content-range").map(str::to_owned),
+        Instant::now(),
     ));
     let action = {
         let mut fs = faults.lock().unwrap();
