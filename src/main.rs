@@ -79,6 +79,8 @@ fn run(cli: Cli) -> Result<()> {
                     locked: *locked,
                 },
             )?;
+            // one JSON document: the build, then what --load did
+            let mut document = None;
             if g.json {
                 let images: Vec<_> = records
                     .iter()
@@ -95,10 +97,7 @@ fn run(cli: Cli) -> Result<()> {
                         })
                     })
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "images": images }))?
-                );
+                document = Some(json!({ "images": images }));
             }
             if let Command::All {
                 push,
@@ -109,11 +108,20 @@ fn run(cli: Cli) -> Result<()> {
             } = &cli.command
             {
                 if *load {
-                    ops::load::load(&project, None, *engine)?;
+                    let loaded = ops::load::load(&project, None, *engine)?;
+                    if let Some(d) = document.as_mut() {
+                        d["load"] = json!(loaded);
+                    }
+                }
+                if let Some(d) = document.take() {
+                    println!("{}", serde_json::to_string_pretty(&d)?);
                 }
                 if *push {
                     ops::push::push(&project, &push_options(None, push_args), g.json)?;
                 }
+            }
+            if let Some(d) = document {
+                println!("{}", serde_json::to_string_pretty(&d)?);
             }
             Ok(())
         }
@@ -148,7 +156,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Load { names, engine } => {
             let names = (!names.is_empty()).then(|| names.clone());
-            ops::load::load(&project, names.as_deref(), *engine)
+            let loaded = ops::load::load(&project, names.as_deref(), *engine)?;
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "load": loaded }))?
+                );
+            }
+            Ok(())
         }
         Command::Setup {
             template,

@@ -6,6 +6,7 @@ mod support;
 
 mod core_build;
 mod engines;
+mod load_pin;
 mod push;
 mod setup_cmd;
 mod stack_images;

@@ -1,0 +1,284 @@
+//! `imgbuild load` into real engines (skips what the engine has under every tag,
+//! restores a missing tag; checked with the engines' own events and inspect) and
+//! `imgbuild pin` (digests written into an env file that docker-compose reads:
+//! pulled from a real registry by digest, or run locally by image ID).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// The hello fixture with unique repositories (engines are shared) and two tags.
+struct Named {
+    f: Fixture,
+    u: String,
+}
+
+impl Named {
+    fn new() -> Named {
+        let f = Fixture::new("hello");
+        let u = unique();
+        for name in ["base", "hello"] {
+            let p = f.path().join(format!("recipes/{name}.toml"));
+            let recipe = std::fs::read_to_string(&p).unwrap();
+            std::fs::write(
+                &p,
+                format!(
+                    "repository = \"imgbuild-test/{name}-{u}\"\ntags = [\"t1\", \"t2\"]\n{recipe}"
+                ),
+            )
+            .unwrap();
+        }
+        Named { f, u }
+    }
+
+    fn repo(&self, name: &str) -> String {
+        format!("imgbuild-test/{name}-{}", self.u)
+    }
+
+    /// Every name the images get in `engine`.
+    fn engine_names(&self, engine: &str) -> Vec<String> {
+        let prefix = if engine == "podman" { "localhost/" } else { "" };
+        ["base", "hello"]
+            .iter()
+            .flat_map(|n| ["t1", "t2"].map(|t| format!("{prefix}{}:{t}", self.repo(n))))
+            .collect()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = run_ok(self.f.cmd().arg("--json").args(args));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{out}"))
+    }
+}
+
+/// Removes the given names from an engine when dropped.
+struct Untag(&'static str, Vec<String>);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = Command::new(self.0)
+            .args(["rmi", "-f"])
+            .args(&self.1)
+            .output();
+    }
+}
+
+fn actions(load: &Value) -> Vec<(String, String)> {
+    load.as_array()
+        .unwrap_or_else(|| panic!("no load outcomes: {load}"))
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap().to_owned(),
+                o["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn image_id(engine: &str, reference: &str) -> Option<String> {
+    let o = Command::new(engine)
+        .args(["image", "inspect", "--format", "{{.Id}}", reference])
+        .output()
+        .unwrap();
+    o.status.success().then(|| {
+        let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        if id.starts_with("sha256:") {
+            id
+        } else {
+            format!("sha256:{id}")
+        }
+    })
+}
+
+fn config_digest(built: &Value, name: &str) -> String {
+    built["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap()["config_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+}
+
+/// IDs of the images docker loaded between two instants (`docker events`: the
+/// engine's own record, independent of what imgbuild says it did).
+fn docker_loads(since: &str, until: &str) -> Vec<String> {
+    run_ok(Command::new("docker").args([
+        "events",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--filter",
+        "type=image",
+        "--filter",
+        "event=load",
+        "--format",
+        "{{.ID}}",
+    ]))
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[test]
+fn load_into_docker_skips_what_it_has_and_restores_a_missing_tag() {
+    require("docker");
+    let n = Named::new();
+    let _cleanup = Untag("docker", n.engine_names("docker"));
+    // `all --load --json`: one document with the build and what load did.
+    let built = n.json(&["all", "--load", "--engine", "docker"]);
+    assert_eq!(
+        actions(&built["load"]),
+        pairs(&[("base", "loaded"), ("hello", "loaded")]),
+        "{built}"
+    );
+    assert!(built["images"].as_array().unwrap().len() == 2, "{built}");
+    let ids: Vec<String> = ["base", "hello"]
+        .iter()
+        .map(|i| config_digest(&built, i))
+        .collect();
+    for (i, name) in n.engine_names("docker").iter().enumerate() {
+        assert_eq!(
+            image_id("docker", name).as_ref(),
+            Some(&ids[i / 2]),
+            "{name}"
+        );
+    }
+
+    // Again: every image skipped, and docker loaded nothing of ours.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let since = now();
+    let again =
+        n.f.cmd()
+            .args(["--json", "load", "--engine", "docker"])
+            .output()
+            .unwrap();
+    let until = now();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        actions(&doc["load"]),
+        pairs(&[("base", "skipped"), ("hello", "skipped")])
+    );
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(said.matches("skipped").count(), 2, "{said}");
+    let loads = docker_loads(&since, &until);
+    assert!(
+        loads.iter().all(|id| !ids.contains(id)),
+        "docker loaded {loads:?}"
+    );
+
+    // One tag removed: it is back (by `docker tag`, no load), the other image skipped.
+    let t2 = format!("{}:t2", n.repo("hello"));
+    run_ok(Command::new("docker").args(["rmi", &t2]));
+    assert_eq!(image_id("docker", &t2), None);
+    let since = now();
+    let third = n.json(&["load", "--engine", "docker"]);
+    let until = now();
+    assert_eq!(
+        actions(&third["load"]),
+        pairs(&[("base", "skipped"), ("hello", "tagged")])
+    );
+    assert_eq!(image_id("docker", &t2), Some(ids[1].clone()));
+    let loads = docker_loads(&since, &until);
+    assert!(
+        loads.iter().all(|id| !ids.contains(id)),
+        "docker loaded {loads:?}"
+    );
+
+    // A tag that names another image does not count: it is moved back.
+    run_ok(Command::new("docker").args(["tag", &format!("{}:t1", n.repo("base")), &t2]));
+    let fourth = n.json(&["load", "--engine", "docker"]);
+    assert_eq!(
+        actions(&fourth["load"]),
+        pairs(&[("base", "skipped"), ("hello", "tagged")])
+    );
+    assert_eq!(image_id("docker", &t2), Some(ids[1].clone()));
+    // Gone under every tag: loaded from out/hello.tar.
+    run_ok(
+        Command::new("docker")
+            .args(["rmi"])
+            .arg(format!("{}:t1", n.repo("hello")))
+            .arg(&t2),
+    );
+    let since = now();
+    let fifth = n.json(&["load", "--engine", "docker"]);
+    let until = now();
+    assert_eq!(
+        actions(&fifth["load"]),
+        pairs(&[("base", "skipped"), ("hello", "loaded")])
+    );
+    assert!(docker_loads(&since, &until).contains(&ids[1]));
+    let ran = run_ok(Command::new("docker").args(["run", "--rm", &t2]));
+    assert!(
+        ran.contains("/srv/index.html: <h1>hello from imgbuild</h1>"),
+        "{ran}"
+    );
+}
+
+#[test]
+fn load_into_podman_skips_what_it_has_and_restores_a_missing_tag() {
+    require("podman");
+    let n = Named::new();
+    let names = n.engine_names("podman");
+    let _cleanup = Untag("podman", names.clone());
+    let built = n.json(&["all"]);
+    let first = n.json(&["load", "--engine", "podman"]);
+    assert_eq!(
+        actions(&first["load"]),
+        pairs(&[("base", "loaded"), ("hello", "loaded")])
+    );
+    let ids: Vec<String> = ["base", "hello"]
+        .iter()
+        .map(|i| config_digest(&built, i))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            image_id("podman", name).as_ref(),
+            Some(&ids[i / 2]),
+            "{name}"
+        );
+    }
+    let again = n.json(&["load", "--engine", "podman"]);
+    assert_eq!(
+        actions(&again["load"]),
+        pairs(&[("base", "skipped"), ("hello", "skipped")])
+    );
+    let t2 = format!("localhost/{}:t2", n.repo("hello"));
+    // `podman untag IMAGE NAME`: without NAME it would remove every name
+    run_ok(Command::new("podman").args(["untag", &t2, &t2]));
+    assert_eq!(image_id("podman", &t2), None);
+    let third = n.json(&["load", "--engine", "podman"]);
+    assert_eq!(
+        actions(&third["load"]),
+        pairs(&[("base", "skipped"), ("hello", "tagged")])
+    );
+    assert_eq!(image_id("podman", &t2), Some(ids[1].clone()));
+    let ran = run_ok(Command::new("podman").args(["run", "--rm", "--runtime", "runc", &t2]));
+    assert!(
+        ran.contains("/srv/index.html: <h1>hello from imgbuild</h1>"),
+        "{ran}"
+    );
+}
