@@ -165,6 +165,36 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Pin {
+            names,
+            env_file,
+            registry,
+            local,
+            engine,
+        } => {
+            let env_file = if env_file.is_absolute() {
+                env_file.clone()
+            } else {
+                project.root.join(env_file)
+            };
+            let pins = ops::pin::pin(
+                &project,
+                &ops::pin::PinOptions {
+                    names: (!names.is_empty()).then(|| names.clone()),
+                    env_file: env_file.clone(),
+                    registry_prefix: registry.clone(),
+                    local: *local,
+                    engine: *engine,
+                },
+            )?;
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "env_file": env_file, "pins": pins }))?
+                );
+            }
+            Ok(())
+        }
         Command::Setup {
             template,
             env_file,
