@@ -98,14 +98,14 @@ pub fn pin(project: &Project, opts: &PinOptions) -> Result<Vec<Pin>> {
     }
     // Two names that map to one variable (`a-b`, `a.b`) would pin each other.
     let mut by_variable: BTreeMap<String, &str> = BTreeMap::new();
-    for n in &set.recipes.keys().cloned().collect::<Vec<_>>() {
-        if let Some(other) = by_variable.insert(variable_for(n), n) {
-            if names.contains(n) || names.iter().any(|x| x == other) {
-                bail!(
-                    "recipes `{other}` and `{n}` would both be pinned as {}: rename one of them",
-                    variable_for(n)
-                );
-            }
+    for n in set.recipes.keys() {
+        if let Some(other) = by_variable.insert(variable_for(n), n)
+            && (names.contains(n) || names.iter().any(|x| x == other))
+        {
+            bail!(
+                "recipes `{other}` and `{n}` would both be pinned as {}: rename one of them",
+                variable_for(n)
+            );
         }
     }
     let target = resolve_env_file(&opts.env_file)?;
