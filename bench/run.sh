@@ -10,21 +10,26 @@
 #           rebuild against an unreachable mirror (no network, no .deb opened: strace).
 #   push    cold / warm / one-file-change push to a local docker-registry, against
 #           skopeo copy and podman push (runs only when `imgbuild push` exists).
+#   stack   one app file changed on the running compose stack: imgbuild all --load +
+#           docker-compose up vs docker build + docker-compose up (bench/stack.sh).
 #
 # Everything downloaded or generated lives under $IMGBUILD_BENCH_DIR
 # (default /var/tmp/imgbuild-bench), never in the repository. The results of the run
 # are written to BENCHMARKS.md at the repository root (bench/report.py).
 #
 # Knobs: BENCH_RUNS (timed runs per command, default 8), BENCH_SECTIONS (comma list,
-# default core,memory,debian,push), IMGBUILD_BIN (skip the cargo build and use that
-# binary), BENCH_NO_REPORT=1 (do not rewrite BENCHMARKS.md, e.g. for a partial run).
+# default core,memory,debian,push,stack; or as arguments: `bench/run.sh stack`),
+# IMGBUILD_BIN (skip the cargo build and use that binary), BENCH_NO_REPORT=1 (do not
+# rewrite BENCHMARKS.md, e.g. for a partial run). A run of only `stack` updates only
+# the stack section of BENCHMARKS.md; a run without it keeps the section there.
 set -euo pipefail
 export LC_ALL=C
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${IMGBUILD_BENCH_DIR:-/var/tmp/imgbuild-bench}
 RUNS=${BENCH_RUNS:-8}
-SECTIONS=${BENCH_SECTIONS:-core,memory,debian,push}
+SECTIONS=${BENCH_SECTIONS:-core,memory,debian,push,stack}
+[[ $# -eq 0 ]] || SECTIONS=$(IFS=,; echo "$*")
 RES=$W/results
 T0=$(date +%s)
 
@@ -119,6 +124,9 @@ hf() {
   python3 "$REPO/bench/merge.py" "$RES/$name.json" "$RES/$name".r*.json
   rm -f "$RES/$name".r*.json
 }
+
+# shellcheck source=bench/stack.sh
+source "$REPO/bench/stack.sh" # functions only; stack_bench runs the section
 
 # ---------------------------------------------------------------- machine and versions
 say "machine"
@@ -429,12 +437,15 @@ EOF
   fi
 fi
 
+want stack && stack_bench
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RES/machine.env"
 echo "duration_s=$(($(date +%s) - T0))" >> "$RES/machine.env"
 remove_podman_storage
 say "report"
-if [[ "${BENCH_NO_REPORT:-}" == 1 ]]; then
+stack_keep_section
+if [[ "${BENCH_NO_REPORT:-}" == 1 ]] || ! { want core || want memory || want debian || want push; }; then
   python3 "$REPO/bench/report.py" "$RES"
 else
   python3 "$REPO/bench/report.py" "$RES" "$REPO/BENCHMARKS.md"
 fi
+stack_write_section
