@@ -11,6 +11,8 @@
 #   push    cold / warm / one-file-change push of the stack's app and worker images
 #           (recipes/, built --locked into $W/stack) to a local docker-registry, against
 #           skopeo copy and podman push of the same two images.
+#   stack   one app file changed on the running compose stack: imgbuild all --load +
+#           docker-compose up vs docker build + docker-compose up (bench/stack.sh).
 #
 # usage: bench/run.sh [SECTION...]      e.g. `bench/run.sh push` runs only the push part
 #
@@ -19,24 +21,27 @@
 # are written to BENCHMARKS.md at the repository root (bench/report.py).
 #
 # Knobs: BENCH_RUNS (timed runs per command, default 8), BENCH_SECTIONS (comma list,
-# default core,memory,debian,push; the arguments take precedence), IMGBUILD_BIN (skip
-# the cargo build and use that binary), BENCH_NO_REPORT=1 (do not rewrite
-# BENCHMARKS.md). A run of some sections only never rewrites BENCHMARKS.md (it would
-# drop the others): its report is printed and written to $W/results/BENCHMARKS.md.
+# default core,memory,debian,push,stack; the arguments take precedence), IMGBUILD_BIN
+# (skip the cargo build and use that binary), BENCH_NO_REPORT=1 (do not rewrite
+# BENCHMARKS.md). A run without some of core, memory, debian and push never rewrites
+# BENCHMARKS.md (it would drop the others): its report is printed and written to
+# $W/results/BENCHMARKS.md. A run of `stack` updates only the stack section of
+# BENCHMARKS.md; a run without it keeps the section there.
 set -euo pipefail
 export LC_ALL=C
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${IMGBUILD_BENCH_DIR:-/var/tmp/imgbuild-bench}
 RUNS=${BENCH_RUNS:-8}
-ALL_SECTIONS=core,memory,debian,push
+ALL_SECTIONS=core,memory,debian,push,stack
 SECTIONS=${BENCH_SECTIONS:-$ALL_SECTIONS}
 if (($#)); then SECTIONS=$(IFS=,; echo "$*"); fi
 for s in ${SECTIONS//,/ }; do
   [[ ",$ALL_SECTIONS," == *",$s,"* ]] || { echo "bench/run.sh: unknown section \`$s\` (sections: $ALL_SECTIONS)" >&2; exit 2; }
 done
+# the sections bench/report.py writes BENCHMARKS.md from
 PARTIAL=0
-for s in ${ALL_SECTIONS//,/ }; do [[ ",$SECTIONS," == *",$s,"* ]] || PARTIAL=1; done
+for s in core memory debian push; do [[ ",$SECTIONS," == *",$s,"* ]] || PARTIAL=1; done
 RES=$W/results
 T0=$(date +%s)
 
@@ -131,6 +136,9 @@ hf() {
   python3 "$REPO/bench/merge.py" "$RES/$name.json" "$RES/$name".r*.json
   rm -f "$RES/$name".r*.json
 }
+
+# shellcheck source=bench/stack.sh
+source "$REPO/bench/stack.sh" # functions only; stack_bench runs the section
 
 # ---------------------------------------------------------------- machine and versions
 say "machine"
@@ -477,14 +485,17 @@ RESTART_SCRIPT
   rm -rf "$G/data"
 fi
 
+want stack && stack_bench
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RES/machine.env"
 echo "duration_s=$(($(date +%s) - T0))" >> "$RES/machine.env"
 remove_podman_storage
 say "report"
-if [[ "${BENCH_NO_REPORT:-}" == 1 ]]; then
+stack_keep_section
+if [[ "${BENCH_NO_REPORT:-}" == 1 ]] || ! { want core || want memory || want debian || want push; }; then
   python3 "$REPO/bench/report.py" "$RES"
 elif ((PARTIAL)); then
   python3 "$REPO/bench/report.py" "$RES" "$RES/BENCHMARKS.md"
 else
   python3 "$REPO/bench/report.py" "$RES" "$REPO/BENCHMARKS.md"
 fi
+stack_write_section

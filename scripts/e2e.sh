@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # End-to-end test of the demo stack (`just e2e`; run by scripts/test.sh after cargo test).
 #
-#   1. build every image of recipes/ and load it into Docker (imgbuild all --load --locked)
-#   2. write a fresh env file with generated secrets (imgbuild setup --non-interactive)
-#      into a private temp dir: deploy/.env, if it exists, is never read or touched
-#   3. start the stack with docker-compose under a unique project name and wait
-#      (bounded) until every service is healthy
+#   1. copy the project's files (git ls-files: tracked and untracked-but-not-ignored,
+#      as they are in the working tree; never deploy/.env) into a private temp dir and
+#      write the copy's deploy/.env with generated secrets (imgbuild setup
+#      --non-interactive) BEFORE anything is built: the real deploy/.env, if it
+#      exists, is never read or touched
+#   2. build every image of the copy (same store: cached layers are reused, and a
+#      layer whose inputs included the env file would get a new fingerprint and be
+#      rebuilt with it), load them into Docker (imgbuild all --load --locked) and pin
+#      them by image ID in the copy's env file (imgbuild pin --local)
+#   3. start the copy's stack with docker-compose under a unique project name and
+#      wait (bounded) until every service is healthy, each running its pinned image
 #   4. through nginx only (the one published port, on 127.0.0.1): static files, a job
 #      on each queue completed by its own worker, the rows in PostgreSQL (API and psql),
 #      the PL/Python backup function (admin endpoint and psql), RabbitMQ and Redis use
-#   5. scan every blob of every out/*.tar (layers decompressed, configs, manifests)
-#      for every generated secret value
+#   5. scan every blob of every image built (layers decompressed, configs, manifests)
+#      for every generated value (secrets and broker user); self-checks: a value planted
+#      in a gzip stream is found, and so is the env file in an image built from the
+#      copy with deploy/ in a layer
 #   6. always (trap): docker-compose down -v, check nothing is left, remove the temp dir
 # Exit status 0 only if every check passed.
 #
 # Needs: docker (20.10+), docker-compose 1.29.x, curl, python3 (JSON parsing; it comes
-# with Debian's docker-compose), gzip, tar, and cargo unless IMGBUILD_BIN is given.
+# with Debian's docker-compose), gzip, tar, git, and cargo unless IMGBUILD_BIN is given.
 # Environment:
 #   IMGBUILD_BIN          use this imgbuild binary instead of `cargo build` + target/release
 #   IMGBUILD_STORE        the store (read by imgbuild itself; default ~/.cache/imgbuild)
@@ -29,8 +37,11 @@ set -uo pipefail
 shopt -s lastpipe
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-COMPOSE_FILE_PATH=$ROOT/deploy/compose.yaml
-TEMPLATE=$ROOT/deploy/.env.example
+# the copy of the project (under $TMP) that is set up, built and run
+COPY=""
+COMPOSE_FILE_PATH=""
+ENV_FILE=""
+TEMPLATE=""
 PROJECT=imgbuild-e2e-$$
 HEALTH_TIMEOUT=${E2E_HEALTH_TIMEOUT:-180}
 JOB_TIMEOUT=${E2E_JOB_TIMEOUT:-60}
@@ -78,7 +89,7 @@ teardown() {
     step 6 "stop the stack and remove its volumes (docker-compose down -v)"
     if [ "${E2E_KEEP:-}" = 1 ] && [ "$STACK_STARTED" = 1 ]; then
         info "E2E_KEEP=1: leaving project $PROJECT running; remove it with:"
-        info "  docker-compose --env-file $TMP/stack.env -f $COMPOSE_FILE_PATH -p $PROJECT down -v"
+        info "  docker-compose --env-file $ENV_FILE -f $COMPOSE_FILE_PATH -p $PROJECT down -v"
     elif [ "$STACK_STARTED" = 1 ]; then
         if dc down -v --remove-orphans -t 30 > "$TMP/down.log" 2>&1; then
             pass "docker-compose -p $PROJECT down -v"
@@ -99,7 +110,7 @@ teardown() {
         info "the stack was not started"
     fi
     if [ -n "$TMP" ] && [ "${E2E_KEEP:-}" != 1 ]; then
-        rm -rf "$TMP" && pass "removed the temp dir with the env file ($TMP)"
+        rm -rf "$TMP" && pass "removed the temp dir with the project copy and its env file ($TMP)"
     fi
 
     local took=$((SECONDS - T0))
@@ -120,7 +131,7 @@ trap 'fail "interrupted"; exit 130' INT TERM
 # ---------------------------------------------------------------------------------
 # helpers
 
-dc() { docker-compose --env-file "$TMP/stack.env" -f "$COMPOSE_FILE_PATH" -p "$PROJECT" "$@"; }
+dc() { docker-compose --env-file "$ENV_FILE" -f "$COMPOSE_FILE_PATH" -p "$PROJECT" "$@"; }
 
 # jeval FILE EXPR: evaluate a Python expression over the JSON document d in FILE;
 # prints str() of the result, exit 1 if the file is not JSON or the expression fails.
@@ -188,7 +199,7 @@ job_wait() {
 
 # ---------------------------------------------------------------------------------
 say "imgbuild end-to-end test: project $PROJECT, repository $ROOT"
-for tool in docker docker-compose curl python3 gzip tar; do
+for tool in docker docker-compose curl python3 gzip tar git; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (needed by scripts/e2e.sh)"
 done
 docker info >/dev/null 2>&1 || die "the Docker engine is not reachable (docker info failed)"
@@ -196,7 +207,52 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/imgbuild-e2e.XXXXXX") || die "mktemp failed"
 chmod 700 "$TMP"
 
 # ---------------------------------------------------------------------------------
-step 1 "build every image and load it (imgbuild all --load --locked)"
+step 1 "copy the project, set up its secrets non-interactively (imgbuild setup) before building"
+# The real deploy/.env is only ever stat()ed (never opened): its inode, size and times
+# must be the same at the end.
+deploy_env_before=""
+[ -e "$ROOT/deploy/.env" ] && deploy_env_before=$(stat -c '%i %s %Y %Z' "$ROOT/deploy/.env")
+COPY=$TMP/project
+mkdir -p "$COPY"
+# tracked and untracked-but-not-ignored files, as they are in the working tree
+# (deleted ones skipped); never any .env
+if (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard) > "$TMP/files" 2> "$TMP/git.err"; then
+    n=0
+    while IFS= read -r -d '' f; do
+        case /$f in */.env) continue ;; esac
+        [ -e "$ROOT/$f" ] || [ -L "$ROOT/$f" ] || continue
+        printf '%s\0' "$f"
+        n=$((n + 1))
+    done < "$TMP/files" > "$TMP/files.copy"
+    if (cd "$ROOT" && tar --null -T "$TMP/files.copy" -cf -) | tar -xf - -C "$COPY"; then
+        pass "copied $n files of the working tree (git ls-files) to $COPY"
+    else
+        die "copying the project to $COPY failed"
+    fi
+else
+    indent < "$TMP/git.err"
+    die "git ls-files failed in $ROOT (scripts/e2e.sh copies the files git knows)"
+fi
+[ ! -e "$COPY/deploy/.env" ] && pass "the copy has no deploy/.env yet" || die "the copy has a deploy/.env"
+COMPOSE_FILE_PATH=$COPY/deploy/compose.yaml
+ENV_FILE=$COPY/deploy/.env
+TEMPLATE=$COPY/deploy/.env.example
+
+# nginx's host port: free, on 127.0.0.1 (NGINX_PORT is optional in the template)
+if [ -n "${E2E_PORT:-}" ]; then
+    PORT=$E2E_PORT
+else
+    PORT=""
+    for ((p = 18080; p < 18180; p++)); do
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            PORT=$p
+            break
+        fi
+    done
+    [ -n "$PORT" ] || die "no free port in 18080-18179 (set E2E_PORT)"
+fi
+BASE=http://127.0.0.1:$PORT
+
 if [ -n "${IMGBUILD_BIN:-}" ]; then
     IMGBUILD=$IMGBUILD_BIN
     [ -x "$IMGBUILD" ] || die "IMGBUILD_BIN=$IMGBUILD is not an executable"
@@ -216,43 +272,10 @@ else
         die "no cargo and no $IMGBUILD: build imgbuild first or set IMGBUILD_BIN"
     fi
 fi
-info "store: ${IMGBUILD_STORE:-default (~/.cache/imgbuild)}"
-t=$SECONDS
-"$IMGBUILD" -C "$ROOT" all --load --locked > "$TMP/build.log" 2>&1
-rc=$?
-indent < "$TMP/build.log"
-[ $rc -eq 0 ] || die "imgbuild all --load --locked exited with $rc"
-pass "imgbuild all --load --locked ($((SECONDS - t))s)"
 
-# every recipe has its archive, and Docker runs exactly what was built
-RECIPES=()
-for r in "$ROOT"/recipes/*.toml; do RECIPES+=("$(basename "$r" .toml)"); done
-for name in "${RECIPES[@]}"; do
-    tarball=$ROOT/out/$name.tar
-    if [ ! -s "$tarball" ]; then
-        fail "recipes/$name.toml: no out/$name.tar"
-        continue
-    fi
-    tar -xOf "$tarball" manifest.json > "$TMP/manifest.json" 2>/dev/null ||
-        { fail "out/$name.tar has no manifest.json"; continue; }
-    config=$(jeval "$TMP/manifest.json" 'd[0]["Config"].rsplit("/", 1)[1]')
-    tag=$(jeval "$TMP/manifest.json" 'd[0]["RepoTags"][0]')
-    loaded=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null)
-    if [ -n "$config" ] && [ "$loaded" = "sha256:$config" ]; then
-        pass "$tag in Docker is out/$name.tar (config sha256:${config:0:12})"
-    else
-        fail "$tag in Docker is '${loaded:-missing}', out/$name.tar has config sha256:$config"
-    fi
-done
-
-# ---------------------------------------------------------------------------------
-step 2 "set up secrets non-interactively (imgbuild setup) into a temp env file"
-ENV_FILE=$TMP/stack.env
-deploy_env_before=""
-[ -e "$ROOT/deploy/.env" ] && deploy_env_before=$(sha256sum < "$ROOT/deploy/.env")
-if "$IMGBUILD" -C "$ROOT" setup --non-interactive --template "$TEMPLATE" --env-file "$ENV_FILE" \
-    > "$TMP/setup.log" 2>&1; then
-    pass "imgbuild setup --non-interactive --env-file <temp>/stack.env"
+# the default place: the copy's deploy/.env, beside its compose file
+if "$IMGBUILD" -C "$COPY" setup --non-interactive --set "NGINX_PORT=$PORT" > "$TMP/setup.log" 2>&1; then
+    pass "imgbuild -C <copy> setup --non-interactive --set NGINX_PORT=$PORT"
 else
     indent < "$TMP/setup.log"
     die "imgbuild setup failed"
@@ -261,19 +284,27 @@ indent < "$TMP/setup.log"
 mode=$(stat -c '%a' "$ENV_FILE")
 [ "$mode" = 600 ] && pass "env file mode is 0600" || fail "env file mode is $mode, expected 0600"
 
-# KEY=VALUE lines of the template and of the written file
+# KEY=VALUE lines of the template and of the written file. Generated values: the
+# secrets (change-me...) and the generated names (...XXXX, the broker user).
 declare -A ENVF=()
 SECRET_KEYS=()
+NAME_KEYS=()
 ALL_KEYS=()
 while IFS= read -r line; do
     [[ $line =~ ^#?[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
-    ALL_KEYS+=("${BASH_REMATCH[1]}")
+    key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
+    ALL_KEYS+=("$key")
     [[ $line == \#* ]] && continue
-    [[ ${BASH_REMATCH[2]} == change-me* ]] && SECRET_KEYS+=("${BASH_REMATCH[1]}")
+    [[ $value == change-me* ]] && SECRET_KEYS+=("$key")
+    [[ $value == *XXXX ]] && NAME_KEYS+=("$key")
 done < "$TEMPLATE"
-while IFS= read -r line; do
-    [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] && ENVF[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
-done < "$ENV_FILE"
+read_env() {
+    ENVF=()
+    while IFS= read -r line; do
+        [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] && ENVF[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
+    done < "$ENV_FILE"
+}
+read_env
 [ ${#SECRET_KEYS[@]} -gt 0 ] || die "deploy/.env.example has no change-me secrets: nothing to check"
 declare -A seen=()
 ok=1
@@ -289,43 +320,90 @@ for k in "${SECRET_KEYS[@]}"; do
     seen[$v]=$k
 done
 [ $ok = 1 ] && pass "${#SECRET_KEYS[@]} secrets generated, distinct, 48 hex: ${SECRET_KEYS[*]}"
-if grep -q 'change-me' "$ENV_FILE"; then
-    fail "a change-me placeholder is left in the env file"
+for k in "${NAME_KEYS[@]}"; do
+    [[ ${ENVF[$k]:-} =~ ^[a-z_]*[0-9a-f]{8}$ ]] && pass "$k generated: ${ENVF[$k]%????????}<8 hex>" ||
+        fail "$k is not a generated name"
+done
+[ "${ENVF[NGINX_PORT]:-}" = "$PORT" ] && pass "NGINX_PORT=$PORT (--set fills the optional key)" ||
+    fail "NGINX_PORT is '${ENVF[NGINX_PORT]:-}', expected $PORT"
+if grep -qE 'change-me|XXXX' "$ENV_FILE"; then
+    fail "a template placeholder is left in the env file"
 else
-    pass "no change-me placeholder left"
+    pass "no change-me/XXXX placeholder left"
 fi
+info "nginx will be published on $BASE"
+
+# ---------------------------------------------------------------------------------
+step 2 "build the copy (same store) and load it (imgbuild all --load --locked), pin the images (imgbuild pin --local)"
+info "store: ${IMGBUILD_STORE:-default (~/.cache/imgbuild)}"
+t=$SECONDS
+"$IMGBUILD" -C "$COPY" all --load --locked --engine docker > "$TMP/build.log" 2>&1
+rc=$?
+indent < "$TMP/build.log"
+[ $rc -eq 0 ] || die "imgbuild -C <copy> all --load --locked exited with $rc"
+pass "imgbuild -C <copy> all --load --locked ($((SECONDS - t))s)"
+
+# every recipe has its archive, and Docker runs exactly what was built
+RECIPES=()
+declare -A CONFIG=()
+for r in "$COPY"/recipes/*.toml; do RECIPES+=("$(basename "$r" .toml)"); done
+for name in "${RECIPES[@]}"; do
+    tarball=$COPY/out/$name.tar
+    if [ ! -s "$tarball" ]; then
+        fail "recipes/$name.toml: no out/$name.tar"
+        continue
+    fi
+    tar -xOf "$tarball" manifest.json > "$TMP/manifest.json" 2>/dev/null ||
+        { fail "out/$name.tar has no manifest.json"; continue; }
+    config=$(jeval "$TMP/manifest.json" 'd[0]["Config"].rsplit("/", 1)[1]')
+    tag=$(jeval "$TMP/manifest.json" 'd[0]["RepoTags"][0]')
+    CONFIG[$name]=$config
+    loaded=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null)
+    if [ -n "$config" ] && [ "$loaded" = "sha256:$config" ]; then
+        pass "$tag in Docker is out/$name.tar (config sha256:${config:0:12})"
+    else
+        fail "$tag in Docker is '${loaded:-missing}', out/$name.tar has config sha256:$config"
+    fi
+done
+
+if "$IMGBUILD" -C "$COPY" pin --local --engine docker > "$TMP/pin.log" 2>&1; then
+    pass "imgbuild -C <copy> pin --local --engine docker"
+else
+    indent < "$TMP/pin.log"
+    die "imgbuild pin --local failed"
+fi
+indent < "$TMP/pin.log"
+read_env
+ok=1
+for name in "${RECIPES[@]}"; do
+    var=IMGBUILD_$(tr 'a-z.-' 'A-Z__' <<< "$name")_IMAGE
+    [ "${ENVF[$var]:-}" = "sha256:${CONFIG[$name]:-?}" ] || { fail "$var is '${ENVF[$var]:-}', expected sha256:${CONFIG[$name]:-?}"; ok=0; }
+done
+[ $ok = 1 ] && pass "the env file pins all ${#RECIPES[@]} images by image ID (IMGBUILD_<NAME>_IMAGE)"
+for k in "${SECRET_KEYS[@]}" "${NAME_KEYS[@]}"; do
+    [ "$(grep -c "^$k=" "$ENV_FILE")" = 1 ] || { fail "pin changed the $k line"; ok=0; }
+done
+[ $ok = 1 ] && pass "pin kept every other line of the env file"
+mode=$(stat -c '%a' "$ENV_FILE")
+[ "$mode" = 600 ] && pass "env file mode is still 0600 after pin" || fail "env file mode is $mode after pin"
+
 if [ -n "$deploy_env_before" ]; then
-    [ "$(sha256sum < "$ROOT/deploy/.env")" = "$deploy_env_before" ] &&
-        pass "the existing deploy/.env is untouched" || fail "deploy/.env was modified"
+    [ "$(stat -c '%i %s %Y %Z' "$ROOT/deploy/.env")" = "$deploy_env_before" ] &&
+        pass "the real deploy/.env is untouched (same inode, size, mtime, ctime)" || fail "deploy/.env was modified"
 elif [ -e "$ROOT/deploy/.env" ]; then
-    fail "deploy/.env was created"
+    fail "deploy/.env was created in the real checkout"
+else
+    pass "no deploy/.env in the real checkout, none created"
 fi
 
 # Variables from the caller's environment would override the env file: drop them.
-for k in "${ALL_KEYS[@]}"; do unset "$k"; done
+for k in "${ALL_KEYS[@]}" $(compgen -e | grep -E '^IMGBUILD_[A-Z0-9_]+_IMAGE$'); do unset "$k"; done
 unset COMPOSE_PROFILES COMPOSE_FILE COMPOSE_PROJECT_NAME
-# nginx's host port: free, on 127.0.0.1 (NGINX_PORT is optional in the template)
-if [ -n "${E2E_PORT:-}" ]; then
-    PORT=$E2E_PORT
-else
-    PORT=""
-    for ((p = 18080; p < 18180; p++)); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            PORT=$p
-            break
-        fi
-    done
-    [ -n "$PORT" ] || die "no free port in 18080-18179 (set E2E_PORT)"
-fi
-printf '\n# added by scripts/e2e.sh\nNGINX_PORT=%s\n' "$PORT" >> "$ENV_FILE"
-ENVF[NGINX_PORT]=$PORT
-BASE=http://127.0.0.1:$PORT
-info "nginx will be published on $BASE"
 
 # ---------------------------------------------------------------------------------
 step 3 "start the stack (docker-compose -p $PROJECT up -d) and wait for every health check"
 if dc config -q > "$TMP/config.log" 2>&1; then
-    pass "docker-compose config: deploy/compose.yaml is valid with the env file"
+    pass "docker-compose config: the copy's deploy/compose.yaml is valid with its env file"
 else
     indent < "$TMP/config.log"
     die "docker-compose config failed"
@@ -381,6 +459,17 @@ if [ "$published" = "nginx 127.0.0.1:$PORT->8080/tcp" ]; then
 else
     fail "published ports: $(echo $published) (expected only nginx 127.0.0.1:$PORT->8080/tcp)"
 fi
+# every service runs the image pinned in the env file
+declare -A RECIPE_OF=([nginx]=nginx [app]=app [worker-default]=worker [worker-python3]=worker
+    [postgres]=postgres-plpython [rabbitmq]=rabbitmq [redis]=redis)
+ok=1
+while read -r svc id _; do
+    r=${RECIPE_OF[$svc]:-}
+    [ -n "$r" ] || continue
+    img=$(docker inspect -f '{{.Image}}' "$id")
+    [ "$img" = "sha256:${CONFIG[$r]:-?}" ] || { fail "$svc runs $img, not the pinned sha256:${CONFIG[$r]:-?} ($r)"; ok=0; }
+done < <(states)
+[ $ok = 1 ] && pass "every service runs the image ID pinned for its recipe"
 if states | grep -q '^worker-gpu '; then
     fail "worker-gpu runs without --profile gpu"
 else
@@ -396,7 +485,7 @@ else
     code=$(http GET /nginx-health)
     [ "$code" = 200 ] && pass "GET /nginx-health -> 200" || fail "GET /nginx-health -> $code"
     for f in /:index.html /static/index.html:index.html /static/app.css:app.css /static/app.js:app.js; do
-        path=${f%%:*} src=$ROOT/layers/static/${f#*:}
+        path=${f%%:*} src=$COPY/layers/static/${f#*:}
         code=$(http GET "$path")
         if [ "$code" = 200 ] && cmp -s "$TMP/body" "$src"; then
             pass "GET $path -> 200, byte-identical to layers/static/${f#*:}"
@@ -572,11 +661,12 @@ else
 fi
 
 # ---------------------------------------------------------------------------------
-step 5 "scan every layer and config of out/*.tar for the generated secrets"
+step 5 "scan every layer and config of every image built for the generated values"
 PATTERNS=$TMP/secret-values
-for k in "${SECRET_KEYS[@]}"; do printf '%s\n' "${ENVF[$k]}"; done > "$PATTERNS"
+SCAN_KEYS=("${SECRET_KEYS[@]}" "${NAME_KEYS[@]}")
+for k in "${SCAN_KEYS[@]}"; do printf '%s\n' "${ENVF[$k]}"; done > "$PATTERNS"
 chmod 600 "$PATTERNS"
-# scan_stream LABEL < data: fail (naming the secrets, never their values) if the
+# scan_stream LABEL < data: fail (naming the keys, never their values) if the
 # stream holds a secret value; gzip -cdf decompresses a gzip stream (a layer) and
 # passes anything else (config, manifest, index) through unchanged.
 scan_stream() {
@@ -589,7 +679,7 @@ scan_stream() {
     fi
     [ -n "$hits" ] || return 0
     while IFS= read -r v; do
-        for k in "${SECRET_KEYS[@]}"; do [ "${ENVF[$k]}" = "$v" ] && names+=("$k"); done
+        for k in "${SCAN_KEYS[@]}"; do [ "${ENVF[$k]}" = "$v" ] && names+=("$k"); done
     done <<< "$hits"
     fail "$1 contains the value of ${names[*]}"
     return 1
@@ -602,13 +692,12 @@ else
     fail "self-check: the scanner missed a planted secret"
 fi
 declare -A scanned=()
-images=0
-for tarball in "$ROOT"/out/*.tar; do
-    [ -e "$tarball" ] || { fail "no out/*.tar to scan"; break; }
-    images=$((images + 1))
-    name=$(basename "$tarball")
-    n_blobs=0 n_new=0 clean=1
-    tar -tf "$tarball" > "$TMP/members" || { fail "cannot list out/$name"; continue; }
+# scan_tarball FILE: every member (blobs decompressed when gzip); fails on a hit.
+# Prints "blobs new" counts; returns 1 if a value was found or it could not be read.
+scan_tarball() {
+    local tarball=$1 name member digest label n_blobs=0 n_new=0 clean=1 st
+    name=${tarball#"$COPY"/}
+    tar -tf "$tarball" > "$TMP/members" || { fail "cannot list $name"; return 1; }
     while read -r member; do
         case $member in */) continue ;; esac
         if [[ $member =~ ^blobs/sha256/([0-9a-f]{64})$ ]]; then
@@ -617,21 +706,54 @@ for tarball in "$ROOT"/out/*.tar; do
             [ -z "${scanned[$digest]:-}" ] || continue
             scanned[$digest]=1
             n_new=$((n_new + 1))
-            label="out/$name blob sha256:${digest:0:12}"
+            label="$name blob sha256:${digest:0:12}"
         else
-            label="out/$name $member"
+            label="$name $member"
         fi
         tar -xOf "$tarball" "$member" | scan_stream "$label"
         st=("${PIPESTATUS[@]}")
         [ "${st[1]}" = 0 ] || clean=0
-        [ "${st[0]}" = 0 ] || { fail "cannot read $member of out/$name"; clean=0; }
+        [ "${st[0]}" = 0 ] || { fail "cannot read $member of $name"; clean=0; }
     done < "$TMP/members"
-    if [ "$n_blobs" -lt 3 ]; then
-        fail "out/$name has only $n_blobs blobs (expected manifest, config and layers)"
-    elif [ $clean = 1 ]; then
-        pass "out/$name: $n_blobs blobs ($n_new not seen in an earlier image) + index/manifest, no secret"
+    SCAN_COUNTS="$n_blobs $n_new"
+    [ $clean = 1 ]
+}
+images=0
+for tarball in "$COPY"/out/*.tar; do
+    [ -e "$tarball" ] || { fail "no out/*.tar to scan"; break; }
+    images=$((images + 1))
+    if scan_tarball "$tarball"; then
+        read -r n_blobs n_new <<< "$SCAN_COUNTS"
+        if [ "$n_blobs" -lt 3 ]; then
+            fail "${tarball#"$COPY"/} has only $n_blobs blobs (expected manifest, config and layers)"
+        else
+            pass "${tarball#"$COPY"/}: $n_blobs blobs ($n_new not seen in an earlier image) + index/manifest, no generated value"
+        fi
     fi
 done
-[ $images -gt 0 ] && info "scanned ${#scanned[@]} distinct blobs of $images images for ${#SECRET_KEYS[@]} secret values"
+[ $images = ${#RECIPES[@]} ] || fail "scanned $images images, the copy has ${#RECIPES[@]} recipes"
+info "scanned ${#scanned[@]} distinct blobs of $images images for ${#SCAN_KEYS[@]} generated values"
+
+# self-check, end to end: an image of the copy whose layer takes deploy/ (where the
+# env file was written before the build) is caught
+cat > "$COPY/recipes/e2e-leak.toml" <<'TOML'
+# scripts/e2e.sh self-check: a recipe that (wrongly) bakes deploy/ into a layer
+[[layers]]
+files = [ { src = "deploy", dest = "/etc/deploy" } ]
+TOML
+if "$IMGBUILD" -q -C "$COPY" --out "$TMP/leak-out" build e2e-leak > "$TMP/leak.log" 2>&1; then
+    # in a subshell: the expected FAIL lines are captured, not recorded
+    leak=$(scan_tarball "$TMP/leak-out/e2e-leak.tar"; echo "rc=$?")
+    if [[ $leak == *"contains the value of"*rc=1 ]]; then
+        pass "self-check: an image built with deploy/ in a layer is caught ($(grep -o 'contains the value of .*' <<< "$leak" | head -n1))"
+    else
+        fail "self-check: the env file baked into an image was not found"
+        indent <<< "$leak"
+    fi
+else
+    indent < "$TMP/leak.log"
+    fail "self-check: imgbuild build e2e-leak failed"
+fi
+rm -f "$COPY/recipes/e2e-leak.toml"
 
 exit 0

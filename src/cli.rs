@@ -102,6 +102,24 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         engine: crate::ops::load::Engine,
     },
+    /// Pin images by digest in the stack's env file (IMGBUILD_<NAME>_IMAGE=...).
+    Pin {
+        /// Recipes to pin [default: every recipe].
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// The env file to update (compose reads .env beside the compose file).
+        #[arg(long, default_value = "deploy/.env")]
+        env_file: PathBuf,
+        /// Pin PREFIX/NAME@sha256:..., where `push --registry PREFIX` sends the image.
+        #[arg(long = "registry", value_name = "PREFIX", conflicts_with = "local")]
+        registry: Option<String>,
+        /// Pin the image ID that the local engine holds (after `imgbuild load`).
+        #[arg(long)]
+        local: bool,
+        /// The engine --local asks.
+        #[arg(long, value_enum, default_value = "auto", requires = "local")]
+        engine: crate::ops::load::Engine,
+    },
     /// Create the stack's .env with strong random secrets (mode 0600).
     Setup {
         /// Template listing the variables; `change-me...` values are generated secrets.

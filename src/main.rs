@@ -79,7 +79,8 @@ fn run(cli: Cli) -> Result<()> {
                     locked: *locked,
                 },
             )?;
-            let mut pushed = None;
+            // One JSON document: the build, plus what --load and --push did.
+            let (mut loaded, mut pushed) = (None, None);
             if let Command::All {
                 push,
                 load,
@@ -89,14 +90,13 @@ fn run(cli: Cli) -> Result<()> {
             } = &cli.command
             {
                 if *load {
-                    ops::load::load(&project, None, *engine)?;
+                    loaded = Some(ops::load::load(&project, None, *engine)?);
                 }
                 if *push {
                     pushed = Some(ops::push::push(&project, &push_options(None, push_args))?);
                 }
             }
             if g.json {
-                // One document: the build, and the push report when there was a push.
                 let images: Vec<_> = records
                     .iter()
                     .map(|r| {
@@ -113,6 +113,9 @@ fn run(cli: Cli) -> Result<()> {
                     })
                     .collect();
                 let mut doc = json!({ "images": images });
+                if let Some(outcomes) = loaded {
+                    doc["load"] = json!(outcomes);
+                }
                 if let Some(report) = pushed {
                     doc["push"] = serde_json::to_value(report)?;
                 }
@@ -158,7 +161,44 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Load { names, engine } => {
             let names = (!names.is_empty()).then(|| names.clone());
-            ops::load::load(&project, names.as_deref(), *engine)
+            let loaded = ops::load::load(&project, names.as_deref(), *engine)?;
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "load": loaded }))?
+                );
+            }
+            Ok(())
+        }
+        Command::Pin {
+            names,
+            env_file,
+            registry,
+            local,
+            engine,
+        } => {
+            let env_file = if env_file.is_absolute() {
+                env_file.clone()
+            } else {
+                project.root.join(env_file)
+            };
+            let pins = ops::pin::pin(
+                &project,
+                &ops::pin::PinOptions {
+                    names: (!names.is_empty()).then(|| names.clone()),
+                    env_file: env_file.clone(),
+                    registry_prefix: registry.clone(),
+                    local: *local,
+                    engine: *engine,
+                },
+            )?;
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "env_file": env_file, "pins": pins }))?
+                );
+            }
+            Ok(())
         }
         Command::Setup {
             template,

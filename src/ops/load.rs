@@ -1,6 +1,10 @@
 //! `imgbuild load [NAME...]` and `imgbuild all --load`: puts built images into the
-//! local Docker or Podman engine, skipping each image the engine already has with
-//! the same image ID (the config digest), so an unchanged stack loads in no time.
+//! local Docker or Podman engine. An image is skipped when every one of its tags
+//! already names this build in the engine (image ID = the config digest, or the
+//! manifest digest with Docker's containerd image store), so an unchanged stack
+//! loads in no time; when only some tags do, the missing ones are added with
+//! `tag`; otherwise `load -i out/NAME.tar` puts it in, and every tag the engine
+//! did not give it (Podman takes only the first, from the OCI index) is added.
 
 use std::process::{Command, Stdio};
 
@@ -28,7 +32,7 @@ fn works(bin: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn pick(engine: Engine) -> Result<&'static str> {
+pub(crate) fn pick(engine: Engine) -> Result<&'static str> {
     Ok(match engine {
         Engine::Docker => "docker",
         Engine::Podman => "podman",
@@ -40,8 +44,8 @@ fn pick(engine: Engine) -> Result<&'static str> {
     })
 }
 
-/// The image ID the engine has for `reference`, if any.
-fn engine_image_id(bin: &str, reference: &str) -> Option<String> {
+/// The image ID the engine has for `reference`, if any (hex, without `sha256:`).
+pub(crate) fn engine_image_id(bin: &str, reference: &str) -> Option<String> {
     let out = Command::new(bin)
         .args(["image", "inspect", "--format", "{{.Id}}", reference])
         .stderr(Stdio::null())
@@ -55,9 +59,92 @@ fn engine_image_id(bin: &str, reference: &str) -> Option<String> {
     })
 }
 
-pub fn load(project: &Project, names: Option<&[String]>, engine: Engine) -> Result<()> {
+/// The name `bin` knows a loaded `repo:tag` by: podman keeps unqualified names
+/// (no registry host in the first component) under `localhost/`.
+pub(crate) fn engine_name(bin: &str, repo_tag: &str) -> String {
+    let qualified = repo_tag
+        .split_once('/')
+        .is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost");
+    if bin == "podman" && !qualified {
+        format!("localhost/{repo_tag}")
+    } else {
+        repo_tag.to_owned()
+    }
+}
+
+/// Whether an engine's image ID is this build. Docker's classic store and Podman
+/// use the config digest; Docker's containerd image store uses the manifest digest.
+pub(crate) fn is_this_build(rec: &ImageRecord, engine_id: &str) -> bool {
+    engine_id == rec.config_digest.hex() || engine_id == rec.manifest_digest.hex()
+}
+
+/// The names among `references` that do not name this build in the engine.
+fn missing_names(bin: &str, rec: &ImageRecord, references: &[String]) -> Vec<String> {
+    references
+        .iter()
+        .filter(|r| !engine_image_id(bin, r).is_some_and(|id| is_this_build(rec, &id)))
+        .cloned()
+        .collect()
+}
+
+/// Gives this build every name in `references` it lacks, with `tag` from a name it has.
+fn tag_missing(bin: &str, rec: &ImageRecord, references: &[String]) -> Result<()> {
+    let missing = missing_names(bin, rec, references);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let Some(have) = references.iter().find(|r| !missing.contains(r)) else {
+        bail!(
+            "after `{bin} load -i {}`, no name of `{}` ({}) is that image in {bin}",
+            rec.tarball,
+            rec.name,
+            references.join(", ")
+        );
+    };
+    for m in &missing {
+        let o = Command::new(bin)
+            .args(["tag", have, m])
+            .output()
+            .with_context(|| format!("failed to run `{bin} tag`"))?;
+        if !o.status.success() {
+            bail!(
+                "`{bin} tag {have} {m}` failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What `load` did with one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadAction {
+    /// Every tag already named this build: nothing done.
+    Skipped,
+    /// Some tags named this build: the others were added with `tag`.
+    Tagged,
+    /// `load -i out/NAME.tar` (then `tag` for the names the engine did not give it).
+    Loaded,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadOutcome {
+    pub name: String,
+    pub engine: &'static str,
+    /// Every name of the image in the engine (one per tag).
+    pub references: Vec<String>,
+    pub action: LoadAction,
+}
+
+pub fn load(
+    project: &Project,
+    names: Option<&[String]>,
+    engine: Engine,
+) -> Result<Vec<LoadOutcome>> {
     let bin = pick(engine)?;
     let set = RecipeSet::load(&project.root)?;
+    let mut outcomes = vec![];
     for r in set.closure(names)? {
         let Some(rec) = ImageRecord::load(&project.store, &project.key, &r.name)? else {
             bail!(
@@ -67,47 +154,57 @@ pub fn load(project: &Project, names: Option<&[String]>, engine: Engine) -> Resu
             );
         };
         let out = image_out(&rec);
-        // podman keeps unqualified names under localhost/
-        let lookup = if bin == "podman"
-            && !out
-                .reference
-                .split('/')
-                .next()
-                .is_some_and(|h| h.contains(['.', ':']))
-        {
-            format!("localhost/{}", out.reference)
-        } else {
-            out.reference.clone()
-        };
-        if engine_image_id(bin, &lookup).as_deref() == Some(rec.config_digest.hex()) {
+        let references: Vec<String> = out.repo_tags.iter().map(|t| engine_name(bin, t)).collect();
+        let short = &rec.config_digest.hex()[..12];
+        // Every tag is checked: an image whose other tags were removed (or moved to
+        // another image) is not complete.
+        let missing = missing_names(bin, &rec, &references);
+        let action = if missing.is_empty() {
             project.progress.line(format!(
-                "[{}] {bin} already has {} ({}), skipped",
+                "[{}] {bin} already has {} ({short}), skipped",
                 rec.name,
-                out.reference,
-                &rec.config_digest.hex()[..12]
+                references.join(", ")
             ));
-            continue;
-        }
-        project
-            .progress
-            .status(format!("[{}] {bin} load {}", rec.name, rec.tarball));
-        let o = Command::new(bin)
-            .args(["load", "-q", "-i", &rec.tarball])
-            .output()
-            .with_context(|| format!("failed to run `{bin} load`"))?;
-        project.progress.clear();
-        if !o.status.success() {
-            bail!(
-                "`{bin} load -i {}` failed: {}",
-                rec.tarball,
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        project.progress.line(format!(
-            "[{}] loaded into {bin} as {}",
-            rec.name,
-            out.repo_tags.join(", ")
-        ));
+            LoadAction::Skipped
+        } else if missing.len() < references.len() && tag_missing(bin, &rec, &references).is_ok() {
+            // Cheaper than a load: name the image the engine already has.
+            project.progress.line(format!(
+                "[{}] {bin} has {short}; tagged it {}",
+                rec.name,
+                missing.join(", ")
+            ));
+            LoadAction::Tagged
+        } else {
+            project
+                .progress
+                .status(format!("[{}] {bin} load {}", rec.name, rec.tarball));
+            let o = Command::new(bin)
+                .args(["load", "-q", "-i", &rec.tarball])
+                .output()
+                .with_context(|| format!("failed to run `{bin} load`"))?;
+            project.progress.clear();
+            if !o.status.success() {
+                bail!(
+                    "`{bin} load -i {}` failed: {}",
+                    rec.tarball,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            // Podman reads the archive's OCI index, which names the first tag only.
+            tag_missing(bin, &rec, &references)?;
+            project.progress.line(format!(
+                "[{}] loaded into {bin} as {}",
+                rec.name,
+                references.join(", ")
+            ));
+            LoadAction::Loaded
+        };
+        outcomes.push(LoadOutcome {
+            name: rec.name.clone(),
+            engine: bin,
+            references,
+            action,
+        });
     }
-    Ok(())
+    Ok(outcomes)
 }

@@ -5,5 +5,6 @@ pub mod gc;
 pub mod inspect;
 pub mod load;
 pub mod lock;
+pub mod pin;
 pub mod push;
 pub mod setup;
