@@ -248,7 +248,7 @@ fn build_image(
         project
             .progress
             .status(format!("{label}: checking inputs ({})", spec.describe()));
-        let extra = session.extra_sources(r, i, spec)?;
+        let extra = session.extra_sources(r, i, spec, &layers)?;
         let prepared = {
             let mut st = stat.lock().expect("stat cache");
             source::prepare(r, i, spec, &view, &accounts, &contract, &mut st, extra)?
