@@ -233,6 +233,34 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
     assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
     unsafe { std::env::remove_var("PIP_INDEX_URL") };
 
+    // 5b. pip's `cert` (PIP_CERT): the index is trusted through that CA bundle only; a
+    //     bundle holding one unrelated root CA makes PyPI's certificate unacceptable
+    let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if system.is_file() {
+        let bundle = std::fs::read_to_string(system).unwrap();
+        let end = "-----END CERTIFICATE-----";
+        let first = &bundle[bundle.find("-----BEGIN CERTIFICATE-----").unwrap()
+            ..bundle.find(end).unwrap() + end.len()];
+        let unrelated = tmp.path().join("unrelated-ca.pem");
+        std::fs::write(&unrelated, format!("{first}\n")).unwrap();
+        let before = std::env::var_os("PIP_CERT");
+        // SAFETY: single test function, see above
+        unsafe { std::env::set_var("PIP_CERT", &unrelated) };
+        let empty = Store::open(tmp.path().join("empty-cert")).unwrap();
+        let err = fetch_wheels(&spec, &reqs, &empty, &http, 4).unwrap_err();
+        assert!(
+            matches!(err, Error::Http { .. })
+                && err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+        unsafe { std::env::set_var("PIP_CERT", system) };
+        fetch_wheels(&spec, &reqs, &empty, &http, 4).unwrap();
+        match before {
+            Some(v) => unsafe { std::env::set_var("PIP_CERT", v) },
+            None => unsafe { std::env::remove_var("PIP_CERT") },
+        }
+    }
+
     // 6. the fingerprint is computed without the network and is stable
     assert_eq!(
         fingerprint(&spec, &reqs),
