@@ -4,10 +4,11 @@
 //!
 //! The fingerprint reads only the requirements file (no network, no wheels, no
 //! Python process). With bytecode on, the `.pyc` files are written by the image's
-//! own interpreter, copied out of the layers below this one and run through the
-//! image's loader (`imgbuild_python::interpreter`), so the fingerprint also names
-//! those layers (their diff_ids): they decide the interpreter, the build host does
-//! not.
+//! own interpreter, copied out of the layers below this one (and of what this
+//! layer's Debian packages wrote) and run through the image's loader
+//! (`imgbuild_python::interpreter`), so the fingerprint also names those layers
+//! (their diff_ids; this layer's packages are in its fingerprint already): they
+//! decide the interpreter, the build host does not.
 
 use anyhow::{Context, Result};
 use imgbuild_layer::Tree;
@@ -95,8 +96,10 @@ impl ExtraSource for PythonSource {
                 self.label, self.spec.interpreter
             ));
             let digests: Vec<Digest> = self.lower.iter().map(|(d, _)| d.clone()).collect();
-            let image = ImageFiles::from_layers(&self.store, &digests)
+            let mut image = ImageFiles::from_layers(&self.store, &digests)
                 .with_context(|| format!("{}: reading the layers below", self.at))?;
+            // what this layer's other sources wrote (Debian packages) counts too
+            image.overlay(tree);
             Some(
                 ImageInterpreter::materialise(
                     &image,

@@ -82,7 +82,8 @@ pub fn compile(store: &Store, tree: &mut Tree, jobs: usize) -> Result<Vec<String
         INTERPRETER,
         &Target::bookworm_cpython311(),
         store,
-    )?;
+    )
+    .context("byte-compiling the layer's Python standard library (`debian = { ..., bytecode = false }` turns it off)")?;
     let (stdlib, host_dir) = python.stdlib();
     if stdlib != STDLIB {
         bail!(

@@ -45,7 +45,7 @@ pub enum FileSource {
 
 #[derive(Clone, Debug)]
 struct Item {
-    /// Which layer put it there (for opaque whiteouts); 0 for a tree.
+    /// Which layer put it there (for whiteouts); a tree is above every layer.
     layer: usize,
     entry: Entry,
 }
@@ -78,7 +78,15 @@ impl ImageFiles {
 
     /// The files of one layer tree.
     pub fn from_tree(tree: &Tree) -> ImageFiles {
-        let mut entries = BTreeMap::new();
+        let mut files = ImageFiles::default();
+        files.overlay(tree);
+        files
+    }
+
+    /// Puts a layer tree being built on top (a venv in the same layer as the Debian
+    /// packages that bring its interpreter).
+    pub fn overlay(&mut self, tree: &Tree) {
+        let layer = self.layers.len();
         for (p, n) in tree.iter() {
             let entry = match n {
                 Node::Dir(_) => Entry::Dir,
@@ -95,12 +103,11 @@ impl ImageFiles {
                     _ => continue,
                 },
             };
-            entries.insert(p.as_str().to_owned(), Item { layer: 0, entry });
-        }
-        ImageFiles {
-            entries,
-            store: None,
-            layers: vec![],
+            let path = p.as_str().to_owned();
+            if !matches!(entry, Entry::Dir) {
+                self.remove_below(&path, layer);
+            }
+            self.entries.insert(path, Item { layer, entry });
         }
     }
 
@@ -516,6 +523,21 @@ mod tests {
         assert_eq!(fs::read(out.join("bin/hard")).unwrap(), b"old");
         assert_eq!(fs::read(out.join("ld.so")).unwrap(), b"loader");
         assert_eq!(fs::read(out.join("ld2.so")).unwrap(), b"loader");
+
+        // a tree on top (a layer being built) replaces files, and directories with
+        // their contents
+        let mut img = img;
+        let mut three = Tree::new();
+        file(&mut three, "usr/bin/py", b"tree");
+        file(&mut three, "usr/share/opaque", b"a file now");
+        img.overlay(&three);
+        assert!(matches!(
+            img.file("/bin/../usr/bin/py"),
+            Some((_, _, FileSource::Content(_)))
+        ));
+        assert!(img.get("usr/share/opaque/upper").is_none());
+        assert_eq!(img.below("usr/share/opaque").count(), 0);
+        assert!(img.get("usr/lib/x86_64-linux-gnu/ld.so").is_some());
 
         // a symlink loop is not followed forever
         let mut looped = Tree::new();

@@ -950,6 +950,46 @@ fn bytecode_without_the_image_interpreter_is_an_error() {
         "{msg}"
     );
 
+    // an image whose binaries this machine cannot execute (as an arm64 image on an
+    // x86_64 host): an error, never a build without .pyc files
+    let mut foreign = Tree::new();
+    for (path, body, mode) in [
+        (
+            "usr/bin/python3.11",
+            &b"\x7fELF not for this machine"[..],
+            0o755,
+        ),
+        (
+            "lib64/ld-linux-x86-64.so.2",
+            &b"\x7fELF nor this"[..],
+            0o755,
+        ),
+        ("usr/lib/python3.11/os.py", &b""[..], 0o644),
+    ] {
+        foreign
+            .insert(
+                TreePath::new(path).unwrap(),
+                Node::File {
+                    meta: Meta::new(mode, 0, 0),
+                    content: Content::inline(body.to_vec()),
+                },
+            )
+            .unwrap();
+    }
+    let err = ImageInterpreter::materialise(
+        &ImageFiles::from_tree(&foreign),
+        "/usr/bin/python3.11",
+        &target,
+        &store,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Interpreter { .. })
+            && err.to_string().contains("cannot start it")
+            && err.to_string().contains("set `bytecode = false`"),
+        "{err}"
+    );
+
     // an upper layer that deletes the interpreter (an OCI whiteout)
     let mut gone = Tree::new();
     gone.insert(
