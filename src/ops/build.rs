@@ -255,7 +255,7 @@ fn build_image(
         project
             .progress
             .status(format!("{label}: checking inputs ({})", spec.describe()));
-        let extra = session.extra_sources(r, i, spec)?;
+        let extra = session.extra_sources(r, i, spec, &layers)?;
         let prepared = source::prepare(r, i, spec, &view, &accounts, &contract, stat, extra)?;
         let fingerprint = prepared.fingerprint.clone();
         let next_accounts = prepared.accounts_after.clone();

@@ -117,6 +117,8 @@ pub struct DebianSpec {
     pub exclude: Vec<String>,
     pub remove_paths: Vec<String>,
     pub base: bool,
+    /// Byte-compile the shipped standard library (`None`: when it can be).
+    pub bytecode: Option<bool>,
     pub pos: Pos,
 }
 
@@ -545,6 +547,7 @@ fn parse_layer(cx: &Ctx, l: &Spanned<RawLayer>) -> Result<LayerSpec, RecipeError
             exclude: rd.exclude.clone(),
             remove_paths: rd.remove_paths.clone(),
             base: rd.base.unwrap_or(true),
+            bytecode: rd.bytecode,
             pos: cx.pos(d),
         });
     }

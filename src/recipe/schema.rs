@@ -110,6 +110,9 @@ pub struct RawDebian {
     pub remove_paths: Vec<String>,
     /// The base fix-up (accounts, nsswitch, /tmp, /run, merged-/usr); on by default.
     pub base: Option<bool>,
+    /// Byte-compile the shipped CPython standard library with the layer's own
+    /// interpreter; by default when the layer ships both.
+    pub bytecode: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,7 +123,7 @@ pub struct RawPython {
     pub venv: String,
     #[serde(default = "default_interpreter")]
     pub interpreter: String,
-    /// Precompile `.pyc` (unchecked-hash) with a same-minor host interpreter.
+    /// Precompile `.pyc` (unchecked-hash) with the image's own interpreter.
     pub bytecode: Option<bool>,
 }
 

@@ -155,9 +155,9 @@ pub struct DebianSource<'a> {
     spec: DebianSpec,
     packages: Vec<LockedPackage>,
     label: String,
-    /// The host interpreter that byte-compiles the stdlib, when the layer ships
-    /// CPython (part of the fingerprint: another patch release may write other bytes).
-    stdlib_bytecode: Option<String>,
+    /// Set when the layer's own python3.11 byte-compiles its standard library
+    /// (`None` keeps the fingerprint of layers without Python as it was).
+    stdlib_bytecode: Option<&'static str>,
 }
 
 impl<'a> DebianSource<'a> {
@@ -168,11 +168,17 @@ impl<'a> DebianSource<'a> {
         spec: &DebianSpec,
     ) -> Result<Self> {
         let packages = inputs.packages_for(recipe, layer, spec)?;
-        let stdlib_bytecode = if super::stdlib_pyc::ships_stdlib(packages.iter().map(|p| &p.name)) {
-            super::stdlib_pyc::host_version()
-        } else {
-            None
-        };
+        let stdlib_bytecode =
+            super::stdlib_pyc::wanted(spec.bytecode, packages.iter().map(|p| &p.name))
+                .map_err(|e| {
+                    anyhow!(
+                        "{}:{}:{}: {e}",
+                        recipe.file.display(),
+                        spec.pos.line,
+                        spec.pos.column
+                    )
+                })?
+                .then_some("image-python3.11");
         Ok(DebianSource {
             inputs,
             spec: spec.clone(),
@@ -237,7 +243,11 @@ impl ExtraSource for DebianSource<'_> {
             progress.status(format!(
                 "{label}: byte-compiling the Python standard library"
             ));
-            notes.extend(super::stdlib_pyc::compile(&inputs.store, tree)?);
+            notes.extend(super::stdlib_pyc::compile(
+                &inputs.store,
+                tree,
+                inputs.jobs,
+            )?);
         }
         Ok((inputs_used, notes))
     }

@@ -433,12 +433,15 @@ impl Session {
         })
     }
 
-    /// The non-file sources of a layer (Debian packages, Python wheels).
+    /// The non-file sources of a layer (Debian packages, Python wheels). `lower` are
+    /// the image's layers below this one (a venv's `.pyc` files are written by the
+    /// interpreter they contain).
     pub fn extra_sources<'a>(
         &'a self,
         recipe: &Recipe,
         index: usize,
         spec: &LayerSpec,
+        lower: &[crate::cache::LayerReport],
     ) -> Result<Vec<Box<dyn ExtraSource + Send + 'a>>> {
         let mut v: Vec<Box<dyn ExtraSource + Send + 'a>> = vec![];
         if let Some(d) = &spec.debian {
@@ -454,6 +457,7 @@ impl Session {
                 recipe,
                 index,
                 p,
+                lower,
                 &self.store,
                 &self.http,
                 self.jobs,

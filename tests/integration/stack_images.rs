@@ -199,6 +199,39 @@ fn app_imports_its_stack_and_answers_healthz() {
         "import celery, flask, psycopg, redis, gunicorn; print('ok', psycopg.pq.__impl__)",
     ]));
     assert!(out.starts_with("ok binary"), "{out}");
+    // every module comes from a .pyc of the image (the venv's and Debian's stdlib,
+    // written at build time by the image's own interpreter): nothing is compiled at start
+    let verbose = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/opt/venv/bin/python",
+            &app.0,
+            "-v",
+            "-c",
+            "import celery, flask, psycopg, redis, gunicorn",
+        ])
+        .output()
+        .unwrap();
+    assert!(verbose.status.success());
+    let log = String::from_utf8_lossy(&verbose.stderr);
+    let from = |dir: &str| {
+        log.lines()
+            .filter(|l| l.starts_with(&format!("# code object from '{dir}")))
+            .collect::<Vec<_>>()
+    };
+    let (venv, stdlib) = (
+        from("/opt/venv/lib/python3.11/site-packages/"),
+        from("/usr/lib/python3.11/"),
+    );
+    assert!(venv.len() > 100 && stdlib.len() > 50, "{log}");
+    let compiled: Vec<_> = venv
+        .iter()
+        .chain(&stdlib)
+        .filter(|l| !l.ends_with(".pyc'"))
+        .collect();
+    assert!(compiled.is_empty(), "compiled at start: {compiled:?}");
     let port = free_port().to_string();
     let c = docker_run(&[
         "-p",

@@ -1,21 +1,21 @@
-//! Optional deterministic byte-compilation of a venv's `.py` files.
+//! Optional deterministic byte-compilation of `.py` files (a venv's wheels, or a Debian
+//! layer's standard library) by the image's own interpreter
+//! ([`crate::interpreter::ImageInterpreter`]), as Debian's postinst would inside the image.
 //!
-//! The image's interpreter cannot run at build time, but any CPython of the same minor
-//! version writes the same `.pyc` format (3.11 magic `a70d0d0a` from 3.11.0 on). A host
-//! `python3.Y` compiles each file with `py_compile` in unchecked-hash mode (PEP 552: no
-//! mtime in the header, never revalidated against the source), recording the in-image
-//! path as the source path shown in tracebacks.
+//! Each file is compiled with `py_compile` in unchecked-hash mode (PEP 552: no mtime in
+//! the header, never revalidated against the source), recording the in-image path as the
+//! source path shown in tracebacks.
 //!
 //! Determinism: the hash seed is fixed (`PYTHONHASHSEED=0`; before 3.11 frozenset
 //! constants were marshalled in hash order, and 3.11 sorts them, checked by hand: three
-//! seeds gave identical bytes), and every wheel is compiled twice in two separate processes;
-//! a `.pyc` whose two results differ (marshal's reference flags depend on reference
-//! counts, which can vary) is left out of the layer and reported, so the layer never
-//! carries a file whose bytes depend on the run. Python then compiles that module in
+//! seeds gave identical bytes), and every set of sources is compiled twice in two separate
+//! processes; a `.pyc` whose two results differ (marshal's reference flags depend on
+//! reference counts, which can vary) is left out of the layer and reported, so the layer
+//! never carries a file whose bytes depend on the run. Python then compiles that module in
 //! memory at import time (slower start-up, same behaviour).
 //!
-//! Results are cached per (wheel digest, site-packages path, host interpreter version) in
-//! `<store>/unpacked/pyc-v1/<key>/`, written to a temp dir and renamed into place.
+//! Results are cached per (sources key, in-image directory, interpreter identity) in
+//! `<store>/unpacked/pyc-v2/<key>/`, written to a temp dir and renamed into place.
 //!
 //! Why bother: measured by hand on the celery/flask stack, the app's imports take
 //! 1.3–1.6 s without `.pyc` (every start recompiles, and a read-only venv cannot cache),
@@ -24,83 +24,16 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use imgbuild_store::{Digest, Store, digest_reader};
 use sha2::Digest as _;
 
 use crate::error::{Error, Result, io_err};
-use crate::target::Target;
+use crate::interpreter::ImageInterpreter;
 use crate::unpack::digest_record_hash;
 
-pub const PYC_BUCKET: &str = "unpacked/pyc-v1";
-
-/// A host interpreter able to write `.pyc` files for the target.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPython {
-    pub path: PathBuf,
-    /// `3.11.7`
-    pub version: String,
-    /// `a70d0d0a`
-    pub magic: String,
-    /// `cpython-311`
-    pub cache_tag: String,
-}
-
-/// Finds `python3.Y` (the target's minor) on `PATH` and checks it is CPython of that
-/// minor. `Err` carries the reason for the warning when there is none.
-pub fn find_host_python(target: &Target) -> std::result::Result<HostPython, String> {
-    let (major, minor) = target.python_major_minor();
-    let name = format!("python{major}.{minor}");
-    let path = std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(&name))
-                .find(|c| c.is_file())
-        })
-        .ok_or_else(|| format!("no `{name}` on PATH"))?;
-    probe(&path, major, minor)
-}
-
-/// Checks that `path` is a CPython `major.minor`.
-pub fn probe(path: &Path, major: u32, minor: u32) -> std::result::Result<HostPython, String> {
-    let out = Command::new(path)
-        .args(["-S", "-c", "import sys,importlib.util as u;print(sys.implementation.name,sys.version_info[0],sys.version_info[1],u.MAGIC_NUMBER.hex(),sys.implementation.cache_tag,sys.version.split()[0]);print(sys.executable)"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `{}`: {e}", path.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let f: Vec<&str> = text.split_whitespace().collect();
-    match f.as_slice() {
-        [impl_, ma, mi, magic, tag, ver, exe @ ..] if out.status.success() => {
-            if *impl_ != "cpython" || *ma != major.to_string() || *mi != minor.to_string() {
-                return Err(format!(
-                    "`{}` is {impl_} {ver}, not CPython {major}.{minor}",
-                    path.display()
-                ));
-            }
-            // run the real executable afterwards, not a wrapper such as a pyenv shim
-            // (a shim costs ~0.2 s per start, and there are two starts per wheel)
-            let exe = exe.join(" ");
-            let path = if !exe.is_empty() && Path::new(&exe).is_file() {
-                PathBuf::from(exe)
-            } else {
-                path.to_path_buf()
-            };
-            Ok(HostPython {
-                path,
-                version: (*ver).to_owned(),
-                magic: (*magic).to_owned(),
-                cache_tag: (*tag).to_owned(),
-            })
-        }
-        _ => Err(format!(
-            "`{}` did not answer the version probe: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-    }
-}
+pub const PYC_BUCKET: &str = "unpacked/pyc-v2";
 
 /// One compiled file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -122,15 +55,15 @@ struct PycManifest {
     unstable: Vec<String>,
 }
 
-/// The cached `.pyc` files of one wheel.
+/// The cached `.pyc` files of one set of sources.
 #[derive(Clone, Debug)]
-pub struct CompiledWheel {
+pub struct Compiled {
     pub dir: PathBuf,
     pub files: Vec<PycFile>,
     pub warnings: Vec<String>,
 }
 
-impl CompiledWheel {
+impl Compiled {
     pub fn host_path(&self, f: &PycFile) -> PathBuf {
         self.dir.join(&f.path)
     }
@@ -160,20 +93,20 @@ pub fn pyc_path(py_rel: &str, cache_tag: &str) -> Option<String> {
     })
 }
 
-/// Compiles (or finds cached) the `.py` files of one wheel. `sources` are
-/// (path relative to site-packages, host file), `site_packages` the in-image directory.
-pub fn compile_wheel(
+/// Compiles (or finds cached) a set of `.py` files: one wheel's, or a standard
+/// library's. `key` names the sources' bytes (a wheel's digest); `sources` are (path
+/// relative to `dir`, host file), `dir` the in-image directory they are in. With
+/// `jobs` > 1 the two compilations run side by side.
+pub fn compile_sources(
     store: &Store,
-    python: &HostPython,
-    wheel: &Digest,
-    site_packages: &str,
+    python: &ImageInterpreter,
+    key: &Digest,
+    dir: &str,
     sources: &[(String, PathBuf)],
-) -> Result<CompiledWheel> {
+    jobs: usize,
+) -> Result<Compiled> {
     let mut h = sha2::Sha256::new();
-    h.update(format!(
-        "pyc-v1\n{}\n{site_packages}\n{}\n{}\n",
-        wheel, python.version, python.magic
-    ));
+    h.update(format!("pyc-v2\n{key}\n{dir}\n{}\n", python.identity));
     let key = hex::encode(h.finalize());
     let root = store.root().join(PYC_BUCKET);
     let dest = root.join(&key);
@@ -182,7 +115,7 @@ pub fn compile_wheel(
     }
     fs::create_dir_all(&root).map_err(io_err("failed to create directory", &root))?;
     let tmp = store.temp_dir()?;
-    let result = build(python, site_packages, sources, &tmp);
+    let result = build(python, dir, sources, &tmp, jobs);
     match result {
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp);
@@ -200,14 +133,14 @@ pub fn compile_wheel(
                 }
             }
             load(&dest)?.ok_or_else(|| Error::Bytecode {
-                python: python.path.clone(),
+                interpreter: python.describe(),
                 msg: format!("`{}` has no manifest", dest.display()),
             })
         }
     }
 }
 
-fn load(dest: &Path) -> Result<Option<CompiledWheel>> {
+fn load(dest: &Path) -> Result<Option<Compiled>> {
     let mpath = dest.join("manifest.json");
     let bytes = match fs::read(&mpath) {
         Ok(b) => b,
@@ -233,26 +166,23 @@ fn load(dest: &Path) -> Result<Option<CompiledWheel>> {
             m.unstable.join(", ")
         ));
     }
-    Ok(Some(CompiledWheel {
+    Ok(Some(Compiled {
         dir: dest.join("files"),
         files: m.files,
         warnings,
     }))
 }
 
-fn run_compile(python: &HostPython, jobs: &[CompileJob]) -> Result<Vec<String>> {
+fn run_compile(python: &ImageInterpreter, jobs: &[CompileJob]) -> Result<Vec<String>> {
     let err = |msg: String| Error::Bytecode {
-        python: python.path.clone(),
+        interpreter: python.describe(),
         msg,
     };
-    let mut child = Command::new(&python.path)
+    // a cleared environment (see ImageInterpreter::command): no PYTHONPATH, no
+    // SOURCE_DATE_EPOCH (which would switch py_compile to timestamp mode)
+    let mut child = python
+        .command()
         .args(["-S", "-s", "-B", "-c", COMPILE_SCRIPT])
-        // nothing in the output may depend on string hash randomisation
-        .env("PYTHONHASHSEED", "0")
-        .env_remove("PYTHONPATH")
-        .env_remove("PYTHONSTARTUP")
-        .env_remove("PYTHONOPTIMIZE")
-        .env_remove("SOURCE_DATE_EPOCH")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -276,10 +206,11 @@ fn run_compile(python: &HostPython, jobs: &[CompileJob]) -> Result<Vec<String>> 
 }
 
 fn build(
-    python: &HostPython,
+    python: &ImageInterpreter,
     site_packages: &str,
     sources: &[(String, PathBuf)],
     tmp: &Path,
+    jobs: usize,
 ) -> Result<()> {
     let mut files = vec![];
     let mut unstable = vec![];
@@ -299,13 +230,20 @@ fn build(
             .collect();
         runs.push((dir, jobs));
     }
-    // the two compilations run side by side in separate processes (independent runs are
-    // the point, and it halves the wall time on two cores)
-    let (first, second) = std::thread::scope(|s| {
-        let other = s.spawn(|| run_compile(python, &runs[1].1));
+    // two independent processes (independent runs are the point); side by side when
+    // allowed two jobs, which halves the wall time on two cores; none for no sources
+    let (first, second) = if runs[0].1.is_empty() {
+        (Ok(vec![]), Ok(vec![]))
+    } else if jobs > 1 {
+        std::thread::scope(|s| {
+            let other = s.spawn(|| run_compile(python, &runs[1].1));
+            let first = run_compile(python, &runs[0].1);
+            (first, other.join().expect("compile thread panicked"))
+        })
+    } else {
         let first = run_compile(python, &runs[0].1);
-        (first, other.join().expect("compile thread panicked"))
-    });
+        (first, run_compile(python, &runs[1].1))
+    };
     let failed = first?;
     second?;
     let (a, b) = (&runs[0].0, &runs[1].0);
@@ -336,12 +274,18 @@ fn build(
             hash: digest_record_hash(&d),
         });
     }
-    fs::remove_dir_all(b).map_err(io_err("failed to remove", b))?;
+    // absent when nothing compiled
+    match fs::remove_dir_all(b) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_err("failed to remove", b)(e));
+        }
+        _ => {}
+    }
     files.sort_by(|x, y| x.path.cmp(&y.path));
     let mut failed = failed;
     failed.sort();
     let m = PycManifest {
-        format: 1,
+        format: 2,
         files,
         failed,
         unstable,

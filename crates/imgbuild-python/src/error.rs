@@ -88,8 +88,20 @@ pub enum Error {
         file: PathBuf,
         problems: Vec<String>,
     },
-    #[error("byte-compilation with `{}` failed: {msg}", python.display())]
-    Bytecode { python: PathBuf, msg: String },
+    #[error("byte-compilation with {interpreter} failed: {msg}")]
+    Bytecode { interpreter: String, msg: String },
+    #[error(
+        "cannot byte-compile with the image's interpreter `{path}`: {msg}. The .pyc files are written by the \
+         image's own interpreter (never the build host's), run on this machine through the image's loader; \
+         set `bytecode = false` to build without them"
+    )]
+    Interpreter { path: String, msg: String },
+    #[error("lower layer {layer}: {msg}")]
+    Layer { layer: Digest, msg: String },
+    #[error(
+        "wheel {wheel}: `{path}` would replace the venv's own `{path}`; refused (the venv skeleton: pyvenv.cfg, bin/python*, lib64)"
+    )]
+    ReservedPath { wheel: String, path: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,8 +7,8 @@
 //! asked for the project's files, files are kept only if their version is the pin and
 //! their sha256 is one of the requirement's hashes, and the one with the best tag for
 //! the target wins (pip's order; build tag breaks ties). The download streams into the
-//! store and is committed only if its sha256 is the expected one. Requirements run in
-//! parallel on a bounded number of threads.
+//! store and is committed only if its sha256 is the expected one. Requirements are
+//! fetched in parallel on a few connections, then unpacked on `jobs` threads.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
@@ -74,8 +74,18 @@ fn selection_key(target: &Target, r: &Requirement) -> String {
     hex::encode(h.finalize())
 }
 
+/// Downloads run on up to this many connections even with fewer `jobs`: they wait on
+/// the network, not the CPU (hashing while streaming is cheap).
+pub const MIN_CONNECTIONS: usize = 4;
+/// ... and never more than this many, to be polite to the index.
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// Fetches (or finds in the store) the best wheel of every applicable requirement,
 /// verifies it and unpacks it into the cache. Sorted by name.
+///
+/// Concurrency: index queries and downloads use `jobs` clamped to
+/// [`MIN_CONNECTIONS`]..=[`MAX_CONNECTIONS`] connections; unpacking (inflating zip
+/// entries, hashing them: CPU work) uses `jobs` threads.
 pub fn fetch_wheels(
     spec: &VenvSpec,
     reqs: &Requirements,
@@ -87,87 +97,107 @@ pub fn fetch_wheels(
     let todo = applicable(reqs, &spec.target);
     let prio = TagPriorities::new(&spec.target);
     // index configuration is read lazily: a fully cached build reads no config and no network
-    let index: Mutex<Option<IndexConfig>> = Mutex::new(None);
-    let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Result<SelectedWheel>>>> =
-        todo.iter().map(|_| Mutex::new(None)).collect();
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for _ in 0..jobs.clamp(1, 16).min(todo.len().max(1)) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= todo.len() || failed.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let r = fetch_one(spec, reqs, todo[i], store, http, &prio, &index);
-                    if r.is_err() {
-                        failed.store(true, Ordering::SeqCst);
-                    }
-                    *results[i].lock().unwrap() = Some(r);
-                }
-            });
-        }
-    });
-    let mut out = vec![];
-    // first error in file order, for a stable message
-    for r in results {
-        match r.into_inner().unwrap() {
-            Some(Ok(w)) => out.push(w),
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
-    if out.len() != todo.len() {
-        unreachable!("a worker stopped without an error");
-    }
+    let index: Mutex<Option<(IndexConfig, Option<reqwest::blocking::Client>)>> = Mutex::new(None);
+    let connections = jobs.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS);
+    let selections = in_parallel(connections, &todo, |r| {
+        select_one(spec, reqs, r, store, http, &prio, &index)
+    })?;
+    let pairs: Vec<(&Requirement, Selection)> = todo.iter().copied().zip(selections).collect();
+    let mut out = in_parallel(jobs.max(1), &pairs, |(r, sel)| {
+        let size = store.blob_size(&sel.digest)?;
+        let unpacked = unpack_cached(store, &sel.digest, &sel.filename, &r.key)?;
+        Ok(SelectedWheel {
+            key: r.key.clone(),
+            name: r.name.clone(),
+            version: r.version.clone(),
+            extras: r.extras.clone(),
+            line: r.line,
+            filename: sel.filename.clone(),
+            digest: sel.digest.clone(),
+            size,
+            unpacked,
+        })
+    })?;
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
 }
 
-fn fetch_one(
+/// `f` over `items` on up to `threads` threads; results in item order. Stops taking new
+/// items after a failure and returns the first error in item order (a stable message).
+fn in_parallel<T: Sync, U: Send>(
+    threads: usize,
+    items: &[T],
+    f: impl Fn(&T) -> Result<U> + Sync,
+) -> Result<Vec<U>> {
+    let next = AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Mutex<Option<Result<U>>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, items.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= items.len() || failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let r = f(&items[i]);
+                    if r.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    *results[i].lock().expect("result slot") = Some(r);
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for r in results {
+        match r.into_inner().expect("result slot") {
+            Some(Ok(v)) => out.push(v),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    assert_eq!(out.len(), items.len(), "a worker stopped without an error");
+    Ok(out)
+}
+
+/// The selection record of `r`, or (once) a query of the index and a verified download.
+fn select_one(
     spec: &VenvSpec,
     reqs: &Requirements,
     r: &Requirement,
     store: &Store,
     http: &reqwest::blocking::Client,
     prio: &TagPriorities,
-    index: &Mutex<Option<IndexConfig>>,
-) -> Result<SelectedWheel> {
+    index: &Mutex<Option<(IndexConfig, Option<reqwest::blocking::Client>)>>,
+) -> Result<Selection> {
     let key = selection_key(&spec.target, r);
     let cached = store
         .read_record(SELECT_BUCKET, &key)?
         .and_then(|b| serde_json::from_slice::<Selection>(&b).ok())
         .filter(|s| r.hashes.contains(&s.digest) && store.has_blob(&s.digest));
-    let sel = match cached {
-        Some(s) => s,
-        None => {
-            let cfg = {
-                let mut g = index.lock().unwrap();
-                if g.is_none() {
-                    *g = Some(IndexConfig::from_environment(reqs)?);
-                }
-                g.clone().expect("set above")
-            };
-            let s = select_and_download(spec, r, store, http, prio, &cfg)?;
-            let bytes = serde_json::to_vec(&s).expect("selection serialises");
-            store.write_record(SELECT_BUCKET, &key, &bytes)?;
-            s
+    if let Some(s) = cached {
+        return Ok(s);
+    }
+    let (cfg, own_client) = {
+        let mut g = index.lock().expect("index config");
+        if g.is_none() {
+            let cfg = IndexConfig::from_environment(reqs)?;
+            // pip's `cert`: the index is trusted through that CA bundle only
+            let client = cfg
+                .cert
+                .as_ref()
+                .map(|c| cfg.client_with_cert(c))
+                .transpose()?;
+            *g = Some((cfg, client));
         }
+        g.clone().expect("set above")
     };
-    let size = store.blob_size(&sel.digest)?;
-    let unpacked = unpack_cached(store, &sel.digest, &sel.filename, &r.key)?;
-    Ok(SelectedWheel {
-        key: r.key.clone(),
-        name: r.name.clone(),
-        version: r.version.clone(),
-        extras: r.extras.clone(),
-        line: r.line,
-        filename: sel.filename,
-        digest: sel.digest,
-        size,
-        unpacked,
-    })
+    let http = own_client.as_ref().unwrap_or(http);
+    let s = select_and_download(spec, r, store, http, prio, &cfg)?;
+    let bytes = serde_json::to_vec(&s).expect("selection serialises");
+    store.write_record(SELECT_BUCKET, &key, &bytes)?;
+    Ok(s)
 }
 
 /// The candidates for `r` among `files`, best first: (rank, file, digest if known).

@@ -1,12 +1,19 @@
 //! Which package index to use (pip's own configuration sources, in pip's precedence) and
 //! the simple repository API client: PEP 691 JSON first, PEP 503 HTML as the fallback.
 //!
-//! Precedence, lowest to highest, as pip applies it: config files (`/etc/xdg/pip/pip.conf`,
-//! `/etc/pip.conf`, then `~/.pip/pip.conf`, `$XDG_CONFIG_HOME/pip/pip.conf`, then
-//! `PIP_CONFIG_FILE`, whose presence disables the user files), `[global]` then `[install]`
-//! sections, then the `PIP_INDEX_URL`/`PIP_EXTRA_INDEX_URL` variables, then `--index-url`
-//! in the requirements file. Index URLs may carry credentials: they are sent (reqwest uses
-//! URL userinfo as basic auth) but never appear in messages.
+//! Precedence, as pip (`ConfigOptionParser`) applies it: every config file is read in
+//! order (`/etc/xdg/pip/pip.conf`, `/etc/pip.conf`, then `~/.pip/pip.conf`,
+//! `$XDG_CONFIG_HOME/pip/pip.conf`, then `PIP_CONFIG_FILE`, whose presence disables the
+//! user files; `PIP_CONFIG_FILE=/dev/null` disables them all) into one map where a later
+//! file's `section.key` replaces an earlier one's (an empty value clears it); then all
+//! `[global]` values apply, then all `[install]` values (so `[install]` in
+//! `/etc/pip.conf` beats `[global]` in the user's file), then the `PIP_*` variables;
+//! finally `--index-url` in the requirements file replaces every index URL so far and
+//! its `--extra-index-url`s are added. Index URLs may carry credentials: they are sent
+//! (reqwest uses URL userinfo as basic auth) but never appear in messages.
+//!
+//! `cert` (`PIP_CERT`): a PEM CA bundle; as in pip, the index is then trusted through
+//! that bundle only.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -20,12 +27,17 @@ use crate::requirements::Requirements;
 
 pub const PYPI_SIMPLE: &str = "https://pypi.org/simple";
 
-/// The indexes to search, in order.
+/// The indexes to search, in order, and how to trust them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexConfig {
     pub index_url: String,
     pub extra_index_urls: Vec<String>,
+    /// pip's `cert`: the CA bundle that replaces the built-in roots.
+    pub cert: Option<PathBuf>,
 }
+
+/// The pip options this crate reads (pip's long option names).
+const OPTIONS: [&str; 3] = ["index-url", "extra-index-url", "cert"];
 
 impl IndexConfig {
     /// pip's configuration as seen from this process's environment and home directory,
@@ -40,8 +52,8 @@ impl IndexConfig {
         reqs: &Requirements,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<IndexConfig> {
-        let mut index_url = PYPI_SIMPLE.to_owned();
-        let mut extra: Vec<String> = vec![];
+        // (section, key) -> value, later files replacing earlier ones
+        let mut merged: BTreeMap<(String, String), String> = BTreeMap::new();
         for file in pip_config_files(env) {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -53,26 +65,39 @@ impl IndexConfig {
                     });
                 }
             };
-            let ini = parse_ini(&text);
-            for section in ["global", "install"] {
-                if let Some(s) = ini.get(section) {
-                    if let Some(v) = s.get("index-url") {
-                        index_url = v.trim().to_owned();
-                    }
-                    if let Some(v) = s.get("extra-index-url") {
-                        extra = v.split_whitespace().map(str::to_owned).collect();
-                    }
+            for (section, values) in parse_ini(&text) {
+                for (key, value) in values {
+                    merged.insert((section.clone(), key), value.trim().to_owned());
                 }
             }
         }
-        if let Some(v) = env("PIP_INDEX_URL") {
-            index_url = v;
+        let mut opts: BTreeMap<&str, String> = BTreeMap::new();
+        for section in ["global", "install"] {
+            for key in OPTIONS {
+                if let Some(v) = merged.get(&(section.to_owned(), key.to_owned()))
+                    && !v.is_empty()
+                {
+                    opts.insert(key, v.clone());
+                }
+            }
         }
-        if let Some(v) = env("PIP_EXTRA_INDEX_URL") {
-            extra = v.split_whitespace().map(str::to_owned).collect();
+        for key in OPTIONS {
+            let var = format!("PIP_{}", key.to_ascii_uppercase().replace('-', "_"));
+            if let Some(v) = env(&var) {
+                opts.insert(key, v);
+            }
         }
+        let mut index_url = opts
+            .get("index-url")
+            .cloned()
+            .unwrap_or_else(|| PYPI_SIMPLE.to_owned());
+        let mut extra: Vec<String> = opts
+            .get("extra-index-url")
+            .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
         if let Some(v) = &reqs.index_url {
             index_url = v.clone();
+            extra.clear();
         }
         extra.extend(reqs.extra_index_urls.iter().cloned());
         Ok(IndexConfig {
@@ -81,12 +106,36 @@ impl IndexConfig {
                 .iter()
                 .map(|u| u.trim_end_matches('/').to_owned())
                 .collect(),
+            cert: opts.get("cert").map(PathBuf::from),
         })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.index_url.as_str())
             .chain(self.extra_index_urls.iter().map(|s| s.as_str()))
+    }
+
+    /// An HTTP client that trusts exactly the CA certificates of the bundle `cert`.
+    pub fn client_with_cert(&self, cert: &Path) -> Result<reqwest::blocking::Client> {
+        let err = |msg: String| Error::PipConfig {
+            path: cert.to_path_buf(),
+            msg,
+        };
+        let pem = std::fs::read(cert).map_err(|e| err(format!("cert: {e}")))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| err(format!("cert: not a PEM CA bundle: {e}")))?;
+        if certs.is_empty() {
+            return Err(err("cert: no certificate in the bundle".into()));
+        }
+        let mut b = reqwest::blocking::Client::builder()
+            .user_agent(concat!("imgbuild-python/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+        b.build()
+            .map_err(|e| err(format!("cert: cannot set up the HTTP client: {e}")))
     }
 }
 
@@ -546,6 +595,98 @@ mod tests {
             .contains("index")
         {
             assert_eq!(c.index_url, PYPI_SIMPLE);
+        }
+    }
+
+    #[test]
+    fn config_merges_files_then_global_then_install_then_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".pip")).unwrap();
+        std::fs::create_dir_all(home.join(".config/pip")).unwrap();
+        // the earlier file (pip's legacy ~/.pip/pip.conf) sets [install], the later one
+        // [global]: pip applies every [global] value before any [install] value,
+        // whatever file they come from (both are read after /etc/pip.conf)
+        std::fs::write(
+            home.join(".pip/pip.conf"),
+            "[install]\nindex-url = https://site-install.example/simple\n[global]\ncert = /site/ca.pem\nextra-index-url = https://site-extra.example/simple\n",
+        )
+        .unwrap();
+        std::fs::write(
+            home.join(".config/pip/pip.conf"),
+            "[global]\nindex-url = https://user-global.example/simple\n# an empty value clears the earlier file's\nextra-index-url =\n",
+        )
+        .unwrap();
+        let none = parse_requirements_str("", Path::new("r.txt")).unwrap();
+        let h = home.to_string_lossy().into_owned();
+        let env = |k: &str| match k {
+            "XDG_CONFIG_DIRS" => Some("/nonexistent".into()),
+            "HOME" => Some(h.clone()),
+            _ => None,
+        };
+        let c = IndexConfig::resolve(&none, &env).unwrap();
+        assert_eq!(c.index_url, "https://site-install.example/simple");
+        assert!(c.extra_index_urls.is_empty(), "{c:?}");
+        assert_eq!(c.cert.as_deref(), Some(Path::new("/site/ca.pem")));
+
+        // variables beat every file; PIP_CERT too
+        let env2 = |k: &str| match k {
+            "PIP_INDEX_URL" => Some("https://var.example/simple".into()),
+            "PIP_EXTRA_INDEX_URL" => {
+                Some("https://x.example/simple https://y.example/simple".into())
+            }
+            "PIP_CERT" => Some("/var/ca.pem".into()),
+            _ => env(k),
+        };
+        let c = IndexConfig::resolve(&none, &env2).unwrap();
+        assert_eq!(c.index_url, "https://var.example/simple");
+        assert_eq!(
+            c.extra_index_urls,
+            ["https://x.example/simple", "https://y.example/simple"]
+        );
+        assert_eq!(c.cert.as_deref(), Some(Path::new("/var/ca.pem")));
+
+        // `--index-url` in the requirements file replaces every index URL so far (the
+        // configured extras too); its own extras are added
+        let file = parse_requirements_str(
+            "-ihttps://file.example/simple\n--extra-index-url https://file-extra.example/simple\n",
+            Path::new("r.txt"),
+        )
+        .unwrap();
+        let c = IndexConfig::resolve(&file, &env2).unwrap();
+        assert_eq!(c.index_url, "https://file.example/simple");
+        assert_eq!(c.extra_index_urls, ["https://file-extra.example/simple"]);
+        // ...while an extra alone adds to the configured ones
+        let extra_only = parse_requirements_str(
+            "--extra-index-url https://file-extra.example/simple\n",
+            Path::new("r.txt"),
+        )
+        .unwrap();
+        let c = IndexConfig::resolve(&extra_only, &env2).unwrap();
+        assert_eq!(c.index_url, "https://var.example/simple");
+        assert_eq!(c.extra_index_urls.len(), 3);
+    }
+
+    #[test]
+    fn cert_is_a_pem_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = IndexConfig {
+            index_url: PYPI_SIMPLE.into(),
+            extra_index_urls: vec![],
+            cert: None,
+        };
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a certificate\n").unwrap();
+        let e = c.client_with_cert(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.pem") && e.contains("no certificate"), "{e}");
+        let e = c
+            .client_with_cert(&dir.path().join("missing.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+        let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        if system.is_file() {
+            c.client_with_cert(system).unwrap();
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::VenvSpec;
 use crate::bytecode;
 use crate::error::{Error, Result, io_err};
 use crate::fetch::{SelectedWheel, applicable};
+use crate::interpreter::ImageInterpreter;
 use crate::marker::DepSpec;
 use crate::requirements::Requirements;
 use crate::unpack::{csv_field, record_hash};
@@ -199,11 +200,24 @@ pub fn check_closure(spec: &VenvSpec, reqs: &Requirements, wheels: &[SelectedWhe
                 format!("[{}]", ex.iter().cloned().collect::<Vec<_>>().join(","))
             };
             match pinned.get(d.key.as_str()) {
-                None => {
-                    problems.insert(format!(
-                        "{who}{via} {who_version} requires {d} but it is not in {file_name}"
-                    ));
-                }
+                None => match reqs.requirements.iter().find(|r| r.key == d.key) {
+                    // pinned, but only for other targets
+                    Some(r) => {
+                        problems.insert(format!(
+                            "{who}{via} {who_version} requires {d} but {file_name} line {} pins {}=={} only when `{}`, which is false for the target {}",
+                            r.line,
+                            r.name,
+                            r.version,
+                            r.marker.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                            spec.target
+                        ));
+                    }
+                    None => {
+                        problems.insert(format!(
+                            "{who}{via} {who_version} requires {d} but it is not in {file_name}"
+                        ));
+                    }
+                },
                 Some(r) => {
                     let v = r.parsed_version();
                     if !d.specifiers.contains(&v, &r.version) {
@@ -311,15 +325,40 @@ pub fn record_text(entries: &RecordRows, record_path: &str) -> String {
 }
 
 /// Installs `wheels` into `tree` as the venv described by `spec`. Runs the closure
-/// check first.
+/// check first. With `spec.bytecode`, `interpreter` is the image's own interpreter that
+/// writes the `.pyc` files (required then; see [`crate::interpreter`]), and `jobs`
+/// bounds the compiler processes running at once.
 pub fn install(
     spec: &VenvSpec,
     reqs: &Requirements,
     wheels: &[SelectedWheel],
     store: &Store,
+    interpreter: Option<&ImageInterpreter>,
+    jobs: usize,
     tree: &mut Tree,
 ) -> Result<InstallReport> {
     spec.validate()?;
+    let python = match (spec.bytecode, interpreter) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(Error::Spec(
+                "bytecode = true needs the image's interpreter to compile with".into(),
+            ));
+        }
+        (true, Some(p)) => {
+            // markers were evaluated and wheels chosen for the target version: an image
+            // with another interpreter would get the wrong dependencies (redis needs
+            // async-timeout below 3.11.3 only)
+            if p.version != spec.target.python_full_version {
+                return Err(Error::Spec(format!(
+                    "{} is not the target CPython {}: markers and wheels were chosen for the target",
+                    p.describe(),
+                    spec.target.python_full_version
+                )));
+            }
+            Some(p)
+        }
+    };
     check_closure(spec, reqs, wheels)?;
     let mut report = InstallReport::default();
     let pyver = spec.target.python_version();
@@ -327,26 +366,35 @@ pub fn install(
     let sp_rel = format!("lib/python{pyver}/site-packages");
     let sp_abs = format!("{venv}/{sp_rel}");
     let venv_python = format!("{venv}/bin/python");
-
-    let host_python = if spec.bytecode {
-        match bytecode::find_host_python(&spec.target) {
-            Ok(p) => Some(p),
-            Err(why) => {
-                report.warnings.push(format!(
-                    "no .pyc files in the venv ({why}): imports will compile every module at each start \
-                     (measured: 1.3–1.6 s instead of 0.3 s for a flask/celery app); install python{pyver} on \
-                     the build host to byte-compile"
-                ));
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let interp_name = spec
+        .interpreter
+        .rsplit('/')
+        .next()
+        .unwrap_or("python3")
+        .to_owned();
+    // what the venv itself writes: a wheel may not replace it (an entry point called
+    // `python` would silently become the venv's interpreter)
+    let mut reserved: BTreeSet<String> = [
+        "pyvenv.cfg".to_owned(),
+        "lib64".to_owned(),
+        "bin".to_owned(),
+        "include".to_owned(),
+        "lib".to_owned(),
+        format!("lib/python{pyver}"),
+        sp_rel.clone(),
+        "bin/python".to_owned(),
+        "bin/python3".to_owned(),
+        format!("bin/python{pyver}"),
+    ]
+    .into_iter()
+    .collect();
+    reserved.insert(format!("bin/{interp_name}"));
 
     // venv-relative path -> (planned file, owning distribution)
     let mut files: BTreeMap<String, (Planned, String)> = BTreeMap::new();
     let mut records: Vec<(String, String, RecordRows)> = vec![];
+    // venv-relative path of each .pyc compiled here -> the distribution it was compiled for
+    let mut compiled_pycs: BTreeMap<String, String> = BTreeMap::new();
 
     let mut sorted: Vec<&SelectedWheel> = wheels.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
@@ -362,20 +410,30 @@ pub fn install(
         let data_prefix = format!("{dist_stem}.data/");
         let mut rec: RecordRows = BTreeMap::new();
         let mut py_sources: Vec<(String, PathBuf)> = vec![];
-        let mut place =
-            |venv_rel: String, p: Planned, rec: &mut RecordRows, report: &mut InstallReport| {
-                let rp = record_rel(&venv_rel, &sp_rel);
-                rec.insert(rp, (p.hash.clone(), p.size));
-                if let Some((old, owner)) = files.get(&venv_rel)
-                    && old.hash != p.hash
-                {
-                    report.warnings.push(format!(
-                        "{venv}/{venv_rel}: {} overwrites the different file installed by {owner}",
-                        w.name
-                    ));
-                }
-                files.insert(venv_rel, (p, w.name.clone()));
-            };
+        let mut place = |venv_rel: String,
+                         p: Planned,
+                         rec: &mut RecordRows,
+                         report: &mut InstallReport|
+         -> Result<()> {
+            if reserved.contains(&venv_rel) || venv_rel.starts_with("lib64/") {
+                return Err(Error::ReservedPath {
+                    wheel: w.filename.clone(),
+                    path: format!("{venv}/{venv_rel}"),
+                });
+            }
+            let rp = record_rel(&venv_rel, &sp_rel);
+            rec.insert(rp, (p.hash.clone(), p.size));
+            if let Some((old, owner)) = files.get(&venv_rel)
+                && old.hash != p.hash
+            {
+                report.warnings.push(format!(
+                    "{venv}/{venv_rel}: {} overwrites the different file installed by {owner}",
+                    w.name
+                ));
+            }
+            files.insert(venv_rel, (p, w.name.clone()));
+            Ok(())
+        };
         for f in &m.files {
             let host = w.unpacked.host_path(&f.path);
             let mut planned = Planned {
@@ -428,7 +486,7 @@ pub fn install(
             {
                 py_sources.push((sp_path.to_owned(), host.clone()));
             }
-            place(venv_rel, planned, &mut rec, &mut report);
+            place(venv_rel, planned, &mut rec, &mut report)?;
         }
 
         // entry points
@@ -455,7 +513,7 @@ pub fn install(
                         mode: 0o755,
                     };
                     report.scripts.push(name.clone());
-                    place(format!("bin/{name}"), p, &mut rec, &mut report);
+                    place(format!("bin/{name}"), p, &mut rec, &mut report)?;
                 }
             }
         }
@@ -472,19 +530,21 @@ pub fn install(
             },
             &mut rec,
             &mut report,
-        );
+        )?;
 
         // bytecode
-        if let Some(py) = &host_python {
+        if let Some(py) = python {
             py_sources.sort();
-            let compiled = bytecode::compile_wheel(store, py, &w.digest, &sp_abs, &py_sources)?;
+            let compiled =
+                bytecode::compile_sources(store, py, &w.digest, &sp_abs, &py_sources, jobs)?;
             report
                 .warnings
                 .extend(compiled.warnings.iter().map(|m| format!("{}: {m}", w.name)));
             for f in &compiled.files {
-                report.pyc_files += 1;
+                let rel = format!("{sp_rel}/{}", f.path);
+                compiled_pycs.insert(rel.clone(), w.name.clone());
                 place(
-                    format!("{sp_rel}/{}", f.path),
+                    rel,
                     Planned {
                         content: Content::Host {
                             path: compiled.host_path(f),
@@ -497,7 +557,7 @@ pub fn install(
                     },
                     &mut rec,
                     &mut report,
-                );
+                )?;
             }
         }
 
@@ -506,6 +566,36 @@ pub fn install(
             .packages
             .push((w.name.clone(), w.version.clone(), w.filename.clone()));
     }
+
+    // A .pyc belongs next to the source it was compiled from. When a later wheel
+    // replaced a .py and its own copy did not compile (or was unstable), the earlier
+    // wheel's .pyc would be used for the later source (unchecked-hash: never compared).
+    let stale: Vec<(String, String)> = compiled_pycs
+        .iter()
+        .filter(|(rel, compiled_for)| {
+            let owner = files.get(*rel).map(|(_, o)| o);
+            let source_owner = pyc_source(rel).and_then(|s| files.get(&s)).map(|(_, o)| o);
+            owner == Some(*compiled_for) && source_owner != owner
+        })
+        .map(|(rel, o)| (rel.clone(), o.clone()))
+        .collect();
+    for (rel, owner) in stale {
+        files.remove(&rel);
+        let rp = record_rel(&rel, &sp_rel);
+        for (o, _, rec) in records.iter_mut() {
+            if *o == owner {
+                rec.remove(&rp);
+            }
+        }
+        report.warnings.push(format!(
+            "{owner}: {venv}/{rel} left out: its source is another distribution's file"
+        ));
+    }
+
+    report.pyc_files = compiled_pycs
+        .iter()
+        .filter(|(rel, o)| files.get(*rel).is_some_and(|(_, owner)| owner == *o))
+        .count();
 
     // RECORDs: written after every file is known, each listing its own distribution
     for (owner, record_venv_rel, rec) in records {
@@ -546,12 +636,6 @@ pub fn install(
             target: "lib".into(),
         },
     )?;
-    let interp_name = spec
-        .interpreter
-        .rsplit('/')
-        .next()
-        .unwrap_or("python3")
-        .to_owned();
     let mut links: BTreeMap<String, String> = BTreeMap::new();
     links.insert(interp_name.clone(), spec.interpreter.clone());
     for n in ["python", "python3", &format!("python{pyver}")] {
@@ -598,6 +682,15 @@ pub fn install(
     report.scripts.sort();
     report.scripts.dedup();
     Ok(report)
+}
+
+/// The source a `.pyc` in `__pycache__` was compiled from:
+/// `a/__pycache__/b.cpython-311.pyc` -> `a/b.py`.
+fn pyc_source(pyc: &str) -> Option<String> {
+    let (dir, name) = pyc.rsplit_once("/__pycache__/")?;
+    let stem = name.strip_suffix(".pyc")?;
+    let (module, _tag) = stem.rsplit_once('.')?;
+    Some(format!("{dir}/{module}.py"))
 }
 
 /// A venv-relative path as RECORD spells it: relative to site-packages.

@@ -10,7 +10,9 @@
 //!    compatible wheel whose sha256 is pinned, from the store or the index pip is
 //!    configured with; verified, stored by digest, unpacked once into a cache.
 //! 4. [`install`]: closure check ([`check_closure`]), then the venv into an
-//!    [`imgbuild_layer::Tree`], with optional `.pyc` files.
+//!    [`imgbuild_layer::Tree`], with optional `.pyc` files written by the image's own
+//!    interpreter ([`interpreter::ImageInterpreter`], copied out of the lower layers by
+//!    [`image::ImageFiles`] and run through the image's loader), never the host's.
 //!
 //! ```toml
 //! [[layers]]
@@ -19,13 +21,16 @@
 //!
 //! Modules: [`version`] (PEP 440), [`marker`] (PEP 508), [`target`] (target, tags, wheel
 //! names), [`requirements`], [`index`] (pip config, simple API), [`fetch`], [`unpack`]
-//! (unpacked-wheel cache), [`install`], [`bytecode`], [`error`].
+//! (unpacked-wheel cache), [`install`], [`image`] (an image's files, from its layers),
+//! [`interpreter`] (the image's interpreter, run on the host), [`bytecode`], [`error`].
 
 pub mod bytecode;
 pub mod error;
 pub mod fetch;
+pub mod image;
 pub mod index;
 pub mod install;
+pub mod interpreter;
 pub mod marker;
 pub mod requirements;
 pub mod target;
@@ -38,13 +43,16 @@ use sha2::Digest as _;
 
 pub use error::{Error, Result};
 pub use fetch::{SelectedWheel, fetch_wheels};
+pub use image::ImageFiles;
 pub use index::IndexConfig;
 pub use install::{InstallReport, check_closure, install};
+pub use interpreter::ImageInterpreter;
 pub use requirements::{Requirement, Requirements, parse_requirements};
 pub use target::{Libc, Target};
 
 /// Bumped whenever the layer this crate produces for the same inputs changes.
-pub const FORMAT_VERSION: &str = "imgbuild-python-v1";
+/// (v2: `.pyc` files written by the image's interpreter, not a host one.)
+pub const FORMAT_VERSION: &str = "imgbuild-python-v2";
 
 /// What to build: one venv for one target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +63,7 @@ pub struct VenvSpec {
     pub venv: String,
     /// Absolute in-image path of the interpreter, e.g. `/usr/bin/python3.11`.
     pub interpreter: String,
-    /// Byte-compile with a same-minor host interpreter when there is one.
+    /// Write `.pyc` files, with the image's own interpreter (see [`install`]).
     pub bytecode: bool,
     pub target: Target,
 }
@@ -93,6 +101,26 @@ impl VenvSpec {
                 self.interpreter
             )));
         }
+        // the venv is laid out for the target (lib/python3.Y, cp3Y wheels): an
+        // interpreter named for another version would not find any of it
+        let (major, minor) = self.target.python_major_minor();
+        let name = self.interpreter.rsplit('/').next().unwrap_or("");
+        let named = name.strip_prefix("python").and_then(|v| {
+            let mut it = v.split('.');
+            let ma = it.next()?.parse::<u32>().ok()?;
+            let mi = it.next().map(|m| m.parse::<u32>().ok());
+            Some((ma, mi))
+        });
+        match named {
+            Some((ma, mi)) if ma != major || mi.is_some_and(|mi| mi != Some(minor)) => {
+                return Err(Error::Spec(format!(
+                    "interpreter `{}` is not the target's CPython {major}.{minor}: wheels are chosen for \
+                     cp{major}{minor} and installed into lib/python{major}.{minor}; name the image's python{major}.{minor}",
+                    self.interpreter
+                )));
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -101,8 +129,8 @@ impl VenvSpec {
 /// version, target, venv, interpreter, options, and every requirement (normalised name,
 /// version, extras, marker, hashes), sorted. No network, no wheel reads. The index URL
 /// is deliberately not part of it: the hashes pin the content wherever it comes from.
-/// The host interpreter used for `.pyc` files is not either; any same-minor CPython
-/// produces valid bytecode for the target.
+/// With `bytecode`, the `.pyc` files also depend on the image's interpreter: the caller
+/// adds what decides it (the lower layers) to its own key.
 pub fn fingerprint(spec: &VenvSpec, reqs: &Requirements) -> String {
     let mut text = String::new();
     let t = &spec.target;
@@ -180,6 +208,25 @@ mod tests {
     #[test]
     fn spec_validation() {
         assert!(VenvSpec::bookworm("r", "/opt/venv").validate().is_ok());
+        let with = |interpreter: &str| VenvSpec {
+            interpreter: interpreter.into(),
+            ..VenvSpec::bookworm("r", "/opt/venv")
+        };
+        for ok in [
+            "/usr/bin/python3",
+            "/usr/bin/python",
+            "/usr/local/bin/python3.11",
+        ] {
+            assert!(with(ok).validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "/usr/bin/python3.12",
+            "/usr/bin/python2",
+            "/usr/bin/python3.1",
+        ] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("3.11"), "{e}");
+        }
         assert!(VenvSpec::bookworm("r", "opt/venv").validate().is_err());
         assert!(VenvSpec::bookworm("r", "/opt/../venv").validate().is_err());
         assert!(VenvSpec::bookworm("r", "/").validate().is_err());

@@ -5,7 +5,8 @@
 //! more `--hash=sha256:…`, line continuations, comments, and the index options
 //! (`-i/--index-url`, `--extra-index-url`). Everything that would make the build depend on
 //! something other than the listed hashes (unpinned or unhashed lines, URLs, editables,
-//! nested `-r` files, `--find-links`) is an error naming the file and line.
+//! nested `-r` files, `--find-links`), and `--no-binary` (only wheels are installed), is
+//! an error naming the file and line.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -135,7 +136,18 @@ pub fn parse_requirements_str(text: &str, path: &Path) -> Result<Requirements, E
                     .extra_index_urls
                     .push(val.ok_or_else(|| err(line, format!("`{opt}` needs a URL")))?),
                 "--require-hashes" | "--only-binary" | "--prefer-binary" | "--pre"
-                | "--trusted-host" | "--no-binary" => {}
+                | "--trusted-host" => {}
+                // `:none:` resets the list: nothing to build from source
+                "--no-binary" if val.as_deref() == Some(":none:") => {}
+                "--no-binary" => {
+                    return Err(err(
+                        line,
+                        format!(
+                            "`--no-binary {}` asks for a build from source, but only wheels are installed (nothing is compiled at build time): remove the line, and pin versions that ship wheels",
+                            val.unwrap_or_default()
+                        ),
+                    ));
+                }
                 "-r" | "--requirement" | "-c" | "--constraint" => {
                     return Err(err(
                         line,
@@ -239,13 +251,20 @@ fn split_words(s: &str) -> std::collections::VecDeque<String> {
     s.split_whitespace().map(|w| w.to_owned()).collect()
 }
 
-/// Takes `--opt=value`, `--opt value` or `-i value` off the front.
+/// Takes `--opt=value`, `--opt value`, `-i value` or `-ivalue` off the front.
 fn take_option(words: &mut std::collections::VecDeque<String>) -> (String, Option<String>) {
     let w = words.pop_front().unwrap_or_default();
     if let Some((o, v)) = w.split_once('=')
         && o.starts_with("--")
     {
         return (o.to_owned(), Some(v.to_owned()));
+    }
+    // a short option with its value attached, as optparse allows: `-ihttps://…`
+    if let Some(short @ ("-i" | "-r" | "-c" | "-e" | "-f")) = w.get(..2)
+        && w.len() > 2
+        && !w.starts_with("--")
+    {
+        return (short.to_owned(), Some(w[2..].to_owned()));
     }
     let takes_value = matches!(
         w.as_str(),
@@ -352,6 +371,23 @@ mod tests {
             e.contains("requirements.txt:3") && e.contains("not pinned"),
             "{e}"
         );
+
+        let e = parse("--no-binary :all:\n").unwrap_err().to_string();
+        assert!(
+            e.contains("requirements.txt:1")
+                && e.contains("--no-binary :all:")
+                && e.contains("only wheels"),
+            "{e}"
+        );
+        assert!(parse("--no-binary=psycopg\n").is_err());
+        assert!(parse("--no-binary :none:\n").is_ok());
+        let r = parse("-ihttps://attached.example/simple\n").unwrap();
+        assert_eq!(
+            r.index_url.as_deref(),
+            Some("https://attached.example/simple")
+        );
+        let e = parse("-rother.txt\n").unwrap_err().to_string();
+        assert!(e.contains("nested"), "{e}");
 
         for bad in [
             "six==1.*  --hash=sha256:00",

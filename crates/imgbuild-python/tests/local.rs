@@ -8,7 +8,8 @@ use std::path::Path;
 use common::*;
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
 use imgbuild_python::{
-    Error, Libc, Target, VenvSpec, fetch_wheels, install, requirements::parse_requirements_str,
+    Error, ImageFiles, ImageInterpreter, Libc, Target, VenvSpec, fetch_wheels, install,
+    requirements::parse_requirements_str,
 };
 use imgbuild_store::{Digest, Store};
 
@@ -217,7 +218,7 @@ fn fetch_picks_best_wheel_per_target_and_installs_a_venv() {
 
     // install
     let mut tree = Tree::new();
-    let report = install(&s, &reqs, &wheels, &store, &mut tree).unwrap();
+    let report = install(&s, &reqs, &wheels, &store, None, 1, &mut tree).unwrap();
     assert_eq!(report.packages.len(), 2);
     assert_eq!(
         report.scripts,
@@ -360,7 +361,7 @@ fn fetch_picks_best_wheel_per_target_and_installs_a_venv() {
 
     // determinism: the same inputs give the same tree
     let mut tree2 = Tree::new();
-    install(&s, &reqs, &again, &store, &mut tree2).unwrap();
+    install(&s, &reqs, &again, &store, None, 1, &mut tree2).unwrap();
     let a: Vec<_> = tree.iter().collect();
     let b: Vec<_> = tree2.iter().collect();
     assert_eq!(a, b);
@@ -569,16 +570,20 @@ fn missing_dependency_names_who_needs_it_for_the_target() {
     let s = spec(Target::bookworm_cpython311(), false);
     let wheels = fetch_wheels(&s, &reqs, &store, &client(), 2).unwrap();
     let mut tree = Tree::new();
-    let err = install(&s, &reqs, &wheels, &store, &mut tree).unwrap_err();
+    let err = install(&s, &reqs, &wheels, &store, None, 1, &mut tree).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Closure { .. }), "{msg}");
     assert!(
         msg.contains("demo[fancy] 1.0 requires helper>=2 (python_full_version < \"3.11.3\") but it is not in requirements.txt"),
         "{msg}"
     );
-    // the [fancy] extra's dependency is only pinned for win32: missing on Linux
+    // the [fancy] extra's dependency is pinned, but only for win32: the message says
+    // where and why it does not apply
+    let fancy_line = text.lines().position(|l| l.starts_with("fancy==")).unwrap() + 1;
     assert!(
-        msg.contains("requires fancy (extra == \"fancy\") but it is not in requirements.txt"),
+        msg.contains(&format!(
+            "demo[fancy] 1.0 requires fancy (extra == \"fancy\") but requirements.txt line {fancy_line} pins fancy==1.0 only when `sys_platform == \"win32\"`, which is false for the target CPython 3.11.2 on x86_64 glibc 2.36"
+        )),
         "{msg}"
     );
     assert!(!msg.contains("colorama"), "{msg}");
@@ -595,7 +600,7 @@ fn missing_dependency_names_who_needs_it_for_the_target() {
         },
         false,
     );
-    let msg = install(&newer, &reqs, &wheels, &store, &mut Tree::new())
+    let msg = install(&newer, &reqs, &wheels, &store, None, 1, &mut Tree::new())
         .unwrap_err()
         .to_string();
     assert!(!msg.contains("helper") && msg.contains("fancy"), "{msg}");
@@ -641,7 +646,7 @@ fn version_conflict_is_reported() {
     let store = Store::open(tmp.path().join("store")).unwrap();
     let s = spec(Target::bookworm_cpython311(), false);
     let wheels = fetch_wheels(&s, &reqs, &store, &client(), 2).unwrap();
-    let msg = install(&s, &reqs, &wheels, &store, &mut Tree::new())
+    let msg = install(&s, &reqs, &wheels, &store, None, 1, &mut Tree::new())
         .unwrap_err()
         .to_string();
     assert!(
@@ -761,36 +766,46 @@ fn pyc_bytes(tree: &Tree) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-#[test]
-fn bytecode_is_deterministic_unchecked_hash_with_in_image_paths() {
-    let host = imgbuild_python::bytecode::find_host_python(&Target::bookworm_cpython311())
-        .expect("these tests need python3.11 on PATH (CPython 3.11 is part of the build machine)");
+/// The index and requirements for the bytecode wheel.
+fn bytecode_setup(index: &Index) -> imgbuild_python::Requirements {
     let wheel = bytecode_wheel();
+    index.project(
+        "bc",
+        &[(
+            "bc-1.0-py3-none-any.whl",
+            Some(sha256_hex(&wheel)),
+            None,
+            wheel.clone(),
+        )],
+    );
+    let text = format!(
+        "-i {}\nbc==1.0 --hash=sha256:{}\n",
+        index.url(),
+        sha256_hex(&wheel)
+    );
+    parse_requirements_str(&text, Path::new("requirements.txt")).unwrap()
+}
+
+#[test]
+fn bytecode_is_written_by_the_image_interpreter_deterministically() {
     let mut results = vec![];
     for _ in 0..2 {
-        // two independent stores: two independent compilations
+        // two independent stores: two independent copies of the interpreter, two
+        // independent compilations
         let index = Index::start();
-        index.project(
-            "bc",
-            &[(
-                "bc-1.0-py3-none-any.whl",
-                Some(sha256_hex(&wheel)),
-                None,
-                wheel.clone(),
-            )],
-        );
-        let text = format!(
-            "-i {}\nbc==1.0 --hash=sha256:{}\n",
-            index.url(),
-            sha256_hex(&wheel)
-        );
-        let reqs = parse_requirements_str(&text, Path::new("requirements.txt")).unwrap();
+        let reqs = bytecode_setup(&index);
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path().join("store")).unwrap();
+        let interp = image_interpreter(&store);
+        assert_eq!(interp.version, "3.11.2", "Debian bookworm's CPython");
+        assert_eq!(
+            (interp.magic.as_str(), interp.cache_tag.as_str()),
+            ("a70d0d0a", "cpython-311")
+        );
         let s = spec(Target::bookworm_cpython311(), true);
         let wheels = fetch_wheels(&s, &reqs, &store, &client(), 1).unwrap();
         let mut tree = Tree::new();
-        let report = install(&s, &reqs, &wheels, &store, &mut tree).unwrap();
+        let report = install(&s, &reqs, &wheels, &store, Some(&interp), 1, &mut tree).unwrap();
         assert_eq!(report.pyc_files, 2, "{report:?}");
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
         assert!(
@@ -827,7 +842,6 @@ fn bytecode_is_deterministic_unchecked_hash_with_in_image_paths() {
         );
         for (p, b) in &pycs {
             // PEP 552 header: magic of 3.11, flags = hash-based (1) without check_source (2)
-            assert_eq!(hex::encode(&b[..4]), host.magic, "{p}");
             assert_eq!(hex::encode(&b[..4]), "a70d0d0a", "{p}");
             assert_eq!(
                 u32::from_le_bytes(b[4..8].try_into().unwrap()),
@@ -848,6 +862,13 @@ fn bytecode_is_deterministic_unchecked_hash_with_in_image_paths() {
                 .any(|w| w == tmp.path().as_os_str().as_encoded_bytes())
         );
         results.push(pycs);
+        drop(interp);
+        drop(tree);
+        assert_eq!(
+            count_files(&store.root().join("tmp")),
+            0,
+            "the copy is removed"
+        );
         drop(tmp);
     }
     assert_eq!(
@@ -857,50 +878,367 @@ fn bytecode_is_deterministic_unchecked_hash_with_in_image_paths() {
 }
 
 #[test]
-fn bytecode_without_same_minor_interpreter_is_a_warning() {
-    let wheel = bytecode_wheel();
-    let index = Index::start();
-    index.project(
-        "bc",
-        &[(
-            "bc-1.0-py3-none-any.whl",
-            Some(sha256_hex(&wheel)),
-            None,
-            wheel.clone(),
-        )],
-    );
-    let text = format!(
-        "-i {}\nbc==1.0 --hash=sha256:{}\n",
-        index.url(),
-        sha256_hex(&wheel)
-    );
-    let reqs = parse_requirements_str(&text, Path::new("requirements.txt")).unwrap();
+fn the_image_interpreter_runs_through_the_image_loader_with_a_clean_environment() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path().join("store")).unwrap();
-    // CPython 3.4 exists nowhere on a current machine
-    let s = VenvSpec {
-        interpreter: "/usr/bin/python3.4".into(),
-        ..spec(
-            Target {
-                python_full_version: "3.4.10".into(),
-                ..Target::bookworm_cpython311()
+    let interp = image_interpreter(&store);
+    let out = interp
+        .command()
+        .args([
+            "-S",
+            "-c",
+            "import os, sys; print(' '.join(sorted(os.environ))); print(sys.prefix); print(sys.version.split()[0])",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // nothing of this process's environment (PATH, a pyenv shim, PYTHONPATH...)
+    assert_eq!(
+        lines[0], "PYTHONCOERCECLOCALE PYTHONHASHSEED PYTHONHOME PYTHONUTF8",
+        "{text}"
+    );
+    // the copy's prefix, not the host's /usr
+    assert!(
+        Path::new(lines[1]).starts_with(store.root().join("tmp")) && lines[1].ends_with("/usr"),
+        "{text}"
+    );
+    assert_eq!(lines[2], interp.version);
+    // the identity names the interpreter binary: another build of it is another compiler
+    assert_eq!(interp.identity.len(), 64);
+    let again = image_interpreter(&store);
+    assert_eq!(again.identity, interp.identity);
+}
+
+#[test]
+fn bytecode_without_the_image_interpreter_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let layer = debian_python_layer(&store);
+    let target = Target::bookworm_cpython311();
+
+    // a scratch image: nothing at the interpreter's path
+    let mut other = Tree::new();
+    other
+        .insert(
+            TreePath::new("etc/motd").unwrap(),
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::inline(b"hi\n".to_vec()),
             },
-            true,
         )
+        .unwrap();
+    let opts = imgbuild_layer::WriteOptions {
+        mtime: 0,
+        threads: 1,
     };
+    let scratch = imgbuild_layer::write_layer(&other, &opts, &store)
+        .unwrap()
+        .digest;
+    let image = ImageFiles::from_layers(&store, std::slice::from_ref(&scratch)).unwrap();
+    let err =
+        ImageInterpreter::materialise(&image, "/usr/bin/python3.11", &target, &store).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Interpreter { .. }), "{msg}");
+    assert!(
+        msg.contains("`/usr/bin/python3.11`") && msg.contains("set `bytecode = false`"),
+        "{msg}"
+    );
+
+    // an image whose binaries this machine cannot execute (as an arm64 image on an
+    // x86_64 host): an error, never a build without .pyc files
+    let mut foreign = Tree::new();
+    for (path, body, mode) in [
+        (
+            "usr/bin/python3.11",
+            &b"\x7fELF not for this machine"[..],
+            0o755,
+        ),
+        (
+            "lib64/ld-linux-x86-64.so.2",
+            &b"\x7fELF nor this"[..],
+            0o755,
+        ),
+        ("usr/lib/python3.11/os.py", &b""[..], 0o644),
+    ] {
+        foreign
+            .insert(
+                TreePath::new(path).unwrap(),
+                Node::File {
+                    meta: Meta::new(mode, 0, 0),
+                    content: Content::inline(body.to_vec()),
+                },
+            )
+            .unwrap();
+    }
+    let err = ImageInterpreter::materialise(
+        &ImageFiles::from_tree(&foreign),
+        "/usr/bin/python3.11",
+        &target,
+        &store,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Interpreter { .. })
+            && err.to_string().contains("cannot start it")
+            && err.to_string().contains("set `bytecode = false`"),
+        "{err}"
+    );
+
+    // an upper layer that deletes the interpreter (an OCI whiteout)
+    let mut gone = Tree::new();
+    gone.insert(
+        TreePath::new("usr/bin/.wh.python3.11").unwrap(),
+        Node::File {
+            meta: Meta::FILE,
+            content: Content::inline(Vec::new()),
+        },
+    )
+    .unwrap();
+    let whiteout = imgbuild_layer::write_layer(&gone, &opts, &store)
+        .unwrap()
+        .digest;
+    let image = ImageFiles::from_layers(&store, &[layer.clone(), whiteout]).unwrap();
+    assert!(matches!(
+        ImageInterpreter::materialise(&image, "/usr/bin/python3.11", &target, &store),
+        Err(Error::Interpreter { .. })
+    ));
+    // the interpreter is found through the image's own symlinks (/bin -> usr/bin)
+    let image = ImageFiles::from_layers(&store, std::slice::from_ref(&layer)).unwrap();
+    let via_link =
+        ImageInterpreter::materialise(&image, "/bin/python3.11", &target, &store).unwrap();
+    assert_eq!(via_link.version, "3.11.2");
+    // ...and must be the target's minor version
+    let err = ImageInterpreter::materialise(
+        &image,
+        "/usr/bin/python3.11",
+        &Target {
+            python_full_version: "3.12.1".into(),
+            ..Target::bookworm_cpython311()
+        },
+        &store,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Interpreter { .. }) && err.to_string().contains("python3.12"),
+        "{err}"
+    );
+
+    // install: bytecode without an interpreter, or one that is not the target version
+    let index = Index::start();
+    let reqs = bytecode_setup(&index);
+    let s = spec(Target::bookworm_cpython311(), true);
+    let wheels = fetch_wheels(&s, &reqs, &store, &client(), 1).unwrap();
+    let err = install(&s, &reqs, &wheels, &store, None, 1, &mut Tree::new()).unwrap_err();
+    assert!(matches!(err, Error::Spec(_)), "{err}");
+    let newer = spec(
+        Target {
+            python_full_version: "3.11.7".into(),
+            ..Target::bookworm_cpython311()
+        },
+        true,
+    );
+    let err = install(
+        &newer,
+        &reqs,
+        &wheels,
+        &store,
+        Some(&via_link),
+        1,
+        &mut Tree::new(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("CPython 3.11.2") && err.to_string().contains("3.11.7"),
+        "{err}"
+    );
+    // without bytecode, no interpreter is needed and none is run
+    let plain = spec(Target::bookworm_cpython311(), false);
+    let mut tree = Tree::new();
+    let report = install(&plain, &reqs, &wheels, &store, None, 1, &mut tree).unwrap();
+    assert_eq!(report.pyc_files, 0);
+    assert!(pyc_bytes(&tree).is_empty());
+}
+
+/// Publishes each (name, wheel) and returns requirements for all of them.
+fn publish_all(index: &Index, wheels: &[(&str, Vec<u8>)]) -> imgbuild_python::Requirements {
+    let mut text = format!("-i {}\n", index.url());
+    for (name, w) in wheels {
+        index.project(
+            name,
+            &[(
+                &format!("{name}-1.0-py3-none-any.whl"),
+                Some(sha256_hex(w)),
+                None,
+                w.clone(),
+            )],
+        );
+        text.push_str(&format!("{name}==1.0 --hash=sha256:{}\n", sha256_hex(w)));
+    }
+    parse_requirements_str(&text, Path::new("requirements.txt")).unwrap()
+}
+
+#[test]
+fn a_stale_pyc_of_a_replaced_source_is_left_out() {
+    // aa and bb both ship shared/mod.py; bb (installed later) replaces it with a copy
+    // that does not compile: aa's .pyc must not stay next to bb's source
+    let aa = build_wheel(&WheelSpec {
+        name: "aa",
+        version: "1.0",
+        requires_dist: &[],
+        entry_points: None,
+        files: vec![
+            (
+                "shared/mod.py".into(),
+                b"VALUE = 'from aa'\n".to_vec(),
+                0o644,
+            ),
+            ("shared/ok.py".into(), b"X = 1\n".to_vec(), 0o644),
+        ],
+    });
+    let bb = build_wheel(&WheelSpec {
+        name: "bb",
+        version: "1.0",
+        requires_dist: &[],
+        entry_points: None,
+        files: vec![("shared/mod.py".into(), b"VALUE = (\n".to_vec(), 0o644)],
+    });
+    let index = Index::start();
+    let reqs = publish_all(&index, &[("aa", aa), ("bb", bb)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let interp = image_interpreter(&store);
+    let s = spec(Target::bookworm_cpython311(), true);
     let wheels = fetch_wheels(&s, &reqs, &store, &client(), 1).unwrap();
     let mut tree = Tree::new();
-    let report = install(&s, &reqs, &wheels, &store, &mut tree).unwrap();
-    assert_eq!(report.pyc_files, 0);
-    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let report = install(&s, &reqs, &wheels, &store, Some(&interp), 2, &mut tree).unwrap();
+    let sp = "opt/venv/lib/python3.11/site-packages";
+    let pycs: Vec<String> = pyc_bytes(&tree).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        pycs,
+        [format!("{sp}/shared/__pycache__/ok.cpython-311.pyc")]
+    );
+    assert_eq!(report.pyc_files, 1);
     assert!(
-        report.warnings[0].contains("no .pyc files") && report.warnings[0].contains("python3.4"),
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("shared/__pycache__/mod.cpython-311.pyc left out")),
         "{:?}",
         report.warnings
     );
+    let record = match tree.get(&TreePath::new(&format!("{sp}/aa-1.0.dist-info/RECORD")).unwrap()) {
+        Some(Node::File {
+            content: Content::Inline(b),
+            ..
+        }) => String::from_utf8(b.to_vec()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(!record.contains("mod.cpython-311.pyc"), "{record}");
     assert!(
-        tree.get(&TreePath::new("opt/venv/lib/python3.4/site-packages/bc/__init__.py").unwrap())
-            .is_some()
+        record.contains("shared/__pycache__/ok.cpython-311.pyc"),
+        "{record}"
     );
-    assert!(pyc_bytes(&tree).is_empty());
+}
+
+#[test]
+fn wheels_cannot_replace_the_venv_skeleton() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let s = spec(Target::bookworm_cpython311(), false);
+    for (what, entry_points, file) in [
+        (
+            "entry point",
+            Some("[console_scripts]\npython = evil:main\n"),
+            None,
+        ),
+        (
+            "gui entry point",
+            Some("[gui_scripts]\npython3.11 = evil:main\n"),
+            None,
+        ),
+        ("script", None, Some("evil-1.0.data/scripts/python3")),
+        ("data", None, Some("evil-1.0.data/data/pyvenv.cfg")),
+        ("data", None, Some("evil-1.0.data/data/bin/python")),
+        ("data", None, Some("evil-1.0.data/data/lib64/x")),
+    ] {
+        let mut files = vec![("evil.py".to_string(), b"def main(): pass\n".to_vec(), 0o644)];
+        if let Some(f) = file {
+            files.push((f.to_string(), b"#!/bin/sh\n".to_vec(), 0o755));
+        }
+        let w = build_wheel(&WheelSpec {
+            name: "evil",
+            version: "1.0",
+            requires_dist: &[],
+            entry_points,
+            files,
+        });
+        let index = Index::start();
+        let reqs = publish_all(&index, &[("evil", w)]);
+        let wheels = fetch_wheels(&s, &reqs, &store, &client(), 1).unwrap();
+        let mut tree = Tree::new();
+        let err = install(&s, &reqs, &wheels, &store, None, 1, &mut tree).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::ReservedPath { .. }), "{what}: {msg}");
+        assert!(msg.contains("evil-1.0-py3-none-any.whl"), "{what}: {msg}");
+        let expected = match (entry_points, file) {
+            (Some(ep), _) if ep.contains("python3.11") => "/opt/venv/bin/python3.11".to_owned(),
+            (Some(_), _) => "/opt/venv/bin/python".to_owned(),
+            (_, Some(f)) if f.contains("scripts/") => "/opt/venv/bin/python3".to_owned(),
+            (_, Some(f)) => format!("/opt/venv/{}", f.trim_start_matches("evil-1.0.data/data/")),
+            _ => unreachable!(),
+        };
+        assert!(msg.contains(&format!("`{expected}`")), "{what}: {msg}");
+    }
+}
+
+#[test]
+fn symlink_entries_in_wheels_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let good = build_wheel(&WheelSpec {
+        name: "demo",
+        version: "1.0",
+        requires_dist: &[],
+        entry_points: None,
+        files: vec![("demo/__init__.py".into(), b"".to_vec(), 0o644)],
+    });
+    // the same wheel plus a symlink entry pointing out of site-packages
+    let mut src = zip::ZipArchive::new(std::io::Cursor::new(good)).unwrap();
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..src.len() {
+        z.raw_copy_file(src.by_index(i).unwrap()).unwrap();
+    }
+    z.add_symlink(
+        "demo/passwd",
+        "/etc/passwd",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    let bytes = z.finish().unwrap().into_inner();
+    let d = store.put_bytes(&bytes).unwrap();
+    let err =
+        imgbuild_python::unpack::unpack_cached(&store, &d, "demo-1.0-py3-none-any.whl", "demo")
+            .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::UnsafeWheelEntry { .. }), "{msg}");
+    assert!(
+        msg.contains("demo-1.0-py3-none-any.whl")
+            && msg.contains("demo/passwd")
+            && msg.contains("symlink"),
+        "{msg}"
+    );
+    assert!(
+        !store
+            .root()
+            .join("unpacked/wheels-v1")
+            .join(d.hex())
+            .exists()
+    );
+    assert_eq!(count_files(&store.root().join("tmp")), 0);
 }

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use imgbuild_layer::{Content, Node, Tree};
@@ -104,6 +103,8 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
         &reqs_no_at,
         &wheels_no_at,
         &store,
+        None,
+        1,
         &mut Tree::new(),
     )
     .unwrap_err();
@@ -120,7 +121,16 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
         },
         ..bookworm(false)
     };
-    install(&newer, &reqs_no_at, &wheels_no_at, &store, &mut Tree::new()).unwrap();
+    install(
+        &newer,
+        &reqs_no_at,
+        &wheels_no_at,
+        &store,
+        None,
+        1,
+        &mut Tree::new(),
+    )
+    .unwrap();
 
     // 3. the full set: fetched in parallel, verified, installed, with .pyc
     let reqs = parse_requirements_str(&requirements(true), &path).unwrap();
@@ -147,8 +157,11 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
                 .any(|r| r.hashes.contains(&w.digest))
         );
     }
+    // the .pyc files are written by the image's interpreter: here a layer holding this
+    // machine's Debian python3.11
+    let interp = image_interpreter(&store);
     let mut tree = Tree::new();
-    let report = install(&spec, &reqs, &wheels, &store, &mut tree).unwrap();
+    let report = install(&spec, &reqs, &wheels, &store, Some(&interp), 2, &mut tree).unwrap();
     assert_eq!(report.packages.len(), 3);
     assert!(report.pyc_files > 50, "{report:?}");
     assert!(
@@ -161,7 +174,8 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
     let root = tmp.path().join("rootfs");
     materialise(&tree, &root);
     let sp = root.join("opt/venv/lib/python3.11/site-packages");
-    let out = Command::new("python3.11")
+    let out = interp
+        .command()
         .args([
             "-S",
             "-v",
@@ -172,7 +186,7 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
         .arg(&sp)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
-        .expect("python3.11 must be on PATH (CPython 3.11 is part of the build machine)");
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -208,7 +222,7 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
     unsafe { std::env::set_var("PIP_INDEX_URL", "http://127.0.0.1:9/simple") };
     let again = fetch_wheels(&spec, &reqs, &store, &http, 4).unwrap();
     let mut tree2 = Tree::new();
-    install(&spec, &reqs, &again, &store, &mut tree2).unwrap();
+    install(&spec, &reqs, &again, &store, Some(&interp), 2, &mut tree2).unwrap();
     assert_eq!(
         tree.iter().collect::<Vec<_>>(),
         tree2.iter().collect::<Vec<_>>()
@@ -218,6 +232,34 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
     let err = fetch_wheels(&spec, &reqs, &empty, &http, 4).unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
     unsafe { std::env::remove_var("PIP_INDEX_URL") };
+
+    // 5b. pip's `cert` (PIP_CERT): the index is trusted through that CA bundle only; a
+    //     bundle holding one unrelated root CA makes PyPI's certificate unacceptable
+    let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if system.is_file() {
+        let bundle = std::fs::read_to_string(system).unwrap();
+        let end = "-----END CERTIFICATE-----";
+        let first = &bundle[bundle.find("-----BEGIN CERTIFICATE-----").unwrap()
+            ..bundle.find(end).unwrap() + end.len()];
+        let unrelated = tmp.path().join("unrelated-ca.pem");
+        std::fs::write(&unrelated, format!("{first}\n")).unwrap();
+        let before = std::env::var_os("PIP_CERT");
+        // SAFETY: single test function, see above
+        unsafe { std::env::set_var("PIP_CERT", &unrelated) };
+        let empty = Store::open(tmp.path().join("empty-cert")).unwrap();
+        let err = fetch_wheels(&spec, &reqs, &empty, &http, 4).unwrap_err();
+        assert!(
+            matches!(err, Error::Http { .. })
+                && err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+        unsafe { std::env::set_var("PIP_CERT", system) };
+        fetch_wheels(&spec, &reqs, &empty, &http, 4).unwrap();
+        match before {
+            Some(v) => unsafe { std::env::set_var("PIP_CERT", v) },
+            None => unsafe { std::env::remove_var("PIP_CERT") },
+        }
+    }
 
     // 6. the fingerprint is computed without the network and is stable
     assert_eq!(
@@ -239,7 +281,7 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
         };
         let wheels = fetch_wheels(&spec, &reqs, &store, &http, 4).unwrap();
         let mut tree = Tree::new();
-        let report = install(&spec, &reqs, &wheels, &store, &mut tree).unwrap();
+        let report = install(&spec, &reqs, &wheels, &store, Some(&interp), 2, &mut tree).unwrap();
         assert!(
             report.packages.iter().any(|(n, ..)| n == "async-timeout"),
             "{report:?}"
@@ -252,7 +294,8 @@ fn pypi_fetch_verify_install_import_and_offline_rebuild() {
         let root = tmp.path().join("real-rootfs");
         materialise(&tree, &root);
         let sp = root.join("opt/venv/lib/python3.11/site-packages");
-        let out = Command::new("python3.11")
+        let out = interp
+            .command()
             .args(["-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import celery, flask, psycopg, redis, gunicorn; print('ok')"])
             .arg(&sp)
             .env("PYTHONDONTWRITEBYTECODE", "1")

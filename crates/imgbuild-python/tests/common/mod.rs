@@ -219,3 +219,129 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .unwrap()
 }
+
+/// A one-layer image holding this machine's Debian python3.11 (CPython 3.11.2 on
+/// bookworm): `/usr/bin/python3.11`, its standard library, the shared libraries it
+/// loads, the loader and the merged-/usr links, laid out as Debian's packages do and
+/// written as a real layer blob into `store`. Returns the blob's digest.
+pub fn debian_python_layer(store: &imgbuild_store::Store) -> imgbuild_store::Digest {
+    use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
+    use std::path::Path;
+    let python = Path::new("/usr/bin/python3.11");
+    assert!(
+        python.is_file() && Path::new("/usr/lib/python3.11/os.py").is_file(),
+        "these tests need Debian's python3.11 (python3.11-minimal, libpython3.11-stdlib) on the build machine"
+    );
+    let mut tree = Tree::new();
+    let add_host = |tree: &mut Tree, rel: &str, host: &Path| {
+        let m = std::fs::symlink_metadata(host).unwrap();
+        let node = if m.file_type().is_symlink() {
+            Node::Symlink {
+                meta: Meta::new(0o777, 0, 0),
+                target: std::fs::read_link(host)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            }
+        } else if m.is_dir() {
+            Node::Dir(Meta::DIR)
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            Node::File {
+                meta: Meta::new(m.permissions().mode() & 0o7777, 0, 0),
+                content: Content::Host {
+                    path: host.to_path_buf(),
+                    size: m.len(),
+                },
+            }
+        };
+        tree.insert(TreePath::new(rel).unwrap(), node).unwrap();
+    };
+    for (link, target) in [
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("bin", "usr/bin"),
+    ] {
+        tree.insert(
+            TreePath::new(link).unwrap(),
+            Node::Symlink {
+                meta: Meta::new(0o777, 0, 0),
+                target: target.into(),
+            },
+        )
+        .unwrap();
+    }
+    add_host(&mut tree, "usr/bin/python3.11", python);
+    tree.insert(
+        TreePath::new("usr/lib64/ld-linux-x86-64.so.2").unwrap(),
+        Node::Symlink {
+            meta: Meta::new(0o777, 0, 0),
+            target: "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into(),
+        },
+    )
+    .unwrap();
+    let libdir = Path::new("/usr/lib/x86_64-linux-gnu");
+    for e in std::fs::read_dir(libdir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if [
+            "ld-linux-x86-64.so",
+            "libc.so",
+            "libm.so",
+            "libz.so",
+            "libexpat.so",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+        {
+            add_host(
+                &mut tree,
+                &format!("usr/lib/x86_64-linux-gnu/{name}"),
+                &e.path(),
+            );
+        }
+    }
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, std::path::PathBuf)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ["__pycache__", "dist-packages", "site-packages", "test"].contains(&name.as_str()) {
+                continue;
+            }
+            let r = format!("{rel}/{name}");
+            out.push((r.clone(), e.path()));
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), &r, out);
+            }
+        }
+    }
+    let mut stdlib = vec![];
+    walk(
+        Path::new("/usr/lib/python3.11"),
+        "usr/lib/python3.11",
+        &mut stdlib,
+    );
+    for (rel, host) in stdlib {
+        add_host(&mut tree, &rel, &host);
+    }
+    let opts = imgbuild_layer::WriteOptions {
+        mtime: 0,
+        threads: 1,
+    };
+    imgbuild_layer::write_layer(&tree, &opts, store)
+        .unwrap()
+        .digest
+}
+
+/// The image interpreter of [`debian_python_layer`], copied out and probed.
+pub fn image_interpreter(store: &imgbuild_store::Store) -> imgbuild_python::ImageInterpreter {
+    let layer = debian_python_layer(store);
+    let image = imgbuild_python::ImageFiles::from_layers(store, &[layer]).unwrap();
+    imgbuild_python::ImageInterpreter::materialise(
+        &image,
+        "/usr/bin/python3.11",
+        &imgbuild_python::Target::bookworm_cpython311(),
+        store,
+    )
+    .unwrap()
+}

@@ -1,0 +1,559 @@
+//! The file system of the image a layer is built on, read without unpacking it: what
+//! [`crate::interpreter`] needs to find the image's own interpreter, its standard
+//! library, shared libraries and loader, and to copy just those files out.
+//!
+//! Two sources:
+//! - the lower layers' blobs in the store (gzip, zstd or plain tar), applied bottom to
+//!   top with the OCI whiteouts: `.wh.NAME` deletes `NAME` from the layers below,
+//!   `.wh..wh..opq` empties a directory of what the layers below put in it, and a
+//!   non-directory replaces a lower directory with everything in it;
+//! - a layer [`Tree`] being built (a Debian layer that ships the interpreter itself).
+//!
+//! Only metadata is held in memory. A file's bytes stay where they are (its layer blob,
+//! or its [`Content`]) until [`ImageFiles::copy_out`] writes the few files wanted: one
+//! more pass over just the layers that hold them. Every blob is verified against its
+//! digest as it is read.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use imgbuild_layer::{Content, Node, Tree};
+use imgbuild_store::{Digest, Store};
+
+use crate::error::{Error, Result, io_err};
+
+/// What is at a path of the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Dir,
+    Symlink(String),
+    File { mode: u32, source: FileSource },
+}
+
+/// Where a file's bytes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileSource {
+    /// The tar member `member` of lower layer number `layer` (a hard link names the
+    /// member that carries the bytes).
+    Layer { layer: usize, member: String },
+    /// A file of a layer tree.
+    Content(Content),
+}
+
+#[derive(Clone, Debug)]
+struct Item {
+    /// Which layer put it there (for whiteouts); a tree is above every layer.
+    layer: usize,
+    entry: Entry,
+}
+
+/// The merged view of an image's file system: relative paths (`usr/bin/python3.11`) to
+/// entries.
+#[derive(Clone, Debug, Default)]
+pub struct ImageFiles {
+    entries: BTreeMap<String, Item>,
+    store: Option<Store>,
+    layers: Vec<Digest>,
+}
+
+/// Follows at most this many symlinks while resolving one path (Linux's limit).
+const MAX_SYMLINKS: usize = 40;
+
+impl ImageFiles {
+    /// The image made of these layer blobs (bottom first).
+    pub fn from_layers(store: &Store, layers: &[Digest]) -> Result<ImageFiles> {
+        let mut files = ImageFiles {
+            entries: BTreeMap::new(),
+            store: Some(store.clone()),
+            layers: layers.to_vec(),
+        };
+        for (i, d) in layers.iter().enumerate() {
+            files.apply_layer(store, i, d)?;
+        }
+        Ok(files)
+    }
+
+    /// The files of one layer tree.
+    pub fn from_tree(tree: &Tree) -> ImageFiles {
+        let mut files = ImageFiles::default();
+        files.overlay(tree);
+        files
+    }
+
+    /// Puts a layer tree being built on top (a venv in the same layer as the Debian
+    /// packages that bring its interpreter).
+    pub fn overlay(&mut self, tree: &Tree) {
+        let layer = self.layers.len();
+        for (p, n) in tree.iter() {
+            let entry = match n {
+                Node::Dir(_) => Entry::Dir,
+                Node::Symlink { target, .. } => Entry::Symlink(target.clone()),
+                Node::File { meta, content } => Entry::File {
+                    mode: meta.mode,
+                    source: FileSource::Content(content.clone()),
+                },
+                Node::Hardlink { target } => match tree.get(target) {
+                    Some(Node::File { meta, content }) => Entry::File {
+                        mode: meta.mode,
+                        source: FileSource::Content(content.clone()),
+                    },
+                    _ => continue,
+                },
+            };
+            let path = p.as_str().to_owned();
+            if !matches!(entry, Entry::Dir) {
+                self.remove_below(&path, layer);
+            }
+            self.entries.insert(path, Item { layer, entry });
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path).map(|i| &i.entry)
+    }
+
+    /// `path` with every symlink in it followed, as the kernel would inside the image
+    /// (absolute targets from the image's root, `..` never above it). `None` on a loop.
+    pub fn resolve(&self, path: &str) -> Option<String> {
+        let mut todo: VecDeque<String> = components(path).collect();
+        let mut out: Vec<String> = vec![];
+        let mut hops = 0;
+        while let Some(c) = todo.pop_front() {
+            if c == ".." {
+                out.pop();
+                continue;
+            }
+            out.push(c);
+            if let Some(Entry::Symlink(target)) = self.get(&out.join("/")) {
+                hops += 1;
+                if hops > MAX_SYMLINKS {
+                    return None;
+                }
+                out.pop();
+                if target.starts_with('/') {
+                    out.clear();
+                }
+                for c in components(target).collect::<Vec<_>>().into_iter().rev() {
+                    todo.push_front(c);
+                }
+            }
+        }
+        Some(out.join("/"))
+    }
+
+    /// Every entry below directory `dir` (relative paths, sorted).
+    pub fn below<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let len = prefix.len();
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(move |(p, _)| p.starts_with(&prefix))
+            .map(move |(p, i)| (&p[len..], &i.entry))
+    }
+
+    /// The file at `path` after following symlinks, if it is a regular file.
+    pub fn file(&self, path: &str) -> Option<(String, u32, &FileSource)> {
+        let real = self.resolve(path)?;
+        match self.get(&real)? {
+            Entry::File { mode, source } => Some((real, *mode, source)),
+            _ => None,
+        }
+    }
+
+    /// Writes each planned file (destination relative to `root` -> source, mode) below
+    /// `root`, creating parent directories. Layer blobs are read once each, only those
+    /// holding a planned file; several destinations of one source share an inode.
+    pub fn copy_out(&self, plan: &BTreeMap<String, (FileSource, u32)>, root: &Path) -> Result<()> {
+        let mut from_layers: BTreeMap<usize, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+        for (dest, (source, mode)) in plan {
+            match source {
+                FileSource::Content(c) => {
+                    let path = prepare_dest(root, dest)?;
+                    write_content(c, &path)?;
+                    set_mode(&path, *mode)?;
+                }
+                FileSource::Layer { layer, member } => from_layers
+                    .entry(*layer)
+                    .or_default()
+                    .entry(member.as_str())
+                    .or_default()
+                    .push(dest.as_str()),
+            }
+        }
+        for (layer, mut wanted) in from_layers {
+            let (store, digest) = match (&self.store, self.layers.get(layer)) {
+                (Some(s), Some(d)) => (s, d),
+                _ => unreachable!("layer sources come from from_layers"),
+            };
+            let layer_err = |msg: String| Error::Layer {
+                layer: digest.clone(),
+                msg,
+            };
+            let mut archive = tar::Archive::new(open_layer(store, digest)?);
+            for entry in archive
+                .entries()
+                .map_err(|e| layer_err(format!("not a tar stream: {e}")))?
+            {
+                if wanted.is_empty() {
+                    break;
+                }
+                let mut e = entry.map_err(|e| layer_err(format!("reading: {e}")))?;
+                if !matches!(
+                    e.header().entry_type(),
+                    tar::EntryType::Regular | tar::EntryType::Continuous
+                ) {
+                    continue;
+                }
+                let Some(path) = entry_path(&e) else { continue };
+                let Some(dests) = wanted.remove(path.as_str()) else {
+                    continue;
+                };
+                let first = prepare_dest(root, dests[0])?;
+                let mut out = File::create(&first).map_err(io_err("failed to create", &first))?;
+                io::copy(&mut e, &mut out)
+                    .map_err(|err| layer_err(format!("{path}: failed to extract: {err}")))?;
+                set_mode(&first, plan[dests[0]].1)?;
+                for d in &dests[1..] {
+                    let p = prepare_dest(root, d)?;
+                    fs::hard_link(&first, &p).map_err(io_err("failed to link", &p))?;
+                }
+            }
+            if let Some(missing) = wanted.keys().next() {
+                return Err(layer_err(format!(
+                    "`{missing}` was listed but its content was not found"
+                )));
+            }
+            // read to the end, so that the blob's digest is checked
+            let mut rest = archive.into_inner();
+            io::copy(&mut rest, &mut io::sink()).map_err(|e| layer_err(format!("reading: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn apply_layer(&mut self, store: &Store, layer: usize, digest: &Digest) -> Result<()> {
+        let layer_err = |msg: String| Error::Layer {
+            layer: digest.clone(),
+            msg,
+        };
+        let mut archive = tar::Archive::new(open_layer(store, digest)?);
+        for entry in archive
+            .entries()
+            .map_err(|e| layer_err(format!("not a tar stream: {e}")))?
+        {
+            let e = entry.map_err(|e| layer_err(format!("reading: {e}")))?;
+            let Some(path) = entry_path(&e) else { continue };
+            let (dir, name) = match path.rsplit_once('/') {
+                Some((d, n)) => (d, n),
+                None => ("", path.as_str()),
+            };
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                if hidden == ".wh..opq" {
+                    self.remove_below(dir, layer);
+                } else {
+                    let victim = join(dir, hidden);
+                    self.remove_below(&victim, layer);
+                    self.remove_lower(&victim, layer);
+                }
+                continue;
+            }
+            let entry = match e.header().entry_type() {
+                tar::EntryType::Directory => Entry::Dir,
+                tar::EntryType::Symlink => match e.link_name() {
+                    Ok(Some(t)) => Entry::Symlink(t.to_string_lossy().into_owned()),
+                    _ => continue,
+                },
+                tar::EntryType::Link => {
+                    let target = e
+                        .link_name()
+                        .ok()
+                        .flatten()
+                        .and_then(|t| normalise(&t.to_string_lossy()));
+                    match target.and_then(|t| self.entries.get(&t)) {
+                        Some(Item {
+                            layer: l,
+                            entry: f @ Entry::File { .. },
+                        }) if *l == layer => f.clone(),
+                        _ => continue,
+                    }
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => Entry::File {
+                    mode: e.header().mode().unwrap_or(0o644) & 0o7777,
+                    source: FileSource::Layer {
+                        layer,
+                        member: path.clone(),
+                    },
+                },
+                // devices, fifos: nothing an interpreter is made of
+                _ => continue,
+            };
+            match (&entry, self.entries.get(&path)) {
+                // a directory over a directory merges with it
+                (
+                    Entry::Dir,
+                    Some(Item {
+                        entry: Entry::Dir, ..
+                    }),
+                ) => {}
+                // anything else replaces what was there, a directory with its contents
+                _ => self.remove_below(&path, layer),
+            }
+            self.entries.insert(path, Item { layer, entry });
+        }
+        // read to the end, so that the blob's digest is checked
+        let mut rest = archive.into_inner();
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| layer_err(format!("reading: {e}")))?;
+        Ok(())
+    }
+
+    /// Removes what layers below `layer` put under `dir/`.
+    fn remove_below(&mut self, dir: &str, layer: usize) {
+        let prefix = format!("{dir}/");
+        let doomed: Vec<String> = self
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(_, i)| i.layer < layer)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in doomed {
+            self.entries.remove(&p);
+        }
+    }
+
+    fn remove_lower(&mut self, path: &str, layer: usize) {
+        if self.entries.get(path).is_some_and(|i| i.layer < layer) {
+            self.entries.remove(path);
+        }
+    }
+}
+
+fn components(path: &str) -> impl Iterator<Item = String> + '_ {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_owned)
+}
+
+/// A tar member name as a relative path without `.` components; `None` for the root
+/// and for names that climb out with `..`.
+fn normalise(name: &str) -> Option<String> {
+    let parts: Vec<String> = components(name).collect();
+    if parts.is_empty() || parts.iter().any(|c| c == "..") {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+fn entry_path<R: Read>(e: &tar::Entry<R>) -> Option<String> {
+    let p = e.path().ok()?;
+    normalise(&p.to_string_lossy())
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// A layer blob, verified as it is read, decompressed according to its first bytes.
+fn open_layer(store: &Store, digest: &Digest) -> Result<Box<dyn Read>> {
+    if !store.has_blob(digest) {
+        return Err(Error::Layer {
+            layer: digest.clone(),
+            msg: "not in the store (build the image it belongs to again)".into(),
+        });
+    }
+    let mut r = BufReader::with_capacity(1 << 20, store.open_verified(digest)?);
+    let head = r
+        .fill_buf()
+        .map_err(io_err("failed to read", store.blob_path(digest)))?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(r))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(r).map_err(|e| Error::Layer {
+                layer: digest.clone(),
+                msg: format!("zstd: {e}"),
+            })?,
+        )
+    } else {
+        Box::new(r)
+    })
+}
+
+fn prepare_dest(root: &Path, dest: &str) -> Result<std::path::PathBuf> {
+    let path = root.join(dest);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_err("failed to create directory", parent))?;
+    }
+    Ok(path)
+}
+
+fn write_content(c: &Content, dest: &Path) -> Result<()> {
+    match c {
+        Content::Inline(b) => fs::write(dest, b).map_err(io_err("failed to write", dest)),
+        Content::Host { path, .. } => fs::copy(path, dest)
+            .map(|_| ())
+            .map_err(io_err("failed to copy", path)),
+        Content::Range { path, offset, size } => {
+            let mut f = File::open(path).map_err(io_err("failed to open", path))?;
+            f.seek(SeekFrom::Start(*offset))
+                .map_err(io_err("failed to read", path))?;
+            let mut out = File::create(dest).map_err(io_err("failed to create", dest))?;
+            let n =
+                io::copy(&mut f.take(*size), &mut out).map_err(io_err("failed to read", path))?;
+            if n != *size {
+                return Err(io_err("failed to read", path)(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("expected {size} bytes at offset {offset}, found {n}"),
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    // readable by the build, executable where the image has it so; nothing else
+    let mode = (mode & 0o755) | 0o600;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_err("failed to set the mode of", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imgbuild_layer::{Meta, TreePath, WriteOptions, write_layer};
+
+    fn file(tree: &mut Tree, p: &str, body: &[u8]) {
+        tree.insert(
+            TreePath::new(p).unwrap(),
+            Node::File {
+                meta: Meta::FILE,
+                content: Content::inline(body.to_vec()),
+            },
+        )
+        .unwrap();
+    }
+    fn link(tree: &mut Tree, p: &str, target: &str) {
+        tree.insert(
+            TreePath::new(p).unwrap(),
+            Node::Symlink {
+                meta: Meta::new(0o777, 0, 0),
+                target: target.into(),
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn layers_merge_with_whiteouts_and_symlinks_resolve_through_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let opts = WriteOptions {
+            mtime: 0,
+            threads: 1,
+        };
+        let mut one = Tree::new();
+        link(&mut one, "lib", "usr/lib");
+        link(&mut one, "lib64", "usr/lib64");
+        file(&mut one, "usr/lib/x86_64-linux-gnu/ld.so", b"loader");
+        link(&mut one, "usr/lib64/ld.so", "/lib/x86_64-linux-gnu/ld.so");
+        file(&mut one, "usr/bin/py", b"old");
+        file(&mut one, "usr/share/gone/a", b"a");
+        file(&mut one, "usr/share/opaque/lower", b"lower");
+        file(&mut one, "usr/share/replaced/child", b"c");
+        one.insert(
+            TreePath::new("usr/bin/z-hard").unwrap(),
+            Node::Hardlink {
+                target: TreePath::new("usr/bin/py").unwrap(),
+            },
+        )
+        .unwrap();
+        let mut two = Tree::new();
+        file(&mut two, "usr/bin/py", b"new");
+        file(&mut two, "usr/share/.wh.gone", b"");
+        file(&mut two, "usr/share/opaque/.wh..wh..opq", b"");
+        file(&mut two, "usr/share/opaque/upper", b"upper");
+        file(&mut two, "usr/share/replaced", b"now a file");
+        let l1 = write_layer(&one, &opts, &store).unwrap().digest;
+        let l2 = write_layer(&two, &opts, &store).unwrap().digest;
+
+        let img = ImageFiles::from_layers(&store, &[l1.clone(), l2.clone()]).unwrap();
+        assert_eq!(
+            img.resolve("/lib64/ld.so").as_deref(),
+            Some("usr/lib/x86_64-linux-gnu/ld.so")
+        );
+        assert_eq!(
+            img.resolve("lib/../lib64/./ld.so"),
+            img.resolve("lib64/ld.so")
+        );
+        assert!(img.get("usr/share/gone").is_none() && img.get("usr/share/gone/a").is_none());
+        assert!(img.get("usr/share/opaque/lower").is_none());
+        assert!(img.get("usr/share/opaque/upper").is_some());
+        assert!(img.get("usr/share/replaced/child").is_none());
+        assert!(matches!(
+            img.get("usr/share/replaced"),
+            Some(Entry::File { .. })
+        ));
+        assert!(img.get("usr/share/opaque/.wh..wh..opq").is_none());
+
+        let mut plan = BTreeMap::new();
+        for (dest, src) in [
+            ("bin/py", "usr/bin/py"),
+            ("bin/hard", "usr/bin/z-hard"),
+            ("ld.so", "lib64/ld.so"),
+            ("ld2.so", "usr/lib64/ld.so"),
+        ] {
+            let (_, mode, source) = img.file(src).unwrap();
+            plan.insert(dest.to_owned(), (source.clone(), mode));
+        }
+        let out = tmp.path().join("out");
+        img.copy_out(&plan, &out).unwrap();
+        assert_eq!(fs::read(out.join("bin/py")).unwrap(), b"new");
+        // the hard link is to the lower layer's file, which the upper one replaced
+        assert_eq!(fs::read(out.join("bin/hard")).unwrap(), b"old");
+        assert_eq!(fs::read(out.join("ld.so")).unwrap(), b"loader");
+        assert_eq!(fs::read(out.join("ld2.so")).unwrap(), b"loader");
+
+        // a tree on top (a layer being built) replaces files, and directories with
+        // their contents
+        let mut img = img;
+        let mut three = Tree::new();
+        file(&mut three, "usr/bin/py", b"tree");
+        file(&mut three, "usr/share/opaque", b"a file now");
+        img.overlay(&three);
+        assert!(matches!(
+            img.file("/bin/../usr/bin/py"),
+            Some((_, _, FileSource::Content(_)))
+        ));
+        assert!(img.get("usr/share/opaque/upper").is_none());
+        assert_eq!(img.below("usr/share/opaque").count(), 0);
+        assert!(img.get("usr/lib/x86_64-linux-gnu/ld.so").is_some());
+
+        // a symlink loop is not followed forever
+        let mut looped = Tree::new();
+        link(&mut looped, "a", "b");
+        link(&mut looped, "b", "/a");
+        assert_eq!(ImageFiles::from_tree(&looped).resolve("a/x"), None);
+
+        // a blob whose bytes are not its digest is refused, even when it still
+        // decompresses to the same tar (here: one more, empty, gzip member)
+        let p = store.blob_path(&l2);
+        let mut bytes = fs::read(&p).unwrap();
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        bytes.extend(gz.finish().unwrap());
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, &bytes).unwrap();
+        let fresh = Store::open(tmp.path().join("store")).unwrap();
+        assert!(ImageFiles::from_layers(&fresh, &[l1, l2]).is_err());
+    }
+}
