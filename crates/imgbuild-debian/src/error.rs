@@ -60,6 +60,17 @@ pub enum Error {
         dep: String,
         why: String,
     },
+    #[error(
+        "conflicting requirements for `{name}`: {first} selects {name} {first_version}, but {second} needs \
+         {name} {second_version}; one package can be installed in one version only: change or drop the pin"
+    )]
+    Conflict {
+        name: String,
+        first: String,
+        first_version: String,
+        second: String,
+        second_version: String,
+    },
     #[error("`{name}` is both requested and excluded; remove it from one of the two lists")]
     ExcludedRoot { name: String },
     #[error("package {package}: {why}")]
