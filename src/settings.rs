@@ -9,6 +9,11 @@
 //! `https://snapshot.debian.org/archive/debian/20250101T000000Z` and
 //! `https://snapshot.debian.org/archive/debian-security/20250101T000000Z`.
 //! `IMGBUILD_DEBIAN_MIRROR` and `IMGBUILD_DEBIAN_SECURITY_MIRROR` override the file.
+//!
+//! `check_valid_until = false` (default `true`) accepts a signed Release whose
+//! `Valid-Until` has passed, as apt's `check-valid-until=no` does; it is never
+//! needed for snapshot.debian.org (or any mirror URL with a `YYYYMMDDTHHMMSSZ`
+//! path component), which is not checked.
 
 use std::path::Path;
 
@@ -27,6 +32,7 @@ pub struct Settings {
 pub struct DebianSettings {
     pub mirror: Option<String>,
     pub security_mirror: Option<String>,
+    pub check_valid_until: Option<bool>,
 }
 
 impl Settings {
@@ -62,6 +68,43 @@ impl Settings {
         {
             m.security = x;
         }
+        if let Some(check) = self.debian.check_valid_until {
+            m.check_valid_until = check;
+        }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_until_check_can_be_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            Settings::load(dir.path())
+                .unwrap()
+                .mirror()
+                .check_valid_until
+        );
+        std::fs::write(
+            dir.path().join("imgbuild.toml"),
+            "[debian]\ncheck_valid_until = false\n",
+        )
+        .unwrap();
+        assert!(
+            !Settings::load(dir.path())
+                .unwrap()
+                .mirror()
+                .check_valid_until
+        );
+        std::fs::write(
+            dir.path().join("imgbuild.toml"),
+            "[debian]\ncheck_valid_until = \"no\"\n",
+        )
+        .unwrap();
+        let e = Settings::load(dir.path()).unwrap_err().to_string();
+        assert!(e.starts_with("imgbuild.toml:2:"), "{e}");
     }
 }
