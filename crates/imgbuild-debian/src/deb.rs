@@ -398,8 +398,8 @@ fn through_symlinks(tree: &Tree, path: TreePath) -> Result<TreePath, String> {
 }
 
 /// The lines `imgbuild inspect` shows for a Debian layer: every maintainer script that
-/// did not run (with hints of what it would have done), a warning per package that ships
-/// `#!/bin/sh` scripts when the layer has no `/bin/sh`, and every file a package
+/// did not run (with hints of what it would have done), a warning naming the packages that
+/// ship `#!/bin/sh` scripts when the layer has no `/bin/sh`, and every file a package
 /// overwrote without declaring `Replaces` (dpkg would have refused to unpack it).
 pub fn notes(reports: &[PackageReport], tree: &Tree) -> Vec<String> {
     let mut notes = vec![];
@@ -414,25 +414,24 @@ pub fn notes(reports: &[PackageReport], tree: &Tree) -> Vec<String> {
         }
     }
     let has_sh = TreePath::new("usr/bin/sh").is_ok_and(|p| tree.get(&p).is_some());
-    if !has_sh {
-        for r in reports.iter().filter(|r| !r.sh_scripts.is_empty()) {
-            let shown: Vec<String> = r
-                .sh_scripts
-                .iter()
-                .take(3)
-                .map(|p| format!("/{}", p.trim_start_matches("./")))
-                .collect();
-            let more = match r.sh_scripts.len() {
-                n if n > 3 => format!(" and {} more", n - 3),
-                _ => String::new(),
-            };
-            notes.push(format!(
-                "warning: {} ships #!/bin/sh scripts ({}{more}) but this layer has no /bin/sh: \
-                 add `dash` to the packages if any of them is run (unless another layer provides /bin/sh)",
-                r.name,
-                shown.join(", ")
-            ));
-        }
+    let with_sh: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.sh_scripts.is_empty())
+        .map(|r| {
+            let first = format!("/{}", r.sh_scripts[0].trim_start_matches("./"));
+            match r.sh_scripts.len() {
+                1 => format!("{} ({first})", r.name),
+                n => format!("{} ({first} and {} more)", r.name, n - 1),
+            }
+        })
+        .collect();
+    if !has_sh && !with_sh.is_empty() {
+        notes.push(format!(
+            "warning: this layer has no /bin/sh, but {} package(s) ship #!/bin/sh scripts: {}; \
+             add `dash` to the packages if any of them is run (unless another layer provides /bin/sh)",
+            with_sh.len(),
+            with_sh.join(", ")
+        ));
     }
     for r in reports {
         for x in r.replaced.iter().filter(|x| !x.declared) {

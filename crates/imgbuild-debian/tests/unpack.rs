@@ -651,8 +651,7 @@ fn notes_report_unrun_scripts_missing_sh_and_undeclared_overwrites() {
         notes[0]
     );
     assert!(
-        notes[1].starts_with("warning: tool ships #!/bin/sh scripts (/etc/init.d/tool)")
-            && notes[1].contains("no /bin/sh")
+        notes[1].starts_with("warning: this layer has no /bin/sh, but 1 package(s) ship #!/bin/sh scripts: tool (/etc/init.d/tool);")
             && notes[1].contains("dash"),
         "{}",
         notes[1]
