@@ -6,8 +6,10 @@
 #           site-packages (pinned wheels, bench/wheels.txt) + a small app dir, against
 #           `tar | pigz` (the shell floor), a stat walk (`find -printf`) and `podman build`.
 #   memory  peak RSS of a cold build as one layer grows: 100 MB, 500 MB, 1 GB.
-#   debian  the nginx image from warm .debs vs dpkg-deb | tar + umoci by hand; a no-op
-#           rebuild against an unreachable mirror (no network, no .deb opened: strace).
+#   debian  the nginx image from warm .debs vs dpkg-deb | tar + umoci by hand, both with
+#           no unpack cache (every .deb decompressed, as by hand) and with imgbuild's
+#           unpack cache warm; a no-op rebuild against an unreachable mirror (no network,
+#           no .deb opened: strace).
 #   push    cold / warm / one-file-change push to a local docker-registry, against
 #           skopeo copy and podman push (runs only when `imgbuild push` exists).
 #
@@ -18,6 +20,8 @@
 # Knobs: BENCH_RUNS (timed runs per command, default 8), BENCH_SECTIONS (comma list,
 # default core,memory,debian,push), IMGBUILD_BIN (skip the cargo build and use that
 # binary), BENCH_NO_REPORT=1 (do not rewrite BENCHMARKS.md, e.g. for a partial run).
+# `bench/run.sh SECTION[,SECTION...]` runs only those sections and only prints the
+# summary (BENCHMARKS.md is rewritten by full runs).
 set -euo pipefail
 export LC_ALL=C
 
@@ -25,6 +29,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${IMGBUILD_BENCH_DIR:-/var/tmp/imgbuild-bench}
 RUNS=${BENCH_RUNS:-8}
 SECTIONS=${BENCH_SECTIONS:-core,memory,debian,push}
+if [[ -n "${1:-}" ]]; then SECTIONS=$1; BENCH_NO_REPORT=1; fi
 RES=$W/results
 T0=$(date +%s)
 
@@ -347,9 +352,30 @@ umoci insert --image "\$L:nginx" "\$R" /
 umoci insert --image "\$L:nginx" "$DP/layers/static" /var/www/static
 umoci gc --layout "\$L"
 EOF
-  say "debian: build from warm .debs vs dpkg-deb | tar + umoci"
+  # no unpack cache: the layer records, the unpack records and the uncompressed data.tar
+  # spools they point to all go, so every .deb is decompressed again (as by hand)
+  cat > "$D/forget-unpacked.sh" <<EOF
+set -eu
+S=$D/store
+if [ -d "\$S/records/debian-unpack-v1" ]; then
+  for r in "\$S"/records/debian-unpack-v1/*; do
+    [ -e "\$r" ] || continue
+    spool=\$(grep -o '"tar":"sha256:[0-9a-f]*"' "\$r" | cut -d: -f3 | tr -d '"')
+    [ -n "\$spool" ] && rm -f "\$S/blobs/sha256/\$spool"
+  done
+fi
+rm -rf "\$S/records/layers-v1" "\$S/records/debian-unpack-v1" $D/out
+EOF
+  say "debian: build from warm .debs, nothing unpacked, vs dpkg-deb | tar + umoci"
   hf debian-build \
-    -n "imgbuild build nginx (warm .debs, no layer cache)" --prepare "rm -rf $D/store/records/layers-v1 $D/out" "$IBD build --locked nginx" \
+    -n "imgbuild build nginx (warm .debs, nothing unpacked)" --prepare "sh $D/forget-unpacked.sh" "$IBD build --locked nginx" \
+    -n "dpkg-deb | tar -x + umoci (by hand)" --prepare "rm -rf $D/hand" "bash $D/by-hand.sh"
+  # proof that such a build decompresses: it writes every unpack record anew
+  sh "$D/forget-unpacked.sh"; $IBD build --locked nginx
+  echo "unpack_records_after_cold=$(ls "$D/store/records/debian-unpack-v1" | wc -l)" >> "$RES/debian.env"
+  say "debian: build from warm .debs with imgbuild's unpack cache warm"
+  hf debian-build-warm \
+    -n "imgbuild build nginx (warm .debs and unpack cache, no layer cache)" --prepare "rm -rf $D/store/records/layers-v1 $D/out" "$IBD build --locked nginx" \
     -n "dpkg-deb | tar -x + umoci (by hand)" --prepare "rm -rf $D/hand" "bash $D/by-hand.sh"
   say "debian: no-op rebuild with the lock, mirror unreachable"
   NOMIRROR="IMGBUILD_DEBIAN_MIRROR=http://127.0.0.1:9/ IMGBUILD_DEBIAN_SECURITY_MIRROR=http://127.0.0.1:9/"

@@ -587,8 +587,19 @@ fn decoder<'a>(
 ) -> Result<(Box<dyn Read + 'a>, &'static str), String> {
     let ext = member.rsplit_once(".tar").map(|(_, e)| e).unwrap_or("");
     Ok(match ext {
+        // The xz CRC64 is not checked: every byte read comes from a `.deb` whose SHA256
+        // (from the signed index) is checked by the store as the whole `.deb` is read,
+        // and nothing is committed before that check passed. Skipping it saves ~5% of
+        // the decompression time.
         ".xz" => (
-            Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+            Box::new(liblzma::read::XzDecoder::new_stream(
+                r,
+                liblzma::stream::Stream::new_stream_decoder(
+                    u64::MAX,
+                    liblzma::stream::CONCATENATED | liblzma::stream::IGNORE_CHECK,
+                )
+                .map_err(|e| format!("{member}: {e}"))?,
+            )),
             "xz",
         ),
         ".zst" => (
