@@ -29,7 +29,7 @@ pub enum Error {
         version: String,
         url: String,
         /// Snapshot mirrors of the day the lock was made, when the lock knows that day.
-        snapshot: Option<crate::Mirror>,
+        snapshot: Option<Box<crate::Mirror>>,
     },
     #[error(
         "{url}: the signed Release of {suite} expired on {valid_until} (its Valid-Until): the mirror serves an \
@@ -76,15 +76,17 @@ pub enum Error {
         why: String,
     },
     #[error(
-        "conflicting requirements for `{name}`: {first} selects {name} {first_version}, but {second} needs \
-         {name} {second_version}; one package can be installed in one version only: change or drop the pin"
+        "conflicting requirements for `{name}`: {first} selects {name} {}, but {second} needs {name} {}; \
+         one package can be installed in one version only: change or drop the pin",
+        .versions.0,
+        .versions.1
     )]
     Conflict {
         name: String,
         first: String,
-        first_version: String,
         second: String,
-        second_version: String,
+        /// The version the first requirement selected, and the one the second needs.
+        versions: Box<(String, String)>,
     },
     #[error("`{name}` is both requested and excluded; remove it from one of the two lists")]
     ExcludedRoot { name: String },
@@ -124,7 +126,7 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn snapshot_hint(snapshot: &Option<crate::Mirror>) -> String {
+fn snapshot_hint(snapshot: &Option<Box<crate::Mirror>>) -> String {
     match snapshot {
         Some(m) => format!(
             "as it was when the lock was made: set `mirror = \"{}\"` and `security_mirror = \"{}\"` under [debian] \
@@ -152,7 +154,7 @@ impl Error {
                 name,
                 version,
                 url,
-                snapshot: m,
+                snapshot: m.map(Box::new),
             },
             other => other,
         }

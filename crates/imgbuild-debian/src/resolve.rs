@@ -106,9 +106,8 @@ impl<'a> Resolver<'a> {
             return Err(Error::Conflict {
                 name: e.name.clone(),
                 first: self.selected_for[&e.name].clone(),
-                first_version: prev.version.clone(),
                 second: why,
-                second_version: e.version.clone(),
+                versions: Box::new((prev.version.clone(), e.version.clone())),
             });
         }
         self.selected.insert(e.name.clone(), e);
