@@ -6,8 +6,10 @@
 #           site-packages (pinned wheels, bench/wheels.txt) + a small app dir, against
 #           `tar | pigz` (the shell floor), a stat walk (`find -printf`) and `podman build`.
 #   memory  peak RSS of a cold build as one layer grows: 100 MB, 500 MB, 1 GB.
-#   debian  the nginx image from warm .debs vs dpkg-deb | tar + umoci by hand; a no-op
-#           rebuild against an unreachable mirror (no network, no .deb opened: strace).
+#   debian  the nginx image from warm .debs vs dpkg-deb | tar + umoci by hand, both with
+#           no unpack cache (every .deb decompressed, as by hand) and with imgbuild's
+#           unpack cache warm; a no-op rebuild against an unreachable mirror (no network,
+#           no .deb opened: strace).
 #   push    cold / warm / one-file-change push of the stack's app and worker images
 #           (recipes/, built --locked into $W/stack) to a local docker-registry, against
 #           skopeo copy and podman push of the same two images.
@@ -363,9 +365,30 @@ umoci insert --image "\$L:nginx" "\$R" /
 umoci insert --image "\$L:nginx" "$DP/layers/static" /var/www/static
 umoci gc --layout "\$L"
 EOF
-  say "debian: build from warm .debs vs dpkg-deb | tar + umoci"
+  # no unpack cache: the layer records, the unpack records and the uncompressed data.tar
+  # spools they point to all go, so every .deb is decompressed again (as by hand)
+  cat > "$D/forget-unpacked.sh" <<EOF
+set -eu
+S=$D/store
+if [ -d "\$S/records/debian-unpack-v1" ]; then
+  for r in "\$S"/records/debian-unpack-v1/*; do
+    [ -e "\$r" ] || continue
+    spool=\$(grep -o '"tar":"sha256:[0-9a-f]*"' "\$r" | cut -d: -f3 | tr -d '"')
+    [ -n "\$spool" ] && rm -f "\$S/blobs/sha256/\$spool"
+  done
+fi
+rm -rf "\$S/records/layers-v1" "\$S/records/debian-unpack-v1" $D/out
+EOF
+  say "debian: build from warm .debs, nothing unpacked, vs dpkg-deb | tar + umoci"
   hf debian-build \
-    -n "imgbuild build nginx (warm .debs, no layer cache)" --prepare "rm -rf $D/store/records/layers-v1 $D/out" "$IBD build --locked nginx" \
+    -n "imgbuild build nginx (warm .debs, nothing unpacked)" --prepare "sh $D/forget-unpacked.sh" "$IBD build --locked nginx" \
+    -n "dpkg-deb | tar -x + umoci (by hand)" --prepare "rm -rf $D/hand" "bash $D/by-hand.sh"
+  # proof that such a build decompresses: it writes every unpack record anew
+  sh "$D/forget-unpacked.sh"; $IBD build --locked nginx
+  echo "unpack_records_after_cold=$(ls "$D/store/records/debian-unpack-v1" | wc -l)" >> "$RES/debian.env"
+  say "debian: build from warm .debs with imgbuild's unpack cache warm"
+  hf debian-build-warm \
+    -n "imgbuild build nginx (warm .debs and unpack cache, no layer cache)" --prepare "rm -rf $D/store/records/layers-v1 $D/out" "$IBD build --locked nginx" \
     -n "dpkg-deb | tar -x + umoci (by hand)" --prepare "rm -rf $D/hand" "bash $D/by-hand.sh"
   say "debian: no-op rebuild with the lock, mirror unreachable"
   NOMIRROR="IMGBUILD_DEBIAN_MIRROR=http://127.0.0.1:9/ IMGBUILD_DEBIAN_SECURITY_MIRROR=http://127.0.0.1:9/"

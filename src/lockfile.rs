@@ -2,11 +2,14 @@
 //!
 //! For each registry base image given by tag: the digest it resolved to.
 //! For each Debian layer (recipe + layer number): the request it was resolved for
-//! (a digest of its `packages` and `exclude`) and each package's name, version,
-//! architecture, archive path, size and sha256. A build whose request matches the
-//! lock needs no index download; `--locked` turns a mismatch into an error naming
-//! the recipe. Python layers need no entry: their requirements file is already a
-//! lock (pinned and hashed).
+//! (a digest of its `packages` and `exclude`), the `Date` of each suite's signed
+//! Release the index was read at (`index_dates`, so that an error can name a
+//! snapshot.debian.org mirror of that day once the archive has moved on; locks
+//! written before it was recorded have none and still load) and each package's
+//! name, version, architecture, archive path, size and sha256. A build whose
+//! request matches the lock needs no index download; `--locked` turns a mismatch
+//! into an error naming the recipe. Python layers need no entry: their
+//! requirements file is already a lock (pinned and hashed).
 //!
 //! The file is TOML, one package per line, sorted, so diffs are readable and
 //! tools like Renovate can follow it.
@@ -27,6 +30,9 @@ pub struct DebianLock {
     pub recipe: String,
     pub layer: usize,
     pub request: Digest,
+    /// Suite -> its Release `Date` (RFC 3339, UTC) when the layer was resolved.
+    #[serde(default)]
+    pub index_dates: BTreeMap<String, String>,
     pub packages: Vec<LockedPackage>,
 }
 
@@ -116,11 +122,20 @@ impl Lockfile {
         for d in self.debian.values() {
             let _ = write!(
                 s,
-                "\n[[debian]]\nrecipe = {}\nlayer = {}\nrequest = \"{}\"\npackages = [\n",
+                "\n[[debian]]\nrecipe = {}\nlayer = {}\nrequest = \"{}\"\n",
                 toml_str(&d.recipe),
                 d.layer,
                 d.request
             );
+            if !d.index_dates.is_empty() {
+                let dates: Vec<String> = d
+                    .index_dates
+                    .iter()
+                    .map(|(suite, date)| format!("{} = {}", toml_key(suite), toml_str(date)))
+                    .collect();
+                let _ = writeln!(s, "index_dates = {{ {} }}", dates.join(", "));
+            }
+            s.push_str("packages = [\n");
             for p in &d.packages {
                 let _ = writeln!(
                     s,
@@ -142,4 +157,75 @@ impl Lockfile {
 
 fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("json string")
+}
+
+/// A bare key when TOML allows one (`bookworm-security`), else a quoted one.
+fn toml_key(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        s.to_owned()
+    } else {
+        toml_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start of the committed lock as it was before `index_dates` existed.
+    const OLD: &str = r#"# imgbuild.lock
+version = 1
+
+[[debian]]
+recipe = "nginx"
+layer = 1
+request = "sha256:c5eb84f1707f5400ef258c3703ca1adc3beb8d45570188d5f3bf79f83c41e94c"
+packages = [
+  { name = "netbase", version = "6.4", architecture = "all", filename = "pool/main/n/netbase/netbase_6.4_all.deb", size = 12800, sha256 = "sha256:29b23c48c0fe6f878e56c5ddc9f65d1c05d729360f3690a593a8c795031cd867", base = "debian" },
+]
+"#;
+
+    #[test]
+    fn old_locks_load_and_dates_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), OLD).unwrap();
+        let mut lock = Lockfile::load(dir.path()).unwrap();
+        let entry = lock.debian.get_mut(&("nginx".into(), 1)).unwrap();
+        assert!(entry.index_dates.is_empty());
+        assert_eq!(entry.packages[0].name, "netbase");
+        // an old lock saved again keeps its layout: no dates line appears
+        lock.save(dir.path()).unwrap();
+        let resaved = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(!resaved.contains("index_dates"), "{resaved}");
+        assert_eq!(Lockfile::load(dir.path()).unwrap(), lock);
+
+        let entry = lock.debian.get_mut(&("nginx".into(), 1)).unwrap();
+        entry.index_dates = BTreeMap::from([
+            ("bookworm".to_owned(), "2026-07-11T10:16:37Z".to_owned()),
+            (
+                "bookworm-security".to_owned(),
+                "2026-11-28T02:53:00Z".to_owned(),
+            ),
+            (
+                "bookworm-updates".to_owned(),
+                "2026-11-28T02:15:35Z".to_owned(),
+            ),
+        ]);
+        lock.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        // one readable line per layer, between the request and the packages
+        assert!(
+            text.contains(
+                "request = \"sha256:c5eb84f1707f5400ef258c3703ca1adc3beb8d45570188d5f3bf79f83c41e94c\"\n\
+                 index_dates = { bookworm = \"2026-07-11T10:16:37Z\", bookworm-security = \"2026-11-28T02:53:00Z\", \
+                 bookworm-updates = \"2026-11-28T02:15:35Z\" }\npackages = [\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(Lockfile::load(dir.path()).unwrap(), lock);
+        assert_eq!(toml_key("a b"), "\"a b\"");
+    }
 }

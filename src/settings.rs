@@ -10,6 +10,11 @@
 //! `https://snapshot.debian.org/archive/debian-security/20250101T000000Z`.
 //! `IMGBUILD_DEBIAN_MIRROR` and `IMGBUILD_DEBIAN_SECURITY_MIRROR` override the file.
 //!
+//! `check_valid_until = false` (default `true`) accepts a signed Release whose
+//! `Valid-Until` has passed, as apt's `check-valid-until=no` does; it is never
+//! needed for snapshot.debian.org (or any mirror URL with a `YYYYMMDDTHHMMSSZ`
+//! path component), which is not checked.
+//!
 //! ```toml
 //! [registry]
 //! insecure = ["registry.lan:5000"]   # plain HTTP for push, base pulls and lock
@@ -45,6 +50,7 @@ pub struct RegistrySettings {
 pub struct DebianSettings {
     pub mirror: Option<String>,
     pub security_mirror: Option<String>,
+    pub check_valid_until: Option<bool>,
 }
 
 impl Settings {
@@ -80,6 +86,9 @@ impl Settings {
         {
             m.security = x;
         }
+        if let Some(check) = self.debian.check_valid_until {
+            m.check_valid_until = check;
+        }
         m
     }
 
@@ -111,5 +120,39 @@ impl Settings {
             options.certs_dirs = vec![dir.into()];
         }
         options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_until_check_can_be_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            Settings::load(dir.path())
+                .unwrap()
+                .mirror()
+                .check_valid_until
+        );
+        std::fs::write(
+            dir.path().join("imgbuild.toml"),
+            "[debian]\ncheck_valid_until = false\n",
+        )
+        .unwrap();
+        assert!(
+            !Settings::load(dir.path())
+                .unwrap()
+                .mirror()
+                .check_valid_until
+        );
+        std::fs::write(
+            dir.path().join("imgbuild.toml"),
+            "[debian]\ncheck_valid_until = \"no\"\n",
+        )
+        .unwrap();
+        let e = Settings::load(dir.path()).unwrap_err().to_string();
+        assert!(e.starts_with("imgbuild.toml:2:"), "{e}");
     }
 }

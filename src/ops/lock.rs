@@ -21,7 +21,7 @@ pub fn lock(project: &Project) -> Result<()> {
         }
         for (i, l) in r.layers.iter().enumerate() {
             if let Some(d) = &l.debian {
-                n += session.debian.packages_for(r, i, d)?.len();
+                n += session.debian.packages_for(r, i, d)?.0.len();
             }
         }
     }

@@ -4,13 +4,18 @@
 //!
 //! The fingerprint is the locked packages' sha256s plus the options, so a build with
 //! a complete lock and a warm cache reads no index, downloads nothing and
-//! decompresses nothing.
+//! decompresses nothing. A built layer records as its inputs (kept by `gc`) the
+//! `.deb`s, the uncompressed `data.tar` spools its files point into and, when this
+//! command read the index, the `Packages` files.
+//!
+//! All Debian layers of one command share one [`InFlight`] registry: layers built at
+//! the same time that need the same `.deb` download it once.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
-use imgbuild_debian::{Index, LockedPackage, Mirror, Unpacker, fetch_debs, resolve};
+use imgbuild_debian::{Fetcher, InFlight, Index, LockedPackage, Mirror, Unpacker, resolve};
 use imgbuild_layer::Tree;
 use imgbuild_store::{Digest, Store};
 
@@ -28,6 +33,8 @@ pub struct DebianInputs {
     /// `imgbuild lock`: resolve everything afresh.
     pub relock: bool,
     index: OnceLock<Result<Index, String>>,
+    /// `.deb` downloads in progress, shared by the layers of this command.
+    in_flight: InFlight,
     http: std::sync::Arc<super::Http>,
     store: Store,
     jobs: usize,
@@ -52,6 +59,7 @@ impl DebianInputs {
             locked,
             relock,
             index: OnceLock::new(),
+            in_flight: InFlight::new(),
             http,
             store,
             jobs,
@@ -76,21 +84,22 @@ impl DebianInputs {
             .map_err(|e| anyhow!("{e}"))
     }
 
-    /// The packages of a layer: from the lock when it matches, else resolved (and
-    /// the lock updated).
+    /// The packages of a layer, with the Release dates of the index they were resolved
+    /// from (empty for a lock written before dates were recorded): from the lock when it
+    /// matches, else resolved (and the lock updated).
     pub fn packages_for(
         &self,
         recipe: &Recipe,
         layer: usize,
         spec: &DebianSpec,
-    ) -> Result<Vec<LockedPackage>> {
+    ) -> Result<(Vec<LockedPackage>, BTreeMap<String, String>)> {
         let request = debian_request(&spec.packages, &spec.exclude);
         let key = (recipe.name.clone(), layer + 1);
         if !self.relock
             && let Some(l) = self.lock.lock().expect("lock").debian.get(&key)
             && l.request == request
         {
-            return Ok(l.packages.clone());
+            return Ok((l.packages.clone(), l.index_dates.clone()));
         }
         if self.locked {
             bail!(
@@ -128,16 +137,18 @@ impl DebianInputs {
                 format!(" (dropped by exclude: {})", res.excluded_dropped.join(" "))
             }
         ));
+        let dates = index.dates();
         self.lock.lock().expect("lock").debian.insert(
             key.clone(),
             DebianLock {
                 recipe: key.0,
                 layer: key.1,
                 request,
+                index_dates: dates.clone(),
                 packages: res.packages.clone(),
             },
         );
-        Ok(res.packages)
+        Ok((res.packages, dates))
     }
 
     /// Drops lock entries of recipes/layers that no longer exist.
@@ -154,6 +165,8 @@ pub struct DebianSource<'a> {
     inputs: &'a DebianInputs,
     spec: DebianSpec,
     packages: Vec<LockedPackage>,
+    /// Release dates of the index the packages come from (suite -> RFC 3339).
+    index_dates: BTreeMap<String, String>,
     label: String,
     /// Set when the layer's own python3.11 byte-compiles its standard library
     /// (`None` keeps the fingerprint of layers without Python as it was).
@@ -167,7 +180,7 @@ impl<'a> DebianSource<'a> {
         layer: usize,
         spec: &DebianSpec,
     ) -> Result<Self> {
-        let packages = inputs.packages_for(recipe, layer, spec)?;
+        let (packages, index_dates) = inputs.packages_for(recipe, layer, spec)?;
         let stdlib_bytecode =
             super::stdlib_pyc::wanted(spec.bytecode, packages.iter().map(|p| &p.name))
                 .map_err(|e| {
@@ -183,6 +196,7 @@ impl<'a> DebianSource<'a> {
             inputs,
             spec: spec.clone(),
             packages,
+            index_dates,
             label: format!("[{}] layer {}", recipe.name, layer + 1),
             stdlib_bytecode,
         })
@@ -196,8 +210,9 @@ impl ExtraSource for DebianSource<'_> {
             .iter()
             .map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.to_string()))
             .collect();
+        // v2: notes (sh, overwrites) and inputs (spools) of the layer record changed
         serde_json::json!([
-            "debian-v1",
+            "debian-v2",
             pkgs,
             self.spec.remove_paths,
             self.spec.base,
@@ -210,35 +225,43 @@ impl ExtraSource for DebianSource<'_> {
         let inputs = self.inputs;
         let progress = inputs.progress.clone();
         let label = self.label.clone();
-        fetch_debs(
-            &inputs.mirror,
-            &self.packages,
+        let fetcher = Fetcher {
+            mirror: &inputs.mirror,
+            store: &inputs.store,
+            http: inputs.http.client()?,
+            in_flight: &inputs.in_flight,
+            jobs: inputs.jobs.max(4),
+        };
+        fetcher
+            .fetch(&self.packages, &|msg: &str| {
+                progress.status(format!("{label}: {msg}"))
+            })
+            .map_err(|e| e.with_snapshot(Mirror::snapshot_for(&self.index_dates)))
+            .context(
+                "fetching .deb files (set the mirror in imgbuild.toml, [debian] mirror = ...)",
+            )?;
+        let reports = Unpacker::new().unpack_all(
             &inputs.store,
-            inputs.http.client()?,
-            inputs.jobs.max(4),
-            &|msg: &str| progress.status(format!("{label}: {msg}")),
-        )
-        .context("fetching .deb files (set the mirror in imgbuild.toml, [debian] mirror = ...)")?;
-        let mut unpacker = Unpacker::new();
-        let mut notes = vec![];
-        let mut inputs_used = vec![];
-        for p in &self.packages {
-            progress.status(format!("{label}: unpacking {} {}", p.name, p.version));
-            let report = unpacker.unpack(&inputs.store, p, tree)?;
-            inputs_used.push(p.sha256.clone());
-            for s in &report.maintainer_scripts {
-                let hints = if s.hints.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", s.hints.join("; "))
-                };
-                notes.push(format!("not run: {} {}{hints}", p.name, s.script));
-            }
+            &self.packages,
+            tree,
+            inputs.jobs,
+            &|p: &LockedPackage| {
+                progress.status(format!("{label}: unpacking {} {}", p.name, p.version))
+            },
+        )?;
+        let mut inputs_used: Vec<Digest> = self.packages.iter().map(|p| p.sha256.clone()).collect();
+        // the spools the layer's files point into: kept by gc, so a rebuild does not
+        // decompress again
+        inputs_used.extend(reports.iter().filter_map(|r| r.spool.clone()));
+        // the index, when this command read it: kept by gc for the next `imgbuild lock`
+        if let Some(Ok(index)) = inputs.index.get() {
+            inputs_used.extend(index.suites.iter().map(|s| s.packages_sha256.clone()));
         }
         if self.spec.base {
             imgbuild_debian::system::base_fixup(tree)?;
         }
         imgbuild_debian::remove_paths(tree, &self.spec.remove_paths)?;
+        let mut notes = imgbuild_debian::deb::notes(&reports, tree);
         if self.stdlib_bytecode.is_some() {
             progress.status(format!(
                 "{label}: byte-compiling the Python standard library"

@@ -391,6 +391,10 @@ impl Http {
         let c = reqwest::blocking::Client::builder()
             .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(30))
+            // The blocking client applies this to the wait for an answer and then to
+            // each read of the body: an idle timeout, never a limit on a whole (large,
+            // slow) download. Transient failures are retried by the downloaders.
+            .timeout(std::time::Duration::from_secs(30))
             .build()
             .context("failed to set up the HTTP client")?;
         Ok(self.0.get_or_init(|| c))

@@ -102,7 +102,62 @@ fn postgres_initialises_with_plpython_and_backup_functions() {
     );
     let report = psql("select backup_report()::text")
         .unwrap_or_else(|| panic!("backup_report failed; logs:\n{}", docker_logs(&c.1)));
-    assert!(report.contains('{'), "{report}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(
+        report["backup_dir"], "/var/lib/postgresql/backups",
+        "{report}"
+    );
+    assert!(
+        report["python_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("3.11"),
+        "{report}"
+    );
+    // backup_write: a JSON dump of public.jobs in the backups volume
+    let written = psql("select backup_write('itest')::text")
+        .unwrap_or_else(|| panic!("backup_write failed; logs:\n{}", docker_logs(&c.1)));
+    let written: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(
+        written["path"], "/var/lib/postgresql/backups/itest.json",
+        "{written}"
+    );
+    // backup_list sees it
+    let list: serde_json::Value =
+        serde_json::from_str(&psql("select backup_list()::text").unwrap()).unwrap();
+    let files = list["files"].as_array().unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|f| f["name"] == "itest.json" && f["bytes"] == written["bytes"]),
+        "{list}"
+    );
+    // and the file is really in the volume mounted at the backups directory: read it
+    // from the host side of the mount
+    let source = run_ok(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{if eq .Destination \"/var/lib/postgresql/backups\"}}{{.Source}}{{end}}{{end}}",
+        &c.1,
+    ]));
+    let on_host = std::path::Path::new(source.trim()).join("itest.json");
+    let bytes = std::fs::read(&on_host).unwrap_or_else(|e| panic!("{}: {e}", on_host.display()));
+    assert_eq!(bytes.len() as u64, written["bytes"].as_u64().unwrap());
+    let sha = run_ok(Command::new("sha256sum").arg(&on_host));
+    assert_eq!(
+        sha.split_whitespace().next(),
+        written["sha256"].as_str(),
+        "{written}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(doc["format"], "imgbuild-jobs-backup/1", "{doc}");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&on_host).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid()),
+        (0o600, 999),
+        "owned by postgres, private"
+    );
     // a wrong password is refused
     let bad = Command::new("psql")
         .env("PGPASSWORD", "wrong")
@@ -138,6 +193,24 @@ fn redis_answers_ping() {
             .trim(),
         "OK"
     );
+    // container.conf was read (protected mode is on by default) after Debian's redis.conf,
+    // which it includes: an unreadable include is fatal in redis, so the server running
+    // as user redis shows that redis.conf (0644 root:root as shipped) is readable.
+    assert_eq!(
+        docker_exec(&c.1, &["redis-cli", "config", "get", "protected-mode"])
+            .unwrap()
+            .lines()
+            .nth(1),
+        Some("no")
+    );
+    let top = run_ok(Command::new("docker").args(["top", &c.1, "-o", "user,pid,args"]));
+    assert!(
+        // uid 999 is redis in the image (the host may have no such user)
+        top.lines()
+            .skip(1)
+            .all(|l| l.starts_with("999 ") && l.contains("redis-server")),
+        "{top}"
+    );
 }
 
 #[test]
@@ -159,6 +232,22 @@ fn rabbitmq_pings_and_accepts_the_configured_user() {
     wait_for(120, "rabbitmq-diagnostics ping", || {
         docker_exec(&c.1, &["rabbitmq-diagnostics", "-q", "ping"])
     });
+    // the postinst would copy this file to /etc/rabbitmq/rabbitmq-env.conf; the recipe
+    // does not, because it sets nothing (every line is a comment): check that it still is
+    assert_eq!(
+        docker_exec(
+            &c.1,
+            &[
+                "sed",
+                "-n",
+                "/^[[:space:]]*[^#[:space:]]/p",
+                "/usr/share/rabbitmq/rabbitmq-env.conf"
+            ]
+        )
+        .as_deref(),
+        Some(""),
+        "rabbitmq-env.conf now sets something: copy it in recipes/rabbitmq.toml"
+    );
     // the node answers pings before its AMQP listener is up
     wait_for(120, "rabbitmq startup", || {
         docker_logs(&c.1)
@@ -370,4 +459,124 @@ fn stack_layers_are_shared_and_rebuild_bit_for_bit() {
         "layers must really be rebuilt"
     );
     assert_eq!(digests(&rebuilt), digests(&s.json));
+}
+
+/// `imgbuild inspect` shows the Debian notes: maintainer scripts that did not run, and a
+/// warning when packages ship `#!/bin/sh` scripts but the layer has no `/bin/sh`.
+#[test]
+fn inspect_lists_unrun_scripts_and_missing_sh() {
+    let s = stack();
+    let inspect = |name: &str| {
+        run_ok(
+            Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+                .arg("-C")
+                .arg(repo_root())
+                .arg("--store")
+                .arg(&s.store)
+                .args(["inspect", name]),
+        )
+    };
+    let redis = inspect("redis");
+    assert!(
+        redis.contains("not run: redis-server postinst") && redis.contains("dpkg-statoverride"),
+        "{redis}"
+    );
+    // nginx has no dash: its init script could not run
+    let nginx = inspect("nginx");
+    assert!(
+        nginx
+            .lines()
+            .any(|l| l.contains("warning: this layer has no /bin/sh")
+                && l.contains("nginx-common (/etc/init.d/nginx)")),
+        "{nginx}"
+    );
+    // postgres has dash: no such warning
+    let pg = inspect("postgres-plpython");
+    assert!(!pg.contains("no /bin/sh"), "{pg}");
+}
+
+/// After `imgbuild gc`, what Debian layers were made from stays: the .debs and the
+/// uncompressed data.tar spools their files point into, so rebuilding the layers
+/// decompresses nothing.
+#[test]
+fn gc_keeps_the_spools_so_a_rebuild_does_not_decompress() {
+    let s = stack();
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(copy.path().join("blobs")).unwrap();
+    run_ok(
+        Command::new("cp")
+            .arg("-al")
+            .arg(s.store.join("blobs/sha256"))
+            .arg(copy.path().join("blobs/")),
+    );
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(s.store.join("records"))
+            .arg(copy.path()),
+    );
+    let imgbuild = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+        c.arg("-C").arg(repo_root()).arg("--store").arg(copy.path());
+        c
+    };
+    run_ok(imgbuild().args(["gc", "--keep-days", "1"]));
+    let unpack = copy.path().join("records/debian-unpack-v1");
+    let mut checked = 0;
+    let mut stamps = vec![];
+    for e in std::fs::read_dir(&unpack).unwrap() {
+        let e = e.unwrap();
+        if !copy
+            .path()
+            .join("blobs/sha256")
+            .join(e.file_name())
+            .exists()
+        {
+            continue; // a .deb no build of this store uses any more: gone with its spool
+        }
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        let spool = rec["tar"].as_str().unwrap().trim_start_matches("sha256:");
+        assert!(
+            copy.path().join("blobs/sha256").join(spool).exists(),
+            "gc removed the spool of {:?}",
+            e.file_name()
+        );
+        stamps.push((e.path(), e.metadata().unwrap().modified().unwrap()));
+        checked += 1;
+    }
+    assert!(
+        checked > 100,
+        "only {checked} unpack records with their .deb"
+    );
+    // rebuild the Debian layers from the .debs: the spools are used, nothing is read again
+    std::fs::remove_dir_all(copy.path().join("records/layers-v1")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let json = run_ok(
+        imgbuild()
+            .arg("--out")
+            .arg(out.path())
+            .args(["--json", "build", "--locked", "nginx", "redis"]),
+    );
+    let rebuilt: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        layers_of(&rebuilt, "redis")
+            .iter()
+            .all(|(_, cached)| !cached)
+    );
+    for (path, before) in stamps {
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            before,
+            "{} was written again: the .deb was decompressed",
+            path.display()
+        );
+    }
+    assert_eq!(
+        digests(&rebuilt),
+        digests(&s.json)
+            .into_iter()
+            .filter(|(n, _)| n == "nginx" || n == "redis")
+            .collect::<Vec<_>>()
+    );
 }

@@ -17,15 +17,30 @@ pub enum Error {
         "fetching {url}: the server answered HTTP {status}; check the mirror setting or try again later"
     )]
     HttpStatus { url: String, status: u16 },
+    #[error("{last} (gave up after {attempts} attempts)")]
+    GaveUp { attempts: u32, last: Box<Error> },
     #[error(
-        "the mirror no longer serves {name} {version} ({url} answered 404): run `imgbuild lock` again to move to the \
-         current version, or set a snapshot mirror (e.g. archive = \"https://snapshot.debian.org/archive/debian/<date>\", \
-         security = \"https://snapshot.debian.org/archive/debian-security/<date>\") of the day the lock was made"
+        "the mirror no longer serves {name} {version} ({url} answered 404): run `imgbuild lock` again to move to \
+         the current version, or keep the lock and build from a snapshot of the archive {}",
+        snapshot_hint(.snapshot)
     )]
     DebGone {
         name: String,
         version: String,
         url: String,
+        /// Snapshot mirrors of the day the lock was made, when the lock knows that day.
+        snapshot: Option<Box<crate::Mirror>>,
+    },
+    #[error(
+        "{url}: the signed Release of {suite} expired on {valid_until} (its Valid-Until): the mirror serves an \
+         outdated index, or someone replays an old one; nothing was used. Try again later or use another mirror. \
+         For a snapshot of the archive use a snapshot.debian.org URL (never checked), or set \
+         `check_valid_until = false` under [debian] in imgbuild.toml"
+    )]
+    Expired {
+        suite: String,
+        url: String,
+        valid_until: String,
     },
     #[error("{url}: signature check failed: {why}; the file was not used")]
     BadSignature { url: String, why: String },
@@ -59,6 +74,19 @@ pub enum Error {
         version: String,
         dep: String,
         why: String,
+    },
+    #[error(
+        "conflicting requirements for `{name}`: {first} selects {name} {}, but {second} needs {name} {}; \
+         one package can be installed in one version only: change or drop the pin",
+        .versions.0,
+        .versions.1
+    )]
+    Conflict {
+        name: String,
+        first: String,
+        second: String,
+        /// The version the first requirement selected, and the one the second needs.
+        versions: Box<(String, String)>,
     },
     #[error("`{name}` is both requested and excluded; remove it from one of the two lists")]
     ExcludedRoot { name: String },
@@ -97,6 +125,41 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn snapshot_hint(snapshot: &Option<Box<crate::Mirror>>) -> String {
+    match snapshot {
+        Some(m) => format!(
+            "as it was when the lock was made: set `mirror = \"{}\"` and `security_mirror = \"{}\"` under [debian] \
+             in imgbuild.toml (or IMGBUILD_DEBIAN_MIRROR and IMGBUILD_DEBIAN_SECURITY_MIRROR for one build)",
+            m.archive, m.security
+        ),
+        None => "of the day the lock was made (this lock does not record it): set \
+                 `mirror = \"https://snapshot.debian.org/archive/debian/YYYYMMDDTHHMMSSZ\"` and \
+                 `security_mirror = \"https://snapshot.debian.org/archive/debian-security/YYYYMMDDTHHMMSSZ\"` \
+                 under [debian] in imgbuild.toml"
+            .to_owned(),
+    }
+}
+
+impl Error {
+    /// Adds the snapshot mirrors to suggest to a [`Error::DebGone`] (other errors unchanged).
+    pub fn with_snapshot(self, m: Option<crate::Mirror>) -> Error {
+        match self {
+            Error::DebGone {
+                name,
+                version,
+                url,
+                snapshot: None,
+            } => Error::DebGone {
+                name,
+                version,
+                url,
+                snapshot: m.map(Box::new),
+            },
+            other => other,
+        }
+    }
+}
 
 /// Turns the store's digest/size mismatch into ours (same facts, Debian wording).
 pub(crate) fn from_store(e: StoreError) -> Error {

@@ -5,6 +5,10 @@
 //! The decompressed `Packages` files are kept in the store under the SHA256 the signed
 //! Release gives for them, so resolving again while `InRelease` is unchanged downloads
 //! only the three small `InRelease` files.
+//!
+//! Freshness: a signed Release whose `Valid-Until` has passed is refused (as apt does), so
+//! an old, validly signed bookworm-security index cannot be replayed to hide security
+//! updates; snapshot mirrors and `Mirror::check_valid_until = false` skip that check.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader};
@@ -13,7 +17,8 @@ use imgbuild_store::{Digest, Store};
 
 use crate::control::{self, Atom, Relations};
 use crate::error::{Error, Result, from_store};
-use crate::{Mirror, fetch, signature, version};
+use crate::signature::Keyring;
+use crate::{Mirror, date, fetch, version};
 
 /// Which mirror base a package comes from (the lock records it so that a fetch by lock
 /// needs no index).
@@ -212,44 +217,64 @@ impl Index {
         self.packages.is_empty()
     }
 
-    /// Downloads and verifies the three suites' indexes (see the module doc).
+    /// Downloads and verifies the three suites' indexes (see the module doc) against the
+    /// Debian archive keys.
     pub fn fetch(
         mirror: &Mirror,
         store: &Store,
         http: &reqwest::blocking::Client,
     ) -> Result<Index> {
-        Index::fetch_suites(mirror, store, http, &SUITES)
+        Index::fetch_suites(mirror, store, http, &SUITES, Keyring::debian())
     }
 
-    /// [`Index::fetch`] for a chosen list of suites (tests, or a recipe that wants fewer).
+    /// [`Index::fetch`] for a chosen list of suites and keys (tests, a private archive).
     pub fn fetch_suites(
         mirror: &Mirror,
         store: &Store,
         http: &reqwest::blocking::Client,
         suites: &[(&str, Base)],
+        keyring: &Keyring,
     ) -> Result<Index> {
         let mut index = Index::new();
         for &(suite, base) in suites {
             let root = format!("{}/dists/{suite}", mirror.base_url(base));
             let url = format!("{root}/InRelease");
-            let mut armored = String::new();
-            io::Read::read_to_string(&mut fetch::get(http, &url)?, &mut armored).map_err(|e| {
-                Error::Io {
+            let armored = fetch::download(http, &url, |body| {
+                let mut text = String::new();
+                io::Read::read_to_string(body, &mut text).map_err(|e| Error::Io {
                     op: "failed to read",
                     path: url.clone().into(),
                     source: e,
-                }
+                })?;
+                Ok(text)
             })?;
             let verified =
-                signature::verify_inrelease(&armored).map_err(|why| Error::BadSignature {
-                    url: url.clone(),
-                    why,
-                })?;
+                keyring
+                    .verify_inrelease(&armored)
+                    .map_err(|why| Error::BadSignature {
+                        url: url.clone(),
+                        why,
+                    })?;
             let release =
                 ReleaseInfo::parse(&verified.text, suite).map_err(|why| Error::BadRelease {
                     url: url.clone(),
                     why,
                 })?;
+            if mirror.check_valid_until && !mirror.is_snapshot(base) {
+                release
+                    .check_valid_until(date::now())
+                    .map_err(|e| match e {
+                        Ok(valid_until) => Error::Expired {
+                            suite: suite.to_owned(),
+                            url: url.clone(),
+                            valid_until,
+                        },
+                        Err(why) => Error::BadRelease {
+                            url: url.clone(),
+                            why,
+                        },
+                    })?;
+            }
             let (digest, size) =
                 release
                     .sha256(COMPONENT_PACKAGES)
@@ -272,6 +297,18 @@ impl Index {
             });
         }
         Ok(index)
+    }
+
+    /// Each suite's Release `Date` as RFC 3339 (`2026-11-28T02:53:00Z`), by suite name:
+    /// what the lockfile records so that a snapshot of the same day can be named later.
+    pub fn dates(&self) -> BTreeMap<String, String> {
+        self.suites
+            .iter()
+            .filter_map(|s| {
+                let t = date::parse_release_date(&s.date).ok()?;
+                Some((s.suite.clone(), date::to_rfc3339(t)))
+            })
+            .collect()
     }
 }
 
@@ -300,24 +337,22 @@ fn download_packages(
     urls.push(format!("{root}/{xz_path}"));
     let mut last = None;
     for url in urls {
-        let resp = match fetch::get(http, &url) {
-            Ok(r) => r,
-            Err(e @ Error::HttpStatus { status: 404, .. }) => {
-                last = Some(e);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let mut w = store.writer()?;
-        let mut dec = liblzma::read::XzDecoder::new_multi_decoder(BufReader::new(resp));
-        io::copy(&mut dec, &mut w).map_err(|e| Error::Io {
-            op: "failed to download and decompress",
-            path: url.clone().into(),
-            source: e,
-        })?;
-        w.commit_expecting(digest, Some(size), &format!("{url} (decompressed)"))
-            .map_err(from_store)?;
-        return Ok(());
+        let res = fetch::download(http, &url, |body| {
+            let mut w = store.writer()?;
+            let mut dec = liblzma::read::XzDecoder::new_multi_decoder(BufReader::new(body));
+            io::copy(&mut dec, &mut w).map_err(|e| Error::Io {
+                op: "failed to download and decompress",
+                path: url.clone().into(),
+                source: e,
+            })?;
+            w.commit_expecting(digest, Some(size), &format!("{url} (decompressed)"))
+                .map_err(from_store)?;
+            Ok(())
+        });
+        match res {
+            Err(e @ Error::HttpStatus { status: 404, .. }) => last = Some(e),
+            other => return other,
+        }
     }
     Err(last.expect("at least one url"))
 }
@@ -326,6 +361,7 @@ fn download_packages(
 #[derive(Debug)]
 struct ReleaseInfo {
     date: String,
+    valid_until: Option<String>,
     by_hash: bool,
     sha256: BTreeMap<String, (Digest, u64)>,
 }
@@ -357,9 +393,25 @@ impl ReleaseInfo {
         }
         Ok(ReleaseInfo {
             date: p.get("Date").unwrap_or("").to_owned(),
+            valid_until: p.get("Valid-Until").map(str::to_owned),
             by_hash: p.get("Acquire-By-Hash") == Some("yes"),
             sha256,
         })
+    }
+
+    /// Whether the Release is still valid at `now` (seconds since the epoch): a Release
+    /// without `Valid-Until` always is. `Err(Ok(valid_until))` when it has expired,
+    /// `Err(Err(why))` when the field cannot be read.
+    fn check_valid_until(&self, now: i64) -> Result<(), Result<String, String>> {
+        let Some(v) = &self.valid_until else {
+            return Ok(());
+        };
+        let until =
+            date::parse_release_date(v).map_err(|why| Err(format!("Valid-Until: {why}")))?;
+        if now > until {
+            return Err(Ok(v.clone()));
+        }
+        Ok(())
     }
 
     fn sha256(&self, path: &str) -> Option<(Digest, u64)> {
@@ -380,6 +432,25 @@ mod tests {
             ReleaseInfo::parse(text, "bookworm-security")
                 .unwrap_err()
                 .contains("expected `bookworm-security`")
+        );
+    }
+
+    #[test]
+    fn valid_until_is_enforced() {
+        let text = "Codename: bookworm-security\nDate: Fri, 20 Nov 2026 00:12:41 UTC\nValid-Until: Fri, 27 Nov 2026 00:12:41 UTC\n";
+        let r = ReleaseInfo::parse(text, "bookworm-security").unwrap();
+        let until = date::parse_release_date("Fri, 27 Nov 2026 00:12:41 UTC").unwrap();
+        assert_eq!(r.check_valid_until(until), Ok(()));
+        assert_eq!(
+            r.check_valid_until(until + 1),
+            Err(Ok("Fri, 27 Nov 2026 00:12:41 UTC".to_owned()))
+        );
+        let no_field = ReleaseInfo::parse("Codename: bookworm\n", "bookworm").unwrap();
+        assert_eq!(no_field.check_valid_until(i64::MAX), Ok(()));
+        let garbled =
+            ReleaseInfo::parse("Codename: bookworm\nValid-Until: soon\n", "bookworm").unwrap();
+        assert!(
+            matches!(garbled.check_valid_until(0), Err(Err(why)) if why.contains("Valid-Until"))
         );
     }
 

@@ -7,15 +7,18 @@
 //!   bookworm-security (main, amd64), cached in the store;
 //! - [`resolve()`](resolve::resolve): an apt-like dependency resolver with `exclude` pruning,
 //!   producing [`LockedPackage`]s;
-//! - [`fetch`]: verified, parallel, cached `.deb` downloads from a lock;
+//! - [`fetch`]: verified, parallel, cached `.deb` downloads from a lock, retried when the
+//!   network fails, each `.deb` downloaded once even when several layers need it at once;
 //! - [`deb`]: streamed unpacking of a `.deb` into an [`imgbuild_layer::Tree`] (merged /usr,
 //!   metadata for scanners, maintainer-script report);
 //! - [`system`]: what base-files/base-passwd/libc-bin postinsts would have done
 //!   (accounts, `/etc/passwd` & co., base directories and symlinks).
 //!
-//! [`version`] and [`control`] hold the Debian syntax (version ordering, deb822, relations).
+//! [`version`] and [`control`] hold the Debian syntax (version ordering, deb822, relations),
+//! [`date`] the dates of Release files.
 
 pub mod control;
+pub mod date;
 pub mod deb;
 pub mod error;
 pub mod fetch;
@@ -27,9 +30,10 @@ pub mod version;
 
 pub use deb::{PackageReport, ScriptNote, Unpacker, remove_paths};
 pub use error::{Error, Result};
-pub use fetch::fetch_debs;
+pub use fetch::{Fetcher, InFlight, fetch_debs};
 pub use index::{Base, Index};
 pub use resolve::{LockedPackage, Resolution, resolve};
+pub use signature::Keyring;
 
 /// Where packages come from. Defaults to the official archive; a snapshot mirror works too
 /// (`https://snapshot.debian.org/archive/debian/20250101T000000Z` with
@@ -40,6 +44,15 @@ pub struct Mirror {
     pub archive: String,
     /// Base URL serving `dists/bookworm-security` and its `pool/`.
     pub security: String,
+    /// Refuse a signed Release whose `Valid-Until` has passed, as apt does (an old, validly
+    /// signed index replayed by a man in the middle, or a stale mirror). Never applied to
+    /// snapshot mirrors ([`Mirror::is_snapshot`]), whose files are old on purpose.
+    #[serde(default = "yes")]
+    pub check_valid_until: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for Mirror {
@@ -47,9 +60,16 @@ impl Default for Mirror {
         Mirror {
             archive: "http://deb.debian.org/debian".into(),
             security: "http://deb.debian.org/debian-security".into(),
+            check_valid_until: true,
         }
     }
 }
+
+/// How long after a suite's Release `Date` the suggested snapshot is taken: snapshot.debian.org
+/// serves a timestamp as its last import at or before it, and the import that picked up a
+/// Release comes some hours after its `Date`; a file superseded later stays in the archive
+/// for at least a day and a half, so half a day after the `Date` still has every file of it.
+pub const SNAPSHOT_DELAY_SECS: i64 = 12 * 3600;
 
 impl Mirror {
     /// The base URL for packages of one origin, without a trailing slash.
@@ -58,5 +78,109 @@ impl Mirror {
             Base::Debian => self.archive.trim_end_matches('/'),
             Base::DebianSecurity => self.security.trim_end_matches('/'),
         }
+    }
+
+    /// Whether the base URL of this origin is a snapshot of the archive: the host is
+    /// snapshot.debian.org, or a path component is a snapshot timestamp
+    /// (`.../20250101T000000Z`, as self-hosted snapshot copies name them too).
+    pub fn is_snapshot(&self, base: Base) -> bool {
+        let url = self.base_url(base);
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = host.rsplit('@').next().unwrap_or(host);
+        let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+        let stamp = |c: &str| {
+            let b = c.as_bytes();
+            b.len() == 16
+                && b[8] == b'T'
+                && b[15] == b'Z'
+                && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+        };
+        host == "snapshot.debian.org"
+            || host.ends_with(".snapshot.debian.org")
+            || path.split('/').any(stamp)
+    }
+
+    /// snapshot.debian.org mirrors that serve the archive as it was when an index with these
+    /// suite dates (suite -> RFC 3339, as the lockfile keeps them) was read: the moment is
+    /// [`SNAPSHOT_DELAY_SECS`] after the newest `Date` of the suites each base serves.
+    /// `None` unless a date is known for both bases.
+    pub fn snapshot_for(dates: &std::collections::BTreeMap<String, String>) -> Option<Mirror> {
+        let newest = |base: Base| {
+            index::SUITES
+                .iter()
+                .filter(|(_, b)| *b == base)
+                .filter_map(|(s, _)| dates.get(*s))
+                .filter_map(|d| date::parse_rfc3339(d).ok())
+                .max()
+        };
+        let at = |secs: i64| date::to_snapshot(secs + SNAPSHOT_DELAY_SECS);
+        Some(Mirror {
+            archive: format!(
+                "https://snapshot.debian.org/archive/debian/{}",
+                at(newest(Base::Debian)?)
+            ),
+            security: format!(
+                "https://snapshot.debian.org/archive/debian-security/{}",
+                at(newest(Base::DebianSecurity)?)
+            ),
+            check_valid_until: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_mirrors_are_recognised() {
+        let m = |url: &str| Mirror {
+            archive: url.into(),
+            ..Mirror::default()
+        };
+        for yes in [
+            "https://snapshot.debian.org/archive/debian/20250101T000000Z",
+            "http://SNAPSHOT.debian.org/archive/debian/20250101T000000Z/",
+            "http://127.0.0.1:8080/archive/debian/20261120T000000Z",
+            "http://user@mirror.example:81/snap/20261120T000000Z/",
+        ] {
+            assert!(m(yes).is_snapshot(Base::Debian), "{yes}");
+        }
+        for no in [
+            "http://deb.debian.org/debian",
+            "http://snapshot.debian.org.evil.example/debian",
+            "http://mirror.example/debian/2026112T000000Z",
+            "http://20261120T000000Z.example/debian",
+        ] {
+            assert!(!m(no).is_snapshot(Base::Debian), "{no}");
+        }
+        assert!(!m("https://snapshot.debian.org/x").is_snapshot(Base::DebianSecurity));
+    }
+
+    #[test]
+    fn snapshot_for_the_lock_dates() {
+        let dates: std::collections::BTreeMap<String, String> = [
+            ("bookworm", "2026-07-11T10:16:37Z"),
+            ("bookworm-updates", "2026-11-28T02:15:35Z"),
+            ("bookworm-security", "2026-11-28T02:53:00Z"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+        let m = Mirror::snapshot_for(&dates).unwrap();
+        assert_eq!(
+            m.archive,
+            "https://snapshot.debian.org/archive/debian/20261128T141535Z"
+        );
+        assert_eq!(
+            m.security,
+            "https://snapshot.debian.org/archive/debian-security/20261128T145300Z"
+        );
+        assert!(m.is_snapshot(Base::Debian) && m.is_snapshot(Base::DebianSecurity));
+        let mut partial = dates.clone();
+        partial.remove("bookworm-security");
+        assert_eq!(Mirror::snapshot_for(&partial), None);
+        assert_eq!(Mirror::snapshot_for(&Default::default()), None);
     }
 }

@@ -7,9 +7,13 @@
 //! satisfiable alternative wins: the real package's candidate (newest across the suites) if it
 //! meets the version constraint, else the best provider (Essential, then Priority, then name).
 //! Recommends and Suggests are ignored; Essential packages are never added implicitly.
+//! A root may pin a version (`name=version`); a dependency that needs another version of a
+//! name already selected is a conflict error naming both requirements.
 //!
 //! Phase 2 (prune): the closure is walked again from the roots, skipping excluded packages,
-//! so that whatever only excluded packages needed disappears too.
+//! so that whatever only excluded packages needed disappears too. An or-group whose first
+//! alternative is excluded is satisfied by the next alternative already in the closure;
+//! phase 2 never adds packages.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -82,21 +86,39 @@ fn priority_rank(p: &str) -> u8 {
 struct Resolver<'a> {
     index: &'a Index,
     selected: BTreeMap<String, &'a PackageEntry>,
+    /// For each selected package, the requirement that selected it (for conflict errors).
+    selected_for: BTreeMap<String, String>,
     /// provided name -> (provider, provided version) among selected packages
     provided: BTreeMap<String, Vec<(String, Option<String>)>>,
     visited: BTreeSet<String>,
 }
 
 impl<'a> Resolver<'a> {
-    fn select(&mut self, e: &'a PackageEntry) {
-        if self.selected.insert(e.name.clone(), e).is_none() {
-            for p in &e.provides {
-                self.provided.entry(p.name.clone()).or_default().push((
-                    e.name.clone(),
-                    p.constraint.as_ref().map(|c| c.version.clone()),
-                ));
+    /// Marks a package for installation because of `why` (a root of the recipe or a
+    /// dependency). One name can be installed in one version only: selecting another
+    /// version of a name already selected (a pinned root that a dependency needs in a
+    /// different version) is a conflict, never a silent replacement.
+    fn select(&mut self, e: &'a PackageEntry, why: String) -> Result<()> {
+        if let Some(prev) = self.selected.get(&e.name) {
+            if prev.version == e.version {
+                return Ok(());
             }
+            return Err(Error::Conflict {
+                name: e.name.clone(),
+                first: self.selected_for[&e.name].clone(),
+                second: why,
+                versions: Box::new((prev.version.clone(), e.version.clone())),
+            });
         }
+        self.selected.insert(e.name.clone(), e);
+        self.selected_for.insert(e.name.clone(), why);
+        for p in &e.provides {
+            self.provided.entry(p.name.clone()).or_default().push((
+                e.name.clone(),
+                p.constraint.as_ref().map(|c| c.version.clone()),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether an already selected package satisfies the atom (by name or by Provides).
@@ -149,6 +171,34 @@ impl<'a> Resolver<'a> {
         provs.first().copied()
     }
 
+    /// The packages of the phase-1 closure that satisfy the atom: the package of that
+    /// name (if its version fits), then the providers, sorted by name.
+    fn satisfiers_in_closure(&self, a: &Atom) -> Vec<String> {
+        let mut out = vec![];
+        if let Some(s) = self.selected.get(&a.name)
+            && a.constraint
+                .as_ref()
+                .is_none_or(|c| c.rel.holds(&s.version, &c.version))
+        {
+            out.push(a.name.clone());
+        }
+        let mut provs: Vec<String> = self
+            .provided
+            .get(&a.name)
+            .into_iter()
+            .flatten()
+            .filter(|(_, pv)| match (&a.constraint, pv) {
+                (None, _) => true,
+                (Some(c), Some(v)) => c.rel.holds(v, &c.version),
+                (Some(_), None) => false,
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        provs.sort();
+        out.extend(provs);
+        out
+    }
+
     fn visit(&mut self, name: &str) -> Result<()> {
         if !self.visited.insert(name.to_owned()) {
             return Ok(());
@@ -180,7 +230,12 @@ impl<'a> Resolver<'a> {
                     why,
                 });
             };
-            self.select(pick);
+            let dep = group
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" | ");
+            self.select(pick, format!("`{dep}` of {} {}", e.name, e.version))?;
             let n = pick.name.clone();
             self.visit(&n)?;
         }
@@ -195,6 +250,7 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
     let mut r = Resolver {
         index,
         selected: BTreeMap::new(),
+        selected_for: BTreeMap::new(),
         provided: BTreeMap::new(),
         visited: BTreeSet::new(),
     };
@@ -253,14 +309,17 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
                 }
             },
         };
-        r.select(entry);
+        r.select(entry, format!("the recipe's `{}`", root.trim()))?;
         root_names.push(entry.name.clone());
     }
     for n in &root_names {
         r.visit(n)?;
     }
 
-    // Phase 2: re-walk from the roots, skipping excluded packages.
+    // Phase 2: re-walk from the roots, skipping excluded packages. Each or-group is
+    // satisfied by its first alternative (then provider) that phase 1 put in the closure
+    // and that is not excluded; only when every such alternative is excluded does the
+    // group go unsatisfied, and the excluded package it would have needed is reported.
     let full = &r.selected;
     let mut keep: BTreeSet<String> = BTreeSet::new();
     let mut why: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -271,33 +330,29 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
         }
         let e = full[&p];
         for group in e.pre_depends.iter().chain(e.depends.iter()) {
-            let cand = group.iter().filter(|a| arch_ok(a)).find_map(|a| {
-                if let Some(s) = full.get(&a.name)
-                    && a.constraint
-                        .as_ref()
-                        .is_none_or(|c| c.rel.holds(&s.version, &c.version))
-                {
-                    return Some(a.name.clone());
+            let mut satisfiers = group
+                .iter()
+                .filter(|a| arch_ok(a))
+                .flat_map(|a| r.satisfiers_in_closure(a));
+            let mut first_excluded = None;
+            let kept = satisfiers.find(|n| {
+                if excluded.contains(n.as_str()) {
+                    first_excluded.get_or_insert_with(|| n.clone());
+                    false
+                } else {
+                    true
                 }
-                r.provided.get(&a.name).and_then(|ps| {
-                    let mut ok: Vec<&String> = ps
-                        .iter()
-                        .filter(|(_, pv)| match (&a.constraint, pv) {
-                            (None, _) => true,
-                            (Some(c), Some(v)) => c.rel.holds(v, &c.version),
-                            (Some(_), None) => false,
-                        })
-                        .map(|(n, _)| n)
-                        .collect();
-                    ok.sort();
-                    ok.first().map(|n| (*n).clone())
-                })
             });
-            let Some(c) = cand else { continue }; // cannot happen: phase 1 satisfied it
-            if excluded.contains(c.as_str()) {
-                why.entry(c).or_default().insert(p.clone());
-            } else if !keep.contains(&c) {
-                todo.push(c);
+            match (kept, first_excluded) {
+                (Some(c), _) => {
+                    if !keep.contains(&c) {
+                        todo.push(c);
+                    }
+                }
+                (None, Some(x)) => {
+                    why.entry(x).or_default().insert(p.clone());
+                }
+                (None, None) => {} // cannot happen: phase 1 satisfied every group
             }
         }
     }
@@ -467,6 +522,93 @@ Provides: libc6-compat-virtual (= 1)
             resolve(&idx, &["app".into()], &["app".into()]),
             Err(Error::ExcludedRoot { .. })
         ));
+    }
+
+    const ALTERNATIVES: &str = "
+Package: app
+Version: 1
+Depends: x | y, w
+
+Package: x
+Version: 1
+
+Package: y
+Version: 1
+
+Package: w
+Version: 1
+Depends: y
+";
+
+    #[test]
+    fn exclude_falls_back_to_a_kept_alternative() {
+        let idx = index(&[("bookworm", Base::Debian, ALTERNATIVES)]);
+        // phase 1 picks x for `x | y` and y for w: all four are in the full closure
+        let full = resolve(&idx, &["app".into()], &[]).unwrap();
+        assert_eq!(names(&full), ["app", "w", "x", "y"]);
+        // x and w excluded: `x | y` is still satisfied by y, which must stay
+        let r = resolve(&idx, &["app".into()], &["x".into(), "w".into()]).unwrap();
+        assert_eq!(names(&r), ["app", "y"]);
+        assert_eq!(r.excluded_dropped, ["w", "x"]);
+        // x was not needed (y stands in for it); w was
+        assert_eq!(
+            r.excluded_required_by.keys().collect::<Vec<_>>(),
+            ["w"],
+            "{:?}",
+            r.excluded_required_by
+        );
+        // with both alternatives excluded the group goes unsatisfied, reported on the first
+        let r = resolve(&idx, &["app".into()], &["x".into(), "y".into(), "w".into()]).unwrap();
+        assert_eq!(names(&r), ["app"]);
+        assert_eq!(r.excluded_required_by["x"], ["app"]);
+        assert!(!r.excluded_required_by.contains_key("y"));
+    }
+
+    #[test]
+    fn a_pinned_root_is_never_silently_replaced() {
+        let idx = index(&[
+            (
+                "bookworm",
+                Base::Debian,
+                "Package: foo\nVersion: 1.0\n\nPackage: bar\nVersion: 1\nDepends: foo (>= 2)\n\nPackage: baz\nVersion: 1\nDepends: foo\n",
+            ),
+            (
+                "bookworm-updates",
+                Base::Debian,
+                "Package: foo\nVersion: 2.0\n",
+            ),
+        ]);
+        // a dependency needs another version than the pin
+        let e = resolve(&idx, &["foo=1.0".into(), "bar".into()], &[]).unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`foo=1.0`")
+                && msg.contains("foo 1.0")
+                && msg.contains("`foo (>= 2)` of bar 1")
+                && msg.contains("foo 2.0"),
+            "{msg}"
+        );
+        // the same name twice as roots, pinned and not
+        let e = resolve(&idx, &["foo=1.0".into(), "foo".into()], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("`foo=1.0`") && e.to_string().contains("`foo`"),
+            "{e}"
+        );
+        // a pin that every dependency accepts stays, and its own dependencies are walked
+        let r = resolve(&idx, &["foo=1.0".into(), "baz".into()], &[]).unwrap();
+        assert_eq!(
+            r.packages
+                .iter()
+                .map(|p| (p.name.as_str(), p.version.as_str()))
+                .collect::<Vec<_>>(),
+            [("baz", "1"), ("foo", "1.0")]
+        );
+        // the pin of the candidate itself is no conflict
+        assert_eq!(
+            names(&resolve(&idx, &["foo=2.0".into(), "bar".into()], &[]).unwrap()),
+            ["bar", "foo"]
+        );
     }
 
     #[test]

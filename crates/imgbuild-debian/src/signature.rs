@@ -1,6 +1,7 @@
 //! The root of trust: the Debian archive's OpenPGP keys (embedded from Debian's
 //! `debian-archive-keyring` 2023.3+deb12u2, bookworm and trixie archive and security keys)
-//! and the check of an `InRelease` file's inline signature against them.
+//! and the check of an `InRelease` file's inline signature against them ([`Keyring`];
+//! [`Keyring::debian`] is the default, another ring serves a private archive or tests).
 //!
 //! The archive signs with *subkeys*, and rPGP's `verify(&SignedPublicKey)` only tries the
 //! primary key, so this module picks the key the signature names (issuer fingerprint or key
@@ -43,24 +44,103 @@ const KEYS: &[(&str, &str)] = &[
     ),
 ];
 
-fn keyring() -> &'static [(&'static str, SignedPublicKey)] {
-    static RING: OnceLock<Vec<(&'static str, SignedPublicKey)>> = OnceLock::new();
-    RING.get_or_init(|| {
-        KEYS.iter()
-            .map(|(name, armored)| {
-                let (key, _) = SignedPublicKey::from_string(armored)
-                    .unwrap_or_else(|e| panic!("embedded key {name} does not parse: {e}"));
-                (*name, key)
-            })
-            .collect()
-    })
+/// The OpenPGP keys an `InRelease` must be signed with.
+pub struct Keyring {
+    keys: Vec<(String, SignedPublicKey)>,
+}
+
+impl Keyring {
+    /// The embedded Debian archive keys (the default root of trust).
+    pub fn debian() -> &'static Keyring {
+        static RING: OnceLock<Keyring> = OnceLock::new();
+        RING.get_or_init(|| Keyring {
+            keys: KEYS
+                .iter()
+                .map(|(name, armored)| {
+                    let (key, _) = SignedPublicKey::from_string(armored)
+                        .unwrap_or_else(|e| panic!("embedded key {name} does not parse: {e}"));
+                    (name.to_string(), key)
+                })
+                .collect(),
+        })
+    }
+
+    /// Other keys, each with a name for messages (a private archive, or tests that sign
+    /// their own `InRelease` files).
+    pub fn new(keys: Vec<(String, SignedPublicKey)>) -> Keyring {
+        Keyring { keys }
+    }
+
+    /// Verifies an `InRelease` file and returns its signed content. At least one signature
+    /// must come from a key of this ring and verify; signatures by unknown keys are ignored
+    /// (as gpgv does), and nothing outside the signed block is ever returned.
+    pub fn verify_inrelease(&self, armored: &str) -> Result<Verified, String> {
+        let (msg, _) = CleartextSignedMessage::from_string(armored)
+            .map_err(|e| format!("not an OpenPGP clear-signed file: {e}"))?;
+        let text = msg.signed_text();
+        let mut reasons = vec![];
+        for sig in msg.signatures() {
+            match self.check_one(sig, text.as_bytes()) {
+                Ok(name) => {
+                    return Ok(Verified {
+                        text: text.replace("\r\n", "\n"),
+                        signed_by: name,
+                    });
+                }
+                Err(why) => reasons.push(why),
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("no signatures".into());
+        }
+        Err(reasons.join("; "))
+    }
+
+    /// Checks one signature; returns the name of the key that made it.
+    fn check_one(&self, sig: &Signature, data: &[u8]) -> Result<String, String> {
+        let made = sig.created().ok_or("signature has no creation time")?;
+        for (name, key) in &self.keys {
+            if issuer_matches(sig, key) {
+                primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
+                sig.verify(key, data)
+                    .map_err(|e| format!("{name}: bad signature: {e}"))?;
+                return Ok(name.to_string());
+            }
+            for sub in &key.public_subkeys {
+                if !issuer_matches(sig, &sub.key) {
+                    continue;
+                }
+                primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
+                subkey_usable(key, sub, made).map_err(|e| {
+                    format!(
+                        "{name} subkey {}: {e}",
+                        hex::encode(sub.key.fingerprint().as_bytes())
+                    )
+                })?;
+                sig.verify(&sub.key, data)
+                    .map_err(|e| format!("{name} subkey: bad signature: {e}"))?;
+                return Ok(name.to_string());
+            }
+        }
+        let who: Vec<String> = sig
+            .issuer_fingerprint()
+            .iter()
+            .map(|f| hex::encode(f.as_bytes()))
+            .chain(sig.issuer_key_id().iter().map(|k| format!("{k:?}")))
+            .collect();
+        Err(format!(
+            "signed by a key that is not a Debian archive key ({})",
+            who.join(", ")
+        ))
+    }
 }
 
 /// Names of the embedded keys with their primary fingerprints (for diagnostics).
 pub fn trusted_keys() -> Vec<(String, String)> {
-    keyring()
+    Keyring::debian()
+        .keys
         .iter()
-        .map(|(n, k)| (n.to_string(), hex::encode(k.fingerprint().as_bytes())))
+        .map(|(n, k)| (n.clone(), hex::encode(k.fingerprint().as_bytes())))
         .collect()
 }
 
@@ -71,29 +151,9 @@ pub struct Verified {
     pub signed_by: String,
 }
 
-/// Verifies an `InRelease` file and returns its signed content. At least one signature
-/// must come from an embedded key and verify; signatures by unknown keys are ignored
-/// (as gpgv does), and nothing outside the signed block is ever returned.
+/// [`Keyring::verify_inrelease`] against the embedded Debian archive keys.
 pub fn verify_inrelease(armored: &str) -> Result<Verified, String> {
-    let (msg, _) = CleartextSignedMessage::from_string(armored)
-        .map_err(|e| format!("not an OpenPGP clear-signed file: {e}"))?;
-    let text = msg.signed_text();
-    let mut reasons = vec![];
-    for sig in msg.signatures() {
-        match check_one(sig, text.as_bytes()) {
-            Ok(name) => {
-                return Ok(Verified {
-                    text: text.replace("\r\n", "\n"),
-                    signed_by: name,
-                });
-            }
-            Err(why) => reasons.push(why),
-        }
-    }
-    if reasons.is_empty() {
-        reasons.push("no signatures".into());
-    }
-    Err(reasons.join("; "))
+    Keyring::debian().verify_inrelease(armored)
 }
 
 fn issuer_matches(sig: &Signature, key: &impl KeyDetails) -> bool {
@@ -101,44 +161,6 @@ fn issuer_matches(sig: &Signature, key: &impl KeyDetails) -> bool {
     let id = key.legacy_key_id();
     sig.issuer_fingerprint().iter().any(|f| **f == fp)
         || sig.issuer_key_id().iter().any(|k| **k == id)
-}
-
-/// Checks one signature; returns the name of the key file that made it.
-fn check_one(sig: &Signature, data: &[u8]) -> Result<String, String> {
-    let made = sig.created().ok_or("signature has no creation time")?;
-    for (name, key) in keyring() {
-        if issuer_matches(sig, key) {
-            primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
-            sig.verify(key, data)
-                .map_err(|e| format!("{name}: bad signature: {e}"))?;
-            return Ok(name.to_string());
-        }
-        for sub in &key.public_subkeys {
-            if !issuer_matches(sig, &sub.key) {
-                continue;
-            }
-            primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
-            subkey_usable(key, sub, made).map_err(|e| {
-                format!(
-                    "{name} subkey {}: {e}",
-                    hex::encode(sub.key.fingerprint().as_bytes())
-                )
-            })?;
-            sig.verify(&sub.key, data)
-                .map_err(|e| format!("{name} subkey: bad signature: {e}"))?;
-            return Ok(name.to_string());
-        }
-    }
-    let who: Vec<String> = sig
-        .issuer_fingerprint()
-        .iter()
-        .map(|f| hex::encode(f.as_bytes()))
-        .chain(sig.issuer_key_id().iter().map(|k| format!("{k:?}")))
-        .collect();
-    Err(format!(
-        "signed by a key that is not a Debian archive key ({})",
-        who.join(", ")
-    ))
 }
 
 fn expired(created: Timestamp, expires_after: Option<pgp::types::Duration>, at: Timestamp) -> bool {

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
+use imgbuild_debian::deb::Replaced;
 use imgbuild_debian::index::Base;
 use imgbuild_debian::{Error, LockedPackage, Unpacker};
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
@@ -123,8 +124,13 @@ fn ext(kind: &str) -> &str {
 
 /// A whole .deb: control.tar.xz with control (and optional scripts), data.tar.<kind>.
 fn deb(name: &str, kind: &str, data: &[E], scripts: &[(&str, &str)]) -> Vec<u8> {
+    deb_with(name, kind, data, scripts, "")
+}
+
+/// [`deb`] with more control fields (`Replaces: a\n`).
+fn deb_with(name: &str, kind: &str, data: &[E], scripts: &[(&str, &str)], fields: &str) -> Vec<u8> {
     let control = format!(
-        "Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: T <t@example.org>\nDescription: test\n"
+        "Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: T <t@example.org>\n{fields}Description: test\n"
     );
     let mut ctl: Vec<E> = vec![
         E::Dir("./", 0o755, 0, 0),
@@ -499,7 +505,228 @@ fn aliased_paths_across_packages_are_detected() {
     }
     // the same spelling from another package is a dpkg-style replace, reported
     let r = u.unpack(&store, &same, &mut t).unwrap();
-    assert_eq!(r.replaced, [("usr/bin/x".to_owned(), "a".to_owned())]);
+    assert_eq!(
+        r.replaced,
+        [Replaced {
+            path: "usr/bin/x".into(),
+            previous: "a".into(),
+            declared: false
+        }]
+    );
+}
+
+#[test]
+fn directories_shipped_over_a_symlink_are_written_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // a: usr/share/doc/a -> b (relative), opt/app -> /srv/app (absolute), its own files
+    let a = put(
+        &store,
+        "a",
+        &deb(
+            "a",
+            "xz",
+            &[
+                E::Dir("./usr/share/doc/b/", 0o755, 0, 0),
+                E::Symlink("./usr/share/doc/a", "b"),
+                E::Dir("./srv/app/", 0o750, 0, 0),
+                E::Symlink("./opt/app", "/srv/app"),
+                E::Symlink("./opt/up", "../../.."),
+            ],
+            &[],
+        ),
+    );
+    // b ships the directories as directories, with files below them
+    let b = put(
+        &store,
+        "b",
+        &deb(
+            "b",
+            "gz",
+            &[
+                E::Dir("./usr/share/doc/a/", 0o755, 0, 0),
+                E::File("./usr/share/doc/a/copyright", 0o644, 0, 0, b"(c)"),
+                E::Dir("./opt/app/", 0o755, 0, 0),
+                E::Dir("./opt/app/lib/", 0o755, 0, 0),
+                E::File("./opt/app/lib/x.so", 0o644, 0, 0, b"so"),
+                E::Hardlink("./opt/app/lib/y.so", "./opt/app/lib/x.so"),
+            ],
+            &[],
+        ),
+    );
+    let mut u = Unpacker::new();
+    let mut t = Tree::new();
+    u.unpack(&store, &a, &mut t).unwrap();
+    u.unpack(&store, &b, &mut t)
+        .unwrap_or_else(|e| panic!("writes through the symlinks: {e}"));
+    // the symlinks stay, the contents land at their targets
+    assert!(matches!(get(&t, "usr/share/doc/a"), Node::Symlink { target, .. } if target == "b"));
+    assert_eq!(file_bytes(&t, "usr/share/doc/b/copyright").0, b"(c)");
+    assert!(matches!(get(&t, "opt/app"), Node::Symlink { target, .. } if target == "/srv/app"));
+    assert_eq!(file_bytes(&t, "srv/app/lib/x.so").0, b"so");
+    assert_eq!(
+        get(&t, "srv/app/lib/y.so"),
+        &Node::Hardlink {
+            target: TreePath::new("srv/app/lib/x.so").unwrap()
+        }
+    );
+    // the directory kept the metadata it had (as dpkg keeps the existing directory)
+    assert_eq!(get(&t, "srv/app"), &Node::Dir(Meta::new(0o750, 0, 0)));
+    t.validate().unwrap();
+
+    // a link whose target leaves the image root is not followed
+    let c = put(
+        &store,
+        "c",
+        &deb(
+            "c",
+            "xz",
+            &[E::File("./opt/up/etc/passwd", 0o644, 0, 0, b"x")],
+            &[],
+        ),
+    );
+    let err = u.unpack(&store, &c, &mut t).unwrap_err();
+    assert!(
+        matches!(&err, Error::Unpack { package, path, .. } if package == "c" && path == "./opt/up/etc/passwd"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("leaves the image root"), "{err}");
+}
+
+#[test]
+fn notes_report_unrun_scripts_missing_sh_and_undeclared_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let tool = put(
+        &store,
+        "tool",
+        &deb(
+            "tool",
+            "xz",
+            &[
+                E::File("./usr/share/common/x", 0o644, 0, 0, b"1"),
+                E::File("./etc/init.d/tool", 0o755, 0, 0, SCRIPT),
+            ],
+            &[("postinst", "#!/bin/sh\nadduser --system tool\n")],
+        ),
+    );
+    // overwrites tool's file without Replaces
+    let rude = put(
+        &store,
+        "rude",
+        &deb(
+            "rude",
+            "xz",
+            &[E::File("./usr/share/common/x", 0o644, 0, 0, b"2")],
+            &[],
+        ),
+    );
+    // overwrites it with Replaces on a version range that holds for tool 1.0-1
+    let polite = put(
+        &store,
+        "polite",
+        &deb_with(
+            "polite",
+            "xz",
+            &[E::File("./usr/share/common/x", 0o644, 0, 0, b"3")],
+            &[],
+            "Replaces: rude, tool (<< 2)\n",
+        ),
+    );
+    let shell = put(
+        &store,
+        "dash",
+        &deb("dash", "xz", &[E::Symlink("./bin/sh", "dash")], &[]),
+    );
+    let mut u = Unpacker::new();
+    let mut t = Tree::new();
+    let reports = u
+        .unpack_all(&store, &[tool, rude, polite], &mut t, 2, &|_| {})
+        .unwrap();
+    let notes = imgbuild_debian::deb::notes(&reports, &t);
+    assert_eq!(notes.len(), 3, "{notes:#?}");
+    assert!(
+        notes[0].starts_with("not run: tool postinst") && notes[0].contains("adduser"),
+        "{}",
+        notes[0]
+    );
+    assert!(
+        notes[1].starts_with("warning: this layer has no /bin/sh, but 1 package(s) ship #!/bin/sh scripts: tool (/etc/init.d/tool);")
+            && notes[1].contains("dash"),
+        "{}",
+        notes[1]
+    );
+    assert!(
+        notes[2].contains("/usr/share/common/x")
+            && notes[2].contains("of tool by rude")
+            && notes[2].contains("Replaces"),
+        "{}",
+        notes[2]
+    );
+    assert_eq!(file_bytes(&t, "usr/share/common/x").0, b"3");
+    // with /bin/sh in the layer there is nothing to warn about
+    u.unpack(&store, &shell, &mut t).unwrap();
+    let notes = imgbuild_debian::deb::notes(&reports, &t);
+    assert!(
+        notes.iter().all(|n| !n.starts_with("warning")),
+        "{notes:#?}"
+    );
+}
+
+#[test]
+fn unpack_all_reads_in_parallel_and_places_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let pkgs: Vec<LockedPackage> = (0..6)
+        .map(|i| {
+            let name = format!("p{i}");
+            let data = format!("from {name}");
+            let bytes = deb(
+                &name,
+                ["xz", "gz", "zst"][i % 3],
+                &[
+                    E::File("./usr/share/same", 0o644, 0, 0, data.as_bytes()),
+                    E::File(
+                        Box::leak(format!("./usr/share/{name}").into_boxed_str()),
+                        0o644,
+                        0,
+                        0,
+                        b"own",
+                    ),
+                ],
+                &[],
+            );
+            put(&store, &name, &bytes)
+        })
+        .collect();
+    let mut sequential = Tree::new();
+    let mut u = Unpacker::new();
+    for p in &pkgs {
+        u.unpack(&store, p, &mut sequential).unwrap();
+    }
+    for r in store.list_records("debian-unpack-v1").unwrap() {
+        store.remove_record("debian-unpack-v1", &r).unwrap();
+    }
+    let mut parallel = Tree::new();
+    let seen = std::sync::Mutex::new(vec![]);
+    let reports = Unpacker::new()
+        .unpack_all(&store, &pkgs, &mut parallel, 4, &|p| {
+            seen.lock().unwrap().push(p.name.clone())
+        })
+        .unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 6);
+    assert_eq!(
+        sequential.iter().collect::<Vec<_>>(),
+        parallel.iter().collect::<Vec<_>>()
+    );
+    // the last package in the given order wins, as in a sequential unpack
+    assert_eq!(file_bytes(&parallel, "usr/share/same").0, b"from p5");
+    // every report names its spool, an intact blob of the store
+    for (r, p) in reports.iter().zip(&pkgs) {
+        assert_eq!(r.name, p.name);
+        let spool = r.spool.as_ref().unwrap();
+        assert!(store.verify(spool).unwrap());
+    }
 }
 
 #[test]
