@@ -42,6 +42,8 @@ pub fn target_repository(rec: &ImageRecord, prefix: Option<&str>) -> String {
 
 /// Pushes the images and prints a line per image; returns the report (`--json`).
 pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
+    // uploads stream from store blobs: gc must wait until they are sent
+    let _lock = project.lock_shared()?;
     let set = RecipeSet::load(&project.root)?;
     // (closure: names checked, bases first; only the named images are pushed)
     let order: Vec<_> = set
