@@ -47,43 +47,18 @@ impl LowerView {
     }
 
     /// Rewrites an image path (with or without leading `/`) so that no ancestor is a
-    /// lower symlink. Returns the path without a leading `/`.
+    /// lower symlink. Returns the path without a leading `/`. A symlink loop leaves
+    /// the path as it is (writing it then fails as it would in the image).
     pub fn resolve(&self, path: &str) -> String {
-        let mut parts: Vec<String> = path
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .map(str::to_owned)
-            .collect();
-        let mut hops = 0;
-        let mut i = 0;
-        // Only ancestors are resolved: the final component is what the layer writes.
-        while i + 1 < parts.len() && hops < 40 {
-            let prefix = parts[..=i].join("/");
-            if let Some(target) = self.symlinks.get(&prefix) {
-                hops += 1;
-                let mut base: Vec<String> = if target.starts_with('/') {
-                    vec![]
-                } else {
-                    parts[..i].to_vec()
-                };
-                for c in target.split('/') {
-                    match c {
-                        "" | "." => {}
-                        ".." => {
-                            base.pop();
-                        }
-                        c => base.push(c.to_owned()),
-                    }
-                }
-                let rest = parts[i + 1..].to_vec();
-                parts = base;
-                parts.extend(rest);
-                i = 0;
-                continue;
-            }
-            i += 1;
-        }
-        parts.join("/")
+        imgbuild_layer::symlinks::resolve(path, imgbuild_layer::Follow::WRITE, |p| {
+            self.symlinks.get(p).map(String::as_str)
+        })
+        .unwrap_or_else(|_| {
+            path.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect::<Vec<_>>()
+                .join("/")
+        })
     }
 
     /// The facts about `path`'s ancestors that a layer writing `path` depends on,

@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 
-use imgbuild_layer::{Content, Meta, Node, Tree, TreeError, TreePath};
+use imgbuild_layer::{Content, Follow, Meta, Node, Tree, TreeError, TreePath, symlinks};
 use imgbuild_store::{BlobWriter, Digest, Store};
 
 use crate::error::{Error, Result};
@@ -358,43 +358,17 @@ fn through_symlinks(tree: &Tree, path: TreePath) -> Result<TreePath, String> {
     {
         return Ok(path);
     }
-    let mut parts: Vec<String> = path.as_str().split('/').map(str::to_owned).collect();
-    let mut hops = 0;
-    let mut i = 0;
-    while i + 1 < parts.len() {
-        let prefix = TreePath::new(&parts[..=i].join("/")).map_err(|e| e.to_string())?;
-        let Some(Node::Symlink { target, .. }) = tree.get(&prefix) else {
-            i += 1;
-            continue;
-        };
-        hops += 1;
-        if hops > 40 {
-            return Err(format!("too many levels of symlinks below `{prefix}`"));
-        }
-        let mut base: Vec<String> = if target.starts_with('/') {
-            vec![]
-        } else {
-            parts[..i].to_vec()
-        };
-        for c in target.split('/') {
-            match c {
-                "" | "." => {}
-                ".." => {
-                    if base.pop().is_none() {
-                        return Err(format!(
-                            "`{prefix}` is a symlink to `{target}`, which leaves the image root; \
-                             refusing to write through it"
-                        ));
-                    }
-                }
-                c => base.push(c.to_owned()),
-            }
-        }
-        base.extend_from_slice(&parts[i + 1..]);
-        parts = base;
-        i = 0; // the new path may pass through other links
-    }
-    TreePath::new(&parts.join("/")).map_err(|e| e.to_string())
+    let resolved =
+        symlinks::resolve(
+            path.as_str(),
+            Follow::WRITE_WITHIN_ROOT,
+            |p| match TreePath::new(p).ok().and_then(|p| tree.get(&p)) {
+                Some(Node::Symlink { target, .. }) => Some(target.as_str()),
+                _ => None,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    TreePath::new(&resolved).map_err(|e| e.to_string())
 }
 
 /// The lines `imgbuild inspect` shows for a Debian layer: every maintainer script that

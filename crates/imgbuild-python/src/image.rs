@@ -14,7 +14,7 @@
 //! more pass over just the layers that hold them. Every blob is verified against its
 //! digest as it is read.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
@@ -58,9 +58,6 @@ pub struct ImageFiles {
     store: Option<Store>,
     layers: Vec<Digest>,
 }
-
-/// Follows at most this many symlinks while resolving one path (Linux's limit).
-const MAX_SYMLINKS: usize = 40;
 
 impl ImageFiles {
     /// The image made of these layer blobs (bottom first).
@@ -118,30 +115,13 @@ impl ImageFiles {
     /// `path` with every symlink in it followed, as the kernel would inside the image
     /// (absolute targets from the image's root, `..` never above it). `None` on a loop.
     pub fn resolve(&self, path: &str) -> Option<String> {
-        let mut todo: VecDeque<String> = components(path).collect();
-        let mut out: Vec<String> = vec![];
-        let mut hops = 0;
-        while let Some(c) = todo.pop_front() {
-            if c == ".." {
-                out.pop();
-                continue;
+        imgbuild_layer::symlinks::resolve(path, imgbuild_layer::Follow::READ, |p| {
+            match self.get(p) {
+                Some(Entry::Symlink(target)) => Some(target.as_str()),
+                _ => None,
             }
-            out.push(c);
-            if let Some(Entry::Symlink(target)) = self.get(&out.join("/")) {
-                hops += 1;
-                if hops > MAX_SYMLINKS {
-                    return None;
-                }
-                out.pop();
-                if target.starts_with('/') {
-                    out.clear();
-                }
-                for c in components(target).collect::<Vec<_>>().into_iter().rev() {
-                    todo.push_front(c);
-                }
-            }
-        }
-        Some(out.join("/"))
+        })
+        .ok()
     }
 
     /// Every entry below directory `dir` (relative paths, sorted).
