@@ -3,7 +3,7 @@
 //! Walks each `src` without following symlinks, in sorted order, and records what
 //! the layer needs: normalised modes (exec and setuid/setgid/sticky bits kept; the
 //! umask's effect on group/other write bits dropped), symlink targets, hardlinks
-//! within the layer, and the sha256 of every regular file.
+//! within the layer, and the content hash ([`FileHash`]) of every regular file.
 //!
 //! Hashes come through a stat cache so that an unchanged tree is not reread: an
 //! entry is trusted only if size, mtime, ctime, inode and device all match *and*
@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use imgbuild_store::{Digest, Store, digest_reader};
+use imgbuild_layer::FileHash;
+use imgbuild_store::Store;
 
 /// What the walk found at one path of a source tree.
 #[derive(Clone, Debug)]
@@ -27,7 +28,7 @@ pub enum WalkedKind {
     File {
         host: PathBuf,
         size: u64,
-        sha256: Digest,
+        hash: FileHash,
         link_key: Option<(u64, u64)>,
     },
     Symlink {
@@ -81,7 +82,7 @@ impl StatKey {
 #[derive(Clone, Debug)]
 struct StatEntry {
     key: StatKey,
-    sha256: Digest,
+    hash: FileHash,
     /// When the hash was taken (ns since the epoch).
     recorded_ns: i128,
     /// Looked up by this run (entries no run uses are dropped by a full build).
@@ -106,7 +107,7 @@ struct StatEntries {
 
 impl StatEntries {
     /// The record: one line per entry, `size mtime_ns ctime_ns ino dev recorded_ns
-    /// sha256-hex path`, sorted by path. A line format rather than JSON because a
+    /// blake3-hex path`, sorted by path. A line format rather than JSON because a
     /// no-op build of a 10,000-file tree reads it every time (JSON took 15% of it).
     fn encode(&self) -> Vec<u8> {
         let mut paths: Vec<&String> = self.entries.keys().collect();
@@ -125,7 +126,7 @@ impl StatEntries {
                     k.ino,
                     k.dev,
                     e.recorded_ns,
-                    e.sha256.hex()
+                    e.hash.hex()
                 )
                 .as_bytes(),
             );
@@ -145,7 +146,7 @@ impl StatEntries {
                 let mut num = || f.next().and_then(|x| x.parse::<i128>().ok());
                 let (size, mtime_ns, ctime_ns, ino, dev, recorded_ns) =
                     (num()?, num()?, num()?, num()?, num()?, num()?);
-                let sha256 = Digest::from_hex(f.next()?).ok()?;
+                let hash = FileHash::from_hex(f.next()?)?;
                 let path = f.next()?;
                 entries.insert(
                     path.to_owned(),
@@ -157,7 +158,7 @@ impl StatEntries {
                             ino: ino.try_into().ok()?,
                             dev: dev.try_into().ok()?,
                         },
-                        sha256,
+                        hash,
                         recorded_ns,
                         used: false,
                     },
@@ -175,8 +176,8 @@ impl StatEntries {
 /// Timestamps on common filesystems are at worst this coarse; a file whose mtime
 /// is this close to the recording time may still change without changing mtime.
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
-const STAT_BUCKET: &str = "statcache-v2";
-const STAT_HEADER: &str = "imgbuild-statcache-v2\n";
+const STAT_BUCKET: &str = "statcache-v3";
+const STAT_HEADER: &str = "imgbuild-statcache-v3\n";
 
 fn now_ns() -> i128 {
     SystemTime::now()
@@ -217,8 +218,8 @@ impl StatCache {
         Ok(())
     }
 
-    /// The sha256 of a file, from the cache when it can be trusted.
-    pub fn hash(&self, path: &Path, meta: &fs::Metadata) -> Result<Digest> {
+    /// The content hash of a file, from the cache when it can be trusted.
+    pub fn hash(&self, path: &Path, meta: &fs::Metadata) -> Result<FileHash> {
         let key = StatKey::of(meta);
         let name = path.to_string_lossy();
         {
@@ -226,13 +227,13 @@ impl StatCache {
             if let Some(e) = c.entries.get_mut(name.as_ref()) {
                 e.used = true;
                 if e.key == key && key.mtime_ns < e.recorded_ns - RACY_WINDOW_NS {
-                    return Ok(e.sha256.clone());
+                    return Ok(e.hash);
                 }
             }
         }
         let recorded_ns = now_ns();
         let f = File::open(path).with_context(|| format!("failed to read `{}`", path.display()))?;
-        let (sha256, size) = digest_reader(std::io::BufReader::with_capacity(256 * 1024, f))
+        let (hash, size) = FileHash::of_reader(f, key.size)
             .with_context(|| format!("failed to read `{}`", path.display()))?;
         if size != key.size {
             anyhow::bail!(
@@ -247,14 +248,14 @@ impl StatCache {
                 name.into_owned(),
                 StatEntry {
                     key,
-                    sha256: sha256.clone(),
+                    hash,
                     recorded_ns,
                     used: true,
                 },
             );
             c.dirty = true;
         }
-        Ok(sha256)
+        Ok(hash)
     }
 }
 
@@ -290,10 +291,10 @@ pub fn walk(src: &Path, cache: &StatCache) -> Result<Vec<Walked>> {
     // spread over the cache's threads: a cold build of a large tree is bound by it.
     let threads = cache.threads.clamp(1, files.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let hashed: Vec<Result<Vec<(usize, Digest)>>> = std::thread::scope(|s| {
+    let hashed: Vec<Result<Vec<(usize, FileHash)>>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                s.spawn(|| -> Result<Vec<(usize, Digest)>> {
+                s.spawn(|| -> Result<Vec<(usize, FileHash)>> {
                     let mut done = vec![];
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -312,8 +313,8 @@ pub fn walk(src: &Path, cache: &StatCache) -> Result<Vec<Walked>> {
     });
     for part in hashed {
         for (at, digest) in part? {
-            if let WalkedKind::File { sha256, .. } = &mut out[at].kind {
-                *sha256 = digest;
+            if let WalkedKind::File { hash, .. } = &mut out[at].kind {
+                *hash = digest;
             }
         }
     }
@@ -481,7 +482,7 @@ fn visit(
                 host: path.to_path_buf(),
                 size: meta.len(),
                 // filled in by `walk` once every file is hashed
-                sha256: Digest::of_bytes(b""),
+                hash: FileHash::of_bytes(b""),
                 link_key,
             },
             mode: normalise_mode(meta.mode(), false),
@@ -515,10 +516,10 @@ mod tests {
         fs::write(&f, b"one").unwrap();
         let c = StatCache::default();
         let m = fs::symlink_metadata(&f).unwrap();
-        assert_eq!(c.hash(&f, &m).unwrap(), Digest::of_bytes(b"one"));
+        assert_eq!(c.hash(&f, &m).unwrap(), FileHash::of_bytes(b"one"));
         // same size, same second: a racy entry is never trusted
         fs::write(&f, b"two").unwrap();
         let m = fs::symlink_metadata(&f).unwrap();
-        assert_eq!(c.hash(&f, &m).unwrap(), Digest::of_bytes(b"two"));
+        assert_eq!(c.hash(&f, &m).unwrap(), FileHash::of_bytes(b"two"));
     }
 }

@@ -17,7 +17,7 @@ pub mod stdlib_pyc;
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
+use imgbuild_layer::{Content, FileHash, Meta, Node, Tree, TreePath};
 use imgbuild_store::{Digest, HashingWriter};
 
 use crate::lower::LowerView;
@@ -26,14 +26,14 @@ use files::{StatCache, WalkedKind};
 use imgbuild_debian::system::{Accounts, Group};
 
 /// Bump when the way a layer is derived from its inputs changes.
-const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v2";
+const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v3";
 
 /// A planned entry: its node, plus the content hash that stands in for the host
 /// path in the fingerprint (paths differ between checkouts; content does not).
 struct Planned {
     path: TreePath,
     node: Node,
-    sha256: Option<Digest>,
+    hash: Option<FileHash>,
     /// (device, inode) of a host file with several links, to find hardlinks.
     link_key: Option<(u64, u64)>,
 }
@@ -117,7 +117,7 @@ pub fn prepare<'a>(
                 let bytes = text.as_bytes().to_vec();
                 planned.push(Planned {
                     path: dest,
-                    sha256: Some(Digest::of_bytes(&bytes)),
+                    hash: Some(FileHash::of_bytes(&bytes)),
                     link_key: None,
                     node: Node::File {
                         meta,
@@ -145,13 +145,13 @@ pub fn prepare<'a>(
                         w.mode
                     };
                     let meta = Meta::new(mode, owner.0, owner.1);
-                    let (node, sha256) = match w.kind {
+                    let (node, hash) = match w.kind {
                         WalkedKind::Dir => (Node::Dir(meta), None),
                         WalkedKind::Symlink { target } => (Node::Symlink { meta, target }, None),
                         WalkedKind::File {
                             host,
                             size,
-                            sha256,
+                            hash,
                             link_key,
                         } => {
                             let node = Node::File {
@@ -159,13 +159,13 @@ pub fn prepare<'a>(
                                 content: Content::Host {
                                     path: host,
                                     size,
-                                    sha256: Some(sha256.clone()),
+                                    hash: Some(hash),
                                 },
                             };
                             planned.push(Planned {
                                 path,
                                 node,
-                                sha256: Some(sha256),
+                                hash: Some(hash),
                                 link_key,
                             });
                             continue;
@@ -174,7 +174,7 @@ pub fn prepare<'a>(
                     planned.push(Planned {
                         path,
                         node,
-                        sha256,
+                        hash,
                         link_key: None,
                     });
                 }
@@ -189,7 +189,7 @@ pub fn prepare<'a>(
         planned.push(Planned {
             path: resolve_dest(&d.path)?,
             node: Node::Dir(Meta::new(d.mode, owner.0, owner.1)),
-            sha256: None,
+            hash: None,
             link_key: None,
         });
     }
@@ -204,7 +204,7 @@ pub fn prepare<'a>(
                 meta: Meta::new(0o777, owner.0, owner.1),
                 target: s.target.clone(),
             },
-            sha256: None,
+            hash: None,
             link_key: None,
         });
     }
@@ -231,7 +231,7 @@ pub fn prepare<'a>(
         match &p.node {
             Node::Dir(m) => line(&("d", path, m.mode, m.uid, m.gid))?,
             Node::File { meta, .. } => {
-                line(&("f", path, meta.mode, meta.uid, meta.gid, p.sha256.as_ref()))?
+                line(&("f", path, meta.mode, meta.uid, meta.gid, p.hash.as_ref()))?
             }
             Node::Symlink { meta, target } => line(&("l", path, meta.uid, meta.gid, target))?,
             Node::Hardlink { target } => line(&("h", path, target.as_str()))?,
@@ -312,7 +312,7 @@ fn link_hardlinks(planned: &mut [Planned]) {
             planned[i].node = Node::Hardlink {
                 target: first.clone(),
             };
-            planned[i].sha256 = None;
+            planned[i].hash = None;
         }
     }
 }

@@ -128,7 +128,7 @@ pub fn compile(store: &Store, tree: &mut Tree, jobs: usize) -> Result<Vec<String
                 content: Content::Host {
                     path: compiled.host_path(f),
                     size: f.size,
-                    sha256: None,
+                    hash: None,
                 },
             },
         )?;

@@ -10,6 +10,10 @@
 
 pub mod tree;
 pub use tree::{Content, Meta, Node, Tree, TreeError, TreePath};
+pub mod file_hash;
+pub use file_hash::{FileHash, FileHasher, HashingFileReader};
 pub mod gzip;
+pub mod symlinks;
+pub use symlinks::{Follow, ResolveError};
 pub mod write;
 pub use write::{LayerBlob, WriteError, WriteOptions, write_layer};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use imgbuild_store::Digest;
+use crate::FileHash;
 
 /// Errors raised while filling a tree; each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -129,14 +129,14 @@ impl Meta {
 pub enum Content {
     /// Bytes held in memory (small generated files: passwd, pyvenv.cfg, scripts).
     Inline(Arc<[u8]>),
-    /// A whole file on the host; `size` (and `sha256`, when the tree's maker hashed
+    /// A whole file on the host; `size` (and `hash`, when the tree's maker hashed
     /// the file, e.g. for a cache key) are what was seen when the tree was made. A
     /// file that differs when it is written is an error rather than a layer whose
     /// bytes disagree with the fingerprint it is stored under.
     Host {
         path: PathBuf,
         size: u64,
-        sha256: Option<Digest>,
+        hash: Option<FileHash>,
     },
     /// `size` bytes at `offset` of a file (an uncompressed tar spooled from a `.deb`).
     Range {

@@ -20,8 +20,9 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use imgbuild_store::{Digest, HashingReader, HashingWriter, Store, StoreError};
+use imgbuild_store::{Digest, HashingWriter, Store, StoreError};
 
+use crate::file_hash::HashingFileReader;
 use crate::gzip::GzWriter;
 use crate::tree::{Content, Node, Tree};
 
@@ -166,7 +167,7 @@ fn write_entries<W: Write>(
                     Content::Host {
                         path: src,
                         size,
-                        sha256,
+                        hash,
                     } => {
                         let f = open(src, name)?;
                         let actual = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
@@ -181,9 +182,9 @@ fn write_entries<W: Write>(
                         // The bytes must be the ones the fingerprint was computed from:
                         // a same-size edit between hashing and writing would otherwise
                         // store new bytes under the old fingerprint (a poisoned cache).
-                        match sha256 {
+                        match hash {
                             Some(expected) => {
-                                let mut hashed = HashingReader::new(f);
+                                let mut hashed = HashingFileReader::new(f);
                                 append_exact(b, &mut h, name, &mut hashed, *size, src)?;
                                 if hashed.finish().0 != *expected {
                                     return Err(WriteError::ContentChanged {
@@ -313,7 +314,7 @@ mod tests {
                 content: Content::Host {
                     path: host.clone(),
                     size: 3 << 20,
-                    sha256: Some(Digest::of_bytes(&vec![7u8; 3 << 20])),
+                    hash: Some(crate::FileHash::of_bytes(&vec![7u8; 3 << 20])),
                 },
             },
         )
@@ -412,7 +413,7 @@ mod tests {
                 content: Content::Host {
                     path: host,
                     size: 3,
-                    sha256: None,
+                    hash: None,
                 },
             },
         )
@@ -449,7 +450,7 @@ mod tests {
                 content: Content::Host {
                     path: host.clone(),
                     size: 5,
-                    sha256: Some(Digest::of_bytes(b"12345")),
+                    hash: Some(crate::FileHash::of_bytes(b"12345")),
                 },
             },
         )

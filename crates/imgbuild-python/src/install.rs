@@ -440,7 +440,7 @@ pub fn install(
                 content: Content::Host {
                     path: host.clone(),
                     size: f.size,
-                    sha256: None,
+                    hash: None,
                 },
                 mode: if f.executable { 0o755 } else { 0o644 },
                 hash: f.hash.clone(),
@@ -549,7 +549,7 @@ pub fn install(
                         content: Content::Host {
                             path: compiled.host_path(f),
                             size: f.size,
-                            sha256: None,
+                            hash: None,
                         },
                         mode: 0o644,
                         hash: f.hash.clone(),

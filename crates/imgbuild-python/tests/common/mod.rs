@@ -252,7 +252,7 @@ pub fn debian_python_layer(store: &imgbuild_store::Store) -> imgbuild_store::Dig
                 content: Content::Host {
                     path: host.to_path_buf(),
                     size: m.len(),
-                    sha256: None,
+                    hash: None,
                 },
             }
         };
