@@ -50,13 +50,27 @@ impl FileHash {
     }
 
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        let mut buf = [0u8; 64];
+        String::from(self.hex_into(&mut buf))
+    }
+
+    /// Hex digits written into `buf` (no allocation: a fingerprint formats one
+    /// hash per file of the layer, on every build).
+    fn hex_into<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = DIGITS[(b >> 4) as usize];
+            buf[2 * i + 1] = DIGITS[(b & 15) as usize];
+        }
+        std::str::from_utf8(buf).expect("hex digits are ASCII")
     }
 }
 
 impl fmt::Display for FileHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "blake3:{}", self.hex())
+        let mut buf = [0u8; 64];
+        f.write_str("blake3:")?;
+        f.write_str(self.hex_into(&mut buf))
     }
 }
 

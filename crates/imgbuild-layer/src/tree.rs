@@ -35,6 +35,13 @@ impl TreePath {
     /// Normalises an image path such as `/usr/bin/x`, `./usr/bin/x` or `usr/bin/x/`.
     /// `..` components are refused, never resolved: a layer entry may not escape the root.
     pub fn new(raw: &str) -> Result<TreePath, TreeError> {
+        // Already normal (the common case, once per entry of every layer): as is.
+        if raw
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+        {
+            return Ok(TreePath(raw.to_owned()));
+        }
         let mut parts: Vec<&str> = Vec::new();
         for c in raw.split('/') {
             match c {
@@ -68,7 +75,18 @@ impl TreePath {
     }
     /// `a/b` joined with `c/d` (`rel` is normalised first).
     pub fn join(&self, rel: &str) -> Result<TreePath, TreeError> {
-        TreePath::new(&format!("{}/{}", self.0, rel))
+        let rel = TreePath::new(rel)?;
+        Ok(match (self.is_root(), rel.is_root()) {
+            (_, true) => self.clone(),
+            (true, false) => rel,
+            (false, false) => {
+                let mut joined = String::with_capacity(self.0.len() + 1 + rel.0.len());
+                joined.push_str(&self.0);
+                joined.push('/');
+                joined.push_str(&rel.0);
+                TreePath(joined)
+            }
+        })
     }
     pub fn parent(&self) -> Option<TreePath> {
         if self.0.is_empty() {
