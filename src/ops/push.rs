@@ -125,7 +125,9 @@ pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
     }
     let settings = Settings::load(&project.root)?;
     let client = Client::new(
-        settings.registry_options(&opts.insecure, project.jobs.clamp(2, 8)),
+        // Uploads wait on the network, not the CPU: as many as docker runs at once
+        // (5) even on a small CI runner, more with more cores, never more than 8.
+        settings.registry_options(&opts.insecure, project.jobs.clamp(5, 8)),
         Credentials::from_process_env(),
     )?;
     project
