@@ -221,17 +221,59 @@ pub fn stack() -> &'static Stack {
 pub struct DockerImage(pub String);
 
 impl DockerImage {
+    /// Loads `tar` and names the image `imgbuild-test/NAME:UNIQUE` (by image ID, so
+    /// a test never depends on a name another test may move). The names the tarball
+    /// carries (`imgbuild/...`) are put back as they were before the load: a test
+    /// run does not replace or leave behind images under a developer's names.
     pub fn load(tar: &Path, name: &str) -> DockerImage {
         require("docker");
-        let out = run_ok(Command::new("docker").args(["load", "-q", "-i"]).arg(tar));
-        let loaded = out
-            .lines()
-            .find_map(|l| l.strip_prefix("Loaded image: "))
-            .unwrap_or_else(|| panic!("docker load said: {out}"))
-            .trim()
-            .to_owned();
+        let manifest: Value = serde_json::from_str(&run_ok(
+            Command::new("tar")
+                .arg("-xOf")
+                .arg(tar)
+                .arg("manifest.json"),
+        ))
+        .expect("manifest.json of the tarball");
+        let id = format!(
+            "sha256:{}",
+            manifest[0]["Config"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("blobs/sha256/")
+        );
+        let names: Vec<String> = manifest[0]["RepoTags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let image_id = |n: &str| {
+            let out = Command::new("docker")
+                .args(["image", "inspect", "--format", "{{.Id}}", n])
+                .output()
+                .unwrap();
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let before: Vec<(String, Option<String>)> =
+            names.iter().map(|n| (n.clone(), image_id(n))).collect();
+        run_ok(Command::new("docker").args(["load", "-q", "-i"]).arg(tar));
         let tag = format!("imgbuild-test/{name}:{}", unique());
-        run_ok(Command::new("docker").args(["tag", &loaded, &tag]));
+        run_ok(Command::new("docker").args(["tag", &id, &tag]));
+        for (n, old) in before {
+            match old {
+                Some(old) if old != id => {
+                    let _ = Command::new("docker").args(["tag", &old, &n]).output();
+                }
+                Some(_) => {}
+                None => {
+                    let _ = Command::new("docker").args(["rmi", &n]).output();
+                }
+            }
+        }
         DockerImage(tag)
     }
 }
