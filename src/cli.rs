@@ -28,8 +28,9 @@ pub struct Global {
         value_name = "DIR"
     )]
     pub dir: PathBuf,
-    /// Content-addressed store [default: $XDG_CACHE_HOME/imgbuild or ~/.cache/imgbuild].
-    #[arg(long, global = true, env = "IMGBUILD_STORE", value_name = "DIR")]
+    /// Content-addressed store [default: $IMGBUILD_STORE, else $XDG_CACHE_HOME/imgbuild
+    /// or ~/.cache/imgbuild].
+    #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// Output directory [default: out/ in the project].
     #[arg(long, global = true, value_name = "DIR")]

@@ -89,8 +89,13 @@ impl Project {
     }
 }
 
-/// `$IMGBUILD_STORE` is read by the CLI; otherwise the user's cache directory.
+/// `$IMGBUILD_STORE`, else the user's cache directory. An empty variable counts as
+/// unset (as an empty `XDG_CACHE_HOME` does), so `IMGBUILD_STORE= imgbuild ...` in a
+/// script means "the default", not an error.
 fn default_store() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("IMGBUILD_STORE").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x));
+    }
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("imgbuild"));
     }

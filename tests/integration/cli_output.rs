@@ -214,3 +214,29 @@ fn json_output_has_the_documented_shape() {
         }
     }
 }
+
+#[test]
+fn the_store_comes_from_the_environment_and_an_empty_variable_means_the_default() {
+    let f = Fixture::new("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |store_env: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .arg("-C")
+            .arg(f.path())
+            .args(["-q", "build", "base"])
+            .env("IMGBUILD_STORE", store_env)
+            .env("XDG_CACHE_HOME", dir.path().join("xdg"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "IMGBUILD_STORE={store_env:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("");
+    assert!(dir.path().join("xdg/imgbuild/blobs/sha256").is_dir());
+    let explicit = dir.path().join("explicit");
+    run(explicit.to_str().unwrap());
+    assert!(explicit.join("blobs/sha256").is_dir());
+}
