@@ -76,17 +76,22 @@ impl Project {
     }
 
     fn lock_store(&self, shared: bool) -> Result<File> {
-        let p = self.store.root().join("lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .with_context(|| format!("failed to open `{}`", p.display()))?;
-        if shared { f.lock_shared() } else { f.lock() }
-            .with_context(|| format!("failed to lock `{}`", p.display()))?;
-        Ok(f)
+        lock_file(&self.store.root().join("lock"), shared)
     }
+}
+
+/// Locks (flock) the file at `path`, creating it if needed, until the returned file
+/// is dropped: shared with other shared holders, or exclusive.
+pub fn lock_file(path: &Path, shared: bool) -> Result<File> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("failed to open `{}`", path.display()))?;
+    if shared { f.lock_shared() } else { f.lock() }
+        .with_context(|| format!("failed to lock `{}`", path.display()))?;
+    Ok(f)
 }
 
 /// `$IMGBUILD_STORE`, else the user's cache directory. An empty variable counts as

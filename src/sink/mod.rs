@@ -131,16 +131,7 @@ pub fn copy_blob(store: &Store, digest: &Digest, dest: &Path) -> Result<()> {
 /// entries or delete blobs the other has just linked.
 pub fn lock_out(out: &Path) -> Result<File> {
     fs::create_dir_all(out).with_context(|| format!("failed to create `{}`", out.display()))?;
-    let p = out.join(".imgbuild.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("failed to open `{}`", p.display()))?;
-    f.lock()
-        .with_context(|| format!("failed to lock `{}`", p.display()))?;
-    Ok(f)
+    crate::project::lock_file(&out.join(".imgbuild.lock"), false)
 }
 
 /// Removes the temp files (`.NAME.PID.N.tmp`, `.HEX.PID.link`) that a killed
