@@ -14,11 +14,9 @@
 //! `/etc/passwd` and `/etc/group` (owner names resolve against them, and a layer
 //! declaring users adds to them).
 
-use std::collections::BTreeMap;
-use std::io::Read;
-
 use anyhow::{Context, Result, bail};
 use imgbuild_debian::system::{Accounts, Group, User};
+use imgbuild_layer::image::{Entry, ImageFiles};
 use imgbuild_registry::{Client, Credentials, Reference};
 use imgbuild_store::{Digest, Store};
 use serde::{Deserialize, Serialize};
@@ -158,7 +156,6 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
     }
     let mut layers = vec![];
     let mut blobs = vec![manifest_digest.clone(), config_digest];
-    let mut zstd = vec![];
     for (l, diff_id) in mlayers.iter().zip(diff_ids) {
         let digest: Digest = l["digest"].as_str().unwrap_or_default().parse()?;
         let media_type = l["mediaType"].as_str().unwrap_or_default();
@@ -172,7 +169,6 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
             )
         };
         blobs.push(digest.clone());
-        zstd.push(media_type.is_some());
         layers.push(LayerReport {
             digest,
             diff_id,
@@ -194,8 +190,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
                 .collect()
         })
         .unwrap_or_default();
-    let layer_blobs: Vec<(Digest, bool)> =
-        layers.iter().map(|l| l.digest.clone()).zip(zstd).collect();
+    let layer_blobs: Vec<Digest> = layers.iter().map(|l| l.digest.clone()).collect();
     let contents = contents(session, &manifest_digest, &layer_blobs)
         .with_context(|| format!("{at}: reading the filesystem of base image {raw}"))?;
     Ok(BaseImage {
@@ -210,11 +205,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
 }
 
 /// The base's [`BaseContents`], from the store's record or read from its layers.
-fn contents(
-    session: &Session,
-    manifest: &Digest,
-    layers: &[(Digest, bool)],
-) -> Result<BaseContents> {
+fn contents(session: &Session, manifest: &Digest, layers: &[Digest]) -> Result<BaseContents> {
     let store = &session.store;
     if let Some(bytes) = store.read_record(CONTENTS_BUCKET, manifest.hex())?
         && let Ok(c) = serde_json::from_slice::<BaseContents>(&bytes)
@@ -224,190 +215,36 @@ fn contents(
     session
         .progress
         .status(format!("reading the base image's filesystem ({manifest})"));
-    let mut reader = ContentsReader::default();
-    for (digest, zstd) in layers {
-        let blob = store.open_verified(digest)?;
-        let tar: Box<dyn Read> = if *zstd {
-            Box::new(zstd::Decoder::new(blob).context("zstd")?)
-        } else {
-            Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
-                blob,
-            )))
-        };
-        reader
-            .layer(tar)
-            .with_context(|| format!("layer {digest}"))?;
-    }
-    let c = reader.finish();
+    let c = read_contents(store, layers)?;
     store.write_record(CONTENTS_BUCKET, manifest.hex(), &serde_json::to_vec(&c)?)?;
     Ok(c)
 }
 
-/// Lays the layers of an image over each other, keeping only what [`BaseContents`] needs.
-#[derive(Default)]
-pub struct ContentsReader {
-    view: LowerView,
-    passwd: Option<Vec<u8>>,
-    group: Option<Vec<u8>>,
-}
-
-/// A path of a layer tar, without `./`, leading or trailing `/`; `None` for the root and
-/// for paths that would leave it.
-fn layer_path(raw: &std::path::Path) -> Option<String> {
-    let s = raw.to_string_lossy();
-    let parts: Vec<&str> = s
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
-    if parts.is_empty() || parts.contains(&"..") {
-        return None;
-    }
-    Some(parts.join("/"))
-}
-
-/// Removes `path` and everything under it from the view.
-fn remove_tree(view: &mut LowerView, path: &str) {
-    let (lo, hi) = (format!("{path}/"), format!("{path}0")); // '0' follows '/'
-    for map in [&mut view.dirs as &mut dyn RemoveRange, &mut view.symlinks] {
-        map.remove_key(path);
-        map.remove_range(&lo, &hi);
-    }
-}
-
-trait RemoveRange {
-    fn remove_key(&mut self, k: &str);
-    fn remove_range(&mut self, lo: &str, hi: &str);
-}
-
-impl<V> RemoveRange for BTreeMap<String, V> {
-    fn remove_key(&mut self, k: &str) {
-        self.remove(k);
-    }
-    fn remove_range(&mut self, lo: &str, hi: &str) {
-        let keys: Vec<String> = self
-            .range::<str, _>((std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            self.remove(&k);
+/// Lays the layers over each other ([`ImageFiles`]: whiteouts applied, every blob
+/// verified) and keeps what [`BaseContents`] needs.
+fn read_contents(store: &Store, layers: &[Digest]) -> Result<BaseContents> {
+    let files = ImageFiles::from_layers(store, layers)?;
+    let mut view = LowerView::default();
+    for (path, entry) in files.below("") {
+        match entry {
+            Entry::Dir(m) => {
+                view.dirs.insert(path.to_owned(), (m.mode, m.uid, m.gid));
+            }
+            Entry::Symlink(target) => {
+                view.symlinks.insert(path.to_owned(), target.clone());
+            }
+            Entry::File { .. } => {}
         }
     }
-}
-
-impl ContentsReader {
-    /// Applies one layer (an uncompressed tar stream, read to its end): its whiteouts
-    /// (`.wh.NAME`, `.wh..wh..opq`) remove from the layers below, then its entries apply.
-    pub fn layer(&mut self, tar: impl Read) -> Result<()> {
-        let mut archive = tar::Archive::new(tar);
-        let mut upper = LowerView::default();
-        let mut hidden: Vec<String> = vec![]; // whiteouts and paths replaced by non-dirs
-        let mut opaque: Vec<String> = vec![];
-        let (mut passwd, mut group) = (None, None);
-        for entry in archive.entries().context("reading the layer tar")? {
-            let mut entry = entry.context("reading the layer tar")?;
-            let Some(path) = layer_path(&entry.path().context("entry path")?) else {
-                continue;
-            };
-            let (parent, name) = match path.rsplit_once('/') {
-                Some((p, n)) => (Some(p), n),
-                None => (None, path.as_str()),
-            };
-            let join = |n: &str| match parent {
-                Some(p) => format!("{p}/{n}"),
-                None => n.to_owned(),
-            };
-            if name == ".wh..wh..opq" {
-                opaque.push(parent.unwrap_or("").to_owned());
-                continue;
-            }
-            if let Some(gone) = name.strip_prefix(".wh.") {
-                hidden.push(join(gone));
-                continue;
-            }
-            let header = entry.header();
-            let kind = header.entry_type();
-            if kind.is_dir() {
-                let mode = header.mode().unwrap_or(0o755) & 0o7777;
-                let uid = header.uid().unwrap_or(0) as u32;
-                let gid = header.gid().unwrap_or(0) as u32;
-                upper.dirs.insert(path, (mode, uid, gid));
-                continue;
-            }
-            hidden.push(path.clone());
-            if kind.is_symlink() {
-                let target = entry
-                    .link_name()
-                    .context("symlink target")?
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                upper.symlinks.insert(path.clone(), target);
-            }
-            let slot = match path.as_str() {
-                "etc/passwd" => &mut passwd,
-                "etc/group" => &mut group,
-                _ => continue,
-            };
-            // A regular file: its content. A link or anything else: unknown, as if absent.
-            *slot = Some(if kind.is_file() {
-                let size = entry.size();
-                if size > MAX_ACCOUNTS_FILE {
-                    bail!("/{path} is {size} bytes, more than imgbuild reads");
-                }
-                let mut text = Vec::with_capacity(size as usize);
-                entry.read_to_end(&mut text)?;
-                Some(text)
-            } else {
-                None
-            });
-        }
-        // Read to the end, so that the verified blob reader checks the digest.
-        std::io::copy(&mut archive.into_inner(), &mut std::io::sink())?;
-
-        for dir in &opaque {
-            let keep = self.view.dirs.get(dir).copied();
-            if dir.is_empty() {
-                self.view = LowerView::default();
-            } else {
-                remove_tree(&mut self.view, dir);
-            }
-            if let Some(m) = keep {
-                self.view.dirs.insert(dir.clone(), m);
-            }
-        }
-        for path in &hidden {
-            remove_tree(&mut self.view, path);
-        }
-        let gone = |f: &str| {
-            let under = |p: &String| f == p || f.starts_with(&format!("{p}/"));
-            hidden.iter().any(under)
-                || opaque
-                    .iter()
-                    .any(|d| d.is_empty() || f.starts_with(&format!("{d}/")))
-        };
-        if gone("etc/passwd") {
-            self.passwd = None;
-        }
-        if gone("etc/group") {
-            self.group = None;
-        }
-        self.view.apply(&upper);
-        if let Some(p) = passwd {
-            self.passwd = p;
-        }
-        if let Some(g) = group {
-            self.group = g;
-        }
-        Ok(())
-    }
-
-    pub fn finish(self) -> BaseContents {
-        BaseContents {
-            view: self.view,
-            accounts: self
-                .passwd
-                .map(|p| parse_accounts(&p, self.group.as_deref().unwrap_or_default())),
-        }
-    }
+    // A regular file each (a link or anything else there: as if absent).
+    let [passwd, group]: [Option<Vec<u8>>; 2] = files
+        .read_files(&["etc/passwd", "etc/group"], MAX_ACCOUNTS_FILE)?
+        .try_into()
+        .expect("two paths, two answers");
+    Ok(BaseContents {
+        view,
+        accounts: passwd.map(|p| parse_accounts(&p, group.as_deref().unwrap_or_default())),
+    })
 }
 
 /// The users of a passwd file and the groups of a group file, as they are (comments,
@@ -584,31 +421,30 @@ mod tests {
 
     #[test]
     fn layers_whiteouts_and_accounts() {
-        let mut r = ContentsReader::default();
-        r.layer(
-            &tar_of(&[
-                E::Dir("usr", 0o755),
-                E::Dir("usr/bin", 0o755),
-                E::Link("bin", "usr/bin"),
-                E::Link("lib", "usr/lib"),
-                E::Dir("tmp", 0o1777),
-                E::Dir("opt", 0o755),
-                E::Dir("opt/gone", 0o700),
-                E::Dir("opt/gone/sub", 0o700),
-                E::Dir("srv", 0o750),
-                E::Dir("srv/old", 0o750),
-                E::Dir("var", 0o755),
-                E::Dir("var/x", 0o755),
-                E::Dir("etc", 0o755),
-                E::File(
-                    "etc/passwd",
-                    "root:x:0:0:root:/root:/bin/sh\nold:x:5:5::/:/bin/false\n",
-                ),
-                E::File("etc/group", "root:x:0:\nold:x:5:\n"),
-            ])[..],
-        )
-        .unwrap();
-        r.layer(&tar_of(&[
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let put = |entries: &[E]| store.put_bytes(&tar_of(entries)).unwrap();
+        let lower = put(&[
+            E::Dir("usr", 0o755),
+            E::Dir("usr/bin", 0o755),
+            E::Link("bin", "usr/bin"),
+            E::Link("lib", "usr/lib"),
+            E::Dir("tmp", 0o1777),
+            E::Dir("opt", 0o755),
+            E::Dir("opt/gone", 0o700),
+            E::Dir("opt/gone/sub", 0o700),
+            E::Dir("srv", 0o750),
+            E::Dir("srv/old", 0o750),
+            E::Dir("var", 0o755),
+            E::Dir("var/x", 0o755),
+            E::Dir("etc", 0o755),
+            E::File(
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\nold:x:5:5::/:/bin/false\n",
+            ),
+            E::File("etc/group", "root:x:0:\nold:x:5:\n"),
+        ]);
+        let upper = put(&[
             E::File("opt/.wh.gone", ""),
             E::File(".wh.lib", ""),
             E::File("srv/.wh..wh..opq", ""),
@@ -619,9 +455,8 @@ mod tests {
                 "root:x:0:0:root:/root:/bin/sh\n# comment\nbaseuser:x:1234:1234:Base:/home/b:/bin/sh\nbroken line\n",
             ),
             E::File("etc/group", "root:x:0:\nbaseuser:x:1234:a,b\n"),
-        ])[..])
-        .unwrap();
-        let c = r.finish();
+        ]);
+        let c = read_contents(&store, &[lower, upper]).unwrap();
         assert_eq!(
             c.view.symlinks.get("bin").map(String::as_str),
             Some("usr/bin")
@@ -650,25 +485,17 @@ mod tests {
         assert_eq!(a.resolve_owner("baseuser").unwrap(), (1234, 1234));
 
         // A whiteout of /etc/passwd: no accounts (names fall back as for scratch).
-        r = ContentsReader::default();
-        r.layer(&tar_of(&[E::File("etc/passwd", "root:x:0:0::/:/bin/sh\n")])[..])
-            .unwrap();
-        r.layer(&tar_of(&[E::File("etc/.wh.passwd", "")])[..])
-            .unwrap();
-        assert_eq!(r.finish().accounts, None);
-    }
-
-    #[test]
-    fn paths_are_normalised_and_escapes_ignored() {
-        assert_eq!(
-            layer_path("./usr/bin/".as_ref()).as_deref(),
-            Some("usr/bin")
+        let with = put(&[E::File("etc/passwd", "root:x:0:0::/:/bin/sh\n")]);
+        let without = put(&[E::File("etc/.wh.passwd", "")]);
+        assert!(
+            read_contents(&store, std::slice::from_ref(&with))
+                .unwrap()
+                .accounts
+                .is_some()
         );
         assert_eq!(
-            layer_path("/etc//passwd".as_ref()).as_deref(),
-            Some("etc/passwd")
+            read_contents(&store, &[with, without]).unwrap().accounts,
+            None
         );
-        assert_eq!(layer_path("./".as_ref()), None);
-        assert_eq!(layer_path("a/../../etc".as_ref()), None);
     }
 }

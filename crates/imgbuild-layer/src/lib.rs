@@ -13,6 +13,7 @@ pub use tree::{Content, Meta, Node, Tree, TreeError, TreePath};
 pub mod file_hash;
 pub use file_hash::{FileHash, FileHasher, HashingFileReader};
 pub mod gzip;
+pub mod image;
 pub mod symlinks;
 pub use symlinks::{Follow, ResolveError};
 pub mod write;

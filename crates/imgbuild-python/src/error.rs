@@ -96,8 +96,8 @@ pub enum Error {
          set `bytecode = false` to build without them"
     )]
     Interpreter { path: String, msg: String },
-    #[error("lower layer {layer}: {msg}")]
-    Layer { layer: Digest, msg: String },
+    #[error("lower layer: {0}")]
+    Image(#[from] imgbuild_layer::image::ImageError),
     #[error(
         "wheel {wheel}: `{path}` would replace the venv's own `{path}`; refused (the venv skeleton: pyvenv.cfg, bin/python*, lib64)"
     )]

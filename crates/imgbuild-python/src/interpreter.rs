@@ -40,8 +40,8 @@ use imgbuild_store::{Store, digest_reader};
 use sha2::Digest as _;
 
 use crate::error::{Error, Result, io_err};
-use crate::image::{Entry, FileSource, ImageFiles};
 use crate::target::{Libc, Target};
+use imgbuild_layer::image::{Entry, FileSource, ImageFiles};
 
 /// An interpreter of the image, copied out and ready to run on the build host. The copy
 /// is removed when this is dropped.
@@ -139,7 +139,7 @@ impl ImageInterpreter {
             let found = match entry {
                 Entry::File { mode, source } => Some((*mode, source)),
                 Entry::Symlink(_) => image.file(&full).map(|(_, m, s)| (m, s)),
-                Entry::Dir => None,
+                Entry::Dir(_) => None,
             };
             if let Some((mode, source)) = found {
                 plan.insert(format!("{stdlib}/{rel}"), (source.clone(), mode));
@@ -166,7 +166,7 @@ impl ImageInterpreter {
                 let found = match entry {
                     Entry::File { mode, source } => Some((*mode, source.clone())),
                     Entry::Symlink(_) => image.file(&full).map(|(_, m, s)| (m, s.clone())),
-                    Entry::Dir => None,
+                    Entry::Dir(_) => None,
                 };
                 if let Some((mode, source)) = found {
                     plan.entry(full).or_insert((source, mode));

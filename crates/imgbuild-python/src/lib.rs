@@ -12,7 +12,7 @@
 //! 4. [`install`]: closure check ([`check_closure`]), then the venv into an
 //!    [`imgbuild_layer::Tree`], with optional `.pyc` files written by the image's own
 //!    interpreter ([`interpreter::ImageInterpreter`], copied out of the lower layers by
-//!    [`image::ImageFiles`] and run through the image's loader), never the host's.
+//!    [`imgbuild_layer::image::ImageFiles`] and run through the image's loader), never the host's.
 //!
 //! ```toml
 //! [[layers]]
@@ -21,13 +21,12 @@
 //!
 //! Modules: [`version`] (PEP 440), [`marker`] (PEP 508), [`target`] (target, tags, wheel
 //! names), [`requirements`], [`index`] (pip config, simple API), [`fetch`], [`unpack`]
-//! (unpacked-wheel cache), [`install`], [`image`] (an image's files, from its layers),
+//! (unpacked-wheel cache), [`install`],
 //! [`interpreter`] (the image's interpreter, run on the host), [`bytecode`], [`error`].
 
 pub mod bytecode;
 pub mod error;
 pub mod fetch;
-pub mod image;
 pub mod index;
 pub mod install;
 pub mod interpreter;
@@ -43,7 +42,7 @@ use sha2::Digest as _;
 
 pub use error::{Error, Result};
 pub use fetch::{SelectedWheel, fetch_wheels};
-pub use image::ImageFiles;
+pub use imgbuild_layer::image::ImageFiles;
 pub use index::IndexConfig;
 pub use install::{InstallReport, check_closure, install};
 pub use interpreter::ImageInterpreter;

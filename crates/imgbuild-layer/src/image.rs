@@ -1,34 +1,58 @@
-//! The file system of the image a layer is built on, read without unpacking it: what
-//! [`crate::interpreter`] needs to find the image's own interpreter, its standard
-//! library, shared libraries and loader, and to copy just those files out.
+//! The file system of an image, read from its layers without unpacking them: what a
+//! source needs to know about the layers it builds on. The Python source finds the
+//! image's own interpreter, standard library, shared libraries and loader here and
+//! copies just those files out; a registry base image gives its directories, symlinks
+//! and account files to the layers built over it.
 //!
 //! Two sources:
-//! - the lower layers' blobs in the store (gzip, zstd or plain tar), applied bottom to
-//!   top with the OCI whiteouts: `.wh.NAME` deletes `NAME` from the layers below,
-//!   `.wh..wh..opq` empties a directory of what the layers below put in it, and a
-//!   non-directory replaces a lower directory with everything in it;
+//! - layer blobs in the store (gzip, zstd or plain tar), applied bottom to top with the
+//!   OCI whiteouts: `.wh.NAME` deletes `NAME` from the layers below, `.wh..wh..opq`
+//!   empties a directory of what the layers below put in it, and a non-directory
+//!   replaces a lower directory with everything in it;
 //! - a layer [`Tree`] being built (a Debian layer that ships the interpreter itself).
 //!
 //! Only metadata is held in memory. A file's bytes stay where they are (its layer blob,
-//! or its [`Content`]) until [`ImageFiles::copy_out`] writes the few files wanted: one
-//! more pass over just the layers that hold them. Every blob is verified against its
-//! digest as it is read.
+//! or its [`Content`]) until [`ImageFiles::copy_out`] or [`ImageFiles::read_files`]
+//! fetches the few files wanted: one more pass over just the layers that hold them.
+//! Every blob is verified against its digest as it is read.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use imgbuild_layer::{Content, Node, Tree};
-use imgbuild_store::{Digest, Store};
+use imgbuild_store::{Digest, Store, StoreError};
 
-use crate::error::{Error, Result, io_err};
+use crate::{Content, Meta, Node, Tree};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("layer {layer}: {msg}")]
+    Layer { layer: Digest, msg: String },
+    #[error("{op} `{path}`: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Error = ImageError;
+type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {
+    let path = path.into();
+    move |source| ImageError::Io { op, path, source }
+}
 
 /// What is at a path of the image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
-    Dir,
+    Dir(Meta),
     Symlink(String),
     File { mode: u32, source: FileSource },
 }
@@ -86,7 +110,7 @@ impl ImageFiles {
         let layer = self.layers.len();
         for (p, n) in tree.iter() {
             let entry = match n {
-                Node::Dir(_) => Entry::Dir,
+                Node::Dir(m) => Entry::Dir(*m),
                 Node::Symlink { target, .. } => Entry::Symlink(target.clone()),
                 Node::File { meta, content } => Entry::File {
                     mode: meta.mode,
@@ -101,7 +125,7 @@ impl ImageFiles {
                 },
             };
             let path = p.as_str().to_owned();
-            if !matches!(entry, Entry::Dir) {
+            if !matches!(entry, Entry::Dir(_)) {
                 self.remove_below(&path, layer);
             }
             self.entries.insert(path, Item { layer, entry });
@@ -115,11 +139,9 @@ impl ImageFiles {
     /// `path` with every symlink in it followed, as the kernel would inside the image
     /// (absolute targets from the image's root, `..` never above it). `None` on a loop.
     pub fn resolve(&self, path: &str) -> Option<String> {
-        imgbuild_layer::symlinks::resolve(path, imgbuild_layer::Follow::READ, |p| {
-            match self.get(p) {
-                Some(Entry::Symlink(target)) => Some(target.as_str()),
-                _ => None,
-            }
+        crate::symlinks::resolve(path, crate::Follow::READ, |p| match self.get(p) {
+            Some(Entry::Symlink(target)) => Some(target.as_str()),
+            _ => None,
         })
         .ok()
     }
@@ -168,52 +190,124 @@ impl ImageFiles {
             }
         }
         for (layer, mut wanted) in from_layers {
-            let (store, digest) = match (&self.store, self.layers.get(layer)) {
-                (Some(s), Some(d)) => (s, d),
-                _ => unreachable!("layer sources come from from_layers"),
-            };
-            let layer_err = |msg: String| Error::Layer {
-                layer: digest.clone(),
-                msg,
-            };
-            let mut archive = tar::Archive::new(open_layer(store, digest)?);
-            for entry in archive
-                .entries()
-                .map_err(|e| layer_err(format!("not a tar stream: {e}")))?
-            {
-                if wanted.is_empty() {
-                    break;
-                }
-                let mut e = entry.map_err(|e| layer_err(format!("reading: {e}")))?;
-                if !matches!(
-                    e.header().entry_type(),
-                    tar::EntryType::Regular | tar::EntryType::Continuous
-                ) {
-                    continue;
-                }
-                let Some(path) = entry_path(&e) else { continue };
-                let Some(dests) = wanted.remove(path.as_str()) else {
-                    continue;
-                };
+            self.for_members(layer, &mut wanted, |path, dests, e| {
                 let first = prepare_dest(root, dests[0])?;
                 let mut out = File::create(&first).map_err(io_err("failed to create", &first))?;
-                io::copy(&mut e, &mut out)
-                    .map_err(|err| layer_err(format!("{path}: failed to extract: {err}")))?;
+                io::copy(e, &mut out).map_err(|err| {
+                    self.layer_err(layer, format!("{path}: failed to extract: {err}"))
+                })?;
                 set_mode(&first, plan[dests[0]].1)?;
                 for d in &dests[1..] {
                     let p = prepare_dest(root, d)?;
                     fs::hard_link(&first, &p).map_err(io_err("failed to link", &p))?;
                 }
-            }
-            if let Some(missing) = wanted.keys().next() {
-                return Err(layer_err(format!(
-                    "`{missing}` was listed but its content was not found"
-                )));
-            }
-            // read to the end, so that the blob's digest is checked
-            let mut rest = archive.into_inner();
-            io::copy(&mut rest, &mut io::sink()).map_err(|e| layer_err(format!("reading: {e}")))?;
+                Ok(())
+            })?;
         }
+        Ok(())
+    }
+
+    /// The bytes of the regular files at `paths` (symlinks not followed: a link there
+    /// counts as no file), each at most `max` bytes; `None` where there is none. One
+    /// pass over each layer that holds any of them.
+    pub fn read_files(&self, paths: &[&str], max: u64) -> Result<Vec<Option<Vec<u8>>>> {
+        let too_big = |path: &str| ImageError::Io {
+            op: "refusing to read",
+            path: PathBuf::from(format!("/{path}")),
+            source: io::Error::other(format!("more than {max} bytes")),
+        };
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; paths.len()];
+        let mut from_layers: BTreeMap<usize, BTreeMap<&str, usize>> = BTreeMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            match self.get(path) {
+                Some(Entry::File {
+                    source: FileSource::Content(c),
+                    ..
+                }) => {
+                    if c.size() > max {
+                        return Err(too_big(path));
+                    }
+                    let mut bytes = Vec::with_capacity(c.size() as usize);
+                    let (mut r, from) = content_reader(c)?;
+                    r.read_to_end(&mut bytes)
+                        .map_err(io_err("failed to read", from))?;
+                    out[i] = Some(bytes);
+                }
+                Some(Entry::File {
+                    source: FileSource::Layer { layer, member },
+                    ..
+                }) => {
+                    from_layers.entry(*layer).or_default().insert(member, i);
+                }
+                _ => {}
+            }
+        }
+        for (layer, mut wanted) in from_layers {
+            self.for_members(layer, &mut wanted, |path, i, e| {
+                let mut bytes = vec![];
+                e.take(max + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|err| self.layer_err(layer, format!("/{path}: {err}")))?;
+                if bytes.len() as u64 > max {
+                    return Err(too_big(path));
+                }
+                out[i] = Some(bytes);
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn layer_err(&self, layer: usize, msg: String) -> ImageError {
+        ImageError::Layer {
+            layer: self.layers[layer].clone(),
+            msg,
+        }
+    }
+
+    /// One pass over lower layer `layer`: `each` gets every regular-file member named
+    /// in `wanted` (taken out of it) with its bytes; a member not found is an error.
+    /// The blob is read to its end, so that its digest is checked.
+    fn for_members<T>(
+        &self,
+        layer: usize,
+        wanted: &mut BTreeMap<&str, T>,
+        mut each: impl FnMut(&str, T, &mut dyn Read) -> Result<()>,
+    ) -> Result<()> {
+        let (store, digest) = match (&self.store, self.layers.get(layer)) {
+            (Some(s), Some(d)) => (s, d),
+            _ => unreachable!("layer sources come from from_layers"),
+        };
+        let mut archive = tar::Archive::new(open_layer(store, digest)?);
+        for entry in archive
+            .entries()
+            .map_err(|e| self.layer_err(layer, format!("not a tar stream: {e}")))?
+        {
+            if wanted.is_empty() {
+                break;
+            }
+            let mut e = entry.map_err(|e| self.layer_err(layer, format!("reading: {e}")))?;
+            if !matches!(
+                e.header().entry_type(),
+                tar::EntryType::Regular | tar::EntryType::Continuous
+            ) {
+                continue;
+            }
+            let Some(path) = entry_path(&e) else { continue };
+            let Some(value) = wanted.remove(path.as_str()) else {
+                continue;
+            };
+            each(&path, value, &mut e)?;
+        }
+        if let Some(missing) = wanted.keys().next() {
+            return Err(self.layer_err(
+                layer,
+                format!("`{missing}` was listed but its content was not found"),
+            ));
+        }
+        let mut rest = archive.into_inner();
+        io::copy(&mut rest, &mut io::sink())
+            .map_err(|e| self.layer_err(layer, format!("reading: {e}")))?;
         Ok(())
     }
 
@@ -244,7 +338,11 @@ impl ImageFiles {
                 continue;
             }
             let entry = match e.header().entry_type() {
-                tar::EntryType::Directory => Entry::Dir,
+                tar::EntryType::Directory => Entry::Dir(Meta::new(
+                    e.header().mode().unwrap_or(0o755),
+                    e.header().uid().unwrap_or(0) as u32,
+                    e.header().gid().unwrap_or(0) as u32,
+                )),
                 tar::EntryType::Symlink => match e.link_name() {
                     Ok(Some(t)) => Entry::Symlink(t.to_string_lossy().into_owned()),
                     _ => continue,
@@ -276,9 +374,10 @@ impl ImageFiles {
             match (&entry, self.entries.get(&path)) {
                 // a directory over a directory merges with it
                 (
-                    Entry::Dir,
+                    Entry::Dir(_),
                     Some(Item {
-                        entry: Entry::Dir, ..
+                        entry: Entry::Dir(_),
+                        ..
                     }),
                 ) => {}
                 // anything else replaces what was there, a directory with its contents
@@ -377,28 +476,32 @@ fn prepare_dest(root: &Path, dest: &str) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-fn write_content(c: &Content, dest: &Path) -> Result<()> {
-    match c {
-        Content::Inline(b) => fs::write(dest, b).map_err(io_err("failed to write", dest)),
-        Content::Host { path, .. } => fs::copy(path, dest)
-            .map(|_| ())
-            .map_err(io_err("failed to copy", path)),
-        Content::Range { path, offset, size } => {
+/// A reader of exactly a content's bytes, and the file it reads (for messages).
+fn content_reader(c: &Content) -> Result<(Box<dyn Read + '_>, PathBuf)> {
+    Ok(match c {
+        Content::Inline(b) => (Box::new(&b[..]), PathBuf::from("(inline content)")),
+        Content::Host { path, size, .. } | Content::Range { path, size, .. } => {
             let mut f = File::open(path).map_err(io_err("failed to open", path))?;
-            f.seek(SeekFrom::Start(*offset))
-                .map_err(io_err("failed to read", path))?;
-            let mut out = File::create(dest).map_err(io_err("failed to create", dest))?;
-            let n =
-                io::copy(&mut f.take(*size), &mut out).map_err(io_err("failed to read", path))?;
-            if n != *size {
-                return Err(io_err("failed to read", path)(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("expected {size} bytes at offset {offset}, found {n}"),
-                )));
+            if let Content::Range { offset, .. } = c {
+                f.seek(SeekFrom::Start(*offset))
+                    .map_err(io_err("failed to read", path))?;
             }
-            Ok(())
+            (Box::new(f.take(*size)), path.clone())
         }
+    })
+}
+
+fn write_content(c: &Content, dest: &Path) -> Result<()> {
+    let (mut r, from) = content_reader(c)?;
+    let mut out = File::create(dest).map_err(io_err("failed to create", dest))?;
+    let n = io::copy(&mut r, &mut out).map_err(io_err("failed to read", &from))?;
+    if n != c.size() {
+        return Err(io_err("failed to read", from)(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("expected {} bytes, found {n}", c.size()),
+        )));
     }
+    Ok(())
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -411,7 +514,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imgbuild_layer::{Meta, TreePath, WriteOptions, write_layer};
+    use crate::{Meta, TreePath, WriteOptions, write_layer};
 
     fn file(tree: &mut Tree, p: &str, body: &[u8]) {
         tree.insert(
