@@ -7,6 +7,10 @@
 //! mtimes, long names, hardlinks, compression settings. Content is referenced, not
 //! held: a [`Content`] points at a file or a byte range of a spool file and is read
 //! once, streaming, when the tar is written.
+//!
+//! Reading goes the other way: [`image`] merges the layer blobs an image is made of
+//! (whiteouts applied) into its file system, and [`symlinks`] is the one walk through
+//! an image's symlinks that every source uses.
 
 pub mod tree;
 pub use tree::{Content, Meta, Node, Tree, TreeError, TreePath};
