@@ -21,8 +21,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
@@ -244,25 +244,7 @@ pub fn write_private_file(path: &Path, bytes: &[u8], replace: bool) -> Result<()
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("env");
-    let (tmp, mut f) = (0..)
-        .find_map(|i| {
-            let tmp: PathBuf = dir.join(format!(".{name}.{}.{i}.tmp", std::process::id()));
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-            {
-                Ok(f) => Some(Ok((tmp, f))),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
-                Err(e) => Some(
-                    Err(e)
-                        .with_context(|| format!("failed to create a file in `{}`", dir.display())),
-                ),
-            }
-        })
-        .expect("an unused temp name")?;
+    let (tmp, mut f) = crate::sink::temp_beside_with_mode(path, 0o600)?;
     let written = (|| -> std::io::Result<()> {
         // the umask may only have removed bits; make it exactly 0600
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;

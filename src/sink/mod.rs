@@ -50,9 +50,20 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     finish_atomic(r, tmp, dest)
 }
 
-/// A temp file in `dest`'s directory (so the final rename is atomic).
+/// A temp file in `dest`'s directory (so the final rename is atomic), named
+/// `.NAME.PID.N.tmp` (see [`remove_stale_temps`]).
 pub fn temp_beside(dest: &Path) -> Result<(PathBuf, File)> {
-    let dir = dest.parent().context("output path has no directory")?;
+    temp_beside_with_mode(dest, 0o666)
+}
+
+/// [`temp_beside`] created with `mode` (before the umask), e.g. 0600 for a file whose
+/// content must never be readable by others, not even briefly.
+pub fn temp_beside_with_mode(dest: &Path, mode: u32) -> Result<(PathBuf, File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     for i in 0.. {
@@ -60,6 +71,7 @@ pub fn temp_beside(dest: &Path) -> Result<(PathBuf, File)> {
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(mode)
             .open(&tmp)
         {
             Ok(f) => return Ok((tmp, f)),
