@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::lower::LowerView;
 
 /// Bump when the meaning of any fingerprint input changes.
-pub const LAYER_BUCKET: &str = "layers-v1";
+pub const LAYER_BUCKET: &str = "layers-v2";
 pub const IMAGE_BUCKET: &str = "images-v1";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,9 +30,19 @@ pub struct LayerRecord {
     /// Source-specific notes for `inspect` (e.g. maintainer scripts that did not run).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// What the fingerprint was made of, to explain the next cache miss.
+    #[serde(default)]
+    pub fingerprint_inputs: Vec<crate::source::Input>,
 }
 
 impl LayerRecord {
+    /// The record of a fingerprint as written, without checking its blob: what an
+    /// earlier build of a layer was made of, to say why it is built again.
+    pub fn read_unverified(store: &Store, fingerprint: &Digest) -> Option<LayerRecord> {
+        let bytes = store.read_record(LAYER_BUCKET, fingerprint.hex()).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// The cached layer for a fingerprint, if its blob is present and intact.
     pub fn lookup(store: &Store, fingerprint: &Digest) -> anyhow::Result<Option<LayerRecord>> {
         let Some(bytes) = store.read_record(LAYER_BUCKET, fingerprint.hex())? else {
@@ -84,6 +94,12 @@ pub struct LayerReport {
     /// Set for base-image layers that are not gzip (OCI zstd); `None`: gzip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The layer's fingerprint (`None` for a registry base image's layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Digest>,
+    /// Why it was built (empty when cached).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reason: Vec<String>,
 }
 
 /// The result of building one image, kept per project for `inspect`, `push`, `gc`.
@@ -103,6 +119,9 @@ pub struct ImageRecord {
     /// The registry image this image is built `from` (pinned reference), for mounts.
     #[serde(default)]
     pub base_image: Option<String>,
+    /// How many of `layers` come from the base image (the recipe's own follow).
+    #[serde(default)]
+    pub base_layers: usize,
     pub layers: Vec<LayerReport>,
     #[serde(default)]
     pub inputs: Vec<Digest>,

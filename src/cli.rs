@@ -53,23 +53,20 @@ pub struct Global {
 pub enum Command {
     /// Build every recipe in recipes/.
     All {
-        /// Fail if a recipe no longer matches imgbuild.lock (instead of resolving).
-        #[arg(long)]
-        locked: bool,
-        /// Then push every image (see `imgbuild push`).
-        #[arg(long)]
-        push: bool,
-        /// Then load every image into the local engine (see `imgbuild load`).
-        #[arg(long)]
-        load: bool,
         #[command(flatten)]
-        push_args: PushArgs,
-        #[arg(long, value_enum, default_value = "auto")]
-        engine: crate::ops::load::Engine,
+        build: BuildArgs,
     },
     /// Build the named recipes and what they are built from.
     Build {
         #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Show what a build would do, layer by layer, and why; builds nothing.
+    Plan {
+        /// Recipes to plan (default: every recipe).
+        #[arg(value_name = "NAME")]
         names: Vec<String>,
         /// Fail if a recipe no longer matches imgbuild.lock (instead of resolving).
         #[arg(long)]
@@ -150,6 +147,27 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// Options of `all` and `build`.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Fail if a recipe no longer matches imgbuild.lock (instead of resolving).
+    #[arg(long)]
+    pub locked: bool,
+    /// Fail, naming each layer and why, if any layer would be built (for CI).
+    #[arg(long)]
+    pub expect_cached: bool,
+    /// Then push the images built (see `imgbuild push`).
+    #[arg(long)]
+    pub push: bool,
+    /// Then load the images built into the local engine (see `imgbuild load`).
+    #[arg(long)]
+    pub load: bool,
+    #[command(flatten)]
+    pub push_args: PushArgs,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: crate::ops::load::Engine,
 }
 
 #[derive(Args, Debug, Clone, Default)]

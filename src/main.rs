@@ -9,6 +9,7 @@ mod lockfile;
 mod lower;
 mod oci;
 mod ops;
+mod plan;
 mod progress;
 mod project;
 mod recipe;
@@ -20,7 +21,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use serde_json::json;
 
 use cli::{Cli, Command};
 use progress::{Progress, Verbosity};
@@ -67,7 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Progress::new(verbosity),
     )?;
     match &cli.command {
-        Command::All { locked, .. } | Command::Build { locked, .. } => {
+        Command::All { build } | Command::Build { build, .. } => {
             let names = match &cli.command {
                 Command::Build { names, .. } => Some(names.clone()),
                 _ => None,
@@ -75,51 +75,34 @@ fn run(cli: Cli) -> Result<()> {
             let records = ops::build::build(
                 &project,
                 &ops::build::BuildOptions {
-                    names,
-                    locked: *locked,
+                    names: names.clone(),
+                    locked: build.locked,
+                    expect_cached: build.expect_cached,
                 },
             )?;
             // One JSON document: the build, plus what --load and --push did.
-            let (mut loaded, mut pushed) = (None, None);
-            if let Command::All {
-                push,
-                load,
-                push_args,
-                engine,
-                ..
-            } = &cli.command
-            {
-                if *load {
-                    loaded = Some(ops::load::load(&project, None, *engine)?);
-                }
-                if *push {
-                    pushed = Some(ops::push::push(&project, &push_options(None, push_args))?);
-                }
+            let mut report = ops::build::BuildReport::new(&records);
+            if build.load {
+                report.load = Some(ops::load::load(&project, names.as_deref(), build.engine)?);
+            }
+            if build.push {
+                report.push = Some(ops::push::push(
+                    &project,
+                    &push_options(names, &build.push_args),
+                )?);
             }
             if g.json {
-                let images: Vec<_> = records
-                    .iter()
-                    .map(|r| {
-                        json!({
-                            "name": r.name,
-                            "reference": r.reference,
-                            "manifest_digest": r.manifest_digest,
-                            "config_digest": r.config_digest,
-                            "tarball": r.tarball,
-                            "layers": r.layers.iter().map(|l| json!({
-                                "digest": l.digest, "diff_id": l.diff_id, "size": l.size, "cached": l.cached,
-                            })).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                let mut doc = json!({ "images": images });
-                if let Some(outcomes) = loaded {
-                    doc["load"] = json!(outcomes);
-                }
-                if let Some(report) = pushed {
-                    doc["push"] = serde_json::to_value(report)?;
-                }
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
+        Command::Plan { names, locked } => {
+            let names = (!names.is_empty()).then(|| names.clone());
+            let (plan, _) = ops::build::plan(&project, names.as_deref(), *locked, false)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.render());
             }
             Ok(())
         }
@@ -129,7 +112,10 @@ fn run(cli: Cli) -> Result<()> {
             if g.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({ "push": report }))?
+                    serde_json::to_string_pretty(&ops::build::BuildReport {
+                        push: Some(report),
+                        ..Default::default()
+                    })?
                 );
             }
             Ok(())
@@ -165,7 +151,10 @@ fn run(cli: Cli) -> Result<()> {
             if g.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({ "load": loaded }))?
+                    serde_json::to_string_pretty(&ops::build::BuildReport {
+                        load: Some(loaded),
+                        ..Default::default()
+                    })?
                 );
             }
             Ok(())
@@ -195,7 +184,7 @@ fn run(cli: Cli) -> Result<()> {
             if g.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({ "env_file": env_file, "pins": pins }))?
+                    serde_json::to_string_pretty(&ops::pin::PinReport { env_file, pins })?
                 );
             }
             Ok(())

@@ -52,6 +52,13 @@ pub struct PinOptions {
     pub engine: Engine,
 }
 
+/// `imgbuild pin --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct PinReport {
+    pub env_file: std::path::PathBuf,
+    pub pins: Vec<Pin>,
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Pin {
     pub name: String,

@@ -73,128 +73,39 @@ pub struct OwnerSpec {
     pub group: Option<String>,
 }
 
-#[derive(Clone, Debug)]
-pub enum FileSource {
-    /// A file or directory in the project, relative to the project root.
-    Host {
-        rel: PathBuf,
-        abs: PathBuf,
-    },
-    Inline(String),
-}
-
-#[derive(Clone, Debug)]
-pub struct FileSpec {
-    pub source: FileSource,
-    pub dest: String,
-    pub mode: Option<u32>,
-    pub owner: Option<OwnerSpec>,
-    pub pos: Pos,
-}
-
-#[derive(Clone, Debug)]
-pub struct DirSpec {
-    pub path: String,
-    pub mode: u32,
-    pub owner: Option<OwnerSpec>,
-    pub pos: Pos,
-}
-
-#[derive(Clone, Debug)]
-pub struct SymlinkSpec {
-    pub path: String,
-    pub target: String,
-    pub owner: Option<OwnerSpec>,
-    pub pos: Pos,
-}
-
-/// Accounts are declared with the very types the image's account database uses.
-pub use imgbuild_debian::system::{Group as GroupSpec, User as UserSpec};
-
-#[derive(Clone, Debug)]
-pub struct DebianSpec {
-    pub packages: Vec<String>,
-    pub exclude: Vec<String>,
-    pub remove_paths: Vec<String>,
-    pub base: bool,
-    /// Byte-compile the shipped standard library (`None`: when it can be).
-    pub bytecode: Option<bool>,
-    pub pos: Pos,
-}
-
-#[derive(Clone, Debug)]
-pub struct PythonSpec {
-    pub requirements: PathBuf,
-    pub requirements_rel: PathBuf,
-    pub venv: String,
-    pub interpreter: String,
-    pub bytecode: bool,
-    pub pos: Pos,
-}
-
-/// One image layer: the union of its sources.
-#[derive(Clone, Debug, Default)]
+/// One image layer: its sources, in build order (see [`crate::source`]).
+#[derive(Debug)]
 pub struct LayerSpec {
-    pub files: Vec<FileSpec>,
-    pub dirs: Vec<DirSpec>,
-    pub symlinks: Vec<SymlinkSpec>,
-    pub users: Vec<UserSpec>,
-    pub groups: Vec<GroupSpec>,
-    pub debian: Option<DebianSpec>,
-    pub python: Option<PythonSpec>,
-    pub pos: Option<Pos>,
+    pub sources: Vec<Box<dyn crate::source::LayerSource>>,
 }
 
 impl LayerSpec {
     /// A short description for progress lines and history entries.
     pub fn describe(&self) -> String {
-        let mut kinds = vec![];
-        if let Some(d) = &self.debian {
-            kinds.push(format!("debian: {}", d.packages.join(" ")));
-        }
-        if let Some(p) = &self.python {
-            kinds.push(format!("python: {}", p.requirements_rel.display()));
-        }
-        if !self.files.is_empty() {
-            kinds.push(format!("{} file source(s)", self.files.len()));
-        }
-        for (n, what) in [
-            (self.dirs.len(), "dir(s)"),
-            (self.symlinks.len(), "symlink(s)"),
-            (self.users.len(), "user(s)"),
-            (self.groups.len(), "group(s)"),
-        ] {
-            if n > 0 {
-                kinds.push(format!("{n} {what}"));
-            }
-        }
-        if kinds.is_empty() {
-            "empty".into()
-        } else {
-            kinds.join(", ")
-        }
+        crate::source::describe(&self.sources)
     }
 }
 
-struct Ctx<'a> {
+/// What a source's parser needs: the recipe's text (for positions) and the project
+/// root (for source paths).
+pub struct RecipeCx<'a> {
     src: &'a SourceFile<'a>,
     root: &'a Path,
 }
 
-impl Ctx<'_> {
-    fn pos<T>(&self, s: &Spanned<T>) -> Pos {
+impl RecipeCx<'_> {
+    pub fn pos<T>(&self, s: &Spanned<T>) -> Pos {
         let e = self.src.error_at(s.span(), "");
         Pos {
             line: e.line,
             column: e.column,
         }
     }
-    fn err<T>(&self, s: &Spanned<T>, msg: impl Into<String>) -> RecipeError {
+    pub fn err<T>(&self, s: &Spanned<T>, msg: impl Into<String>) -> RecipeError {
         self.src.error_at(s.span(), msg)
     }
 
-    fn mode(&self, s: &Spanned<String>) -> Result<u32, RecipeError> {
-        let v = s.get_ref();
+    pub fn mode(&self, s: &Spanned<String>) -> Result<u32, RecipeError> {        let v = s.get_ref();
         let ok = (3..=4).contains(&v.len()) && v.bytes().all(|b| (b'0'..=b'7').contains(&b));
         match ok.then(|| u32::from_str_radix(v, 8).ok()).flatten() {
             Some(m) => Ok(m),
@@ -205,7 +116,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn owner(&self, s: &Spanned<String>) -> Result<OwnerSpec, RecipeError> {
+    pub fn owner(&self, s: &Spanned<String>) -> Result<OwnerSpec, RecipeError> {
         let v = s.get_ref();
         let (u, g) = match v.split_once(':') {
             Some((u, g)) => (u, Some(g)),
@@ -228,7 +139,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn image_path(&self, s: &Spanned<String>, what: &str) -> Result<String, RecipeError> {
+    pub fn image_path(&self, s: &Spanned<String>, what: &str) -> Result<String, RecipeError> {
         let v = s.get_ref();
         if !v.starts_with('/') {
             return Err(self.err(
@@ -246,7 +157,7 @@ impl Ctx<'_> {
     }
 
     /// A project-relative source path that must exist and stay inside the project.
-    fn project_path(
+    pub fn project_path(
         &self,
         s: &Spanned<String>,
         what: &str,
@@ -350,7 +261,7 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
             ),
         });
     }
-    let cx = Ctx { src, root };
+    let cx = RecipeCx { src, root };
     let from = match &raw.from {
         None => At {
             value: From::Scratch,
@@ -421,7 +332,7 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
     })
 }
 
-fn parse_config(cx: &Ctx, c: RawConfig) -> Result<ConfigSpec, RecipeError> {
+fn parse_config(cx: &RecipeCx, c: RawConfig) -> Result<ConfigSpec, RecipeError> {
     let mut ports = vec![];
     for p in c.ports.unwrap_or_default() {
         let v = p.get_ref();
@@ -449,119 +360,8 @@ fn parse_config(cx: &Ctx, c: RawConfig) -> Result<ConfigSpec, RecipeError> {
     })
 }
 
-fn parse_layer(cx: &Ctx, l: &Spanned<RawLayer>) -> Result<LayerSpec, RecipeError> {
-    let raw = l.get_ref();
-    let mut layer = LayerSpec {
-        pos: Some(cx.pos(l)),
-        ..Default::default()
-    };
-    for f in &raw.files {
-        let rf = f.get_ref();
-        let dest = cx.image_path(&rf.dest, "dest")?;
-        let source = match (&rf.src, &rf.content) {
-            (Some(src), None) => {
-                let (rel, abs) = cx.project_path(src, "src")?;
-                FileSource::Host { rel, abs }
-            }
-            (None, Some(c)) => FileSource::Inline(c.clone()),
-            (Some(_), Some(_)) => {
-                return Err(cx.err(f, "a file takes either `src` or `content`, not both"));
-            }
-            (None, None) => {
-                return Err(cx.err(
-                    f,
-                    "a file needs `src` (a path in the project) or `content` (inline text)",
-                ));
-            }
-        };
-        let mode = rf.mode.as_ref().map(|m| cx.mode(m)).transpose()?;
-        if let (Some(m), FileSource::Host { abs, .. }) = (&rf.mode, &source)
-            && abs.symlink_metadata().is_ok_and(|md| md.is_dir())
-        {
-            return Err(cx.err(m, "`mode` applies to a single file; for a directory `src` the modes come from the files (exec bits kept), and `dirs` sets directory modes"));
-        }
-        let owner = rf.owner.as_ref().map(|o| cx.owner(o)).transpose()?;
-        layer.files.push(FileSpec {
-            source,
-            dest,
-            mode,
-            owner,
-            pos: cx.pos(f),
-        });
-    }
-    for d in &raw.dirs {
-        let rd = d.get_ref();
-        layer.dirs.push(DirSpec {
-            path: cx.image_path(&rd.path, "path")?,
-            mode: rd
-                .mode
-                .as_ref()
-                .map(|m| cx.mode(m))
-                .transpose()?
-                .unwrap_or(0o755),
-            owner: rd.owner.as_ref().map(|o| cx.owner(o)).transpose()?,
-            pos: cx.pos(d),
-        });
-    }
-    for s in &raw.symlinks {
-        let rs = s.get_ref();
-        if rs.target.is_empty() {
-            return Err(cx.err(s, "symlink `target` may not be empty"));
-        }
-        layer.symlinks.push(SymlinkSpec {
-            path: cx.image_path(&rs.path, "path")?,
-            target: rs.target.clone(),
-            owner: rs.owner.as_ref().map(|o| cx.owner(o)).transpose()?,
-            pos: cx.pos(s),
-        });
-    }
-    for g in &raw.groups {
-        let rg = g.get_ref();
-        layer.groups.push(GroupSpec {
-            name: rg.name.clone(),
-            gid: rg.gid,
-            members: rg.members.clone(),
-        });
-    }
-    for u in &raw.users {
-        let ru = u.get_ref();
-        layer.users.push(UserSpec {
-            name: ru.name.clone(),
-            uid: ru.uid,
-            gid: ru.gid.unwrap_or(ru.uid),
-            gecos: ru.gecos.clone(),
-            home: ru.home.clone().unwrap_or_else(|| "/nonexistent".into()),
-            shell: ru
-                .shell
-                .clone()
-                .unwrap_or_else(|| "/usr/sbin/nologin".into()),
-        });
-    }
-    if let Some(d) = &raw.debian {
-        let rd = d.get_ref();
-        if rd.packages.is_empty() {
-            return Err(cx.err(d, "`debian.packages` is empty: name at least one package"));
-        }
-        layer.debian = Some(DebianSpec {
-            packages: rd.packages.clone(),
-            exclude: rd.exclude.clone(),
-            remove_paths: rd.remove_paths.clone(),
-            base: rd.base.unwrap_or(true),
-            bytecode: rd.bytecode,
-            pos: cx.pos(d),
-        });
-    }
-    if let Some(p) = &raw.python {
-        let rp = p.get_ref();
-        let (rel, abs) = cx.project_path(&rp.requirements, "requirements")?;
-        layer.python = Some(PythonSpec {
-            requirements: abs,
-            requirements_rel: rel,
-            venv: rp.venv.clone(),
-            interpreter: rp.interpreter.clone(),
-            bytecode: rp.bytecode.unwrap_or(true),
-            pos: cx.pos(p),
-        });
-    }
-    Ok(layer)
+fn parse_layer(cx: &RecipeCx, l: &Spanned<crate::source::RawLayer>) -> Result<LayerSpec, RecipeError> {
+    Ok(LayerSpec {
+        sources: crate::source::parse_layer(cx, l.get_ref(), &cx.pos(l))?,
+    })
 }

@@ -60,7 +60,11 @@ pub struct BaseContents {
     pub accounts: Option<Accounts>,
 }
 
-pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> {
+/// The base image of a recipe `from` a registry: resolved (a tag through the lock or
+/// the registry), pulled into the store unless it is there, and read. With `pull`
+/// false (planning), an image not in the store yet is `None`: nothing is downloaded
+/// but the tag's digest.
+pub fn load(session: &Session, recipe: &Recipe, raw: &str, pull: bool) -> Result<Option<BaseImage>> {
     let at = format!(
         "{}:{}:{}",
         recipe.file.display(),
@@ -109,6 +113,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
     };
     let manifest_digest = match cached(store, &pinned)? {
         Some(m) => m,
+        None if !pull => return Ok(None),
         None => {
             session
                 .progress
@@ -177,6 +182,8 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
             description: format!("from {raw}"),
             notes: vec![],
             media_type,
+            fingerprint: None,
+            reason: vec![],
         });
     }
     let history = config["history"]
@@ -193,7 +200,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
     let layer_blobs: Vec<Digest> = layers.iter().map(|l| l.digest.clone()).collect();
     let contents = contents(session, &manifest_digest, &layer_blobs)
         .with_context(|| format!("{at}: reading the filesystem of base image {raw}"))?;
-    Ok(BaseImage {
+    Ok(Some(BaseImage {
         reference: reference.with_digest(pinned).to_string(),
         layers,
         config: config_spec(&config["config"]),
@@ -201,7 +208,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
         blobs,
         view: contents.view,
         accounts: contents.accounts,
-    })
+    }))
 }
 
 /// The base's [`BaseContents`], from the store's record or read from its layers.

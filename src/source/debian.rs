@@ -8,6 +8,8 @@
 //! `.deb`s, the uncompressed `data.tar` spools its files point into and, when this
 //! command read the index, the `Packages` files.
 //!
+//! Its recipe key: `debian = { packages, exclude, remove_paths, base, bytecode }`.
+//!
 //! All Debian layers of one command share one [`InFlight`] registry: layers built at
 //! the same time that need the same `.deb` download it once.
 
@@ -19,10 +21,14 @@ use imgbuild_debian::{Fetcher, InFlight, Index, LockedPackage, Mirror, Unpacker,
 use imgbuild_layer::Tree;
 use imgbuild_store::{Digest, Store};
 
-use super::ExtraSource;
+use serde::Deserialize;
+
+use super::{
+    Contribution, Input, LayerCx, LayerSource, LockCx, SourceKind, SourcePlan,
+};
 use crate::lockfile::{DebianLock, Lockfile, debian_request};
 use crate::progress::Progress;
-use crate::recipe::{DebianSpec, Recipe};
+use crate::recipe::{Pos, Recipe, RecipeCx, RecipeError};
 
 /// What every Debian layer of one command shares.
 pub struct DebianInputs {
@@ -161,67 +167,134 @@ impl DebianInputs {
     }
 }
 
-pub struct DebianSource<'a> {
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDebian {
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub remove_paths: Vec<String>,
+    /// The base fix-up (accounts, nsswitch, /tmp, /run, merged-/usr); on by default.
+    pub base: Option<bool>,
+    /// Byte-compile the shipped CPython standard library with the layer's own
+    /// interpreter; by default when the layer ships both.
+    pub bytecode: Option<bool>,
+}
+
+crate::single_key_table!(RawDebianTable, "debian", RawDebian);
+
+#[derive(Clone, Debug)]
+pub struct DebianSpec {
+    pub packages: Vec<String>,
+    pub exclude: Vec<String>,
+    pub remove_paths: Vec<String>,
+    pub base: bool,
+    /// Byte-compile the shipped standard library (`None`: when it can be).
+    pub bytecode: Option<bool>,
+    pub pos: Pos,
+}
+
+#[derive(Debug)]
+pub struct DebianSource {
+    pub spec: DebianSpec,
+}
+
+impl SourceKind for DebianSource {
+    type Raw = RawDebianTable;
+
+    fn parse(cx: &RecipeCx, raw: &RawDebianTable, _layer: &Pos) -> Result<Option<Self>, RecipeError> {
+        let Some(d) = &raw.0 else {
+            return Ok(None);
+        };
+        let rd = d.get_ref();
+        if rd.packages.is_empty() {
+            return Err(cx.err(d, "`debian.packages` is empty: name at least one package"));
+        }
+        Ok(Some(DebianSource {
+            spec: DebianSpec {
+                packages: rd.packages.clone(),
+                exclude: rd.exclude.clone(),
+                remove_paths: rd.remove_paths.clone(),
+                base: rd.base.unwrap_or(true),
+                bytecode: rd.bytecode,
+                pos: cx.pos(d),
+            },
+        }))
+    }
+}
+
+impl LayerSource for DebianSource {
+    fn kind(&self) -> &'static str {
+        "debian"
+    }
+
+    fn describe(&self) -> Option<String> {
+        Some(format!("debian: {}", self.spec.packages.join(" ")))
+    }
+
+    fn lock(&self, cx: &LockCx) -> Result<()> {
+        cx.session
+            .debian
+            .packages_for(cx.recipe, cx.index, &self.spec)?;
+        Ok(())
+    }
+
+    fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
+        let spec = &self.spec;
+        let inputs = &cx.session.debian;
+        let (packages, index_dates) = inputs.packages_for(cx.recipe, cx.index, spec)?;
+        let stdlib_bytecode =
+            super::stdlib_pyc::wanted(spec.bytecode, packages.iter().map(|p| &p.name))
+                .map_err(|e| anyhow!("{}: {e}", cx.at(&spec.pos)))?;
+        // Packages write anywhere: the whole lower view matters.
+        cx.depends_on_whole_lower_view();
+        if spec.base {
+            cx.write_accounts = true;
+        }
+        for p in &packages {
+            cx.input(Input::versioned(
+                p.name.clone(),
+                p.version.clone(),
+                format!("{} {}", p.architecture, p.sha256),
+            ));
+        }
+        // v2: notes (sh, overwrites) and inputs (spools) of the layer record changed
+        cx.input(Input::shown(
+            "debian options",
+            serde_json::json!({
+                "format": "debian-v2",
+                "remove_paths": spec.remove_paths,
+                "base": spec.base,
+                "stdlib_bytecode": stdlib_bytecode.then_some("image-python3.11"),
+            })
+            .to_string(),
+        ));
+        Ok(Box::new(DebianPlan {
+            inputs,
+            spec,
+            packages,
+            index_dates,
+            label: cx.label(),
+            stdlib_bytecode,
+        }))
+    }
+}
+
+struct DebianPlan<'a> {
     inputs: &'a DebianInputs,
-    spec: DebianSpec,
+    spec: &'a DebianSpec,
     packages: Vec<LockedPackage>,
     /// Release dates of the index the packages come from (suite -> RFC 3339).
     index_dates: BTreeMap<String, String>,
     label: String,
-    /// Set when the layer's own python3.11 byte-compiles its standard library
-    /// (`None` keeps the fingerprint of layers without Python as it was).
-    stdlib_bytecode: Option<&'static str>,
+    /// Whether the layer's own python3 byte-compiles its standard library.
+    stdlib_bytecode: bool,
 }
 
-impl<'a> DebianSource<'a> {
-    pub fn new(
-        inputs: &'a DebianInputs,
-        recipe: &Recipe,
-        layer: usize,
-        spec: &DebianSpec,
-    ) -> Result<Self> {
-        let (packages, index_dates) = inputs.packages_for(recipe, layer, spec)?;
-        let stdlib_bytecode =
-            super::stdlib_pyc::wanted(spec.bytecode, packages.iter().map(|p| &p.name))
-                .map_err(|e| {
-                    anyhow!(
-                        "{}:{}:{}: {e}",
-                        recipe.file.display(),
-                        spec.pos.line,
-                        spec.pos.column
-                    )
-                })?
-                .then_some("image-python3.11");
-        Ok(DebianSource {
-            inputs,
-            spec: spec.clone(),
-            packages,
-            index_dates,
-            label: format!("[{}] layer {}", recipe.name, layer + 1),
-            stdlib_bytecode,
-        })
-    }
-}
-
-impl ExtraSource for DebianSource<'_> {
-    fn fingerprint(&self) -> String {
-        let pkgs: Vec<(&str, &str, String)> = self
-            .packages
-            .iter()
-            .map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.to_string()))
-            .collect();
-        // v2: notes (sh, overwrites) and inputs (spools) of the layer record changed
-        serde_json::json!([
-            "debian-v2",
-            pkgs,
-            self.spec.remove_paths,
-            self.spec.base,
-            self.stdlib_bytecode
-        ])
-        .to_string()
-    }
-
-    fn build(&mut self, tree: &mut Tree) -> Result<(Vec<Digest>, Vec<String>)> {
+impl SourcePlan for DebianPlan<'_> {
+    fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
         let inputs = self.inputs;
         let progress = inputs.progress.clone();
         let label = self.label.clone();
@@ -249,20 +322,20 @@ impl ExtraSource for DebianSource<'_> {
                 progress.status(format!("{label}: unpacking {} {}", p.name, p.version))
             },
         )?;
-        let mut inputs_used: Vec<Digest> = self.packages.iter().map(|p| p.sha256.clone()).collect();
+        let mut blobs: Vec<Digest> = self.packages.iter().map(|p| p.sha256.clone()).collect();
         // the spools the layer's files point into: kept by gc, so a rebuild does not
         // decompress again
-        inputs_used.extend(reports.iter().filter_map(|r| r.spool.clone()));
+        blobs.extend(reports.iter().filter_map(|r| r.spool.clone()));
         // the index, when this command read it: kept by gc for the next `imgbuild lock`
         if let Some(Ok(index)) = inputs.index.get() {
-            inputs_used.extend(index.suites.iter().map(|s| s.packages_sha256.clone()));
+            blobs.extend(index.suites.iter().map(|s| s.packages_sha256.clone()));
         }
         if self.spec.base {
             imgbuild_debian::system::base_fixup(tree)?;
         }
         imgbuild_debian::remove_paths(tree, &self.spec.remove_paths)?;
         let mut notes = imgbuild_debian::deb::notes(&reports, tree);
-        if self.stdlib_bytecode.is_some() {
+        if self.stdlib_bytecode {
             progress.status(format!(
                 "{label}: byte-compiling the Python standard library"
             ));
@@ -272,6 +345,6 @@ impl ExtraSource for DebianSource<'_> {
                 inputs.jobs,
             )?);
         }
-        Ok((inputs_used, notes))
+        Ok(Contribution { blobs, notes })
     }
 }

@@ -1,525 +1,530 @@
-//! The `files` layer source: files and directory trees from the project.
+//! The `files` layer source: what a recipe places explicitly. It owns the layer keys
+//! `files` (project files and trees, or inline content), `dirs`, `symlinks`, `users`
+//! and `groups`, and writes the image's account files (`/etc/passwd` & co.) when the
+//! layer declares accounts or a Debian base fix-up asks for them.
 //!
-//! Walks each `src` without following symlinks, in sorted order, and records what
-//! the layer needs: normalised modes (exec and setuid/setgid/sticky bits kept; the
-//! umask's effect on group/other write bits dropped), symlink targets, hardlinks
-//! within the layer, and the content hash ([`FileHash`]) of every regular file.
+//! It is built last in a layer, so what a recipe declares wins over what packages
+//! or a venv wrote at the same path. Two entries of the layer at one destination (two
+//! files, or a file and a directory) are an error; a `dirs` entry may set the mode of a
+//! directory that a tree also writes.
 //!
-//! Hashes come through a stat cache so that an unchanged tree is not reread: an
-//! entry is trusted only if size, mtime, ctime, inode and device all match *and*
-//! the file's mtime is older than the moment the entry was recorded by more than
-//! the timestamp granularity. A file written in the same tick as the recording
-//! ("racy" in git's terms) is rehashed every time until it ages.
+//! Inputs: every entry's destination (resolved through the lower layers' symlinks),
+//! mode, owner and content hash, named by its project path (`layers/app/app.py`),
+//! and the accounts the layer writes. Project trees are walked through the stat cache
+//! ([`super::walk`]), so an unchanged tree is not reread.
 
-use std::collections::HashMap;
-use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
-use imgbuild_layer::FileHash;
-use imgbuild_store::Store;
+use anyhow::{Context, Result, bail};
+use imgbuild_layer::{Content, FileHash, Meta, Node, Tree, TreePath};
+use serde::Deserialize;
+use toml::Spanned;
 
-/// What the walk found at one path of a source tree.
-#[derive(Clone, Debug)]
-pub enum WalkedKind {
-    Dir,
-    File {
-        host: PathBuf,
-        size: u64,
-        hash: FileHash,
-        link_key: Option<(u64, u64)>,
-    },
-    Symlink {
-        target: String,
-    },
+use super::walk::{self, WalkedKind};
+use super::{Contribution, Input, LayerCx, LayerSource, RawTable, SourceKind, SourcePlan};
+use crate::recipe::{OwnerSpec, Pos, RecipeCx, RecipeError};
+use imgbuild_debian::system::{Accounts, Group};
+
+/// Accounts are declared with the very types the image's account database uses.
+pub use imgbuild_debian::system::{Group as GroupSpec, User as UserSpec};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub src: Option<Spanned<String>>,
+    pub dest: Spanned<String>,
+    pub content: Option<String>,
+    pub mode: Option<Spanned<String>>,
+    pub owner: Option<Spanned<String>>,
 }
 
-#[derive(Clone, Debug)]
-pub struct Walked {
-    /// Path relative to the walked source root ("" for the root itself).
-    pub rel: String,
-    pub kind: WalkedKind,
-    /// Normalised permission bits (see module docs).
-    pub mode: u32,
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDir {
+    pub path: Spanned<String>,
+    pub mode: Option<Spanned<String>>,
+    pub owner: Option<Spanned<String>>,
 }
 
-/// Normalises host permission bits so the umask never leaks in: anything
-/// executable becomes 0755, anything else 0644, directories 0755; setuid,
-/// setgid and sticky are kept because they are meaningful.
-pub fn normalise_mode(host_mode: u32, is_dir: bool) -> u32 {
-    let special = host_mode & 0o7000;
-    let base = if is_dir || host_mode & 0o111 != 0 {
-        0o755
-    } else {
-        0o644
-    };
-    special | base
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSymlink {
+    pub path: Spanned<String>,
+    pub target: String,
+    pub owner: Option<Spanned<String>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct StatKey {
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    ino: u64,
-    dev: u64,
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub gecos: String,
+    pub home: Option<String>,
+    pub shell: Option<String>,
 }
 
-impl StatKey {
-    fn of(m: &fs::Metadata) -> StatKey {
-        StatKey {
-            size: m.len(),
-            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-            ino: m.ino(),
-            dev: m.dev(),
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub name: String,
+    pub gid: u32,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// The keys of `[[layers]]` this kind owns.
+#[derive(Debug, Default)]
+pub struct RawFiles {
+    pub files: Vec<Spanned<RawFile>>,
+    pub dirs: Vec<Spanned<RawDir>>,
+    pub symlinks: Vec<Spanned<RawSymlink>>,
+    pub users: Vec<Spanned<RawUser>>,
+    pub groups: Vec<Spanned<RawGroup>>,
+}
+
+impl RawTable for RawFiles {
+    const KEYS: &'static [&'static str] = &["files", "dirs", "symlinks", "users", "groups"];
+    fn take<'de, A: serde::de::MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "files" => self.files = map.next_value()?,
+            "dirs" => self.dirs = map.next_value()?,
+            "symlinks" => self.symlinks = map.next_value()?,
+            "users" => self.users = map.next_value()?,
+            _ => self.groups = map.next_value()?,
         }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct StatEntry {
-    key: StatKey,
-    hash: FileHash,
-    /// When the hash was taken (ns since the epoch).
-    recorded_ns: i128,
-    /// Looked up by this run (entries no run uses are dropped by a full build).
-    used: bool,
-}
-
-/// The stat cache of one project: absolute host path -> (stat data, hash).
-/// Shared by the images a build fingerprints in parallel: the lock is held only
-/// to look up and record entries, never while a file is hashed.
-#[derive(Default)]
-pub struct StatCache {
-    inner: std::sync::Mutex<StatEntries>,
-    /// Threads that hash files a walk found changed (0 or 1: the walking thread).
-    threads: usize,
-}
-
-#[derive(Default)]
-struct StatEntries {
-    entries: HashMap<String, StatEntry>,
-    dirty: bool,
-}
-
-impl StatEntries {
-    /// The record: one line per entry, `size mtime_ns ctime_ns ino dev recorded_ns
-    /// blake3-hex path`, sorted by path. A line format rather than JSON because a
-    /// no-op build of a 10,000-file tree reads it every time (JSON took 15% of it).
-    fn encode(&self) -> Vec<u8> {
-        let mut paths: Vec<&String> = self.entries.keys().collect();
-        paths.sort();
-        let mut out = Vec::with_capacity(self.entries.len() * 160);
-        out.extend_from_slice(STAT_HEADER.as_bytes());
-        for p in paths {
-            let e = &self.entries[p];
-            let k = &e.key;
-            out.extend_from_slice(
-                format!(
-                    "{} {} {} {} {} {} {} {p}\n",
-                    k.size,
-                    k.mtime_ns,
-                    k.ctime_ns,
-                    k.ino,
-                    k.dev,
-                    e.recorded_ns,
-                    e.hash.hex()
-                )
-                .as_bytes(),
-            );
-        }
-        out
-    }
-
-    /// Reads [`StatEntries::encode`]'s format; anything else (another version, a
-    /// damaged record) is an empty cache: every file is hashed again.
-    fn decode(bytes: &[u8]) -> StatEntries {
-        let parse = || -> Option<HashMap<String, StatEntry>> {
-            let text = std::str::from_utf8(bytes).ok()?;
-            let body = text.strip_prefix(STAT_HEADER)?;
-            let mut entries = HashMap::with_capacity(body.len() / 160 + 1);
-            for line in body.lines() {
-                let mut f = line.splitn(8, ' ');
-                let mut num = || f.next().and_then(|x| x.parse::<i128>().ok());
-                let (size, mtime_ns, ctime_ns, ino, dev, recorded_ns) =
-                    (num()?, num()?, num()?, num()?, num()?, num()?);
-                let hash = FileHash::from_hex(f.next()?)?;
-                let path = f.next()?;
-                entries.insert(
-                    path.to_owned(),
-                    StatEntry {
-                        key: StatKey {
-                            size: size.try_into().ok()?,
-                            mtime_ns,
-                            ctime_ns,
-                            ino: ino.try_into().ok()?,
-                            dev: dev.try_into().ok()?,
-                        },
-                        hash,
-                        recorded_ns,
-                        used: false,
-                    },
-                );
-            }
-            Some(entries)
-        };
-        StatEntries {
-            entries: parse().unwrap_or_default(),
-            dirty: false,
-        }
-    }
-}
-
-/// Timestamps on common filesystems are at worst this coarse; a file whose mtime
-/// is this close to the recording time may still change without changing mtime.
-const RACY_WINDOW_NS: i128 = 2_000_000_000;
-const STAT_BUCKET: &str = "statcache-v3";
-const STAT_HEADER: &str = "imgbuild-statcache-v3\n";
-
-fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
-
-impl StatCache {
-    /// The project's cache; files it must hash are hashed by `threads` threads.
-    pub fn load(store: &Store, project_key: &str, threads: usize) -> StatCache {
-        let entries = store
-            .read_record(STAT_BUCKET, project_key)
-            .ok()
-            .flatten()
-            .map(|b| StatEntries::decode(&b))
-            .unwrap_or_default();
-        StatCache {
-            inner: std::sync::Mutex::new(entries),
-            threads,
-        }
-    }
-
-    /// Saves the cache if anything changed. `prune` (a build of every recipe)
-    /// drops the entries this run did not use: files no recipe reads any more. A
-    /// build of some recipes keeps the others' entries.
-    pub fn save(&self, store: &Store, project_key: &str, prune: bool) -> Result<()> {
-        let mut c = self.inner.lock().expect("stat cache");
-        let stale = prune && c.entries.values().any(|e| !e.used);
-        if !c.dirty && !stale {
-            return Ok(());
-        }
-        if prune {
-            c.entries.retain(|_, e| e.used);
-        }
-        store.write_record(STAT_BUCKET, project_key, &c.encode())?;
-        c.dirty = false;
         Ok(())
     }
+}
 
-    /// The content hash of a file, from the cache when it can be trusted.
-    pub fn hash(&self, path: &Path, meta: &fs::Metadata) -> Result<FileHash> {
-        let key = StatKey::of(meta);
-        let name = path.to_string_lossy();
-        {
-            let mut c = self.inner.lock().expect("stat cache");
-            if let Some(e) = c.entries.get_mut(name.as_ref()) {
-                e.used = true;
-                if e.key == key && key.mtime_ns < e.recorded_ns - RACY_WINDOW_NS {
-                    return Ok(e.hash);
+#[derive(Clone, Debug)]
+pub enum FileSource {
+    /// A file or directory in the project, relative to the project root.
+    Host { rel: std::path::PathBuf, abs: std::path::PathBuf },
+    Inline(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    pub source: FileSource,
+    pub dest: String,
+    pub mode: Option<u32>,
+    pub owner: Option<OwnerSpec>,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug)]
+pub struct DirSpec {
+    pub path: String,
+    pub mode: u32,
+    pub owner: Option<OwnerSpec>,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug)]
+pub struct SymlinkSpec {
+    pub path: String,
+    pub target: String,
+    pub owner: Option<OwnerSpec>,
+    pub pos: Pos,
+}
+
+/// Every layer has one (possibly empty): it also writes the accounts.
+#[derive(Debug, Default)]
+pub struct FilesSource {
+    pub files: Vec<FileSpec>,
+    pub dirs: Vec<DirSpec>,
+    pub symlinks: Vec<SymlinkSpec>,
+    pub users: Vec<UserSpec>,
+    pub groups: Vec<GroupSpec>,
+    pub pos: Option<Pos>,
+}
+
+impl SourceKind for FilesSource {
+    type Raw = RawFiles;
+
+    fn parse(cx: &RecipeCx, raw: &RawFiles, layer: &Pos) -> Result<Option<Self>, RecipeError> {
+        let mut s = FilesSource {
+            pos: Some(layer.clone()),
+            ..Default::default()
+        };
+        for f in &raw.files {
+            let rf = f.get_ref();
+            let dest = cx.image_path(&rf.dest, "dest")?;
+            let source = match (&rf.src, &rf.content) {
+                (Some(src), None) => {
+                    let (rel, abs) = cx.project_path(src, "src")?;
+                    FileSource::Host { rel, abs }
                 }
-            }
-        }
-        let recorded_ns = now_ns();
-        let f = File::open(path).with_context(|| format!("failed to read `{}`", path.display()))?;
-        let (hash, size) = FileHash::of_reader(f, key.size)
-            .with_context(|| format!("failed to read `{}`", path.display()))?;
-        if size != key.size {
-            anyhow::bail!(
-                "`{}` changed while it was being read; run the build again",
-                path.display()
-            );
-        }
-        // a path with a line break cannot be a line of the record: never cached
-        if !name.contains('\n') {
-            let mut c = self.inner.lock().expect("stat cache");
-            c.entries.insert(
-                name.into_owned(),
-                StatEntry {
-                    key,
-                    hash,
-                    recorded_ns,
-                    used: true,
-                },
-            );
-            c.dirty = true;
-        }
-        Ok(hash)
-    }
-}
-
-/// Walks a file or directory source. For a directory, the root itself comes
-/// first with `rel == ""`; entries follow in sorted byte order of their paths.
-pub fn walk(src: &Path, cache: &StatCache) -> Result<Vec<Walked>> {
-    let meta =
-        fs::symlink_metadata(src).with_context(|| format!("failed to stat `{}`", src.display()))?;
-    // The syscalls (readdir, a stat per entry, readlink) run on the cache's threads,
-    // directory by directory; the walk itself then runs over what they found.
-    let listings = if meta.is_dir() {
-        list_tree(src, cache.threads.max(1))?
-    } else {
-        HashMap::new()
-    };
-    let mut out = vec![];
-    let mut files = vec![];
-    let link = if meta.file_type().is_symlink() {
-        Some(read_link(src)?)
-    } else {
-        None
-    };
-    visit(
-        src,
-        String::new(),
-        &meta,
-        link,
-        &listings,
-        &mut out,
-        &mut files,
-    )?;
-    // Hash the regular files (stat-cache hits cost a lookup; misses read the file),
-    // spread over the cache's threads: a cold build of a large tree is bound by it.
-    let threads = cache.threads.clamp(1, files.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let hashed: Vec<Result<Vec<(usize, FileHash)>>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| -> Result<Vec<(usize, FileHash)>> {
-                    let mut done = vec![];
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((at, path, meta)) = files.get(i) else {
-                            return Ok(done);
-                        };
-                        done.push((*at, cache.hash(path, meta)?));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("hashing thread panicked"))
-            .collect()
-    });
-    for part in hashed {
-        for (at, digest) in part? {
-            if let WalkedKind::File { hash, .. } = &mut out[at].kind {
-                *hash = digest;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A regular file found by the walk: its index in the output, path and metadata.
-type ToHash = (usize, PathBuf, fs::Metadata);
-
-/// One entry of a listed directory, with its metadata (and link target).
-struct Child {
-    name: String,
-    path: PathBuf,
-    meta: fs::Metadata,
-    link: Option<String>,
-}
-
-/// Lists every directory under `root` (not following symlinks) on `threads`
-/// threads: directory path -> its entries, sorted by name bytes.
-fn list_tree(root: &Path, threads: usize) -> Result<HashMap<PathBuf, Vec<Child>>> {
-    use std::sync::{Condvar, Mutex};
-    struct Work {
-        queue: Vec<PathBuf>,
-        busy: usize,
-        error: Option<anyhow::Error>,
-        done: HashMap<PathBuf, Vec<Child>>,
-    }
-    let work = Mutex::new(Work {
-        queue: vec![root.to_path_buf()],
-        busy: 0,
-        error: None,
-        done: HashMap::new(),
-    });
-    let wake = Condvar::new();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut w = work.lock().expect("walk");
-                loop {
-                    if w.error.is_some() {
-                        break;
-                    }
-                    let Some(dir) = w.queue.pop() else {
-                        if w.busy == 0 {
-                            break;
-                        }
-                        w = wake.wait(w).expect("walk");
-                        continue;
-                    };
-                    w.busy += 1;
-                    drop(w);
-                    let listed = list_dir(&dir);
-                    w = work.lock().expect("walk");
-                    w.busy -= 1;
-                    match listed {
-                        Ok(children) => {
-                            for c in &children {
-                                if c.meta.is_dir() {
-                                    w.queue.push(c.path.clone());
-                                }
-                            }
-                            w.done.insert(dir, children);
-                        }
-                        Err(e) => {
-                            w.error.get_or_insert(e);
-                        }
-                    }
-                    wake.notify_all();
+                (None, Some(c)) => FileSource::Inline(c.clone()),
+                (Some(_), Some(_)) => {
+                    return Err(cx.err(f, "a file takes either `src` or `content`, not both"));
                 }
-                drop(w);
-                wake.notify_all();
+                (None, None) => {
+                    return Err(cx.err(
+                        f,
+                        "a file needs `src` (a path in the project) or `content` (inline text)",
+                    ));
+                }
+            };
+            let mode = rf.mode.as_ref().map(|m| cx.mode(m)).transpose()?;
+            if let (Some(m), FileSource::Host { abs, .. }) = (&rf.mode, &source)
+                && abs.symlink_metadata().is_ok_and(|md| md.is_dir())
+            {
+                return Err(cx.err(m, "`mode` applies to a single file; for a directory `src` the modes come from the files (exec bits kept), and `dirs` sets directory modes"));
+            }
+            let owner = rf.owner.as_ref().map(|o| cx.owner(o)).transpose()?;
+            s.files.push(FileSpec {
+                source,
+                dest,
+                mode,
+                owner,
+                pos: cx.pos(f),
             });
         }
-    });
-    let w = work.into_inner().expect("walk");
-    match w.error {
-        Some(e) => Err(e),
-        None => Ok(w.done),
-    }
-}
-
-fn list_dir(path: &Path) -> Result<Vec<Child>> {
-    // DirEntry::metadata stats relative to the open directory (fstatat), not by
-    // resolving the full path again, and does not follow symlinks.
-    let mut children = vec![];
-    for e in fs::read_dir(path).with_context(|| format!("failed to list `{}`", path.display()))? {
-        let e = e.with_context(|| format!("failed to list `{}`", path.display()))?;
-        let name = e.file_name();
-        let name = name
-            .to_str()
-            .with_context(|| format!("`{}` has a non-UTF-8 name", e.path().display()))?
-            .to_owned();
-        let meta = e
-            .metadata()
-            .with_context(|| format!("failed to stat `{}`", e.path().display()))?;
-        let path = e.path();
-        let link = if meta.file_type().is_symlink() {
-            Some(read_link(&path)?)
-        } else {
-            None
-        };
-        children.push(Child {
-            name,
-            path,
-            meta,
-            link,
-        });
-    }
-    // Sorted by the bytes of the full relative path, which for siblings is the byte
-    // order of their names: independent of the filesystem's read order.
-    children.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(children)
-}
-
-fn read_link(path: &Path) -> Result<String> {
-    let target =
-        fs::read_link(path).with_context(|| format!("failed to read link `{}`", path.display()))?;
-    Ok(target
-        .to_str()
-        .with_context(|| format!("symlink `{}` has a non-UTF-8 target", path.display()))?
-        .to_owned())
-}
-
-fn visit(
-    path: &Path,
-    rel: String,
-    meta: &fs::Metadata,
-    link: Option<String>,
-    listings: &HashMap<PathBuf, Vec<Child>>,
-    out: &mut Vec<Walked>,
-    files: &mut Vec<ToHash>,
-) -> Result<()> {
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        out.push(Walked {
-            rel,
-            kind: WalkedKind::Symlink {
-                target: link.expect("symlinks are read when listed"),
-            },
-            mode: 0o777,
-        });
-    } else if ft.is_dir() {
-        out.push(Walked {
-            rel: rel.clone(),
-            kind: WalkedKind::Dir,
-            mode: normalise_mode(meta.mode(), true),
-        });
-        let children = listings
-            .get(path)
-            .with_context(|| format!("`{}` was not listed", path.display()))?;
-        for c in children {
-            let crel = if rel.is_empty() {
-                c.name.clone()
-            } else {
-                format!("{rel}/{}", c.name)
-            };
-            visit(&c.path, crel, &c.meta, c.link.clone(), listings, out, files)?;
+        for d in &raw.dirs {
+            let rd = d.get_ref();
+            s.dirs.push(DirSpec {
+                path: cx.image_path(&rd.path, "path")?,
+                mode: rd
+                    .mode
+                    .as_ref()
+                    .map(|m| cx.mode(m))
+                    .transpose()?
+                    .unwrap_or(0o755),
+                owner: rd.owner.as_ref().map(|o| cx.owner(o)).transpose()?,
+                pos: cx.pos(d),
+            });
         }
-    } else if ft.is_file() {
-        let link_key = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
-        files.push((out.len(), path.to_path_buf(), meta.clone()));
-        out.push(Walked {
-            rel,
-            kind: WalkedKind::File {
-                host: path.to_path_buf(),
-                size: meta.len(),
-                // filled in by `walk` once every file is hashed
-                hash: FileHash::of_bytes(b""),
-                link_key,
-            },
-            mode: normalise_mode(meta.mode(), false),
-        });
-    } else {
-        anyhow::bail!(
-            "`{}` is a device, socket or FIFO; only files, directories and symlinks can go into a layer",
-            path.display()
-        );
+        for l in &raw.symlinks {
+            let rs = l.get_ref();
+            if rs.target.is_empty() {
+                return Err(cx.err(l, "symlink `target` may not be empty"));
+            }
+            s.symlinks.push(SymlinkSpec {
+                path: cx.image_path(&rs.path, "path")?,
+                target: rs.target.clone(),
+                owner: rs.owner.as_ref().map(|o| cx.owner(o)).transpose()?,
+                pos: cx.pos(l),
+            });
+        }
+        for g in &raw.groups {
+            let rg = g.get_ref();
+            s.groups.push(GroupSpec {
+                name: rg.name.clone(),
+                gid: rg.gid,
+                members: rg.members.clone(),
+            });
+        }
+        for u in &raw.users {
+            let ru = u.get_ref();
+            s.users.push(UserSpec {
+                name: ru.name.clone(),
+                uid: ru.uid,
+                gid: ru.gid.unwrap_or(ru.uid),
+                gecos: ru.gecos.clone(),
+                home: ru.home.clone().unwrap_or_else(|| "/nonexistent".into()),
+                shell: ru
+                    .shell
+                    .clone()
+                    .unwrap_or_else(|| "/usr/sbin/nologin".into()),
+            });
+        }
+        Ok(Some(s))
+    }
+}
+
+/// A planned entry: its node, plus the content hash that stands in for the host
+/// path in the fingerprint (paths differ between checkouts; content does not).
+struct Planned {
+    path: TreePath,
+    node: Node,
+    hash: Option<FileHash>,
+    /// (device, inode) of a host file with several links, to find hardlinks.
+    link_key: Option<(u64, u64)>,
+    /// What names it in a reason: its project path, or `dir /x` for a declared entry.
+    what: String,
+    /// Where the recipe declares it.
+    pos: Pos,
+}
+
+struct FilesPlan {
+    planned: Vec<Planned>,
+    accounts: Option<Accounts>,
+}
+
+impl LayerSource for FilesSource {
+    fn kind(&self) -> &'static str {
+        "files"
+    }
+
+    fn describe(&self) -> Option<String> {
+        let mut kinds = vec![];
+        for (n, what) in [
+            (self.files.len(), "file source(s)"),
+            (self.dirs.len(), "dir(s)"),
+            (self.symlinks.len(), "symlink(s)"),
+            (self.users.len(), "user(s)"),
+            (self.groups.len(), "group(s)"),
+        ] {
+            if n > 0 {
+                kinds.push(format!("{n} {what}"));
+            }
+        }
+        (!kinds.is_empty()).then(|| kinds.join(", "))
+    }
+
+    fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
+        let pos = self.pos.clone().unwrap_or(Pos { line: 0, column: 0 });
+        if !self.users.is_empty() || !self.groups.is_empty() {
+            cx.write_accounts = true;
+        }
+        self.declare(&mut cx.accounts).with_context(|| {
+            format!("{}: in layer {}", cx.at(&pos), cx.index + 1)
+        })?;
+        let mut planned: Vec<Planned> = vec![];
+        for f in &self.files {
+            let owner = match &f.owner {
+                Some(o) => resolve_owner(&cx.accounts, o).with_context(|| cx.at(&f.pos))?,
+                None => (0, 0),
+            };
+            let dest = cx.resolve_dest(&f.dest)?;
+            match &f.source {
+                FileSource::Inline(text) => {
+                    let meta = Meta::new(f.mode.unwrap_or(0o644), owner.0, owner.1);
+                    let bytes = text.as_bytes().to_vec();
+                    planned.push(Planned {
+                        what: format!("content of {}", f.dest),
+                        path: dest,
+                        hash: Some(FileHash::of_bytes(&bytes)),
+                        link_key: None,
+                        node: Node::File {
+                            meta,
+                            content: Content::inline(bytes),
+                        },
+                        pos: f.pos.clone(),
+                    });
+                }
+                FileSource::Host { abs, rel } => {
+                    let walked = walk::walk(abs, cx.stat).with_context(|| {
+                        format!("{}: src \"{}\"", cx.at(&f.pos), rel.display())
+                    })?;
+                    for w in walked {
+                        let (path, what) = if w.rel.is_empty() {
+                            (dest.clone(), rel.display().to_string())
+                        } else {
+                            (dest.join(&w.rel)?, rel.join(&w.rel).display().to_string())
+                        };
+                        let mode = if w.rel.is_empty() {
+                            f.mode.unwrap_or(w.mode)
+                        } else {
+                            w.mode
+                        };
+                        let meta = Meta::new(mode, owner.0, owner.1);
+                        let (node, hash, link_key) = match w.kind {
+                            WalkedKind::Dir => (Node::Dir(meta), None, None),
+                            WalkedKind::Symlink { target } => {
+                                (Node::Symlink { meta, target }, None, None)
+                            }
+                            WalkedKind::File {
+                                host,
+                                size,
+                                hash,
+                                link_key,
+                            } => (
+                                Node::File {
+                                    meta,
+                                    content: Content::Host {
+                                        path: host,
+                                        size,
+                                        hash: Some(hash),
+                                    },
+                                },
+                                Some(hash),
+                                link_key,
+                            ),
+                        };
+                        planned.push(Planned {
+                            path,
+                            node,
+                            hash,
+                            link_key,
+                            what,
+                            pos: f.pos.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for d in &self.dirs {
+            let owner = match &d.owner {
+                Some(o) => resolve_owner(&cx.accounts, o).with_context(|| cx.at(&d.pos))?,
+                None => (0, 0),
+            };
+            planned.push(Planned {
+                path: cx.resolve_dest(&d.path)?,
+                node: Node::Dir(Meta::new(d.mode, owner.0, owner.1)),
+                hash: None,
+                link_key: None,
+                what: format!("dir {}", d.path),
+                pos: d.pos.clone(),
+            });
+        }
+        for s in &self.symlinks {
+            let owner = match &s.owner {
+                Some(o) => resolve_owner(&cx.accounts, o).with_context(|| cx.at(&s.pos))?,
+                None => (0, 0),
+            };
+            planned.push(Planned {
+                path: cx.resolve_dest(&s.path)?,
+                node: Node::Symlink {
+                    meta: Meta::new(0o777, owner.0, owner.1),
+                    target: s.target.clone(),
+                },
+                hash: None,
+                link_key: None,
+                what: format!("symlink {}", s.path),
+                pos: s.pos.clone(),
+            });
+        }
+        refuse_clashes(cx, &planned)?;
+        link_hardlinks(&mut planned);
+
+        let accounts = cx.write_accounts.then(|| cx.accounts.clone());
+        if let Some(a) = &accounts {
+            cx.input(Input::hash("accounts", Input::digest_of(a)));
+        }
+        for p in &planned {
+            let path = p.path.as_str();
+            let hash = match &p.node {
+                Node::Dir(m) => format!("d {path} {:o} {}:{}", m.mode, m.uid, m.gid),
+                Node::File { meta, .. } => format!(
+                    "f {path} {:o} {}:{} {}",
+                    meta.mode,
+                    meta.uid,
+                    meta.gid,
+                    p.hash.map(|h| h.to_string()).unwrap_or_default()
+                ),
+                Node::Symlink { meta, target } => {
+                    format!("l {path} {}:{} {target}", meta.uid, meta.gid)
+                }
+                Node::Hardlink { target } => format!("h {path} {}", target.as_str()),
+            };
+            cx.input(Input::hash(p.what.clone(), hash));
+        }
+        Ok(Box::new(FilesPlan { planned, accounts }))
+    }
+}
+
+impl SourcePlan for FilesPlan {
+    fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
+        if let Some(a) = &self.accounts {
+            a.render(tree)?;
+        }
+        for p in self.planned {
+            if let (Node::Dir(m), Some(Node::Dir(_))) = (&p.node, tree.get(&p.path)) {
+                tree.insert(p.path, Node::Dir(*m))?;
+                continue;
+            }
+            if tree.get(&p.path).is_some_and(|n| matches!(n, Node::Dir(_))) {
+                // replacing a directory that an earlier source wrote: clear it first,
+                // as writing a file over it on a real filesystem would require
+                tree.remove(&p.path);
+            }
+            tree.insert(p.path, p.node)?;
+        }
+        Ok(Contribution::default())
+    }
+}
+
+impl FilesSource {
+    /// Adds a layer's declared groups, then users; a user whose primary group does
+    /// not exist gets one of its own name, as `adduser` would create.
+    fn declare(&self, accounts: &mut Accounts) -> Result<()> {
+        for g in &self.groups {
+            accounts.add_group(g.clone())?;
+        }
+        for u in &self.users {
+            if !accounts.groups.iter().any(|g| g.gid == u.gid) {
+                accounts.add_group(Group {
+                    name: u.name.clone(),
+                    gid: u.gid,
+                    members: vec![],
+                })?;
+            }
+            accounts.add_user(u.clone())?;
+        }
+        Ok(())
+    }
+}
+
+fn resolve_owner(accounts: &Accounts, o: &OwnerSpec) -> Result<(u32, u32)> {
+    let spec = match &o.group {
+        Some(g) => format!("{}:{g}", o.user),
+        None => o.user.clone(),
+    };
+    Ok(accounts.resolve_owner(&spec)?)
+}
+
+/// Two entries at one destination (two files, a file and a directory, ...) would
+/// silently lose one: refused, naming both. Directories may be declared over a
+/// directory a tree writes (`dirs` sets its mode).
+fn refuse_clashes(cx: &LayerCx, planned: &[Planned]) -> Result<()> {
+    let mut seen: BTreeMap<&str, &Planned> = BTreeMap::new();
+    for p in planned {
+        if let Some(first) = seen.get(p.path.as_str()) {
+            let both_dirs = matches!(first.node, Node::Dir(_)) && matches!(p.node, Node::Dir(_));
+            if !both_dirs {
+                bail!(
+                    "{}: layer {} writes /{} twice: as a {} from {} ({}) and as a {} from {}; keep one",
+                    cx.at(&p.pos),
+                    cx.index + 1,
+                    p.path.as_str(),
+                    first.node.kind(),
+                    first.what,
+                    cx.at(&first.pos),
+                    p.node.kind(),
+                    p.what
+                );
+            }
+        }
+        seen.insert(p.path.as_str(), p);
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn modes_drop_umask_effects_but_keep_special_bits() {
-        assert_eq!(normalise_mode(0o100664, false), 0o644);
-        assert_eq!(normalise_mode(0o100700, false), 0o755);
-        assert_eq!(normalise_mode(0o104750, false), 0o4755);
-        assert_eq!(normalise_mode(0o41777, true), 0o1755);
-        assert_eq!(normalise_mode(0o40700, true), 0o755);
+/// Files that share an inode within the layer become one file plus hardlinks to
+/// it; the first in tar order is the file, so extraction order works. Only entries
+/// with the same owner and mode are linked (a link has its target's metadata): the
+/// same host file placed twice with different `mode` or `owner` stays two files.
+fn link_hardlinks(planned: &mut [Planned]) {
+    type LinkGroup = ((u64, u64), (u32, u32, u32));
+    let mut groups: BTreeMap<LinkGroup, Vec<usize>> = BTreeMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        if let (Some(k), Node::File { meta, .. }) = (p.link_key, &p.node) {
+            groups
+                .entry((k, (meta.mode, meta.uid, meta.gid)))
+                .or_default()
+                .push(i);
+        }
     }
-
-    #[test]
-    fn stat_cache_rehashes_racy_and_changed_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("f");
-        fs::write(&f, b"one").unwrap();
-        let c = StatCache::default();
-        let m = fs::symlink_metadata(&f).unwrap();
-        assert_eq!(c.hash(&f, &m).unwrap(), FileHash::of_bytes(b"one"));
-        // same size, same second: a racy entry is never trusted
-        fs::write(&f, b"two").unwrap();
-        let m = fs::symlink_metadata(&f).unwrap();
-        assert_eq!(c.hash(&f, &m).unwrap(), FileHash::of_bytes(b"two"));
+    for (_, mut idx) in groups {
+        if idx.len() < 2 {
+            continue;
+        }
+        idx.sort_by(|a, b| planned[*a].path.cmp(&planned[*b].path));
+        let first = planned[idx[0]].path.clone();
+        for &i in &idx[1..] {
+            planned[i].node = Node::Hardlink {
+                target: first.clone(),
+            };
+            planned[i].hash = None;
+        }
     }
 }

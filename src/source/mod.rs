@@ -1,363 +1,377 @@
-//! Turning one `[[layers]]` entry into a fingerprint, and on a cache miss into a
-//! [`Tree`].
+//! Layer sources: one [`LayerSource`] per kind of layer content, and the one place
+//! that turns a layer's sources into a fingerprint and, on a cache miss, a [`Tree`].
 //!
-//! [`prepare`] does the cheap part for every layer on every build: it walks the
-//! project sources through the stat cache, resolves owners against the image's
-//! accounts and destinations through the lower layers' symlinks, and hashes all of
-//! it, with the write contract and the format version, into the layer's
-//! fingerprint. [`Prepared::build_tree`] does the rest only when the fingerprint is
-//! not in the cache. Each source kind (files, debian, python) contributes to both.
+//! A kind owns everything about itself, in one file: its recipe keys (the raw serde
+//! table, parsed into a validated value), its lock entries ([`LayerSource::lock`]),
+//! its inputs ([`LayerSource::plan`], which states them as named [`Input`]s) and the
+//! filling of the layer tree ([`SourcePlan::build`]). The kinds are registered once,
+//! in [`layer_sources!`] below, in the order their parts of a layer are built:
+//! Debian packages, then a Python venv, then files (with dirs, symlinks and the
+//! image's accounts), so that what a recipe declares explicitly wins.
+//!
+//! ## Adding a kind of source
+//! 1. Write `src/source/NAME.rs` with a raw table type implementing [`RawTable`]
+//!    (its keys in `[[layers]]`) and a type implementing [`LayerSource`] and
+//!    [`SourceKind`] (parse the raw table into it, with errors at `file:line:col`).
+//! 2. Add `mod NAME;` and one line `NAME: NAME::Type` to [`layer_sources!`].
+//!
+//! Its inputs decide its cache key: cargo's contract, the same inputs if and only if
+//! the same output. Anything the output depends on must be an input; anything else
+//! must not be (or the cache misses for nothing).
+//!
+//! ## Fingerprints and reasons
+//! [`plan_layer`] collects every source's inputs, plus what the layer depends on
+//! below it (the lower view) and the write settings, and hashes them into the
+//! layer's fingerprint. The inputs are kept in the layer record, so a rebuild can say
+//! why ([`explain`]): `layers/app/app.py changed`, `nginx 1.22.1-9 -> 1.22.1-9+deb12u1`.
 
 pub mod base;
 pub mod debian;
 pub mod files;
 pub mod python;
 pub mod stdlib_pyc;
+pub mod walk;
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 
 use anyhow::{Context, Result};
-use imgbuild_layer::{Content, FileHash, Meta, Node, Tree, TreePath};
+use imgbuild_layer::{Node, Tree, TreePath};
 use imgbuild_store::{Digest, HashingWriter};
+use serde::{Deserialize, Serialize};
 
-use crate::lower::LowerView;
-use crate::recipe::{FileSource, LayerSpec, Recipe};
-use files::{StatCache, WalkedKind};
-use imgbuild_debian::system::{Accounts, Group};
+use crate::cache::LayerReport;
+use crate::lower::{AncestorContext, LowerView};
+use crate::recipe::{Pos, Recipe, RecipeCx, RecipeError};
+use imgbuild_debian::system::Accounts;
+use walk::StatCache;
 
 /// Bump when the way a layer is derived from its inputs changes.
-const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v3";
+const FINGERPRINT_VERSION: &str = "imgbuild-layer-fingerprint-v4";
 
-/// A planned entry: its node, plus the content hash that stands in for the host
-/// path in the fingerprint (paths differ between checkouts; content does not).
-struct Planned {
-    path: TreePath,
-    node: Node,
-    hash: Option<FileHash>,
-    /// (device, inode) of a host file with several links, to find hardlinks.
-    link_key: Option<(u64, u64)>,
+/// A raw recipe table of one kind: the keys of `[[layers]]` it owns, taken out of
+/// the layer table one by one (unknown keys are refused by the layer table).
+pub trait RawTable: Default + Debug {
+    const KEYS: &'static [&'static str];
+    fn take<'de, A: serde::de::MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+    ) -> Result<(), A::Error>;
+}
+
+/// Parsing a kind's raw table into its source.
+pub trait SourceKind: LayerSource + Sized + 'static {
+    type Raw: RawTable;
+    /// `None` when the layer does not use this kind.
+    fn parse(cx: &RecipeCx, raw: &Self::Raw, layer: &Pos) -> Result<Option<Self>, RecipeError>;
+}
+
+/// One kind of layer content, parsed and validated.
+pub trait LayerSource: Send + Sync + Debug {
+    /// The kind, as plans name it (`files`, `debian`, `python`).
+    fn kind(&self) -> &'static str;
+    /// A short description for progress lines and the image history; `None` for a
+    /// source with nothing in it. (History is part of the image: keep it stable.)
+    fn describe(&self) -> Option<String>;
+    /// Resolves what the lock does not pin yet and records it in the lock (a
+    /// Debian layer's packages). Called for every layer by `lock` and before
+    /// [`LayerSource::plan`]; the default pins nothing.
+    fn lock(&self, _cx: &LockCx) -> Result<()> {
+        Ok(())
+    }
+    /// States this source's inputs (through `cx`) and returns what builds it.
+    fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>>;
+}
+
+/// A source whose inputs are known, ready to fill the layer on a cache miss.
+pub trait SourcePlan: Send {
+    fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution>;
+}
+
+/// What a source's build produced besides its entries in the tree.
+#[derive(Default)]
+pub struct Contribution {
+    /// Store blobs the layer was made from (.debs, wheels, spools), kept by gc.
+    pub blobs: Vec<Digest>,
+    /// Notes for `inspect` (e.g. maintainer scripts that did not run).
+    pub notes: Vec<String>,
+}
+
+/// One input of a layer, as its record keeps it and a reason names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    /// What it is: a project path, a package name, `requirement flask`, `lower layers`.
+    pub what: String,
+    /// A value shown when it changes: a version, a setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown: Option<String>,
+    /// A compact value compared but not shown: a content hash.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+impl Input {
+    /// Content, named by `what`: a change reads `what changed`.
+    pub fn hash(what: impl Into<String>, hash: impl Into<String>) -> Input {
+        Input {
+            what: what.into(),
+            shown: None,
+            hash: hash.into(),
+        }
+    }
+    /// A value shown on change: `what old -> new`.
+    pub fn shown(what: impl Into<String>, shown: impl Into<String>) -> Input {
+        Input {
+            what: what.into(),
+            shown: Some(shown.into()),
+            hash: String::new(),
+        }
+    }
+    /// A shown value with a hash behind it (a package version and its .deb's sha256).
+    pub fn versioned(
+        what: impl Into<String>,
+        shown: impl Into<String>,
+        hash: impl Into<String>,
+    ) -> Input {
+        Input {
+            what: what.into(),
+            shown: Some(shown.into()),
+            hash: hash.into(),
+        }
+    }
+    /// The hash of any serialisable value, as an input's hash.
+    pub fn digest_of<T: Serialize + ?Sized>(v: &T) -> String {
+        let mut w = HashingWriter::new(std::io::sink());
+        serde_json::to_writer(&mut w, v).expect("in-memory JSON");
+        let (_, d, _) = w.finish();
+        d.hex().to_owned()
+    }
+}
+
+/// Why a layer is built, against the inputs of the last build of the same layer
+/// of the same recipe (`None`: there was none).
+pub fn explain(old: Option<&[Input]>, new: &[Input]) -> Vec<String> {
+    let Some(old) = old else {
+        return vec!["new layer".into()];
+    };
+    let old_map: BTreeMap<&str, &Input> = old.iter().map(|i| (i.what.as_str(), i)).collect();
+    let new_map: BTreeMap<&str, &Input> = new.iter().map(|i| (i.what.as_str(), i)).collect();
+    let mut out = vec![];
+    for i in new {
+        match old_map.get(i.what.as_str()) {
+            None => out.push(format!("{} added", i.what)),
+            Some(o) if *o == i => {}
+            Some(o) => match (&o.shown, &i.shown) {
+                (Some(a), Some(b)) if a != b => out.push(format!("{} {a} -> {b}", i.what)),
+                _ => out.push(format!("{} changed", i.what)),
+            },
+        }
+    }
+    for o in old {
+        if !new_map.contains_key(o.what.as_str()) {
+            out.push(format!("{} removed", o.what));
+        }
+    }
+    if out.is_empty() {
+        // same inputs, another key: the record was made by another imgbuild
+        out.push("not in the cache".into());
+    }
+    const MAX: usize = 8;
+    if out.len() > MAX {
+        let more = out.len() - MAX;
+        out.truncate(MAX);
+        out.push(format!("and {more} more"));
+    }
+    out
+}
+
+/// What every layer source may read while locking: the command's session.
+pub struct LockCx<'a> {
+    pub session: &'a Session,
+    pub recipe: &'a Recipe,
+    /// 0-based index of the layer in its recipe.
+    pub index: usize,
+}
+
+/// What a source sees while planning one layer.
+pub struct LayerCx<'c, 's> {
+    pub session: &'s Session,
+    pub stat: &'s StatCache,
+    pub recipe: &'c Recipe,
+    /// 0-based index of the layer in its recipe.
+    pub index: usize,
+    /// Directories and symlinks of the layers below.
+    pub lower: &'c LowerView,
+    /// The image's layers below this one (base image included).
+    pub lower_layers: &'c [LayerReport],
+    /// The image's accounts: those below plus what this layer declares so far
+    /// (Debian's base accounts while no layer wrote any).
+    pub accounts: Accounts,
+    /// Whether this layer writes `/etc/passwd` & co. (declared accounts, or a
+    /// Debian base fix-up).
+    pub write_accounts: bool,
+    inputs: Vec<Input>,
+    context: AncestorContext,
+    whole_lower_view: bool,
+}
+
+impl LayerCx<'_, '_> {
+    /// `recipes/x.toml:LINE:COL`, for messages.
+    pub fn at(&self, pos: &Pos) -> String {
+        format!("{}:{}:{}", self.recipe.file.display(), pos.line, pos.column)
+    }
+    /// `[recipe] layer N`, for progress lines.
+    pub fn label(&self) -> String {
+        format!("[{}] layer {}", self.recipe.name, self.index + 1)
+    }
+    pub fn input(&mut self, input: Input) {
+        self.inputs.push(input);
+    }
+    /// An image path resolved through the lower layers' symlinks; what it was
+    /// resolved through becomes an input.
+    pub fn resolve_dest(&mut self, dest: &str) -> Result<TreePath> {
+        let resolved = self.lower.resolve(dest);
+        self.context.extend(self.lower.context_for(&resolved));
+        Ok(TreePath::new(&resolved)?)
+    }
+    /// The source writes anywhere (packages, a venv): the whole lower view is an input.
+    pub fn depends_on_whole_lower_view(&mut self) {
+        self.whole_lower_view = true;
+    }
 }
 
 /// A layer whose fingerprint is known and whose tree can be built on demand.
-pub struct Prepared<'a> {
+pub struct PlannedLayer<'s> {
     pub fingerprint: Digest,
+    pub inputs: Vec<Input>,
     pub description: String,
     /// The image's accounts after this layer (`None`: no layer wrote any yet).
     pub accounts_after: Option<Accounts>,
-    planned: Vec<Planned>,
-    accounts_written: bool,
-    extra: Vec<Box<dyn ExtraSource + Send + 'a>>,
+    plans: Vec<Box<dyn SourcePlan + 's>>,
 }
 
-/// A source kind beyond plain files (Debian packages, Python wheels): states its
-/// part of the fingerprint up front and fills the tree on a cache miss.
-pub trait ExtraSource {
-    /// Canonical text of everything this source's output depends on.
-    fn fingerprint(&self) -> String;
-    /// Adds this source's entries to the tree. Returns blobs used (for gc) and notes.
-    fn build(&mut self, tree: &mut Tree) -> Result<(Vec<Digest>, Vec<String>)>;
-}
-
-/// Serialising fingerprint lines of different types through one closure.
-mod erased {
-    pub trait Line {
-        fn write_to(&self, w: &mut dyn std::io::Write) -> serde_json::Result<()>;
-    }
-    impl<T: serde::Serialize> Line for T {
-        fn write_to(&self, w: &mut dyn std::io::Write) -> serde_json::Result<()> {
-            serde_json::to_writer(w, self)
-        }
+/// The description of a layer from its sources (`empty` for none).
+pub fn describe(sources: &[Box<dyn LayerSource>]) -> String {
+    let parts: Vec<String> = sources.iter().filter_map(|s| s.describe()).collect();
+    if parts.is_empty() {
+        "empty".into()
+    } else {
+        parts.join(", ")
     }
 }
 
-/// Fingerprints and plans one layer.
-#[allow(clippy::too_many_arguments)]
-pub fn prepare<'a>(
-    recipe: &Recipe,
-    index: usize,
-    spec: &LayerSpec,
-    lower: &LowerView,
-    accounts_before: &Option<Accounts>,
-    write_contract: &str,
-    stat: &StatCache,
-    extra: Vec<Box<dyn ExtraSource + Send + 'a>>,
-) -> Result<Prepared<'a>> {
-    let at = |line: usize, col: usize| format!("{}:{line}:{col}", recipe.file.display());
-    let base_fixup = spec.debian.as_ref().is_some_and(|d| d.base);
-    let accounts_written = base_fixup || !spec.users.is_empty() || !spec.groups.is_empty();
-    // An image has no accounts until a layer writes them; names then resolve
-    // against Debian's standard base accounts plus what the recipe declares.
-    let mut accounts = accounts_before
-        .clone()
-        .unwrap_or_else(Accounts::debian_base);
-    let pos = spec
-        .pos
-        .clone()
-        .unwrap_or(crate::recipe::Pos { line: 0, column: 0 });
-    declare(&mut accounts, spec)
-        .with_context(|| format!("{}: in layer {}", at(pos.line, pos.column), index + 1))?;
-
-    let mut planned: Vec<Planned> = vec![];
-    let mut context: crate::lower::AncestorContext = vec![];
-    let mut resolve_dest = |dest: &str| -> Result<TreePath> {
-        let resolved = lower.resolve(dest);
-        context.extend(lower.context_for(&resolved));
-        Ok(TreePath::new(&resolved)?)
+/// Pins every source's unpinned inputs of one layer in the session's lock.
+pub fn lock_layer(session: &Session, recipe: &Recipe, index: usize) -> Result<()> {
+    let cx = LockCx {
+        session,
+        recipe,
+        index,
     };
-
-    for f in &spec.files {
-        let owner = match &f.owner {
-            Some(o) => resolve_owner(&accounts, o).with_context(|| at(f.pos.line, f.pos.column))?,
-            None => (0, 0),
-        };
-        let dest = resolve_dest(&f.dest)?;
-        match &f.source {
-            FileSource::Inline(text) => {
-                let meta = Meta::new(f.mode.unwrap_or(0o644), owner.0, owner.1);
-                let bytes = text.as_bytes().to_vec();
-                planned.push(Planned {
-                    path: dest,
-                    hash: Some(FileHash::of_bytes(&bytes)),
-                    link_key: None,
-                    node: Node::File {
-                        meta,
-                        content: Content::inline(bytes),
-                    },
-                });
-            }
-            FileSource::Host { abs, rel } => {
-                let walked = files::walk(abs, stat).with_context(|| {
-                    format!(
-                        "{}: src \"{}\"",
-                        at(f.pos.line, f.pos.column),
-                        rel.display()
-                    )
-                })?;
-                for w in walked {
-                    let path = if w.rel.is_empty() {
-                        dest.clone()
-                    } else {
-                        dest.join(&w.rel)?
-                    };
-                    let mode = if w.rel.is_empty() {
-                        f.mode.unwrap_or(w.mode)
-                    } else {
-                        w.mode
-                    };
-                    let meta = Meta::new(mode, owner.0, owner.1);
-                    let (node, hash) = match w.kind {
-                        WalkedKind::Dir => (Node::Dir(meta), None),
-                        WalkedKind::Symlink { target } => (Node::Symlink { meta, target }, None),
-                        WalkedKind::File {
-                            host,
-                            size,
-                            hash,
-                            link_key,
-                        } => {
-                            let node = Node::File {
-                                meta,
-                                content: Content::Host {
-                                    path: host,
-                                    size,
-                                    hash: Some(hash),
-                                },
-                            };
-                            planned.push(Planned {
-                                path,
-                                node,
-                                hash: Some(hash),
-                                link_key,
-                            });
-                            continue;
-                        }
-                    };
-                    planned.push(Planned {
-                        path,
-                        node,
-                        hash,
-                        link_key: None,
-                    });
-                }
-            }
-        }
-    }
-    for d in &spec.dirs {
-        let owner = match &d.owner {
-            Some(o) => resolve_owner(&accounts, o).with_context(|| at(d.pos.line, d.pos.column))?,
-            None => (0, 0),
-        };
-        planned.push(Planned {
-            path: resolve_dest(&d.path)?,
-            node: Node::Dir(Meta::new(d.mode, owner.0, owner.1)),
-            hash: None,
-            link_key: None,
-        });
-    }
-    for s in &spec.symlinks {
-        let owner = match &s.owner {
-            Some(o) => resolve_owner(&accounts, o).with_context(|| at(s.pos.line, s.pos.column))?,
-            None => (0, 0),
-        };
-        planned.push(Planned {
-            path: resolve_dest(&s.path)?,
-            node: Node::Symlink {
-                meta: Meta::new(0o777, owner.0, owner.1),
-                target: s.target.clone(),
-            },
-            hash: None,
-            link_key: None,
-        });
-    }
-    link_hardlinks(&mut planned);
-
-    // The fingerprint: a line-oriented description of every input, one JSON array
-    // per line, serialised straight into the hasher (tuples and structs have a fixed
-    // field order; maps are BTreeMaps), without building JSON values.
-    let mut h = std::io::BufWriter::with_capacity(64 * 1024, HashingWriter::new(std::io::sink()));
-    let mut line = |v: &dyn erased::Line| -> Result<()> {
-        v.write_to(&mut h)?;
-        std::io::Write::write_all(&mut h, b"\n")?;
-        Ok(())
-    };
-    line(&(FINGERPRINT_VERSION, write_contract))?;
-    context.sort();
-    context.dedup();
-    line(&("lower", &context))?;
-    if accounts_written {
-        line(&("accounts", &accounts, base_fixup))?;
-    }
-    for p in &planned {
-        let path = p.path.as_str();
-        match &p.node {
-            Node::Dir(m) => line(&("d", path, m.mode, m.uid, m.gid))?,
-            Node::File { meta, .. } => {
-                line(&("f", path, meta.mode, meta.uid, meta.gid, p.hash.as_ref()))?
-            }
-            Node::Symlink { meta, target } => line(&("l", path, meta.uid, meta.gid, target))?,
-            Node::Hardlink { target } => line(&("h", path, target.as_str()))?,
-        }
-    }
-    if !extra.is_empty() {
-        // Packages and venvs write anywhere: the whole lower view matters.
-        line(&("lower-view", Digest::of_bytes(&serde_json::to_vec(lower)?)))?;
-    }
-    for e in &extra {
-        line(&("source", e.fingerprint()))?;
-    }
-    let h = h.into_inner().map_err(|e| e.into_error())?;
-    let (_, fingerprint, _) = h.finish();
-    Ok(Prepared {
-        fingerprint,
-        description: spec.describe(),
-        accounts_after: if accounts_written {
-            Some(accounts)
-        } else {
-            accounts_before.clone()
-        },
-        planned,
-        accounts_written,
-        extra,
-    })
-}
-
-fn resolve_owner(accounts: &Accounts, o: &crate::recipe::OwnerSpec) -> Result<(u32, u32)> {
-    let spec = match &o.group {
-        Some(g) => format!("{}:{g}", o.user),
-        None => o.user.clone(),
-    };
-    Ok(accounts.resolve_owner(&spec)?)
-}
-
-/// Adds a layer's declared groups, then users; a user whose primary group does not
-/// exist gets one of its own name, as `adduser` would create.
-fn declare(accounts: &mut Accounts, spec: &LayerSpec) -> Result<()> {
-    for g in &spec.groups {
-        accounts.add_group(g.clone())?;
-    }
-    for u in &spec.users {
-        if !accounts.groups.iter().any(|g| g.gid == u.gid) {
-            accounts.add_group(Group {
-                name: u.name.clone(),
-                gid: u.gid,
-                members: vec![],
-            })?;
-        }
-        accounts.add_user(u.clone())?;
+    for s in &recipe.layers[index].sources {
+        s.lock(&cx)?;
     }
     Ok(())
 }
 
-/// Files that share an inode within the layer become one file plus hardlinks to
-/// it; the first in tar order is the file, so extraction order works. Only entries
-/// with the same owner and mode are linked (a link has its target's metadata): the
-/// same host file placed twice with different `mode` or `owner` stays two files.
-fn link_hardlinks(planned: &mut [Planned]) {
-    type LinkGroup = ((u64, u64), (u32, u32, u32));
-    let mut groups: BTreeMap<LinkGroup, Vec<usize>> = BTreeMap::new();
-    for (i, p) in planned.iter().enumerate() {
-        if let (Some(k), Node::File { meta, .. }) = (p.link_key, &p.node) {
-            groups
-                .entry((k, (meta.mode, meta.uid, meta.gid)))
-                .or_default()
-                .push(i);
-        }
+/// Fingerprints one layer: every source states its inputs, in build order.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_layer<'s>(
+    session: &'s Session,
+    stat: &'s StatCache,
+    recipe: &'s Recipe,
+    index: usize,
+    lower: &LowerView,
+    lower_layers: &[LayerReport],
+    accounts_before: &Option<Accounts>,
+    write_contract: &str,
+) -> Result<PlannedLayer<'s>> {
+    lock_layer(session, recipe, index)?;
+    let spec = &recipe.layers[index];
+    let mut cx = LayerCx {
+        session,
+        stat,
+        recipe,
+        index,
+        lower,
+        lower_layers,
+        // An image has no accounts until a layer writes them; names then resolve
+        // against Debian's standard base accounts plus what the recipe declares.
+        accounts: accounts_before
+            .clone()
+            .unwrap_or_else(Accounts::debian_base),
+        write_accounts: false,
+        inputs: vec![Input::shown(
+            "imgbuild layer format",
+            format!("{FINGERPRINT_VERSION} {write_contract}"),
+        )],
+        context: vec![],
+        whole_lower_view: false,
+    };
+    let mut plans = Vec::with_capacity(spec.sources.len());
+    for s in &spec.sources {
+        plans.push(s.plan(&mut cx)?);
     }
-    for (_, mut idx) in groups {
-        if idx.len() < 2 {
-            continue;
-        }
-        idx.sort_by(|a, b| planned[*a].path.cmp(&planned[*b].path));
-        let first = planned[idx[0]].path.clone();
-        for &i in &idx[1..] {
-            planned[i].node = Node::Hardlink {
-                target: first.clone(),
-            };
-            planned[i].hash = None;
-        }
+    let LayerCx {
+        mut inputs,
+        mut context,
+        whole_lower_view,
+        accounts,
+        write_accounts,
+        ..
+    } = cx;
+    context.sort();
+    context.dedup();
+    inputs.push(Input::hash(
+        "lower layers' directories and symlinks under this layer's paths",
+        Input::digest_of(&context),
+    ));
+    if whole_lower_view {
+        inputs.push(Input::hash(
+            "lower layers' directories and symlinks",
+            Input::digest_of(lower),
+        ));
     }
+    // The fingerprint: one JSON line per input, serialised straight into the hasher.
+    let mut h = std::io::BufWriter::with_capacity(64 * 1024, HashingWriter::new(std::io::sink()));
+    for i in &inputs {
+        serde_json::to_writer(&mut h, &(&i.what, &i.shown, &i.hash))?;
+        std::io::Write::write_all(&mut h, b"\n")?;
+    }
+    let (_, fingerprint, _) = h.into_inner().map_err(|e| e.into_error())?.finish();
+    Ok(PlannedLayer {
+        fingerprint,
+        inputs,
+        description: describe(&spec.sources),
+        accounts_after: if write_accounts {
+            Some(accounts)
+        } else {
+            accounts_before.clone()
+        },
+        plans,
+    })
 }
 
 /// What building a layer produced besides the tree.
 pub struct Built {
     pub tree: Tree,
-    pub inputs: Vec<Digest>,
+    pub blobs: Vec<Digest>,
     pub notes: Vec<String>,
 }
 
-impl Prepared<'_> {
+impl PlannedLayer<'_> {
     /// Builds the layer's tree (on a cache miss).
-    pub fn build_tree(mut self, lower: &LowerView) -> Result<Built> {
+    pub fn build_tree(self, lower: &LowerView) -> Result<Built> {
         let mut tree = Tree::new();
-        let mut inputs = vec![];
+        let mut blobs = vec![];
         let mut notes = vec![];
-        for e in &mut self.extra {
-            let (i, n) = e.build(&mut tree)?;
-            inputs.extend(i);
-            notes.extend(n);
-        }
-        if self.accounts_written
-            && let Some(a) = &self.accounts_after
-        {
-            a.render(&mut tree)?;
-        }
-        for p in self.planned {
-            if let (Node::Dir(m), Some(Node::Dir(_))) = (&p.node, tree.get(&p.path)) {
-                tree.insert(p.path, Node::Dir(*m))?;
-                continue;
-            }
-            if tree.get(&p.path).is_some_and(|n| matches!(n, Node::Dir(_))) {
-                // replacing a directory that an earlier source wrote: clear it first,
-                // as writing a file over it on a real filesystem would require
-                tree.remove(&p.path);
-            }
-            tree.insert(p.path, p.node)?;
+        for p in self.plans {
+            let c = p.build(&mut tree)?;
+            blobs.extend(c.blobs);
+            notes.extend(c.notes);
         }
         tree.adopt_lower_dirs(|p| lower.dir_meta(p.as_str()));
-        Ok(Built {
-            tree,
-            inputs,
-            notes,
-        })
+        Ok(Built { tree, blobs, notes })
     }
 }
 
@@ -376,6 +390,96 @@ pub fn view_of(tree: &Tree) -> LowerView {
         }
     }
     v
+}
+
+/// Declares the layer table and registers every kind of source, in build order:
+/// `key: module::Type` where `key` names the kind's raw table in the layer.
+macro_rules! layer_sources {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        /// One `[[layers]]` table: every kind's keys, each taken by its kind.
+        #[derive(Debug, Default)]
+        pub struct RawLayer {
+            $(pub $field: <$ty as SourceKind>::Raw,)*
+        }
+
+        impl<'de> Deserialize<'de> for RawLayer {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl<'de> serde::de::Visitor<'de> for Visit {
+                    type Value = RawLayer;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a layer table")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<RawLayer, A::Error> {
+                        let mut raw = RawLayer::default();
+                        while let Some(key) = map.next_key::<String>()? {
+                            $(
+                                if <<$ty as SourceKind>::Raw as RawTable>::KEYS.contains(&key.as_str()) {
+                                    raw.$field.take(&key, &mut map)?;
+                                    continue;
+                                }
+                            )*
+                            let known: Vec<String> = [$(<<$ty as SourceKind>::Raw as RawTable>::KEYS),*]
+                                .concat()
+                                .iter()
+                                .map(|k| format!("`{k}`"))
+                                .collect();
+                            return Err(serde::de::Error::custom(format!(
+                                "unknown field `{key}`, expected one of {}",
+                                known.join(", ")
+                            )));
+                        }
+                        Ok(raw)
+                    }
+                }
+                d.deserialize_map(Visit)
+            }
+        }
+
+        /// The sources of one layer, in build order.
+        pub fn parse_layer(
+            cx: &RecipeCx,
+            raw: &RawLayer,
+            pos: &Pos,
+        ) -> Result<Vec<Box<dyn LayerSource>>, RecipeError> {
+            let mut sources: Vec<Box<dyn LayerSource>> = vec![];
+            $(
+                if let Some(s) = <$ty as SourceKind>::parse(cx, &raw.$field, pos)? {
+                    sources.push(Box::new(s));
+                }
+            )*
+            Ok(sources)
+        }
+    };
+}
+
+layer_sources! {
+    debian: debian::DebianSource,
+    python: python::PythonSource,
+    files: files::FilesSource,
+}
+
+/// A raw table with a single key holding one table (`debian = {...}`).
+#[macro_export]
+macro_rules! single_key_table {
+    ($name:ident, $key:literal, $inner:ty) => {
+        #[derive(Debug, Default)]
+        pub struct $name(pub Option<toml::Spanned<$inner>>);
+        impl $crate::source::RawTable for $name {
+            const KEYS: &'static [&'static str] = &[$key];
+            fn take<'de, A: serde::de::MapAccess<'de>>(
+                &mut self,
+                _key: &str,
+                map: &mut A,
+            ) -> Result<(), A::Error> {
+                self.0 = Some(map.next_value()?);
+                Ok(())
+            }
+        }
+    };
 }
 
 /// The HTTP client, made on first use: a build served from the cache never
@@ -435,39 +539,5 @@ impl Session {
             progress: project.progress.clone(),
             registry: settings.registry_options(&[], project.jobs.clamp(2, 8)),
         })
-    }
-
-    /// The non-file sources of a layer (Debian packages, Python wheels). `lower` are
-    /// the image's layers below this one (a venv's `.pyc` files are written by the
-    /// interpreter they contain).
-    pub fn extra_sources<'a>(
-        &'a self,
-        recipe: &Recipe,
-        index: usize,
-        spec: &LayerSpec,
-        lower: &[crate::cache::LayerReport],
-    ) -> Result<Vec<Box<dyn ExtraSource + Send + 'a>>> {
-        let mut v: Vec<Box<dyn ExtraSource + Send + 'a>> = vec![];
-        if let Some(d) = &spec.debian {
-            v.push(Box::new(debian::DebianSource::new(
-                &self.debian,
-                recipe,
-                index,
-                d,
-            )?));
-        }
-        if let Some(p) = &spec.python {
-            v.push(Box::new(python::PythonSource::new(
-                recipe,
-                index,
-                p,
-                lower,
-                &self.store,
-                &self.http,
-                self.jobs,
-                &self.progress,
-            )?));
-        }
-        Ok(v)
     }
 }

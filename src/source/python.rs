@@ -1,4 +1,5 @@
-//! The `python` layer source: a venv built by `imgbuild-python` from a pinned,
+//! The `python` layer source (`python = { requirements, venv, interpreter, bytecode }`):
+//! a venv built by `imgbuild-python` from a pinned,
 //! hashed requirements file, for the image's interpreter (CPython 3.11.2 on
 //! bookworm), never the build host's.
 //!
@@ -18,12 +19,129 @@ use imgbuild_python::{
 };
 use imgbuild_store::{Digest, Store};
 
-use super::ExtraSource;
-use crate::cache::LayerReport;
-use crate::progress::Progress;
-use crate::recipe::{PythonSpec, Recipe};
+use serde::Deserialize;
+use toml::Spanned;
 
+use super::{Contribution, Input, LayerCx, LayerSource, SourceKind, SourcePlan};
+use crate::progress::Progress;
+use crate::recipe::{Pos, RecipeCx, RecipeError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPython {
+    pub requirements: Spanned<String>,
+    #[serde(default = "default_venv")]
+    pub venv: String,
+    #[serde(default = "default_interpreter")]
+    pub interpreter: String,
+    /// Precompile `.pyc` (unchecked-hash) with the image's own interpreter.
+    pub bytecode: Option<bool>,
+}
+
+fn default_venv() -> String {
+    "/opt/venv".into()
+}
+fn default_interpreter() -> String {
+    "/usr/bin/python3.11".into()
+}
+
+crate::single_key_table!(RawPythonTable, "python", RawPython);
+
+#[derive(Clone, Debug)]
+pub struct PythonSpec {
+    pub requirements: std::path::PathBuf,
+    pub requirements_rel: std::path::PathBuf,
+    pub venv: String,
+    pub interpreter: String,
+    pub bytecode: bool,
+    pub pos: Pos,
+}
+
+#[derive(Debug)]
 pub struct PythonSource {
+    pub spec: PythonSpec,
+}
+
+impl SourceKind for PythonSource {
+    type Raw = RawPythonTable;
+
+    fn parse(cx: &RecipeCx, raw: &RawPythonTable, _layer: &Pos) -> Result<Option<Self>, RecipeError> {
+        let Some(p) = &raw.0 else {
+            return Ok(None);
+        };
+        let rp = p.get_ref();
+        let (rel, abs) = cx.project_path(&rp.requirements, "requirements")?;
+        Ok(Some(PythonSource {
+            spec: PythonSpec {
+                requirements: abs,
+                requirements_rel: rel,
+                venv: rp.venv.clone(),
+                interpreter: rp.interpreter.clone(),
+                bytecode: rp.bytecode.unwrap_or(true),
+                pos: cx.pos(p),
+            },
+        }))
+    }
+}
+
+impl LayerSource for PythonSource {
+    fn kind(&self) -> &'static str {
+        "python"
+    }
+
+    fn describe(&self) -> Option<String> {
+        Some(format!("python: {}", self.spec.requirements_rel.display()))
+    }
+
+    fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
+        let p = &self.spec;
+        let mut spec = VenvSpec::bookworm(&p.requirements, &p.venv);
+        spec.interpreter = p.interpreter.clone();
+        spec.bytecode = p.bytecode;
+        let at = cx.at(&p.pos);
+        spec.validate().with_context(|| at.clone())?;
+        let reqs = parse_requirements(&p.requirements).with_context(|| at.clone())?;
+        let lower: Vec<(Digest, Digest)> = cx
+            .lower_layers
+            .iter()
+            .map(|l| (l.digest.clone(), l.diff_id.clone()))
+            .collect();
+        // A venv writes anywhere under its root: the whole lower view matters.
+        cx.depends_on_whole_lower_view();
+        for r in &reqs.requirements {
+            cx.input(Input::versioned(
+                format!("requirement {}", r.key),
+                r.version.clone(),
+                r.hashes.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" "),
+            ));
+        }
+        cx.input(Input::hash(
+            format!("{} (venv, interpreter, target, options)", p.requirements_rel.display()),
+            fingerprint(&spec, &reqs),
+        ));
+        // the interpreter that writes the .pyc files is the one of the layers below
+        if spec.bytecode {
+            let diff_ids: Vec<&Digest> = lower.iter().map(|(_, d)| d).collect();
+            cx.input(Input::hash(
+                "lower layers (the interpreter that writes .pyc files)",
+                Input::digest_of(&diff_ids),
+            ));
+        }
+        Ok(Box::new(PythonPlan {
+            spec,
+            reqs,
+            lower,
+            store: cx.session.store.clone(),
+            http: cx.session.http.clone(),
+            jobs: cx.session.jobs,
+            progress: cx.session.progress.clone(),
+            label: cx.label(),
+            at,
+        }))
+    }
+}
+
+struct PythonPlan {
     spec: VenvSpec,
     reqs: Requirements,
     /// The image's layers below this one: (blob digest, diff_id).
@@ -37,58 +155,8 @@ pub struct PythonSource {
     at: String,
 }
 
-impl PythonSource {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        recipe: &Recipe,
-        layer: usize,
-        p: &PythonSpec,
-        lower: &[LayerReport],
-        store: &Store,
-        http: &std::sync::Arc<super::Http>,
-        jobs: usize,
-        progress: &Progress,
-    ) -> Result<Self> {
-        let mut spec = VenvSpec::bookworm(&p.requirements, &p.venv);
-        spec.interpreter = p.interpreter.clone();
-        spec.bytecode = p.bytecode;
-        let at = format!("{}:{}:{}", recipe.file.display(), p.pos.line, p.pos.column);
-        spec.validate().with_context(|| at.clone())?;
-        let reqs = parse_requirements(&p.requirements).with_context(|| at.clone())?;
-        Ok(PythonSource {
-            spec,
-            reqs,
-            lower: lower
-                .iter()
-                .map(|l| (l.digest.clone(), l.diff_id.clone()))
-                .collect(),
-            store: store.clone(),
-            http: http.clone(),
-            jobs,
-            progress: progress.clone(),
-            label: format!("[{}] layer {}", recipe.name, layer + 1),
-            at,
-        })
-    }
-}
-
-impl ExtraSource for PythonSource {
-    fn fingerprint(&self) -> String {
-        // the interpreter that writes the .pyc files is the one of the layers below
-        let interpreter_from: Vec<&Digest> = if self.spec.bytecode {
-            self.lower.iter().map(|(_, diff_id)| diff_id).collect()
-        } else {
-            vec![]
-        };
-        serde_json::json!([
-            "python-v2",
-            fingerprint(&self.spec, &self.reqs),
-            interpreter_from
-        ])
-        .to_string()
-    }
-
-    fn build(&mut self, tree: &mut Tree) -> Result<(Vec<Digest>, Vec<String>)> {
+impl SourcePlan for PythonPlan {
+    fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
         // the image's interpreter first: a missing one fails before any download
         let interpreter = if self.spec.bytecode {
             self.progress.status(format!(
@@ -158,6 +226,9 @@ impl ExtraSource for PythonSource {
         if let Some(i) = &interpreter {
             notes.push(format!(".pyc files written by {}", i.describe()));
         }
-        Ok((wheels.iter().map(|w| w.digest.clone()).collect(), notes))
+        Ok(Contribution {
+            blobs: wheels.iter().map(|w| w.digest.clone()).collect(),
+            notes,
+        })
     }
 }
