@@ -46,6 +46,10 @@ pub struct LayerPlan {
     pub description: String,
     /// `None` while a layer below must be built first.
     pub fingerprint: Option<Digest>,
+    /// What the fingerprint covers, by name (with versions and settings shown);
+    /// empty while a layer below must be built first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
     pub state: LayerState,
     /// The cached layer's blob.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,17 +89,13 @@ impl Plan {
             for l in &i.layers {
                 let state = match l.state {
                     LayerState::Cached => "cached".to_owned(),
-                    LayerState::Build => format!("build   ({})", l.reason.join("; ")),
+                    LayerState::Build => format!("build: {}", l.reason.join("; ")),
                 };
                 out.push_str(&format!(
-                    "  layer {} {:<24} {}\n",
+                    "  layer {} {:<16} {}\n      {state}\n",
                     l.layer,
                     format!("[{}]", l.kinds.join("+")),
-                    if l.state == LayerState::Cached {
-                        format!("{state}  {}", l.description)
-                    } else {
-                        format!("{}  {state}", l.description)
-                    }
+                    l.description,
                 ));
             }
         }

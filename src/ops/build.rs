@@ -122,6 +122,16 @@ pub fn plan(
     Ok((plan, lock_after))
 }
 
+/// The kinds of a layer's sources that have something in it.
+fn kinds_of(layer: &crate::recipe::LayerSpec) -> Vec<&'static str> {
+    layer
+        .sources
+        .iter()
+        .filter(|s| s.describe().is_some())
+        .map(|s| s.kind())
+        .collect()
+}
+
 /// A plan for an image none of whose layers can be fingerprinted yet.
 fn waiting_plan(r: &Recipe, why: &str, from: usize) -> ImagePlan {
     ImagePlan {
@@ -132,9 +142,10 @@ fn waiting_plan(r: &Recipe, why: &str, from: usize) -> ImagePlan {
             .enumerate()
             .map(|(i, l)| LayerPlan {
                 layer: from + i + 1,
-                kinds: l.sources.iter().map(|s| s.kind()).collect(),
+                kinds: kinds_of(l),
                 description: l.describe(),
                 fingerprint: None,
+                inputs: vec![],
                 state: LayerState::Build,
                 digest: None,
                 reason: vec![why.to_owned()],
@@ -442,9 +453,17 @@ fn build_image(
         };
         plan.layers.push(LayerPlan {
             layer: i + 1,
-            kinds: spec.sources.iter().map(|s| s.kind()).collect(),
+            kinds: kinds_of(spec),
             description: planned.description.clone(),
             fingerprint: Some(fingerprint.clone()),
+            inputs: planned
+                .inputs
+                .iter()
+                .map(|i| match &i.shown {
+                    Some(s) => format!("{} {s}", i.what),
+                    None => i.what.clone(),
+                })
+                .collect(),
             state: if cached_record.is_some() {
                 LayerState::Cached
             } else {
@@ -461,9 +480,10 @@ fn build_image(
                     source::lock_layer(session, r, j)?;
                     plan.layers.push(LayerPlan {
                         layer: j + 1,
-                        kinds: l.sources.iter().map(|s| s.kind()).collect(),
+                        kinds: kinds_of(l),
                         description: l.describe(),
                         fingerprint: None,
+                        inputs: vec![],
                         state: LayerState::Build,
                         digest: None,
                         reason: vec![format!("lower layer {} changed", i + 1)],

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn normalise(text: &str, project: &Path) -> String {
+pub(crate) fn normalise(text: &str, project: &Path) -> String {
     let mut s = text.replace(&project.display().to_string(), "<PROJECT>");
     // digests: full and short (12 hex digits)
     s = replace_runs(
@@ -77,7 +77,7 @@ fn replace_runs(s: &str, pred: impl Fn(char) -> bool, min: usize, with: &str) ->
     out
 }
 
-fn snapshot(name: &str, actual: &str) {
+pub(crate) fn snapshot(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/integration/snapshots")
         .join(format!("{name}.txt"));

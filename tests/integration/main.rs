@@ -8,6 +8,7 @@ mod cli_output;
 mod core_build;
 mod engines;
 mod load_pin;
+mod plan;
 mod push;
 mod setup_cmd;
 mod stack_images;
