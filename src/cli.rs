@@ -98,7 +98,7 @@ pub enum Command {
         #[arg(value_name = "NAME")]
         names: Vec<String>,
         #[arg(long, value_enum, default_value = "auto")]
-        engine: crate::ops::load::Engine,
+        engine: crate::engine::Engine,
     },
     /// Pin images by digest in the stack's env file (IMGBUILD_<NAME>_IMAGE=...).
     Pin {
@@ -116,7 +116,7 @@ pub enum Command {
         local: bool,
         /// The engine --local asks.
         #[arg(long, value_enum, default_value = "auto", requires = "local")]
-        engine: crate::ops::load::Engine,
+        engine: crate::engine::Engine,
     },
     /// Create the stack's .env with strong random secrets (mode 0600).
     Setup {
@@ -167,7 +167,7 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub push_args: PushArgs,
     #[arg(long, value_enum, default_value = "auto")]
-    pub engine: crate::ops::load::Engine,
+    pub engine: crate::engine::Engine,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -3,16 +3,20 @@
 //! `main` parses the command line, opens the project, runs one `ops` function and
 //! turns an error into a one-line reason (with its causes) and exit code 1.
 
+mod builder;
 mod cache;
 mod cli;
+mod engine;
 mod lockfile;
 mod lower;
+mod naming;
 mod oci;
 mod ops;
 mod plan;
 mod progress;
 mod project;
 mod recipe;
+mod report;
 mod settings;
 mod sink;
 mod source;
@@ -81,7 +85,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             // One JSON document: the build, plus what --load and --push did.
-            let mut report = ops::build::BuildReport::new(&records);
+            let mut report = report::BuildReport::new(&records);
             if build.load {
                 report.load = Some(ops::load::load(&project, names.as_deref(), build.engine)?);
             }
@@ -98,7 +102,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan { names, locked } => {
             let names = (!names.is_empty()).then(|| names.clone());
-            let (plan, _) = ops::build::plan(&project, names.as_deref(), *locked, false)?;
+            let (plan, _) = builder::plan(&project, names.as_deref(), *locked, false)?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
@@ -112,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
             if g.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&ops::build::BuildReport {
+                    serde_json::to_string_pretty(&report::BuildReport {
                         push: Some(report),
                         ..Default::default()
                     })?
@@ -151,7 +155,7 @@ fn run(cli: Cli) -> Result<()> {
             if g.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&ops::build::BuildReport {
+                    serde_json::to_string_pretty(&report::BuildReport {
                         load: Some(loaded),
                         ..Default::default()
                     })?

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::project::Project;
 
 pub fn lock(project: &Project) -> Result<()> {
-    let (plan, lock) = crate::ops::build::plan(project, None, false, true)?;
+    let (plan, lock) = crate::builder::plan(project, None, false, true)?;
     lock.save(&project.root)?;
     for c in &plan.lock_changes {
         project.progress.line(format!("lock: {c}"));

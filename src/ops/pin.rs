@@ -7,7 +7,7 @@
 //!
 //! - by default `REPOSITORY@sha256:<manifest digest>`, with the repository `push`
 //!   sends the image to (the recipe's `repository`, default `imgbuild/NAME`, or
-//!   `PREFIX/NAME` with `--registry PREFIX`; [`push::target_repository`]). Pushed
+//!   `PREFIX/NAME` with `--registry PREFIX`; [`crate::naming::target_repository`]). Pushed
 //!   manifests are the local bytes, so this is what the registry serves; Compose
 //!   pulls it by digest.
 //! - with `--local`, `sha256:<image ID>` of the image the local engine holds,
@@ -30,9 +30,8 @@ use anyhow::{Context, Result, bail};
 use imgbuild_registry::Reference;
 
 use crate::cache::ImageRecord;
-use crate::ops::build::image_out;
-use crate::ops::load::{Engine, engine_image_id, engine_name, is_this_build, pick};
-use crate::ops::push::target_repository;
+use crate::engine::{Engine, engine_image_id, engine_name, is_this_build, pick};
+use crate::naming::{image_out, target_repository};
 use crate::ops::setup::write_private_file;
 use crate::project::Project;
 use crate::recipe::RecipeSet;

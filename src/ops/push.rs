@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use imgbuild_registry::{Client, Credentials, PushImage, PushReport, Reference};
 
 use crate::cache::ImageRecord;
+use crate::naming::target_repository;
 use crate::progress::human;
 use crate::project::Project;
 use crate::recipe::RecipeSet;
@@ -27,17 +28,6 @@ pub struct PushOptions {
     pub extra_tags: Vec<String>,
     pub registry_prefix: Option<String>,
     pub insecure: Vec<String>,
-}
-
-/// The repository an image is pushed to.
-pub fn target_repository(rec: &ImageRecord, prefix: Option<&str>) -> String {
-    match prefix {
-        Some(p) => format!("{}/{}", p.trim_end_matches('/'), rec.name),
-        None => rec
-            .repository
-            .clone()
-            .unwrap_or_else(|| format!("imgbuild/{}", rec.name)),
-    }
 }
 
 /// Pushes the images and prints a line per image; returns the report (`--json`).

@@ -105,7 +105,8 @@ impl RecipeCx<'_> {
         self.src.error_at(s.span(), msg)
     }
 
-    pub fn mode(&self, s: &Spanned<String>) -> Result<u32, RecipeError> {        let v = s.get_ref();
+    pub fn mode(&self, s: &Spanned<String>) -> Result<u32, RecipeError> {
+        let v = s.get_ref();
         let ok = (3..=4).contains(&v.len()) && v.bytes().all(|b| (b'0'..=b'7').contains(&b));
         match ok.then(|| u32::from_str_radix(v, 8).ok()).flatten() {
             Some(m) => Ok(m),
@@ -360,7 +361,10 @@ fn parse_config(cx: &RecipeCx, c: RawConfig) -> Result<ConfigSpec, RecipeError> 
     })
 }
 
-fn parse_layer(cx: &RecipeCx, l: &Spanned<crate::source::RawLayer>) -> Result<LayerSpec, RecipeError> {
+fn parse_layer(
+    cx: &RecipeCx,
+    l: &Spanned<crate::source::RawLayer>,
+) -> Result<LayerSpec, RecipeError> {
     Ok(LayerSpec {
         sources: crate::source::parse_layer(cx, l.get_ref(), &cx.pos(l))?,
     })

@@ -36,4 +36,3 @@ pub struct RawConfig {
     pub labels: Option<BTreeMap<String, String>>,
     pub stop_signal: Option<String>,
 }
-

@@ -64,7 +64,12 @@ pub struct BaseContents {
 /// the registry), pulled into the store unless it is there, and read. With `pull`
 /// false (planning), an image not in the store yet is `None`: nothing is downloaded
 /// but the tag's digest.
-pub fn load(session: &Session, recipe: &Recipe, raw: &str, pull: bool) -> Result<Option<BaseImage>> {
+pub fn load(
+    session: &Session,
+    recipe: &Recipe,
+    raw: &str,
+    pull: bool,
+) -> Result<Option<BaseImage>> {
     let at = format!(
         "{}:{}:{}",
         recipe.file.display(),

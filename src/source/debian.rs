@@ -23,9 +23,7 @@ use imgbuild_store::{Digest, Store};
 
 use serde::Deserialize;
 
-use super::{
-    Contribution, Input, LayerCx, LayerSource, LockCx, SourceKind, SourcePlan,
-};
+use super::{Contribution, Input, LayerCx, LayerSource, LockCx, SourceKind, SourcePlan};
 use crate::lockfile::{DebianLock, Lockfile, debian_request};
 use crate::progress::Progress;
 use crate::recipe::{Pos, Recipe, RecipeCx, RecipeError};
@@ -167,7 +165,6 @@ impl DebianInputs {
     }
 }
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDebian {
@@ -204,7 +201,11 @@ pub struct DebianSource {
 impl SourceKind for DebianSource {
     type Raw = RawDebianTable;
 
-    fn parse(cx: &RecipeCx, raw: &RawDebianTable, _layer: &Pos) -> Result<Option<Self>, RecipeError> {
+    fn parse(
+        cx: &RecipeCx,
+        raw: &RawDebianTable,
+        _layer: &Pos,
+    ) -> Result<Option<Self>, RecipeError> {
         let Some(d) = &raw.0 else {
             return Ok(None);
         };

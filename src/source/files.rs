@@ -106,7 +106,10 @@ impl RawTable for RawFiles {
 #[derive(Clone, Debug)]
 pub enum FileSource {
     /// A file or directory in the project, relative to the project root.
-    Host { rel: std::path::PathBuf, abs: std::path::PathBuf },
+    Host {
+        rel: std::path::PathBuf,
+        abs: std::path::PathBuf,
+    },
     Inline(String),
 }
 
@@ -285,9 +288,8 @@ impl LayerSource for FilesSource {
         if !self.users.is_empty() || !self.groups.is_empty() {
             cx.write_accounts = true;
         }
-        self.declare(&mut cx.accounts).with_context(|| {
-            format!("{}: in layer {}", cx.at(&pos), cx.index + 1)
-        })?;
+        self.declare(&mut cx.accounts)
+            .with_context(|| format!("{}: in layer {}", cx.at(&pos), cx.index + 1))?;
         let mut planned: Vec<Planned> = vec![];
         for f in &self.files {
             let owner = match &f.owner {
@@ -312,9 +314,8 @@ impl LayerSource for FilesSource {
                     });
                 }
                 FileSource::Host { abs, rel } => {
-                    let walked = walk::walk(abs, cx.stat).with_context(|| {
-                        format!("{}: src \"{}\"", cx.at(&f.pos), rel.display())
-                    })?;
+                    let walked = walk::walk(abs, cx.stat)
+                        .with_context(|| format!("{}: src \"{}\"", cx.at(&f.pos), rel.display()))?;
                     for w in walked {
                         let (path, what) = if w.rel.is_empty() {
                             (dest.clone(), rel.display().to_string())

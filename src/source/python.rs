@@ -65,7 +65,11 @@ pub struct PythonSource {
 impl SourceKind for PythonSource {
     type Raw = RawPythonTable;
 
-    fn parse(cx: &RecipeCx, raw: &RawPythonTable, _layer: &Pos) -> Result<Option<Self>, RecipeError> {
+    fn parse(
+        cx: &RecipeCx,
+        raw: &RawPythonTable,
+        _layer: &Pos,
+    ) -> Result<Option<Self>, RecipeError> {
         let Some(p) = &raw.0 else {
             return Ok(None);
         };
@@ -112,11 +116,18 @@ impl LayerSource for PythonSource {
             cx.input(Input::versioned(
                 format!("requirement {}", r.key),
                 r.version.clone(),
-                r.hashes.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" "),
+                r.hashes
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ));
         }
         cx.input(Input::hash(
-            format!("{} (venv, interpreter, target, options)", p.requirements_rel.display()),
+            format!(
+                "{} (venv, interpreter, target, options)",
+                p.requirements_rel.display()
+            ),
             fingerprint(&spec, &reqs),
         ));
         // the interpreter that writes the .pyc files is the one of the layers below

@@ -61,7 +61,10 @@ fn plan_names_each_layers_state_and_reason() {
     let text = fs::read_to_string(&recipe).unwrap();
     fs::write(
         &recipe,
-        text.replace("base = false }", "base = false, remove_paths = [\"/etc/services\"] }"),
+        text.replace(
+            "base = false }",
+            "base = false, remove_paths = [\"/etc/services\"] }",
+        ),
     )
     .unwrap();
     plan("lower layer changed");
@@ -77,7 +80,8 @@ fn plan_names_each_layers_state_and_reason() {
         .unwrap();
     let reason = base["layers"][0]["reason"][0].as_str().unwrap();
     assert!(
-        reason.starts_with("debian options ") && reason.contains(r#""remove_paths":["/etc/services"]"#),
+        reason.starts_with("debian options ")
+            && reason.contains(r#""remove_paths":["/etc/services"]"#),
         "{json}"
     );
     assert_eq!(base["layers"][1]["cached"], true, "{json}");
@@ -100,5 +104,8 @@ fn expect_cached_fails_on_a_change_and_passes_on_a_no_op() {
     );
     // nothing was built: the tarball is the first build's
     let plan = run_ok(f.cmd().arg("plan"));
-    assert!(plan.contains("build: layers/site/index.html changed"), "{plan}");
+    assert!(
+        plan.contains("build: layers/site/index.html changed"),
+        "{plan}"
+    );
 }

@@ -1,0 +1,473 @@
+//! The image builder: every image's layers planned by [`crate::source::plan_layer`]
+//! (its sources state their inputs, which hash into its fingerprint) and, building,
+//! each layer whose fingerprint is not cached built and written by the one layer
+//! writer. A layer's record keeps its inputs, so that the next rebuild can say why
+//! ([`crate::source::explain`]). A recipe `from` another gets that image's layers byte
+//! for byte; the config and manifest are canonical JSON.
+//!
+//! Planning ([`plan`]) runs the same code and stops at each image's first layer that
+//! is not cached: the layers above it depend on its bytes, which only building gives
+//! (they are `build` with the reason `lower layer N changed`, and may turn out cached
+//! when built). It writes nothing: the lock's changes are kept in memory (reported;
+//! `imgbuild lock` writes them).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use imgbuild_layer::{WriteOptions, write_layer};
+use imgbuild_store::Digest;
+
+use crate::cache::{ImageRecord, LayerRecord, LayerReport};
+use crate::lower::LowerView;
+use crate::naming::{image_out, reference_for};
+use crate::oci::{self, Descriptor, HistoryEntry, MEDIA_CONFIG, MEDIA_LAYER_GZIP};
+use crate::plan::{ImagePlan, LayerPlan, LayerState, Plan};
+use crate::progress::{human, short};
+use crate::project::Project;
+use crate::recipe::{ConfigSpec, From, Recipe, RecipeSet};
+use crate::sink::{self};
+use crate::source::{self, Session, walk::StatCache};
+use imgbuild_debian::system::Accounts;
+
+/// What an image hands to images built `from` it.
+#[derive(Clone)]
+pub(crate) struct Built {
+    pub record: ImageRecord,
+    view: LowerView,
+    accounts: Option<Accounts>,
+    config: ConfigSpec,
+    history: Vec<HistoryEntry>,
+}
+
+/// Whether layers are built, or only planned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Build,
+    Plan,
+}
+
+/// What one image came to: built (or, planning, entirely cached), and its plan.
+pub(crate) struct ImageOutcome {
+    pub built: Option<Built>,
+    plan: ImagePlan,
+}
+
+/// Plans the requested images (every recipe when `names` is `None`) without
+/// building: `relock` resolves every Debian layer afresh, as `imgbuild lock` does.
+/// Returns the plan and the lock as it would be after.
+pub fn plan(
+    project: &Project,
+    names: Option<&[String]>,
+    locked: bool,
+    relock: bool,
+) -> Result<(Plan, crate::lockfile::Lockfile)> {
+    let set = RecipeSet::load(&project.root)?;
+    let order = set.closure(names)?;
+    let _lock = project.lock_shared()?;
+    let stat = StatCache::load(&project.store, &project.key, project.jobs);
+    let session = Session::new(project, locked, relock)?;
+    let lock_before = session.debian.lock.lock().expect("lock").clone();
+    if relock {
+        // registry bases given by tag are resolved afresh too
+        session.debian.lock.lock().expect("lock").bases.clear();
+    }
+    let mut done: BTreeMap<String, Option<Built>> = BTreeMap::new();
+    let mut images = vec![];
+    for r in &order {
+        let base = match &r.from.value {
+            From::Recipe(p) => match done.get(p) {
+                Some(Some(b)) => Some(b),
+                _ => {
+                    // the base is built first: every layer of this one waits for it
+                    let plan = waiting_plan(r, &format!("base image `{p}` changes"), 0);
+                    // its Debian layers still resolve, for the lock
+                    for i in 0..r.layers.len() {
+                        source::lock_layer(&session, r, i)?;
+                    }
+                    done.insert(r.name.clone(), None);
+                    images.push(plan);
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        let out = build_image(project, &session, r, base, &stat, 1, Mode::Plan)?;
+        done.insert(r.name.clone(), out.built);
+        images.push(out.plan);
+    }
+    project.progress.clear();
+    if names.is_none() {
+        session.debian.prune_lock(&live_debian_layers(&set));
+    }
+    let lock_after = session.debian.lock.lock().expect("lock").clone();
+    let plan = Plan {
+        lock_changes: crate::plan::lock_changes(&lock_before, &lock_after),
+        images,
+    };
+    Ok((plan, lock_after))
+}
+
+/// The kinds of a layer's sources that have something in it.
+fn kinds_of(layer: &crate::recipe::LayerSpec) -> Vec<&'static str> {
+    layer
+        .sources
+        .iter()
+        .filter(|s| s.describe().is_some())
+        .map(|s| s.kind())
+        .collect()
+}
+
+/// A plan for an image none of whose layers can be fingerprinted yet.
+fn waiting_plan(r: &Recipe, why: &str, from: usize) -> ImagePlan {
+    ImagePlan {
+        name: r.name.clone(),
+        recipe: r.file.display().to_string(),
+        layers: r.layers[from..]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerPlan {
+                layer: from + i + 1,
+                kinds: kinds_of(l),
+                description: l.describe(),
+                fingerprint: None,
+                inputs: vec![],
+                state: LayerState::Build,
+                digest: None,
+                reason: vec![why.to_owned()],
+            })
+            .collect(),
+    }
+}
+
+/// (recipe, layer number) of every Debian layer, to drop stale lock entries.
+pub fn live_debian_layers(set: &RecipeSet) -> BTreeMap<(String, usize), ()> {
+    let mut live = BTreeMap::new();
+    for r in set.recipes.values() {
+        for (i, l) in r.layers.iter().enumerate() {
+            if l.sources.iter().any(|s| s.kind() == "debian") {
+                live.insert((r.name.clone(), i + 1), ());
+            }
+        }
+    }
+    live
+}
+
+/// Why a layer that missed the cache is built, against the last build of the same
+/// layer of the same recipe. `rebuilt_below`: the first of this image's layers
+/// below it that was built in this run, if any.
+fn reason_for(
+    project: &Project,
+    previous: Option<&ImageRecord>,
+    index: usize,
+    fingerprint: &Digest,
+    inputs: &[source::Input],
+    rebuilt_below: Option<usize>,
+) -> Vec<String> {
+    let Some(prev) = previous.and_then(|p| p.layers.get(p.base_layers + index)) else {
+        return vec!["new layer".into()];
+    };
+    let Some(prev_fp) = &prev.fingerprint else {
+        return vec!["new layer".into()];
+    };
+    if prev_fp == fingerprint {
+        return vec!["its cached blob is missing or corrupt".into()];
+    }
+    let Some(old) = LayerRecord::read_unverified(&project.store, prev_fp) else {
+        return vec!["the record of its last build is gone (gc?)".into()];
+    };
+    let reasons = source::explain(Some(&old.fingerprint_inputs), inputs);
+    // what changed below is named by the layer that changed
+    if let Some(n) = rebuilt_below
+        && reasons.iter().all(|r| r.starts_with("lower layers"))
+    {
+        return vec![format!("lower layer {n} changed")];
+    }
+    reasons
+}
+
+pub(crate) fn build_image(
+    project: &Project,
+    session: &Session,
+    r: &Recipe,
+    base: Option<&Built>,
+    stat: &StatCache,
+    threads: usize,
+    mode: Mode,
+) -> Result<ImageOutcome> {
+    let mut plan = ImagePlan {
+        name: r.name.clone(),
+        recipe: r.file.display().to_string(),
+        layers: vec![],
+    };
+    let registry_base = match &r.from.value {
+        From::Registry(reference) => {
+            match source::base::load(session, r, reference, mode == Mode::Build)? {
+                Some(b) => Some(b),
+                None => {
+                    for i in 0..r.layers.len() {
+                        source::lock_layer(session, r, i)?;
+                    }
+                    plan.layers = waiting_plan(
+                        r,
+                        &format!("base image {reference} is not in the store yet (pulled first)"),
+                        0,
+                    )
+                    .layers;
+                    return Ok(ImageOutcome { built: None, plan });
+                }
+            }
+        }
+        _ => None,
+    };
+    let base_image = registry_base.as_ref().map(|b| b.reference.clone());
+    let registry_base = registry_base.map(|b| Built {
+        record: ImageRecord {
+            name: String::new(),
+            manifest_digest: b.blobs[0].clone(),
+            manifest_size: 0,
+            config_digest: b.blobs[1].clone(),
+            config_size: 0,
+            tarball: String::new(),
+            reference: b.reference.clone(),
+            repository: None,
+            tags: vec![],
+            base: None,
+            base_image: None,
+            base_layers: 0,
+            layers: b.layers,
+            inputs: b.blobs,
+        },
+        view: b.view,
+        accounts: b.accounts,
+        config: b.config,
+        history: b.history,
+    });
+    let base = base.or(registry_base.as_ref());
+    let write = WriteOptions {
+        mtime: project.epoch,
+        threads,
+    };
+    let contract = write.contract();
+    let previous = ImageRecord::load(&project.store, &project.key, &r.name)?;
+    let mut layers: Vec<LayerReport> = base.map(|b| b.record.layers.clone()).unwrap_or_default();
+    let base_layers = layers.len();
+    let mut view = base.map(|b| b.view.clone()).unwrap_or_default();
+    let mut accounts = base.and_then(|b| b.accounts.clone());
+    let mut history: Vec<HistoryEntry> = base.map(|b| b.history.clone()).unwrap_or_default();
+    let mut inputs: Vec<Digest> = base.map(|b| b.record.inputs.clone()).unwrap_or_default();
+    let mut rebuilt_below: Option<usize> = None;
+    let n = r.layers.len();
+    for (i, spec) in r.layers.iter().enumerate() {
+        let label = format!("[{}] layer {}/{n}", r.name, i + 1);
+        project
+            .progress
+            .status(format!("{label}: checking inputs ({})", spec.describe()));
+        let planned =
+            source::plan_layer(session, stat, r, i, &view, &layers, &accounts, &contract)?;
+        let fingerprint = planned.fingerprint.clone();
+        let next_accounts = planned.accounts_after.clone();
+        let cached_record = LayerRecord::lookup(&project.store, &fingerprint)?;
+        let reason = match &cached_record {
+            Some(_) => vec![],
+            None => reason_for(
+                project,
+                previous.as_ref(),
+                i,
+                &fingerprint,
+                &planned.inputs,
+                rebuilt_below,
+            ),
+        };
+        plan.layers.push(LayerPlan {
+            layer: i + 1,
+            kinds: kinds_of(spec),
+            description: planned.description.clone(),
+            fingerprint: Some(fingerprint.clone()),
+            inputs: planned
+                .inputs
+                .iter()
+                .map(|i| match &i.shown {
+                    Some(s) => format!("{} {s}", i.what),
+                    None => i.what.clone(),
+                })
+                .collect(),
+            state: if cached_record.is_some() {
+                LayerState::Cached
+            } else {
+                LayerState::Build
+            },
+            digest: cached_record.as_ref().map(|c| c.digest.clone()),
+            reason: reason.clone(),
+        });
+        let (record, cached) = match cached_record {
+            Some(rec) => (rec, true),
+            None if mode == Mode::Plan => {
+                // what is above depends on the bytes of this layer
+                for (j, l) in r.layers.iter().enumerate().skip(i + 1) {
+                    source::lock_layer(session, r, j)?;
+                    plan.layers.push(LayerPlan {
+                        layer: j + 1,
+                        kinds: kinds_of(l),
+                        description: l.describe(),
+                        fingerprint: None,
+                        inputs: vec![],
+                        state: LayerState::Build,
+                        digest: None,
+                        reason: vec![format!("lower layer {} changed", i + 1)],
+                    });
+                }
+                return Ok(ImageOutcome { built: None, plan });
+            }
+            None => {
+                let t = Instant::now();
+                project
+                    .progress
+                    .status(format!("{label}: building ({})", spec.describe()));
+                let description = planned.description.clone();
+                let fingerprint_inputs = planned.inputs.clone();
+                let built = planned
+                    .build_tree(&view)
+                    .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
+                project
+                    .progress
+                    .status(format!("{label}: writing {} entries", built.tree.len()));
+                let blob = write_layer(&built.tree, &write, &project.store)
+                    .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
+                let rec = LayerRecord {
+                    digest: blob.digest,
+                    diff_id: blob.diff_id,
+                    size: blob.size,
+                    tar_size: blob.tar_size,
+                    description,
+                    view: source::view_of(&built.tree),
+                    inputs: built.blobs,
+                    notes: built.notes,
+                    fingerprint_inputs,
+                };
+                rec.save(&project.store, &fingerprint)?;
+                project.progress.detail(format!(
+                    "{label}: wrote {} entries, {} -> {} in {:.2}s",
+                    built.tree.len(),
+                    human(blob.tar_size),
+                    human(rec.size),
+                    t.elapsed().as_secs_f64()
+                ));
+                rebuilt_below.get_or_insert(i + 1);
+                (rec, false)
+            }
+        };
+        if mode == Mode::Build {
+            project.progress.line(format!(
+                "{label} {} {} {:>9}  {}{}",
+                if cached { "cached" } else { "built " },
+                short(&record.digest),
+                human(record.size),
+                record.description,
+                if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", reason.join("; "))
+                }
+            ));
+        }
+        view.apply(&record.view);
+        accounts = next_accounts;
+        history.push(HistoryEntry {
+            created_by: format!(
+                "imgbuild {}: layer {} ({})",
+                r.file.display(),
+                i + 1,
+                record.description
+            ),
+            empty_layer: false,
+        });
+        inputs.extend(record.inputs.iter().cloned());
+        layers.push(LayerReport {
+            digest: record.digest,
+            diff_id: record.diff_id,
+            size: record.size,
+            cached,
+            description: record.description,
+            notes: record.notes,
+            media_type: None,
+            fingerprint: Some(fingerprint),
+            reason,
+        });
+    }
+    let config_spec = oci::merge_config(base.map(|b| &b.config), &r.config);
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let config = oci::image_config(&config_spec, &diff_ids, &history, project.epoch);
+    let layer_desc: Vec<Descriptor> = layers
+        .iter()
+        .map(|l| Descriptor {
+            media_type: if l.media_type.is_some() {
+                crate::oci::MEDIA_LAYER_ZSTD
+            } else {
+                MEDIA_LAYER_GZIP
+            },
+            digest: l.digest.clone(),
+            size: l.size,
+        })
+        .collect();
+    let config_digest = Digest::of_bytes(&config);
+    let manifest = oci::image_manifest(
+        &Descriptor {
+            media_type: MEDIA_CONFIG,
+            digest: config_digest.clone(),
+            size: config.len() as u64,
+        },
+        &layer_desc,
+    );
+    let manifest_digest = Digest::of_bytes(&manifest);
+    if mode == Mode::Build {
+        project.store.put_bytes(&config)?;
+        project.store.put_bytes(&manifest)?;
+    }
+    inputs.sort();
+    inputs.dedup();
+    let tarball = project.out.join(format!("{}.tar", r.name));
+    let record = ImageRecord {
+        name: r.name.clone(),
+        manifest_digest,
+        manifest_size: manifest.len() as u64,
+        config_digest,
+        config_size: config.len() as u64,
+        tarball: tarball.display().to_string(),
+        reference: reference_for(r),
+        repository: r.repository.clone(),
+        tags: r.tags.clone(),
+        base: match &r.from.value {
+            From::Recipe(p) => Some(p.clone()),
+            _ => None,
+        },
+        base_image,
+        base_layers,
+        layers,
+        inputs,
+    };
+    if mode == Mode::Build {
+        project
+            .progress
+            .status(format!("[{}] writing {}", r.name, tarball.display()));
+        let wrote =
+            sink::tarball::write(&tarball, &project.store, &image_out(&record), project.epoch)?;
+        project.progress.line(format!(
+            "[{}] image {} -> {}{}",
+            r.name,
+            short(&record.manifest_digest),
+            tarball.display(),
+            if wrote { "" } else { " (unchanged)" }
+        ));
+    }
+    Ok(ImageOutcome {
+        built: Some(Built {
+            record,
+            view,
+            accounts,
+            config: config_spec,
+            history,
+        }),
+        plan,
+    })
+}
