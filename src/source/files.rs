@@ -239,6 +239,7 @@ impl SourceKind for FilesSource {
                     .unwrap_or_else(|| "/usr/sbin/nologin".into()),
             });
         }
+        s.refuse_declared_clashes(cx, raw)?;
         Ok(Some(s))
     }
 }
@@ -445,6 +446,43 @@ impl SourcePlan for FilesPlan {
 }
 
 impl FilesSource {
+    /// Two declared entries at one destination, found while parsing (so nothing is
+    /// built): what trees expand to is checked when the layer is planned.
+    fn refuse_declared_clashes(&self, cx: &RecipeCx, raw: &RawFiles) -> Result<(), RecipeError> {
+        let norm = |p: &str| p.trim_end_matches('/').to_owned();
+        let mut seen: BTreeMap<String, (bool, Pos)> = BTreeMap::new();
+        let mut check =
+            |dest: &str, is_dir: bool, pos: Pos, at: &dyn Fn(String) -> RecipeError| match seen
+                .get(&norm(dest))
+            {
+                Some((was_dir, first)) if !(is_dir && *was_dir) => Err(at(format!(
+                    "{dest} is written twice in this layer (first at line {}); keep one",
+                    first.line
+                ))),
+                _ => {
+                    seen.insert(norm(dest), (is_dir, pos));
+                    Ok(())
+                }
+            };
+        for (f, rf) in self.files.iter().zip(&raw.files) {
+            let is_dir = matches!(&f.source, FileSource::Host { abs, .. } if abs.is_dir());
+            check(&f.dest, is_dir, f.pos.clone(), &|m| {
+                cx.err(&rf.get_ref().dest, m)
+            })?;
+        }
+        for (d, rd) in self.dirs.iter().zip(&raw.dirs) {
+            check(&d.path, true, d.pos.clone(), &|m| {
+                cx.err(&rd.get_ref().path, m)
+            })?;
+        }
+        for (l, rl) in self.symlinks.iter().zip(&raw.symlinks) {
+            check(&l.path, false, l.pos.clone(), &|m| {
+                cx.err(&rl.get_ref().path, m)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Adds a layer's declared groups, then users; a user whose primary group does
     /// not exist gets one of its own name, as `adduser` would create.
     fn declare(&self, accounts: &mut Accounts) -> Result<()> {

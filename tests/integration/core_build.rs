@@ -374,6 +374,21 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
             "[[layers]]\nfiles = [ { src = \".\", dest = \"/x\" } ]\n",
             "recipes/bad.toml:2:19: src \".\" is the whole project directory",
         ),
+        (
+            "two entries at one destination",
+            "[[layers]]\nfiles = [ { content = \"a\", dest = \"/etc/x\" } ]\nsymlinks = [ { path = \"/etc/x\", target = \"y\" } ]\n",
+            "recipes/bad.toml:3:23: /etc/x is written twice in this layer (first at line 2); keep one",
+        ),
+        (
+            "a file and a directory at one path",
+            "[[layers]]\nfiles = [ { content = \"a\", dest = \"/srv\" } ]\ndirs = [ { path = \"/srv/\" } ]\n",
+            "recipes/bad.toml:3:19: /srv/ is written twice in this layer (first at line 2); keep one",
+        ),
+        (
+            "an unknown layer key",
+            "[[layers]]\nfilez = []\n",
+            "unknown field `filez`, expected one of `debian`, `python`, `files`, `dirs`, `symlinks`, `users`, `groups`",
+        ),
     ];
     for (what, recipe, expected) in cases {
         let f = Fixture::new("hello");

@@ -109,3 +109,20 @@ fn expect_cached_fails_on_a_change_and_passes_on_a_no_op() {
         "{plan}"
     );
 }
+
+#[test]
+fn a_tree_and_a_file_at_one_destination_are_refused_naming_both() {
+    let f = Fixture::new("hello");
+    fs::write(
+        f.path().join("recipes/bad.toml"),
+        "[[layers]]\nfiles = [\n  { src = \"layers/site\", dest = \"/srv\" },\n  { content = \"x\", dest = \"/srv/index.html\" },\n]\n",
+    )
+    .unwrap();
+    let out = f.run(&["build", "bad"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("recipes/bad.toml:4:3: layer 1 writes /srv/index.html twice: as a file from layers/site/index.html (recipes/bad.toml:3:3) and as a file from content of /srv/index.html; keep one"),
+        "{err}"
+    );
+}
