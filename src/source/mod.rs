@@ -25,6 +25,7 @@
 //! layer's fingerprint. The inputs are kept in the layer record, so a rebuild can say
 //! why ([`explain`]): `layers/app/app.py changed`, `nginx 1.22.1-9 -> 1.22.1-9+deb12u1`.
 
+pub mod archive;
 pub mod base;
 pub mod debian;
 pub mod files;
@@ -459,6 +460,7 @@ macro_rules! layer_sources {
 layer_sources! {
     debian: debian::DebianSource,
     python: python::PythonSource,
+    archive: archive::ArchiveSource,
     files: files::FilesSource,
 }
 

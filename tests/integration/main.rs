@@ -11,4 +11,5 @@ mod load_pin;
 mod plan;
 mod push;
 mod setup_cmd;
+mod sources;
 mod stack_images;
