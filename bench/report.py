@@ -214,7 +214,8 @@ if hyperfine("core-cold"):
         md()
     rows = table_of("core-noop+core-noop-podman", "No-op rebuild (warm store, nothing changed) — target: ≤ 2 × a bare stat walk")
     ratio_row("no-op rebuild vs stat walk", rows, 0, 1, 2)
-    ratio_row("no-op rebuild vs podman", rows, 0, 2, None)
+    ratio_row("imgbuild plan vs no-op rebuild", rows, 2, 0, 1)
+    ratio_row("no-op rebuild vs podman", rows, 0, 3, None)
     t = time_v("core-noop")
     if t:
         md(f"One no-op build under `/usr/bin/time -v`: {t['wall_s']:.2f} s wall, {t.get('user')} s user, {t.get('sys')} s sys, max RSS {mib(t['rss_kb'])}, {t.get('fs_out')} fs output blocks.")

@@ -271,7 +271,8 @@ if want core; then
   # the two fast ones get 4x the runs (they are noisy on a shared machine)
   RUNS=$((RUNS * 4)) hf core-noop --warmup 2 \
     -n "imgbuild build (no-op)" "$IBC build core" \
-    -n "find -printf (stat walk)" "find $P/layers -printf '%s %T@\n' > /dev/null"
+    -n "find -printf (stat walk)" "find $P/layers -printf '%s %T@\n' > /dev/null" \
+    -n "imgbuild plan (warm store)" "$IBC plan core"
   hf core-noop-podman --warmup 1 -n "podman build (no-op)" "$PODMAN_BUILD"
 
   say "core: one-file change vs re-tarring that layer vs podman"
