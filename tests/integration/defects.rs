@@ -1,0 +1,63 @@
+//! Regression tests of defects found by testing imgbuild from outside (issue 10):
+//! each one failed before its fix.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::*;
+
+/// A recipe with the image's own CPython (Debian's `python3.11`, its
+/// standard library left uncompiled to keep the test cheap) and a venv of one small
+/// pure-Python wheel, which the image's interpreter byte-compiles.
+fn write_python_project(dir: &Path) {
+    std::fs::create_dir_all(dir.join("recipes")).unwrap();
+    std::fs::write(
+        dir.join("recipes/py.toml"),
+        r#"from = "scratch"
+
+[[layers]]
+debian = { packages = ["python3.11"], bytecode = false }
+
+[[layers]]
+python = { requirements = "requirements.txt", venv = "/opt/venv", interpreter = "/usr/bin/python3.11" }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("requirements.txt"),
+        "blinker==1.9.0 \\\n    --hash=sha256:b4ce2265a7abece45e7cc896e98dbebe6cead56bcf805a3d23136d145f5445bf \\\n    --hash=sha256:ba0efaa9080b619ff2f3459d1d500c57bddea4a6b424b60a91141db6fd2f08bc\n",
+    )
+    .unwrap();
+}
+
+/// `--store ./.store` (relative to the working directory) works as an absolute
+/// path does, also for byte-compiling, which runs the image's interpreter in
+/// another working directory.
+#[test]
+fn a_relative_store_path_byte_compiles() {
+    let dir = tempfile::tempdir().unwrap();
+    write_python_project(dir.path());
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .current_dir(dir.path())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .args(["--store", "./.store", "--json", "build", "py"]),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(layers_of(&v, "py").len(), 2, "{out}");
+    // The .pyc files are in the venv layer: list it with tar, independently.
+    let tar = dir.path().join("out/py.tar");
+    let unpacked = dir.path().join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    run_ok(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&unpacked));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
+    let venv_layer = index[0]["Layers"][1].as_str().unwrap().to_owned();
+    let listing = run_ok(Command::new("tar").arg("-tzf").arg(unpacked.join(&venv_layer)));
+    assert!(
+        listing.lines().any(|l| l.contains("blinker/__pycache__/") && l.ends_with(".pyc")),
+        "no .pyc in the venv layer:\n{listing}"
+    );
+    // The store is where the relative path named it, not anywhere else.
+    assert!(dir.path().join(".store/blobs/sha256").is_dir());
+}
