@@ -61,3 +61,58 @@ fn a_relative_store_path_byte_compiles() {
     // The store is where the relative path named it, not anywhere else.
     assert!(dir.path().join(".store/blobs/sha256").is_dir());
 }
+
+/// A same-size corruption of `out/NAME.tar` anywhere in the file (a flipped byte
+/// in the last blob, or in the last tar header), with the mtime put back, is
+/// found by the next build, which writes the tarball again; a no-op build after
+/// it leaves the file alone.
+#[test]
+fn a_same_size_corruption_of_the_tarball_is_rewritten() {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new("hello");
+    f.build_json(&["all"]);
+    let tar = f.path().join("out/hello.tar");
+    let good = std::fs::read(&tar).unwrap();
+    // Offsets of the last entry, read with the tar crate.
+    let (header_at, data_at, size) = {
+        let mut ar = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+        let last = ar.entries().unwrap().map(|e| e.unwrap()).last().map(|e| {
+            (e.raw_header_position(), e.raw_file_position(), e.size())
+        });
+        last.unwrap()
+    };
+    assert!(data_at > 64 * 1024, "the fixture's last blob should lie past the documents");
+    let image_line = |stderr: &str| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with("[hello] image "))
+            .unwrap_or_else(|| panic!("no image line:\n{stderr}"))
+            .to_owned()
+    };
+    for (what, at) in [
+        ("a byte of the last blob", data_at + size / 2),
+        ("a byte of the last tar header's name", header_at + 10),
+    ] {
+        let mut bytes = good.clone();
+        bytes[at as usize] ^= 0x55;
+        let m = std::fs::metadata(&tar).unwrap();
+        std::fs::write(&tar, &bytes).unwrap();
+        run_ok(
+            Command::new("touch")
+                .arg("-d")
+                .arg(format!("@{}.{:09}", m.mtime(), m.mtime_nsec()))
+                .arg(&tar),
+        );
+        let after = std::fs::metadata(&tar).unwrap();
+        assert_eq!((after.len(), after.mtime(), after.mtime_nsec()), (m.len(), m.mtime(), m.mtime_nsec()));
+        let out = f.run(&["build", "hello"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {stderr}");
+        assert!(!image_line(&stderr).contains("(unchanged)"), "{what}: {stderr}");
+        assert!(std::fs::read(&tar).unwrap() == good, "{what}: the tarball was not restored");
+        skopeo_accepts(&tar);
+    }
+    let out = f.run(&["build", "hello"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(image_line(&stderr).contains("(unchanged)"), "{stderr}");
+}
