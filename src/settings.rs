@@ -56,7 +56,7 @@ pub struct DebianSettings {
 impl Settings {
     pub fn load(root: &Path) -> Result<Settings> {
         let p = root.join("imgbuild.toml");
-        let s: Settings = match std::fs::read_to_string(&p) {
+        let s: Settings = match crate::project::read_project_file(&p) {
             Ok(text) => toml::from_str(&text).map_err(|e| {
                 let line = e
                     .span()

@@ -92,7 +92,7 @@ impl RecipeSet {
         let mut recipes = BTreeMap::new();
         for path in paths {
             let display = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-            let text = std::fs::read_to_string(&path).map_err(|e| RecipeError {
+            let text = crate::project::read_project_file(&path).map_err(|e| RecipeError {
                 file: display.clone(),
                 line: 0,
                 column: 0,

@@ -116,3 +116,33 @@ fn a_same_size_corruption_of_the_tarball_is_rewritten() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(image_line(&stderr).contains("(unchanged)"), "{stderr}");
 }
+
+/// A FIFO where a recipe, `imgbuild.toml` or `imgbuild.lock` is expected is
+/// refused at once with an error naming it; before, every command hung forever
+/// (opening a FIFO waits for a writer).
+#[test]
+fn a_fifo_instead_of_a_project_file_is_refused_not_waited_on() {
+    for (path, named) in [
+        ("recipes/fifo.toml", "recipes/fifo.toml"),
+        ("imgbuild.toml", "imgbuild.toml"),
+        ("imgbuild.lock", "imgbuild.lock"),
+    ] {
+        let f = Fixture::new("hello");
+        let fifo = f.path().join(path);
+        run_ok(Command::new("mkfifo").arg(&fifo));
+        // coreutils' timeout: exit 124 if the command still runs after 30 s.
+        let mut c = Command::new("timeout");
+        c.arg("30").arg(env!("CARGO_BIN_EXE_imgbuild"));
+        c.arg("-C").arg(f.path()).arg("--store").arg(&f.store);
+        let out = c.arg("all").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(124), "{path}: imgbuild hung on the FIFO");
+        assert_eq!(out.status.code(), Some(1), "{path}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{path}: expected one line:\n{err}");
+        assert!(
+            err.contains(named) && err.contains("is a FIFO, not a regular file"),
+            "{path}: {err}"
+        );
+        assert!(!f.path().join("out").exists(), "{path}: output was written");
+    }
+}
