@@ -146,3 +146,96 @@ fn a_fifo_instead_of_a_project_file_is_refused_not_waited_on() {
         assert!(!f.path().join("out").exists(), "{path}: output was written");
     }
 }
+
+/// Values that would end up broken in the image config, recipe names that are no
+/// image names and repositories that are no references are refused before
+/// anything is built, each with one line naming the file, line and column.
+#[test]
+fn config_values_names_and_repositories_are_validated() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "NUL in an env value",
+            "bad.toml",
+            "[config]\nenv = { A = \"x\\u0000y\" }\n",
+            "recipes/bad.toml:2:13: env `A` contains a NUL character",
+        ),
+        (
+            "NUL in an env name",
+            "bad.toml",
+            "[config]\nenv = { \"A\\u0000\" = \"x\" }\n",
+            "recipes/bad.toml:2:9: env name contains a NUL character",
+        ),
+        (
+            "= in an env name",
+            "bad.toml",
+            "[config]\nenv = { \"A=B\" = \"x\" }\n",
+            "recipes/bad.toml:2:9: invalid env name \"A=B\"",
+        ),
+        (
+            "NUL in stop_signal",
+            "bad.toml",
+            "[config]\nstop_signal = \"SIG\\u0000TERM\"\n",
+            "recipes/bad.toml:2:15: stop_signal contains a NUL character",
+        ),
+        (
+            "NUL in the entrypoint",
+            "bad.toml",
+            "[config]\nentrypoint = [\"/bin/sh\", \"-c\\u0000\"]\n",
+            "recipes/bad.toml:2:26: entrypoint contains a NUL character",
+        ),
+        (
+            "NUL in a label",
+            "bad.toml",
+            "[config]\nlabels = { a = \"\\u0000\" }\n",
+            "recipes/bad.toml:2:16: label `a` contains a NUL character",
+        ),
+        (
+            "a repository that is no reference",
+            "bad.toml",
+            "repository = \"HTTP://x/../y\"\n",
+            "recipes/bad.toml:1:14: invalid repository \"HTTP://x/../y\"",
+        ),
+        (
+            "a repository with a tag",
+            "bad.toml",
+            "repository = \"docker.io/org/x:1\"\n",
+            "recipes/bad.toml:1:14: invalid repository \"docker.io/org/x:1\": it has a tag or digest",
+        ),
+        (
+            "a name starting with -",
+            "-rf.toml",
+            "",
+            "recipes/-rf.toml: recipe name \"-rf\" (the file name) is not a valid image name",
+        ),
+        (
+            "a hidden file",
+            ".hidden.toml",
+            "",
+            "recipes/.hidden.toml: recipe name \".hidden\" (the file name) is not a valid image name",
+        ),
+        (
+            "two separators",
+            "a..b.toml",
+            "",
+            "recipes/a..b.toml: recipe name \"a..b\"",
+        ),
+    ];
+    for (what, file, recipe, expected) in cases {
+        let f = Fixture::new("hello");
+        std::fs::write(f.path().join("recipes").join(file), recipe).unwrap();
+        let out = f.run(&["all"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(expected), "{what}: expected `{expected}` in:\n{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: expected one line:\n{err}");
+        assert!(!f.path().join("out").exists(), "{what}: output was written");
+    }
+    // Valid names and repositories of every form still build.
+    let f = Fixture::new("hello");
+    std::fs::write(
+        f.path().join("recipes/a.b-c__d.toml"),
+        "from = \"hello\"\nrepository = \"registry.example.com:5000/org/a-b\"\n",
+    )
+    .unwrap();
+    f.build_json(&["all"]);
+}
