@@ -60,7 +60,10 @@ impl Settings {
             Ok(text) => toml::from_str(&text).map_err(|e| {
                 let line = e
                     .span()
-                    .map(|s| text[..s.start].matches('\n').count() + 1)
+                    .map(|s| {
+                        let at = crate::recipe::syntax_error_offset(&text, s.start, e.message());
+                        text[..at].matches('\n').count() + 1
+                    })
                     .unwrap_or(0);
                 anyhow::anyhow!("imgbuild.toml:{line}: {}", e.message().trim())
             })?,

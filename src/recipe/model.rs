@@ -321,7 +321,7 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
     let raw: RawRecipe = toml::from_str(src.text).map_err(|e| {
         let msg = e.message().trim().to_owned();
         match e.span() {
-            Some(span) => src.error_at(span, msg),
+            Some(span) => src.syntax_error(span, msg),
             None => RecipeError {
                 file: src.display.clone(),
                 line: 0,

@@ -239,3 +239,32 @@ fn config_values_names_and_repositories_are_validated() {
     .unwrap();
     f.build_json(&["all"]);
 }
+
+/// A TOML syntax error is reported on the line where the `]` is missing, not on
+/// the line where the parser noticed it.
+#[test]
+fn a_missing_bracket_is_reported_on_its_own_line() {
+    let f = Fixture::new("hello");
+    let mut recipe = String::from("from = \"scratch\"\n\n[config]\n");
+    for i in 4..=10 {
+        recipe.push_str(&format!("# line {i}\n"));
+    }
+    recipe.push_str("cmd = [\"a\", \"b\"\n\n# a comment\nenv = { A = \"b\" }\n");
+    assert_eq!(recipe.lines().nth(10), Some("cmd = [\"a\", \"b\""));
+    std::fs::write(f.path().join("recipes/bad.toml"), &recipe).unwrap();
+    let out = f.run(&["all"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("recipes/bad.toml:11:16: "), "{err}");
+    // The same in imgbuild.toml (line only).
+    std::fs::remove_file(f.path().join("recipes/bad.toml")).unwrap();
+    std::fs::write(
+        f.path().join("imgbuild.toml"),
+        "[registry]\ninsecure = [\"a:5000\"\n\n[debian]\n",
+    )
+    .unwrap();
+    let out = f.run(&["all"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("imgbuild.toml:2: "), "{err}");
+}
