@@ -72,7 +72,7 @@ pub fn debian_request(packages: &[String], exclude: &[String]) -> Digest {
 impl Lockfile {
     pub fn load(root: &Path) -> Result<Lockfile> {
         let p = root.join(FILE);
-        let text = match std::fs::read_to_string(&p) {
+        let text = match crate::project::read_project_file(&p) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lockfile::default()),
             Err(e) => return Err(e).with_context(|| format!("failed to read `{}`", p.display())),

@@ -94,6 +94,42 @@ pub fn lock_file(path: &Path, shared: bool) -> Result<File> {
     Ok(f)
 }
 
+/// Reads a project file (a recipe, `imgbuild.toml`, `imgbuild.lock`) as text,
+/// refusing anything but a regular file (or a symlink to one). A FIFO would block
+/// every command forever: opening one waits for a writer, reading it for data. So
+/// the file is opened without blocking and checked on the open descriptor (a check
+/// of the path before opening could be raced by a swap).
+pub fn read_project_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let t = f.metadata()?.file_type();
+    if !t.is_file() {
+        let kind = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            "not a file"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {kind}, not a regular file: replace it with a regular file"),
+        ));
+    }
+    // O_NONBLOCK means nothing for a regular file's reads.
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// `$IMGBUILD_STORE`, else the user's cache directory. An empty variable counts as
 /// unset (as an empty `XDG_CACHE_HOME` does), so `IMGBUILD_STORE= imgbuild ...` in a
 /// script means "the default", not an error.

@@ -56,11 +56,14 @@ pub struct DebianSettings {
 impl Settings {
     pub fn load(root: &Path) -> Result<Settings> {
         let p = root.join("imgbuild.toml");
-        let s: Settings = match std::fs::read_to_string(&p) {
+        let s: Settings = match crate::project::read_project_file(&p) {
             Ok(text) => toml::from_str(&text).map_err(|e| {
                 let line = e
                     .span()
-                    .map(|s| text[..s.start].matches('\n').count() + 1)
+                    .map(|s| {
+                        let at = crate::recipe::syntax_error_offset(&text, s.start, e.message());
+                        text[..at].matches('\n').count() + 1
+                    })
                     .unwrap_or(0);
                 anyhow::anyhow!("imgbuild.toml:{line}: {}", e.message().trim())
             })?,

@@ -49,6 +49,12 @@ pub(crate) struct SourceFile<'a> {
 }
 
 impl SourceFile<'_> {
+    /// A TOML parse error, at [`syntax_error_offset`].
+    pub fn syntax_error(&self, span: std::ops::Range<usize>, message: String) -> RecipeError {
+        let at = syntax_error_offset(self.text, span.start, &message);
+        self.error_at(at..at, message)
+    }
+
     pub fn error_at(
         &self,
         span: std::ops::Range<usize>,
@@ -64,6 +70,36 @@ impl SourceFile<'_> {
             message: message.into(),
         }
     }
+}
+
+/// Where a TOML syntax error really is. The parser reports where it noticed the
+/// error: for a missing `]`, `}` or `,` that is the next token, often on a later
+/// line (`cmd = ["a"` followed by `env = ...` is "missing comma" at `env`), or
+/// the end of the file. When such an error ("missing ...", "unclosed ...") starts
+/// a line, or is at the end of the file, it is reported at the end of the
+/// previous line with content (blank and comment-only lines skipped), where the
+/// `]` or `,` belongs. Other errors (an unknown key at the start of its line)
+/// stay where they are.
+pub(crate) fn syntax_error_offset(text: &str, offset: usize, message: &str) -> usize {
+    let start = offset.min(text.len());
+    let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let starts_line = text[line_start..start].trim().is_empty();
+    let unfinished = message.starts_with("missing ") || message.starts_with("unclosed ");
+    if !starts_line || !unfinished {
+        return start;
+    }
+    // Walk back over the lines before this one.
+    let mut end = line_start;
+    while end > 0 {
+        let prev_start = text[..end - 1].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line = &text[prev_start..end - 1];
+        let content = line.trim_end();
+        if !content.trim_start().is_empty() && !content.trim_start().starts_with('#') {
+            return prev_start + content.len();
+        }
+        end = prev_start;
+    }
+    start
 }
 
 /// All recipes of a project, validated, by name.
@@ -92,7 +128,7 @@ impl RecipeSet {
         let mut recipes = BTreeMap::new();
         for path in paths {
             let display = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-            let text = std::fs::read_to_string(&path).map_err(|e| RecipeError {
+            let text = crate::project::read_project_file(&path).map_err(|e| RecipeError {
                 file: display.clone(),
                 line: 0,
                 column: 0,
@@ -178,5 +214,38 @@ impl RecipeSet {
             visit(self, n, &mut done, &mut out);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_col(text: &str, span_start: usize, message: &str) -> (usize, usize) {
+        let src = SourceFile {
+            display: "r.toml".into(),
+            text,
+        };
+        let e = src.syntax_error(span_start..span_start + 1, message.to_owned());
+        (e.line, e.column)
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_where_the_bracket_is_missing() {
+        // A missing `]` on line 2, noticed at `env` on line 4 (after a blank line
+        // and a comment).
+        let t = "[config]\ncmd = [\"a\"   \n\n# note\nenv = {}\n";
+        let at = t.find("env").unwrap();
+        assert_eq!(line_col(t, at, "missing comma between array elements, expected `,`"), (2, 11));
+        // ... or at the end of the file.
+        let t = "[config]\ncmd = [\"a\"\n\n\n";
+        assert_eq!(line_col(t, t.len(), "unclosed array, expected `]`"), (2, 11));
+        // An error in the middle of a line, or one that is not about something
+        // left open, stays where it is.
+        let t = "[config]\ncmd = [\"a\" \"b\"]\n";
+        let at = t.find("\"b").unwrap();
+        assert_eq!(line_col(t, at, "missing comma between array elements, expected `,`"), (2, 12));
+        let t = "[config]\nentrypont = []\n";
+        assert_eq!(line_col(t, 9, "unknown field `entrypont`"), (2, 1));
     }
 }

@@ -233,7 +233,7 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
     let raw: RawRecipe = toml::from_str(src.text).map_err(|e| {
         let msg = e.message().trim().to_owned();
         match e.span() {
-            Some(span) => src.error_at(span, msg),
+            Some(span) => src.syntax_error(span, msg),
             None => RecipeError {
                 file: src.display.clone(),
                 line: 0,
@@ -248,17 +248,15 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_owned();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-    {
+    // The name becomes the image name (`imgbuild/NAME` by default): one component
+    // of a repository name, by the distribution spec's grammar.
+    if !imgbuild_registry::reference::is_path_component(&name) {
         return Err(RecipeError {
             file: src.display.clone(),
             line: 0,
             column: 0,
             message: format!(
-                "recipe name \"{name}\" (the file name) must use lowercase letters, digits, `-`, `_` or `.`: it becomes the image name"
+                "recipe name \"{name}\" (the file name) is not a valid image name: use lowercase letters and digits, separated by one `.`, one or two `_` or by `-` (not first or last); rename the file"
             ),
         });
     }
@@ -313,11 +311,19 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
         None => None,
         Some(r) => {
             let v = r.get_ref();
-            if v.is_empty()
-                || v.contains(['@', ' '])
-                || v.rsplit('/').next().is_some_and(|last| last.contains(':'))
-            {
-                return Err(cx.err(&r, format!("invalid repository \"{v}\": write e.g. \"docker.io/ORG/NAME\" without tag or digest (tags go in `tags`)")));
+            let hint = "write e.g. \"docker.io/ORG/NAME\" or \"registry.example.com:5000/NAME\" (lowercase), without tag or digest (tags go in `tags`)";
+            match v.parse::<imgbuild_registry::Reference>() {
+                Err(e) => {
+                    let reason = match e {
+                        imgbuild_registry::RegistryError::InvalidReference { reason, .. } => reason,
+                        e => e.to_string(),
+                    };
+                    return Err(cx.err(&r, format!("invalid repository \"{v}\": {reason}; {hint}")));
+                }
+                Ok(p) if p.tag.is_some() || p.digest.is_some() => {
+                    return Err(cx.err(&r, format!("invalid repository \"{v}\": it has a tag or digest; {hint}")));
+                }
+                Ok(_) => {}
             }
             Some(v.clone())
         }
@@ -348,16 +354,55 @@ fn parse_config(cx: &RecipeCx, c: RawConfig) -> Result<ConfigSpec, RecipeError> 
         }
         ports.push(format!("{num}/{proto}"));
     }
+    // Every string goes into the image config, where a NUL cannot be carried
+    // through (the process environment and argv are NUL-terminated C strings;
+    // engines refuse or truncate it), so it is refused here with its position.
+    let text = |s: &Spanned<String>, what: &str| -> Result<String, RecipeError> {
+        match s.get_ref().find('\0') {
+            Some(i) => Err(cx.err(
+                s,
+                format!(
+                    "{what} contains a NUL character (at byte {i}), which an image config cannot carry: remove it"
+                ),
+            )),
+            None => Ok(s.get_ref().clone()),
+        }
+    };
+    let list = |v: Option<Vec<Spanned<String>>>, what: &str| {
+        v.map(|v| v.iter().map(|s| text(s, what)).collect::<Result<Vec<_>, _>>())
+            .transpose()
+    };
+    let map = |m: Option<BTreeMap<Spanned<String>, Spanned<String>>>, what: &str| {
+        let mut out = BTreeMap::new();
+        for (k, v) in m.unwrap_or_default() {
+            let key = text(&k, &format!("{what} name"))?;
+            out.insert(key, text(&v, &format!("{what} `{}`", k.get_ref()))?);
+        }
+        Ok::<_, RecipeError>(out)
+    };
+    let env = map(c.env.clone(), "env")?;
+    for k in c.env.iter().flat_map(|m| m.keys()) {
+        if k.get_ref().is_empty() || k.get_ref().contains('=') {
+            return Err(cx.err(
+                k,
+                format!(
+                    "invalid env name \"{}\": it may not be empty or contain `=` (the image stores NAME=VALUE)",
+                    k.get_ref()
+                ),
+            ));
+        }
+    }
+    let opt = |s: Option<Spanned<String>>, what: &str| s.map(|s| text(&s, what)).transpose();
     Ok(ConfigSpec {
-        entrypoint: c.entrypoint,
-        cmd: c.cmd,
-        env: c.env.unwrap_or_default(),
-        workdir: c.workdir,
-        user: c.user,
+        entrypoint: list(c.entrypoint, "entrypoint")?,
+        cmd: list(c.cmd, "cmd")?,
+        env,
+        workdir: opt(c.workdir, "workdir")?,
+        user: opt(c.user, "user")?,
         ports,
-        volumes: c.volumes.unwrap_or_default(),
-        labels: c.labels.unwrap_or_default(),
-        stop_signal: c.stop_signal,
+        volumes: list(c.volumes, "volumes")?.unwrap_or_default(),
+        labels: map(c.labels, "label")?,
+        stop_signal: opt(c.stop_signal, "stop_signal")?,
     })
 }
 

@@ -26,13 +26,13 @@ pub struct RawRecipe {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    pub entrypoint: Option<Vec<String>>,
-    pub cmd: Option<Vec<String>>,
-    pub env: Option<BTreeMap<String, String>>,
-    pub workdir: Option<String>,
-    pub user: Option<String>,
+    pub entrypoint: Option<Vec<Spanned<String>>>,
+    pub cmd: Option<Vec<Spanned<String>>>,
+    pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub workdir: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
     pub ports: Option<Vec<Spanned<String>>>,
-    pub volumes: Option<Vec<String>>,
-    pub labels: Option<BTreeMap<String, String>>,
-    pub stop_signal: Option<String>,
+    pub volumes: Option<Vec<Spanned<String>>>,
+    pub labels: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub stop_signal: Option<Spanned<String>>,
 }

@@ -7,15 +7,25 @@
 //! index; `skopeo copy docker-archive:` reads `manifest.json`.
 //!
 //! The tar itself is deterministic (sorted entries, fixed headers) and is rewritten
-//! only when its content would change: an unchanged image costs no copying.
+//! only when its content would change: an unchanged image costs no copying. That
+//! the file on disk still is what was written is proven, not assumed from its
+//! first bytes: a record in the store (bucket [`RECORD_BUCKET`], keyed by the
+//! tarball's path) keeps its sha256 and its identity then (device, inode, size,
+//! mtime, ctime). While the identity is unchanged and the ctime is older than the
+//! check by [`TIMESTAMP_MARGIN`] (so a write in the same timestamp tick is still
+//! seen), the file is trusted; otherwise it is hashed again, and rewritten if the
+//! hash differs. Any write, `touch` or replacement moves ctime, so a same-size
+//! corruption anywhere in the file is found on the next build.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, BufWriter, Read};
+use std::fs::{self, File};
+use std::io::{self, BufWriter};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use imgbuild_store::{Digest, Store};
+use imgbuild_store::{Digest, HashingWriter, Store, TIMESTAMP_MARGIN};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ImageOut, finish_atomic, temp_beside};
@@ -36,17 +46,16 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
         s += blobs.values().map(|&n| entry(n)).sum::<u64>();
         s + 1024
     };
-    let docs = [
-        ("oci-layout", &oci_layout[..]),
-        ("index.json", &index[..]),
-        ("manifest.json", &manifest_json[..]),
-    ];
-    if is_current(dest, docs, expected_size) {
+    let content = content_key(&[&oci_layout, &index, &manifest_json], &blobs, mtime);
+    let record_key = record_key(dest);
+    if is_current(store, &record_key, dest, &content, expected_size)? {
         return Ok(false);
     }
     let (tmp, f) = temp_beside(dest)?;
+    let mut written = None;
     let r = (|| -> io::Result<()> {
-        let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));
+        let w = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
+        let mut b = tar::Builder::new(w);
         let header = |size: u64, kind: tar::EntryType, mode: u32| {
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(kind);
@@ -83,11 +92,118 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
                 src,
             )?;
         }
-        let w = b.into_inner()?;
+        let (w, digest, _) = b.into_inner()?.finish();
+        written = Some(digest);
         w.into_inner().map_err(|e| e.into_error())?.sync_all()
     })();
     finish_atomic(r, tmp, dest)?;
+    let digest = written.expect("a written tarball has a digest");
+    // The ctime of a file just written is within the margin of now: the next build
+    // hashes it once more, and trusts it from then on.
+    let now = SystemTime::now();
+    if let Ok(m) = fs::metadata(dest) {
+        remember(store, &record_key, dest, content, digest, Identity::of(&m), now)?;
+    }
     Ok(true)
+}
+
+/// Where the record of a tarball lives in the store; the version names the
+/// record's format and the tar layout it vouches for.
+pub const RECORD_BUCKET: &str = "tarballs-v1";
+
+/// What the store remembers of a tarball it wrote or checked.
+#[derive(Serialize, Deserialize)]
+struct TarballRecord {
+    /// The tarball path (the record key is its hash).
+    path: String,
+    /// [`content_key`] of what the tarball holds.
+    content: Digest,
+    /// sha256 of the whole file.
+    sha256: Digest,
+    identity: Identity,
+    /// When `sha256` was last known to be the file's (seconds, nanoseconds since
+    /// the epoch).
+    checked_at: (u64, u32),
+}
+
+/// The identity of one version of a file: a write, truncation, `touch` or
+/// replacement changes at least one of these.
+#[derive(Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    fn of(m: &fs::Metadata) -> Identity {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    fn ctime(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.clamp(0, 999_999_999) as u32)
+    }
+}
+
+/// Names exactly the bytes the tarball holds: its documents, its blobs in order
+/// with their sizes (the blobs' own digests name their bytes) and the entries'
+/// mtime.
+fn content_key(docs: &[&[u8]], blobs: &BTreeMap<&Digest, u64>, mtime: u64) -> Digest {
+    let mut s = format!("imgbuild tarball v1\nmtime {mtime}\n");
+    for d in docs {
+        s.push_str(&format!("doc {}\n", Digest::of_bytes(d)));
+    }
+    for (d, size) in blobs {
+        s.push_str(&format!("blob {d} {size}\n"));
+    }
+    Digest::of_bytes(s.as_bytes())
+}
+
+fn record_key(dest: &Path) -> String {
+    // `dest` is absolute whenever the project root is (it is canonical); the
+    // parent is canonicalised in case `--out` was given relative or via a symlink.
+    let path = dest
+        .parent()
+        .and_then(|p| p.canonicalize().ok())
+        .zip(dest.file_name())
+        .map(|(p, n)| p.join(n))
+        .unwrap_or_else(|| dest.to_path_buf());
+    Digest::of_bytes(path.as_os_str().as_encoded_bytes()).hex().to_owned()
+}
+
+/// Records that `dest` held `sha256` when it had `identity`, at `checked_at` or
+/// later (the time is taken before the stat or the hashing it vouches for).
+fn remember(
+    store: &Store,
+    key: &str,
+    dest: &Path,
+    content: Digest,
+    sha256: Digest,
+    identity: Identity,
+    checked_at: SystemTime,
+) -> Result<()> {
+    let t = checked_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let rec = TarballRecord {
+        path: dest.display().to_string(),
+        content,
+        sha256,
+        identity,
+        checked_at: (t.as_secs(), t.subsec_nanos()),
+    };
+    store.write_record(RECORD_BUCKET, key, &serde_json::to_vec(&rec)?)?;
+    Ok(())
 }
 
 /// The three small documents of the tarball.
@@ -116,31 +232,45 @@ fn documents(img: &ImageOut) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Whether `dest` already is this exact tarball: same size and the same three
-/// documents (the index names the manifest digest, which names every other blob;
-/// `manifest.json` carries the tags `docker load` applies).
-fn is_current(dest: &Path, docs: [(&str, &[u8]); 3], size: u64) -> bool {
-    let Ok(f) = File::open(dest) else {
-        return false;
+/// Whether `dest` already is this exact tarball, proven by its record: the same
+/// content and an unchanged, settled identity, or else the same sha256 when hashed
+/// again now (and the record is renewed).
+fn is_current(
+    store: &Store,
+    key: &str,
+    dest: &Path,
+    content: &Digest,
+    size: u64,
+) -> Result<bool> {
+    let Ok(m) = fs::metadata(dest) else {
+        return Ok(false);
     };
-    if f.metadata().map(|m| m.len()).unwrap_or(0) != size {
-        return false;
+    if !m.is_file() || m.len() != size {
+        return Ok(false);
     }
-    let mut ar = tar::Archive::new(f.take(64 * 1024));
-    let Ok(entries) = ar.entries() else {
-        return false;
+    let Some(rec) = store
+        .read_record(RECORD_BUCKET, key)?
+        .and_then(|b| serde_json::from_slice::<TarballRecord>(&b).ok())
+    else {
+        return Ok(false);
     };
-    let mut matched = 0;
-    for (e, (name, bytes)) in entries.take(3).zip(docs) {
-        let Ok(mut e) = e else {
-            return false;
-        };
-        let mut buf = vec![];
-        let same_name = e.path().map(|p| p.as_os_str() == name).unwrap_or(false);
-        if !same_name || e.read_to_end(&mut buf).is_err() || buf != bytes {
-            return false;
-        }
-        matched += 1;
+    if &rec.content != content {
+        return Ok(false);
     }
-    matched == 3
+    let identity = Identity::of(&m);
+    let checked_at = SystemTime::UNIX_EPOCH + Duration::new(rec.checked_at.0, rec.checked_at.1);
+    if identity == rec.identity && identity.ctime() + TIMESTAMP_MARGIN < checked_at {
+        return Ok(true);
+    }
+    // Hashed again: `identity` was taken before, so a write during the hashing
+    // leaves the record naming an identity the file no longer has.
+    let started = SystemTime::now();
+    let Ok((digest, _)) = File::open(dest).and_then(imgbuild_store::digest_reader) else {
+        return Ok(false);
+    };
+    if digest != rec.sha256 {
+        return Ok(false);
+    }
+    remember(store, key, dest, rec.content, digest, identity, started)?;
+    Ok(true)
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod cli_output;
 mod core_build;
+mod defects;
 mod engines;
 mod load_pin;
 mod plan;

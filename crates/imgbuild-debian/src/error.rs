@@ -42,7 +42,9 @@ pub enum Error {
         url: String,
         valid_until: String,
     },
-    #[error("{url}: signature check failed: {why}; the file was not used")]
+    #[error(
+        "{url}: the signature does not verify: {why}; the file was not used (try again; if it persists, the mirror or a proxy serves a damaged or altered file: set another `mirror`/`security_mirror` in imgbuild.toml)"
+    )]
     BadSignature { url: String, why: String },
     #[error("{url}: {why}")]
     BadRelease { url: String, why: String },

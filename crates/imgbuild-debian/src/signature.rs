@@ -78,7 +78,10 @@ impl Keyring {
         let (msg, _) = CleartextSignedMessage::from_string(armored)
             .map_err(|e| format!("not an OpenPGP clear-signed file: {e}"))?;
         let text = msg.signed_text();
-        let mut reasons = vec![];
+        // Why each signature failed, one line each: those by keys of this ring
+        // first (an unknown key's signature is ignored, as gpgv does, and only
+        // named when no signature comes from a known key).
+        let (mut known, mut unknown) = (vec![], vec![]);
         for sig in msg.signatures() {
             match self.check_one(sig, text.as_bytes()) {
                 Ok(name) => {
@@ -87,38 +90,51 @@ impl Keyring {
                         signed_by: name,
                     });
                 }
-                Err(why) => reasons.push(why),
+                Err(Failure::Known(why)) => known.push(why),
+                Err(Failure::Unknown(why)) => unknown.push(why),
             }
         }
-        if reasons.is_empty() {
-            reasons.push("no signatures".into());
-        }
-        Err(reasons.join("; "))
+        let reasons = if !known.is_empty() {
+            known
+        } else if !unknown.is_empty() {
+            unknown
+        } else {
+            vec!["the file has no signatures".into()]
+        };
+        Err(one_line(&reasons.join("; ")))
     }
 
     /// Checks one signature; returns the name of the key that made it.
-    fn check_one(&self, sig: &Signature, data: &[u8]) -> Result<String, String> {
-        let made = sig.created().ok_or("signature has no creation time")?;
+    fn check_one(&self, sig: &Signature, data: &[u8]) -> Result<String, Failure> {
+        // rPGP's verification errors are multi-line assertion texts (`left`/`right`
+        // hash prefixes): what they mean is that the signed text is not what was
+        // signed.
+        let altered = |who: &str| {
+            Failure::Known(format!(
+                "the signature by {who} does not match the signed text (the file was altered or damaged after signing)"
+            ))
+        };
+        let made = sig
+            .created()
+            .ok_or_else(|| Failure::Known("a signature has no creation time".into()))?;
         for (name, key) in &self.keys {
             if issuer_matches(sig, key) {
-                primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
-                sig.verify(key, data)
-                    .map_err(|e| format!("{name}: bad signature: {e}"))?;
+                primary_usable(key, made).map_err(|e| Failure::Known(format!("{name}: {e}")))?;
+                sig.verify(key, data).map_err(|_| altered(name))?;
                 return Ok(name.to_string());
             }
             for sub in &key.public_subkeys {
                 if !issuer_matches(sig, &sub.key) {
                     continue;
                 }
-                primary_usable(key, made).map_err(|e| format!("{name}: {e}"))?;
-                subkey_usable(key, sub, made).map_err(|e| {
-                    format!(
-                        "{name} subkey {}: {e}",
-                        hex::encode(sub.key.fingerprint().as_bytes())
-                    )
-                })?;
-                sig.verify(&sub.key, data)
-                    .map_err(|e| format!("{name} subkey: bad signature: {e}"))?;
+                let sub_name = format!(
+                    "{name} (subkey {})",
+                    hex::encode(sub.key.fingerprint().as_bytes())
+                );
+                primary_usable(key, made).map_err(|e| Failure::Known(format!("{name}: {e}")))?;
+                subkey_usable(key, sub, made)
+                    .map_err(|e| Failure::Known(format!("{sub_name}: {e}")))?;
+                sig.verify(&sub.key, data).map_err(|_| altered(&sub_name))?;
                 return Ok(name.to_string());
             }
         }
@@ -128,11 +144,22 @@ impl Keyring {
             .map(|f| hex::encode(f.as_bytes()))
             .chain(sig.issuer_key_id().iter().map(|k| format!("{k:?}")))
             .collect();
-        Err(format!(
+        Err(Failure::Unknown(format!(
             "signed by a key that is not a Debian archive key ({})",
             who.join(", ")
-        ))
+        )))
     }
+}
+
+/// Why one signature did not verify: by a key of the ring, or by another key.
+enum Failure {
+    Known(String),
+    Unknown(String),
+}
+
+/// Error texts of libraries can span lines; a failure is reported on one.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Names of the embedded keys with their primary fingerprints (for diagnostics).

@@ -229,6 +229,19 @@ fn tampered_inrelease_is_refused() {
         matches!(&err, Error::BadSignature { url, .. } if url.ends_with("/dists/bookworm-security/InRelease")),
         "{err}"
     );
+    // One line that says which file, what failed and what to do; no library
+    // assertion text.
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    for part in [
+        "/dists/bookworm-security/InRelease: the signature does not verify: ",
+        "the signature by debian-archive-bookworm-security-automatic (subkey ",
+        "does not match the signed text",
+        "another `mirror`",
+    ] {
+        assert!(msg.contains(part), "`{part}` not in: {msg}");
+    }
+    assert!(!msg.contains("assertion") && !msg.contains("not a Debian archive key"), "{msg}");
     assert!(store.list_blobs().unwrap().is_empty());
 }
 

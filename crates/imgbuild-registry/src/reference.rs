@@ -199,23 +199,77 @@ fn host_without_port(registry: &str) -> &str {
     }
 }
 
+/// `host[:port]`: a host of dot-separated labels (letters, digits, inner `-`) or a
+/// bracketed IPv6 address, and a port of digits if a `:` is there (`http:` from
+/// `http://x/y` is no registry).
 fn validate_registry(input: &str, registry: &str) -> Result<()> {
-    let ok = !registry.is_empty()
-        && registry
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
-    if ok {
+    let (host, port) = match registry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, after)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => {
+                match after.strip_prefix(':') {
+                    Some(p) => (Some(registry), Some(p)),
+                    None if after.is_empty() => (Some(registry), None),
+                    None => (None, None),
+                }
+            }
+            _ => (None, None),
+        },
+        None => match registry.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(registry), None),
+        },
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let host_ok = host.is_some_and(|h| h.starts_with('[') || h.split('.').all(label_ok));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    if host_ok && port_ok {
         Ok(())
     } else {
         Err(RegistryError::InvalidReference {
             input: input.to_owned(),
-            reason: format!("`{registry}` is not a valid registry host"),
+            reason: format!("`{registry}` is not a valid registry host (`host[:port]`)"),
         })
     }
 }
 
-/// Repository names: lowercase components of `[a-z0-9]+` joined by `.`, `_`, `__` or `-`
-/// runs, separated by `/` (the distribution spec's grammar, slightly relaxed on separators).
+/// Whether `comp` is one component of a repository name, by the distribution spec's
+/// grammar: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`: lowercase letters and digits,
+/// separated by one `.`, one or two `_`, or a run of `-`; never at either end.
+pub fn is_path_component(comp: &str) -> bool {
+    let b = comp.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < b.len() && alnum(b[i]) {
+            i += 1;
+        }
+        if i == start {
+            return false; // empty, or a separator first or twice
+        }
+        if i == b.len() {
+            return true;
+        }
+        let sep_start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &comp[sep_start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-')) {
+            return false;
+        }
+    }
+}
+
+/// Repository names: components (see [`is_path_component`]) separated by `/`, at
+/// most 255 characters.
 fn validate_repository(input: &str, repository: &str) -> Result<()> {
     let bad = |reason: String| RegistryError::InvalidReference {
         input: input.to_owned(),
@@ -227,15 +281,9 @@ fn validate_repository(input: &str, repository: &str) -> Result<()> {
         ));
     }
     for comp in repository.split('/') {
-        let bytes = comp.as_bytes();
-        let valid_chars = bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
-        let ends_ok = bytes.first().is_some_and(|b| b.is_ascii_alphanumeric())
-            && bytes.last().is_some_and(|b| b.is_ascii_alphanumeric());
-        if !valid_chars || !ends_ok {
+        if !is_path_component(comp) {
             return Err(bad(format!(
-                "repository component `{comp}` must be lowercase letters and digits, separated by `.`, `_` or `-`"
+                "repository component `{comp}` must be lowercase letters and digits, separated by `.`, `_`, `__` or `-`"
             )));
         }
     }
@@ -338,8 +386,30 @@ mod tests {
             "docker.io/-x",
             "a//b",
             "x:",
+            "HTTP://x/../y",
+            "http://x/y",
+            "host:/x",
+            "host:5x/x",
+            "-host.io/x",
+            "x.io/a..b",
+            "x.io/a_-b",
+            "x.io/a___b",
+            "x.io/a.",
         ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn path_components_follow_the_distribution_grammar() {
+        for good in ["a", "a1", "a.b", "a_b", "a__b", "a-b", "a---b", "a.b-c_d__e"] {
+            assert!(is_path_component(good), "{good} refused");
+        }
+        for bad in ["", "-rf", ".hidden", "a.", "a..b", "a___b", "a-_b", "A", "a/b", "a b", "a\0"] {
+            assert!(!is_path_component(bad), "{bad} accepted");
+        }
+        for good in ["x.io:5000/a/b", "[::1]:5000/x", "my-host.lan/x", "localhost/x"] {
+            assert!(good.parse::<Reference>().is_ok(), "{good} refused");
         }
     }
 

@@ -291,12 +291,20 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
     /// Opens (creating if needed) a store at `root`.
+    ///
+    /// The root is made absolute (canonical) here, once: store paths are handed to
+    /// child processes that run in other working directories (the image's
+    /// interpreter byte-compiling in a temp dir), where a relative `--store ./x`
+    /// would name nothing.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
         for sub in ["blobs/sha256", "records", "tmp", "owners"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("failed to create store directory", &p))?;
         }
+        let root = root
+            .canonicalize()
+            .map_err(io_err("failed to resolve the store directory", &root))?;
         Ok(Store {
             root,
             known_good: Default::default(),
@@ -843,6 +851,18 @@ mod tests {
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         assert!("sha256:E3B0".parse::<Digest>().is_err());
         assert!("md5:00".parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn a_relative_root_is_made_absolute() {
+        // cargo runs unit tests in the crate directory; a temp dir there is
+        // reachable by a relative path without changing this process's cwd.
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let name = dir.path().file_name().unwrap();
+        let store = Store::open(Path::new(".").join(name)).unwrap();
+        assert!(store.root().is_absolute(), "{}", store.root().display());
+        assert_eq!(store.root(), dir.path().canonicalize().unwrap());
+        assert!(store.blob_path(&Digest::of_bytes(b"")).is_absolute());
     }
 
     #[test]
