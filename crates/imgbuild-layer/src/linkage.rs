@@ -145,6 +145,46 @@ impl Report {
     pub fn is_ok(&self) -> bool {
         self.missing.is_empty()
     }
+
+    /// The build error for what is missing, one line per need, each naming the file,
+    /// the soname, where it was looked for, and what to do: the packages `suggest`
+    /// names for a soname (a Debian index's `packages_for_soname`; none is fine), or
+    /// `allow_missing` for a library the runtime provides. `None` when nothing is
+    /// missing.
+    pub fn error_message(&self, suggest: impl Fn(&str) -> Vec<String>) -> Option<String> {
+        if self.is_ok() {
+            return None;
+        }
+        let mut lines = vec![format!(
+            "{} of the layer's ELF files would not run: a library or loader they need is not in the image",
+            self.missing
+                .iter()
+                .map(|m| &m.file)
+                .collect::<BTreeSet<_>>()
+                .len()
+        )];
+        for m in &self.missing {
+            let packages = suggest(&m.soname);
+            let todo = match (m.need, packages.as_slice()) {
+                (_, [one]) => format!("add the Debian package `{one}` to this layer or one below"),
+                (_, [_, ..]) => format!(
+                    "add one of the Debian packages {} to this layer or one below",
+                    packages
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                (Need::Library, []) => format!(
+                    "add a package that ships it, or list it in the layer's `allow_missing` if the container runtime provides it (as with GPU drivers: `allow_missing = [\"{}\"]`)",
+                    m.soname
+                ),
+                (Need::Interpreter, []) => "add the C library the program was built for (on Debian: `libc6`), or build the program statically".into(),
+            };
+            lines.push(format!("  {m}: {todo}"));
+        }
+        Some(lines.join("\n"))
+    }
 }
 
 /// Checks the ELF files of `layer`, put on top of `lower` (the image's files below it;

@@ -13,7 +13,7 @@ use std::time::Instant;
 use imgbuild_layer::image::ImageFiles;
 use imgbuild_layer::linkage::{Need, Report, check};
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath, WriteOptions, write_layer};
-use imgbuild_store::Store;
+use imgbuild_store::{Digest, Store};
 
 const MULTIARCH: &str = "/usr/lib/x86_64-linux-gnu";
 
@@ -114,15 +114,18 @@ impl Env {
 
     /// The image made of these trees as real layer blobs (read back from the store).
     fn image(&self, layers: &[&Tree]) -> ImageFiles {
+        ImageFiles::from_layers(&self.store, &self.blobs(layers)).unwrap()
+    }
+
+    fn blobs(&self, layers: &[&Tree]) -> Vec<Digest> {
         let opts = WriteOptions {
             mtime: 0,
             threads: 1,
         };
-        let digests: Vec<_> = layers
+        layers
             .iter()
             .map(|t| write_layer(t, &opts, &self.store).unwrap().digest)
-            .collect();
-        ImageFiles::from_layers(&self.store, &digests).unwrap()
+            .collect()
     }
 
     /// Compiles `source` (C, or C++ when `lang` is "c++") into `out` with `args`.
@@ -243,6 +246,12 @@ fn a_cxx_extension_without_libstdcxx_is_reported_and_passes_once_it_is_there() {
         ]
     );
     assert!(m.to_string().contains("libstdc++.so.6"), "{m}");
+    let msg = report.error_message(|_| vec!["libstdc++6".into()]).unwrap();
+    assert!(
+        msg.contains(&format!("`{file}` needs `libstdc++.so.6`"))
+            && msg.ends_with("add the Debian package `libstdc++6` to this layer or one below"),
+        "{msg}"
+    );
     assert!(m.to_string().contains(&file), "{m}");
 
     // the package added below the venv layer, or in the layer itself: nothing missing
@@ -437,8 +446,19 @@ fn allowed_sonames_interpreters_and_other_machines() {
         missing_of(&report, "/usr/local/bin/gpu-app"),
         BTreeSet::from(["libcuda.so.1".to_owned()])
     );
+    let msg = report.error_message(|_| vec![]).unwrap();
+    assert!(msg.contains("/usr/local/bin/gpu-app"), "{msg}");
+    assert!(msg.contains("allow_missing = [\"libcuda.so.1\"]"), "{msg}");
+    let msg = report
+        .error_message(|s| vec![format!("pkg-for-{s}")])
+        .unwrap();
+    assert!(
+        msg.contains("add the Debian package `pkg-for-libcuda.so.1`"),
+        "{msg}"
+    );
     let report = check(&image, &layer, &["libcuda.so.1".to_owned()]).unwrap();
     assert!(report.is_ok(), "{report:#?}");
+    assert_eq!(report.error_message(|_| vec![]), None);
     assert_eq!(report.allowed.len(), 1);
     assert_eq!(report.allowed[0].soname, "libcuda.so.1");
 
@@ -542,26 +562,11 @@ fn non_elf_files_are_skipped_and_broken_elf_files_reported() {
 #[test]
 fn a_large_real_layer_is_checked_quickly() {
     let env = Env::new();
-    let mut layer = Tree::new();
-    let mut files = 0;
-    let mut stack = vec![PathBuf::from(MULTIARCH)];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let path = e.path();
-            let rel = path.strip_prefix("/").unwrap().to_str().unwrap().to_owned();
-            let ft = e.file_type().unwrap();
-            if ft.is_symlink() {
-                let target = fs::read_link(&path).unwrap();
-                link(&mut layer, &rel, target.to_str().unwrap());
-            } else if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_file() {
-                host_file(&mut layer, &rel, &path);
-                files += 1;
-            }
-        }
-    }
+    let layer = host_multiarch_dir();
+    let files = layer
+        .iter()
+        .filter(|(_, n)| matches!(n, Node::File { .. }))
+        .count();
     let image = env.image(&[&c_runtime()]);
     let start = Instant::now();
     let report = check(&image, &layer, &[]).unwrap();
@@ -647,4 +652,62 @@ fn a_private_library_passes_when_the_program_that_loads_it_brings_its_need() {
     let report = check(&image, &layer, &[]).unwrap();
     assert!(report.is_ok(), "{report:#?}");
     assert_eq!(report.checked, 3);
+}
+
+/// Every file and symlink of the host's `/usr/lib/x86_64-linux-gnu`, at the same paths.
+fn host_multiarch_dir() -> Tree {
+    let mut layer = Tree::new();
+    let mut stack = vec![PathBuf::from(MULTIARCH)];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix("/").unwrap().to_str().unwrap().to_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                let target = fs::read_link(&path).unwrap();
+                link(&mut layer, &rel, target.to_str().unwrap());
+            } else if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                host_file(&mut layer, &rel, &path);
+            }
+        }
+    }
+    layer
+}
+
+/// The cost of the check over a large lower layer: the host's library directory (660 MB)
+/// as a layer blob below a small layer. Prints times; writing the blob takes a while,
+/// so it runs on request: `cargo test --release -p imgbuild-layer --test linkage --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timing_over_a_large_lower_layer() {
+    let env = Env::new();
+    let t = Instant::now();
+    let blobs = env.blobs(&[&c_runtime(), &host_multiarch_dir()]);
+    eprintln!("writing the layer blobs: {:?}", t.elapsed());
+    let t = Instant::now();
+    let image = ImageFiles::from_layers(&env.store, &blobs).unwrap();
+    eprintln!("ImageFiles::from_layers: {:?}", t.elapsed());
+    let ext = env.compile(
+        "c++",
+        CXX_EXT,
+        "_core.cpython-311-x86_64-linux-gnu.so",
+        &["-shared", "-fPIC", "-O1"],
+    );
+    let mut venv = Tree::new();
+    host_file(&mut venv, &format!("{SITE}/pkg/_core.so"), &ext);
+    let t = Instant::now();
+    let report = check(&image, &venv, &[]).unwrap();
+    eprintln!("check of a one-extension layer on it: {:?}", t.elapsed());
+    assert!(report.is_ok(), "{report:#?}");
+    let t = Instant::now();
+    let report = check(&image, &host_multiarch_dir(), &[]).unwrap();
+    eprintln!(
+        "check of the same {} ELF files again as a layer on it: {:?}",
+        report.checked,
+        t.elapsed()
+    );
 }
