@@ -8,8 +8,12 @@
 //! 1. a name with a `/` is a path (from the image root);
 //! 2. `DT_RPATH` when the object has no `DT_RUNPATH`;
 //! 3. `DT_RUNPATH`;
-//! 4. the directories named by the image's `/etc/ld.so.conf` and the files it
-//!    `include`s (`/etc/ld.so.conf.d/*.conf`), the source of `ld.so.cache`;
+//! 4. the library cache, which the caller chooses ([`Cache`]): by default the
+//!    directories named by the image's `/etc/ld.so.conf` and the files it `include`s
+//!    (`/etc/ld.so.conf.d/*.conf`), as a cache made from them would list them; or the
+//!    image's `/etc/ld.so.cache` exactly as it is, which is what the loader reads (an
+//!    image nobody ran `ldconfig` in has none, so there only RPATH, RUNPATH and the
+//!    default directories count);
 //! 5. the loader's default directories for the object's machine (x86_64:
 //!    `/lib/x86_64-linux-gnu`, `/usr/lib/x86_64-linux-gnu`, `/lib64`, `/usr/lib64`,
 //!    `/lib`, `/usr/lib`; the other multiarch triplets alike).
@@ -187,14 +191,54 @@ impl Report {
     }
 }
 
+/// What stands for the loader's library cache (`/etc/ld.so.cache`), searched after
+/// RUNPATH and before the default directories.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Cache {
+    /// The directories the image's `/etc/ld.so.conf` names: what `ldconfig` would
+    /// list in a cache made from the finished image. Right when the build writes that
+    /// cache (or the image's start runs `ldconfig`).
+    #[default]
+    FromConf,
+    /// The image's `/etc/ld.so.cache` as it is, which is what the loader reads: an
+    /// image without one has no cache, and a cache made for the layers below does not
+    /// list libraries this layer adds outside the default directories.
+    AsInImage,
+}
+
+/// How to check; see [`check_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options<'a> {
+    /// Sonames accepted as provided at run time (GPU drivers the runtime injects).
+    pub allow_missing: &'a [String],
+    pub cache: Cache,
+}
+
 /// Checks the ELF files of `layer`, put on top of `lower` (the image's files below it;
 /// [`ImageFiles::default`] for a first layer). `allow_missing` lists sonames accepted as
 /// provided at run time. Errors are failures to read the image, not missing libraries:
-/// those are in the [`Report`].
+/// those are in the [`Report`]. The directories of `/etc/ld.so.conf` count
+/// ([`Cache::FromConf`]).
 pub fn check(
     lower: &ImageFiles,
     layer: &Tree,
     allow_missing: &[String],
+) -> Result<Report, LinkageError> {
+    check_with(
+        lower,
+        layer,
+        &Options {
+            allow_missing,
+            cache: Cache::FromConf,
+        },
+    )
+}
+
+/// [`check`] with every option.
+pub fn check_with(
+    lower: &ImageFiles,
+    layer: &Tree,
+    options: &Options,
 ) -> Result<Report, LinkageError> {
     let mut image = lower.clone();
     image.overlay(layer);
@@ -202,9 +246,11 @@ pub fn check(
         image: &image,
         idents: HashMap::new(),
         found: HashMap::new(),
+        cache: options.cache,
         conf_dirs: None,
+        ld_so_cache: None,
     };
-    let allow: BTreeSet<&str> = allow_missing.iter().map(String::as_str).collect();
+    let allow: BTreeSet<&str> = options.allow_missing.iter().map(String::as_str).collect();
     let mut report = Report::default();
     let mut parsed: HashMap<&str, Parsed> = HashMap::new();
     let mut elves: BTreeMap<String, &str> = BTreeMap::new();
@@ -535,8 +581,12 @@ struct Checker<'a> {
     idents: HashMap<String, Option<Ident>>,
     /// Whether a library at a candidate path (as searched) satisfies a need of `Ident`.
     found: HashMap<(String, Ident), bool>,
+    cache: Cache,
     /// The directories of `/etc/ld.so.conf`, read on first need.
     conf_dirs: Option<Vec<String>>,
+    /// The image's `/etc/ld.so.cache` (soname -> paths), read on first need; `None`
+    /// inside when the image has none.
+    ld_so_cache: Option<Option<BTreeMap<String, Vec<String>>>>,
 }
 
 impl Checker<'_> {
@@ -569,21 +619,35 @@ impl Checker<'_> {
                 .iter()
                 .filter_map(|d| expand_dst(d, origin, id)),
         );
-        dirs.extend(self.conf_dirs()?.iter().cloned());
-        dirs.extend(default_dirs(id));
         let mut seen = BTreeSet::new();
         dirs.retain(|d| seen.insert(d.clone()));
+        let mut after = vec![];
+        if self.cache == Cache::FromConf {
+            after.extend(self.conf_dirs()?.iter().cloned());
+        }
+        after.extend(default_dirs(id));
+        after.retain(|d| seen.insert(d.clone()));
+        let has_cache = self.cache == Cache::AsInImage && self.ld_so_cache()?.is_some();
         for soname in &info.needed {
-            if !self.find_in(&dirs, soname, id)? {
+            if !(self.find_in(&dirs, soname, id)?
+                || self.in_ld_so_cache(soname, id)?
+                || self.find_in(&after, soname, id)?)
+            {
+                let searched = if soname.contains('/') {
+                    vec![soname.clone()]
+                } else {
+                    let mut s: Vec<String> = dirs.iter().map(|d| format!("/{d}")).collect();
+                    if has_cache {
+                        s.push("/etc/ld.so.cache".into());
+                    }
+                    s.extend(after.iter().map(|d| format!("/{d}")));
+                    s
+                };
                 missing.push(Missing {
                     file: format!("/{path}"),
                     soname: soname.clone(),
                     need: Need::Library,
-                    searched: if soname.contains('/') {
-                        vec![soname.clone()]
-                    } else {
-                        dirs.iter().map(|d| format!("/{d}")).collect()
-                    },
+                    searched,
                 });
             }
         }
@@ -647,6 +711,44 @@ impl Checker<'_> {
         };
         self.idents.insert(real.to_owned(), id);
         Ok(id)
+    }
+
+    /// Whether the image's `/etc/ld.so.cache` (with [`Cache::AsInImage`]) lists `soname`
+    /// at a path that holds a library for `id`.
+    fn in_ld_so_cache(&mut self, soname: &str, id: Ident) -> Result<bool, LinkageError> {
+        if self.cache != Cache::AsInImage || soname.contains('/') {
+            return Ok(false);
+        }
+        let paths = match self.ld_so_cache()? {
+            Some(entries) => entries.get(soname).cloned().unwrap_or_default(),
+            None => return Ok(false),
+        };
+        for p in paths {
+            if self.satisfies(&p, id, true)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn ld_so_cache(&mut self) -> Result<Option<&BTreeMap<String, Vec<String>>>, LinkageError> {
+        if self.ld_so_cache.is_none() {
+            let entries = match self.image.file("etc/ld.so.cache") {
+                Some((real, _, _)) => self.image.read_files(&[&real], 64 << 20)?[0]
+                    .as_deref()
+                    .and_then(ld_so_cache_entries)
+                    .map(|list| {
+                        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                        for (soname, path) in list {
+                            map.entry(soname).or_default().push(path);
+                        }
+                        map
+                    }),
+                None => None,
+            };
+            self.ld_so_cache = Some(entries);
+        }
+        Ok(self.ld_so_cache.as_ref().and_then(Option::as_ref))
     }
 
     /// The directories `/etc/ld.so.conf` names, following `include` lines.
@@ -872,4 +974,47 @@ fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
         }
     }
     go(pattern, name)
+}
+
+/// The (soname, path) entries of an `ld.so.cache` in glibc's format since 2.32
+/// (`glibc-ld.so.cache1.1`, alone or after the old `ld.so-1.7.0` table), in the file's
+/// order, which is the loader's preference. `None` for anything else (the old format
+/// alone is from glibc before 2.32, and not read).
+pub fn ld_so_cache_entries(bytes: &[u8]) -> Option<Vec<(String, String)>> {
+    const OLD: &[u8] = b"ld.so-1.7.0";
+    const NEW: &[u8] = b"glibc-ld.so.cache1.1";
+    let u32_at = |b: &[u8], i: usize| -> Option<u32> {
+        // written in the target's byte order; every target imgbuild builds for
+        // (amd64, arm64) is little-endian
+        Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?))
+    };
+    // the new table follows the old one's entries (12 bytes each), 8-byte aligned
+    let start = if bytes.starts_with(OLD) {
+        let n = u32_at(bytes, OLD.len())? as usize;
+        let end = OLD.len() + 4 + n.checked_mul(12)?;
+        end.checked_add(7)? & !7
+    } else {
+        0
+    };
+    let new = bytes.get(start..)?;
+    if !new.starts_with(NEW) {
+        return None;
+    }
+    // header: magic+version (20), nlibs, len_strings, flags (1) + 3 padding,
+    // extension_offset, 3 unused: 48 bytes; entries: flags, key, value, osversion
+    // (4 each) and hwcap (8): 24 bytes. key and value are offsets from the header.
+    let nlibs = u32_at(new, 20)? as usize;
+    let string = |off: u32| -> Option<String> {
+        let s = new.get(off as usize..)?;
+        let end = s.iter().position(|&b| b == 0)?;
+        Some(String::from_utf8_lossy(&s[..end]).into_owned())
+    };
+    let mut out = Vec::with_capacity(nlibs.min(1 << 16));
+    for i in 0..nlibs {
+        let at = 48usize.checked_add(i.checked_mul(24)?)?;
+        let key = u32_at(new, at + 4)?;
+        let value = u32_at(new, at + 8)?;
+        out.push((string(key)?, string(value)?));
+    }
+    Some(out)
 }

@@ -711,3 +711,110 @@ fn timing_over_a_large_lower_layer() {
         t.elapsed()
     );
 }
+
+/// The host's `/etc/ld.so.cache`, read by the checker, lists what `ldconfig -p` lists.
+#[test]
+fn ld_so_cache_is_read_as_ldconfig_prints_it() {
+    let bytes = fs::read("/etc/ld.so.cache").unwrap();
+    let ours: BTreeSet<(String, String)> = imgbuild_layer::linkage::ld_so_cache_entries(&bytes)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let out = Command::new("ldconfig").arg("-p").output().unwrap();
+    assert!(out.status.success());
+    let theirs: BTreeSet<(String, String)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (left, path) = l.trim().split_once(" => ")?;
+            let soname = left.split(" (").next()?;
+            Some((soname.to_owned(), path.to_owned()))
+        })
+        .collect();
+    assert!(theirs.len() > 10, "{theirs:?}");
+    assert_eq!(ours, theirs);
+    assert!(imgbuild_layer::linkage::ld_so_cache_entries(b"not a cache").is_none());
+}
+
+/// `Cache::AsInImage`: a library outside the default directories is found only when
+/// the image's `/etc/ld.so.cache` lists it (made here by the real `ldconfig -r` over
+/// the image's files), whatever `/etc/ld.so.conf` says.
+#[test]
+fn the_image_ld_so_cache_is_what_counts_when_asked() {
+    use imgbuild_layer::linkage::{Cache, Options, check_with};
+    let env = Env::new();
+    env.compile(
+        "c",
+        "int custom(void) { return 1; }\n",
+        "root/opt/custom/lib/libcustom.so.2.0.1",
+        &["-shared", "-fPIC", "-Wl,-soname,libcustom.so.2"],
+    );
+    let app = env.compile(
+        "c",
+        "int custom(void);\nint main(void) { return custom(); }\n",
+        "build/app",
+        &["root/opt/custom/lib/libcustom.so.2.0.1"],
+    );
+    let root = env.dir.join("root");
+    fs::create_dir_all(root.join("etc/ld.so.conf.d")).unwrap();
+    fs::write(
+        root.join("etc/ld.so.conf"),
+        "include /etc/ld.so.conf.d/*.conf\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("etc/ld.so.conf.d/custom.conf"),
+        "/opt/custom/lib\n",
+    )
+    .unwrap();
+    let st = Command::new("ldconfig")
+        .arg("-r")
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        root.join("opt/custom/lib/libcustom.so.2").exists(),
+        "ldconfig made the link"
+    );
+
+    let base = c_runtime();
+    let mut conf = Tree::new();
+    for f in ["etc/ld.so.conf", "etc/ld.so.conf.d/custom.conf"] {
+        host_file(&mut conf, f, &root.join(f));
+    }
+    let mut cache = conf.clone();
+    host_file(&mut cache, "etc/ld.so.cache", &root.join("etc/ld.so.cache"));
+    let mut layer = Tree::new();
+    host_file(&mut layer, "usr/bin/app", &app);
+    host_file(
+        &mut layer,
+        "opt/custom/lib/libcustom.so.2.0.1",
+        &root.join("opt/custom/lib/libcustom.so.2.0.1"),
+    );
+    link(
+        &mut layer,
+        "opt/custom/lib/libcustom.so.2",
+        "libcustom.so.2.0.1",
+    );
+    let as_in_image = Options {
+        allow_missing: &[],
+        cache: Cache::AsInImage,
+    };
+    let report = check_with(&env.image(&[&base, &cache]), &layer, &as_in_image).unwrap();
+    assert!(report.is_ok(), "{report:#?}");
+    let report = check_with(&env.image(&[&base, &conf]), &layer, &as_in_image).unwrap();
+    assert_eq!(
+        missing_of(&report, "/usr/bin/app"),
+        BTreeSet::from(["libcustom.so.2".to_owned()])
+    );
+    assert!(
+        !report.missing[0]
+            .searched
+            .contains(&"/opt/custom/lib".to_owned())
+    );
+    // the default: the configuration's directories count
+    let report = check(&env.image(&[&base, &conf]), &layer, &[]).unwrap();
+    assert!(report.is_ok(), "{report:#?}");
+}
