@@ -150,26 +150,50 @@ impl Report {
         self.missing.is_empty()
     }
 
-    /// The build error for what is missing, one line per need, each naming the file,
-    /// the soname, where it was looked for, and what to do: the packages `suggest`
-    /// names for a soname (a Debian index's `packages_for_soname`; none is fine), or
+    /// The build error for what is missing: one line per missing soname (or
+    /// interpreter), naming it, the files that need it (the first three, and how many
+    /// more), where it was looked for, and what to do: the packages `suggest` names
+    /// for the soname (a Debian index's `packages_for_soname`; none is fine), or
     /// `allow_missing` for a library the runtime provides. `None` when nothing is
     /// missing.
     pub fn error_message(&self, suggest: impl Fn(&str) -> Vec<String>) -> Option<String> {
         if self.is_ok() {
             return None;
         }
+        let files: BTreeSet<&str> = self.missing.iter().map(|m| m.file.as_str()).collect();
         let mut lines = vec![format!(
-            "{} of the layer's ELF files would not run: a library or loader they need is not in the image",
-            self.missing
-                .iter()
-                .map(|m| &m.file)
-                .collect::<BTreeSet<_>>()
-                .len()
+            "{} of the layer's ELF files would not run: {} not in the image",
+            files.len(),
+            if files.len() == 1 {
+                "a library or loader it needs is"
+            } else {
+                "libraries or loaders they need are"
+            }
         )];
+        let mut by_need: BTreeMap<(Need, &str), Vec<&Missing>> = BTreeMap::new();
         for m in &self.missing {
-            let packages = suggest(&m.soname);
-            let todo = match (m.need, packages.as_slice()) {
+            by_need.entry((m.need, &m.soname)).or_default().push(m);
+        }
+        for ((need, soname), ms) in by_need {
+            let mut who: Vec<String> = ms.iter().take(3).map(|m| format!("`{}`", m.file)).collect();
+            if ms.len() > 3 {
+                who.push(format!("{} more", ms.len() - 3));
+            }
+            let what = match need {
+                Need::Library => format!(
+                    "`{soname}`, needed by {} (looked in {})",
+                    who.join(", "),
+                    ms[0].searched.join(", ")
+                ),
+                Need::Interpreter => {
+                    format!(
+                        "the program interpreter `{soname}`, needed by {}",
+                        who.join(", ")
+                    )
+                }
+            };
+            let packages = suggest(soname);
+            let todo = match (need, packages.as_slice()) {
                 (_, [one]) => format!("add the Debian package `{one}` to this layer or one below"),
                 (_, [_, ..]) => format!(
                     "add one of the Debian packages {} to this layer or one below",
@@ -180,12 +204,11 @@ impl Report {
                         .join(", ")
                 ),
                 (Need::Library, []) => format!(
-                    "add a package that ships it, or list it in the layer's `allow_missing` if the container runtime provides it (as with GPU drivers: `allow_missing = [\"{}\"]`)",
-                    m.soname
+                    "add a package that ships it, or list it in the layer's `allow_missing` if the container runtime provides it (as with GPU drivers: `allow_missing = [\"{soname}\"]`)"
                 ),
                 (Need::Interpreter, []) => "add the C library the program was built for (on Debian: `libc6`), or build the program statically".into(),
             };
-            lines.push(format!("  {m}: {todo}"));
+            lines.push(format!("  {what}: {todo}"));
         }
         Some(lines.join("\n"))
     }

@@ -56,42 +56,57 @@ fn link(tree: &mut Tree, path: &str, target: &str) {
     .unwrap();
 }
 
-/// A Debian-like merged-/usr base with the C runtime (glibc, libgcc) taken from the host:
-/// libraries only under `usr/lib/x86_64-linux-gnu`, the loader reached through
-/// `/lib64 -> usr/lib64` and a symlink to `/lib/x86_64-linux-gnu` (itself through
-/// `/lib -> usr/lib`).
+/// A Debian merged-/usr base with the C runtime: the host's installed `libc6` and
+/// `libgcc-s1` packages, file for file as `dpkg -L` lists them. Libraries end up under
+/// `usr/lib/x86_64-linux-gnu` only; the loader is reached through `/lib64 ->
+/// usr/lib64` and libc6's symlink to `/lib/x86_64-linux-gnu` (through `/lib ->
+/// usr/lib`).
 fn c_runtime() -> Tree {
     let mut t = Tree::new();
     link(&mut t, "lib", "usr/lib");
     link(&mut t, "lib64", "usr/lib64");
     link(&mut t, "bin", "usr/bin");
-    for lib in [
-        "libc.so.6",
-        "libm.so.6",
-        "libgcc_s.so.1",
-        "ld-linux-x86-64.so.2",
-    ] {
-        host_file(
-            &mut t,
-            &format!("usr/lib/x86_64-linux-gnu/{lib}"),
-            &Path::new(MULTIARCH).join(lib),
-        );
-    }
-    link(
-        &mut t,
-        "usr/lib64/ld-linux-x86-64.so.2",
-        "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-    );
-    text(&mut t, "etc/os-release", "ID=debian\n");
+    link(&mut t, "sbin", "usr/sbin");
+    debian_package(&mut t, "libc6");
+    debian_package(&mut t, "libgcc-s1");
+    assert!(matches!(
+        t.get(&TreePath::new("usr/lib64/ld-linux-x86-64.so.2").unwrap()),
+        Some(Node::Symlink { .. })
+    ));
     t
 }
 
-/// libstdc++ as Debian's libstdc++6 ships it: the versioned file and the soname link.
+/// The files and symlinks of the host's installed Debian package `pkg` (`dpkg -L`), at
+/// their paths with `/usr` merged, as imgbuild's Debian layers place them.
+fn debian_package(t: &mut Tree, pkg: &str) {
+    let out = Command::new("dpkg").args(["-L", pkg]).output().unwrap();
+    assert!(out.status.success(), "dpkg -L {pkg}");
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let path = Path::new(line);
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            continue;
+        };
+        let rel = line.trim_start_matches('/');
+        let merged = ["lib/", "lib64/", "bin/", "sbin/"]
+            .iter()
+            .any(|d| rel.starts_with(d));
+        let dest = if merged {
+            format!("usr/{rel}")
+        } else {
+            rel.to_owned()
+        };
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(path).unwrap();
+            link(t, &dest, target.to_str().unwrap());
+        } else if meta.is_file() {
+            host_file(t, &dest, path);
+        }
+    }
+}
+
+/// libstdc++ as Debian ships it: the host's `libstdc++6` package.
 fn libstdcxx(t: &mut Tree) {
-    let real = fs::canonicalize(Path::new(MULTIARCH).join("libstdc++.so.6")).unwrap();
-    let name = real.file_name().unwrap().to_str().unwrap().to_owned();
-    host_file(t, &format!("usr/lib/x86_64-linux-gnu/{name}"), &real);
-    link(t, "usr/lib/x86_64-linux-gnu/libstdc++.so.6", &name);
+    debian_package(t, "libstdc++6");
 }
 
 struct Env {
@@ -248,11 +263,33 @@ fn a_cxx_extension_without_libstdcxx_is_reported_and_passes_once_it_is_there() {
     assert!(m.to_string().contains("libstdc++.so.6"), "{m}");
     let msg = report.error_message(|_| vec!["libstdc++6".into()]).unwrap();
     assert!(
-        msg.contains(&format!("`{file}` needs `libstdc++.so.6`"))
-            && msg.ends_with("add the Debian package `libstdc++6` to this layer or one below"),
+        msg.contains(&format!(
+            "`libstdc++.so.6`, needed by `{file}` (looked in /lib/x86_64-linux-gnu,"
+        )) && msg.ends_with("add the Debian package `libstdc++6` to this layer or one below"),
         "{msg}"
     );
     assert!(m.to_string().contains(&file), "{m}");
+
+    // two files needing it: one line for the soname, naming both
+    let mut two = venv.clone();
+    host_file(
+        &mut two,
+        &format!("{SITE}/other/_core.cpython-311-x86_64-linux-gnu.so"),
+        &ext,
+    );
+    let msg = check(&image, &two, &[])
+        .unwrap()
+        .error_message(|_| vec![])
+        .unwrap();
+    assert_eq!(msg.lines().count(), 2, "{msg}");
+    assert!(
+        msg.starts_with("2 of the layer's ELF files would not run"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("{SITE}/other/_core")) && msg.contains(&file),
+        "{msg}"
+    );
 
     // the package added below the venv layer, or in the layer itself: nothing missing
     let mut cxx = Tree::new();
@@ -404,8 +441,9 @@ fn ld_so_conf_directories_and_symlinked_library_directories() {
         missing_of(&report, "/usr/bin/app"),
         BTreeSet::from(["libcustom.so.2".to_owned()])
     );
-    // with it, the directories it names are in the list, in order, after RUNPATH
-    // and before the defaults
+    // with it, the directories it names are in the list, in order (libc6's
+    // x86_64-linux-gnu.conf among them, the included files sorted by name), before the
+    // default directories not already named
     let mut wrong = conf.clone();
     text(
         &mut wrong,
@@ -413,10 +451,19 @@ fn ld_so_conf_directories_and_symlinked_library_directories() {
         "/opt/other/lib\n",
     );
     let report = check(&env.image(&[&base, &wrong]), &layer, &[]).unwrap();
-    let m = &report.missing[0];
     assert_eq!(
-        m.searched[..3],
-        ["/usr/local/lib", "/opt/other/lib", "/lib/x86_64-linux-gnu"]
+        report.missing[0].searched,
+        [
+            "/usr/local/lib",
+            "/usr/local/lib/x86_64-linux-gnu",
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib/x86_64-linux-gnu",
+            "/opt/other/lib",
+            "/lib64",
+            "/usr/lib64",
+            "/lib",
+            "/usr/lib"
+        ]
     );
 }
 
