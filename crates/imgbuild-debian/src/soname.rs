@@ -6,7 +6,9 @@
 //! in a digit takes a hyphen before the version (`libfoo-1.2.so.0` -> `libfoo-1.2-0`).
 //! Package names are lower case and have no `_` (`libgcc_s.so.1` -> `libgcc-s1`).
 //! Trixie's 64-bit `time_t` transition renamed many of them with a `t64` suffix
-//! (`libssl3t64`). glibc's libraries are all in `libc6`.
+//! (`libssl3t64`). glibc's libraries are all in `libc6`, and a short table holds the
+//! common libraries named otherwise (`libz.so.1` in `zlib1g`, `libcrypto.so.3` in
+//! `libssl3`, GLib's in `libglib2.0-0`, `libjpeg.so.62` in `libjpeg62-turbo`).
 //!
 //! Only names that exist in the index are returned (as a package, or as a virtual name
 //! a package provides, then that package): the rule is a convention, and a guess the
@@ -16,29 +18,52 @@
 
 use crate::Index;
 
-/// glibc's libraries (sonames up to the `.so`), all shipped by `libc6`.
+/// glibc's libraries, all shipped by `libc6` (bookworm and trixie; `libcrypt.so.1` is
+/// libxcrypt's `libcrypt1`, `libnsl.so.2` is `libnsl2`).
 const GLIBC: &[&str] = &[
-    "libc",
-    "libm",
-    "libpthread",
-    "libdl",
-    "librt",
-    "libresolv",
-    "libutil",
-    "libanl",
-    "libnsl",
-    "libcrypt",
-    "libBrokenLocale",
-    "libmvec",
-    "libc_malloc_debug",
-    "libthread_db",
-    "libnss_files",
-    "libnss_dns",
-    "libnss_compat",
-    "libnss_hesiod",
-    "libmemusage",
-    "libpcprofile",
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libresolv.so.2",
+    "libutil.so.1",
+    "libanl.so.1",
+    "libnsl.so.1",
+    "libBrokenLocale.so.1",
+    "libmvec.so.1",
+    "libc_malloc_debug.so.0",
+    "libthread_db.so.1",
+    "libnss_files.so.2",
+    "libnss_dns.so.2",
+    "libnss_compat.so.2",
+    "libnss_hesiod.so.2",
+    "libmemusage.so",
+    "libpcprofile.so",
 ];
+
+/// Library packages Debian names otherwise than after the soname, for common
+/// libraries (the names of bookworm and trixie, its `t64` renames included): `stem` is
+/// the soname up to `.so`, `major` the first number after it.
+fn named_otherwise(stem: &str, major: &str) -> Vec<String> {
+    let v = major;
+    match stem {
+        "libz" => vec!["zlib1g".into()],
+        "libcrypto" => vec![format!("libssl{v}"), format!("libssl{v}t64")],
+        "libglib-2.0" | "libgobject-2.0" | "libgio-2.0" | "libgmodule-2.0" | "libgthread-2.0" => {
+            vec![format!("libglib2.0-{v}"), format!("libglib2.0-{v}t64")]
+        }
+        "libjpeg" => vec![format!("libjpeg{v}-turbo")],
+        "libcurl-gnutls" => vec!["libcurl3-gnutls".into(), "libcurl3t64-gnutls".into()],
+        "libbrotlicommon" | "libbrotlidec" | "libbrotlienc" => vec![format!("libbrotli{v}")],
+        "libxslt" | "libexslt" => vec!["libxslt1.1".into()],
+        "libpam" | "libpam_misc" | "libpamc" => {
+            vec![format!("libpam{v}g"), format!("libpam{v}t64")]
+        }
+        s if s.starts_with("libicu") => vec![format!("libicu{v}")],
+        _ => vec![],
+    }
+}
 
 /// The packages of `index` that, by Debian's naming of library packages, ship the
 /// library `soname` (`libstdc++.so.6` -> `["libstdc++6"]`). Most likely first; empty
@@ -77,9 +102,11 @@ pub fn candidate_names(soname: &str) -> Vec<String> {
         }
         _ => return vec![],
     };
-    if GLIBC.contains(&stem) {
+    if GLIBC.contains(&file) {
         return vec!["libc6".into()];
     }
+    let major = version.split('.').next().unwrap_or("");
+    let mut names = named_otherwise(stem, major);
     let stem = stem.to_ascii_lowercase().replace('_', "-");
     // the soname's version as policy takes it (all of it), then its major alone
     // (sonames with a minor, `libpython3.11.so.1.0` is in `libpython3.11`), then none
@@ -88,7 +115,11 @@ pub fn candidate_names(soname: &str) -> Vec<String> {
         versions.push(major.to_owned());
     }
     versions.push(String::new());
-    let mut names = vec![];
+    let mut push = |n: String| {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    };
     for v in versions {
         let name = if v.is_empty() {
             stem.clone()
@@ -97,11 +128,13 @@ pub fn candidate_names(soname: &str) -> Vec<String> {
         } else {
             format!("{stem}{v}")
         };
-        for n in [name.clone(), format!("{name}t64")] {
-            if !names.contains(&n) {
-                names.push(n);
-            }
-        }
+        push(name.clone());
+        push(format!("{name}t64"));
+    }
+    // a version in the name, without the hyphen (`libLLVM-14.so.1` in `libllvm14`,
+    // `libdb-5.3.so` in `libdb5.3`)
+    if stem.contains('-') {
+        push(stem.replace('-', ""));
     }
     // a virtual package named after the soname (`libblas.so.3`, provided by each BLAS)
     names.push(file.to_owned());
@@ -148,6 +181,12 @@ mod tests {
         assert_eq!(first("libnss3.so").as_deref(), Some("libnss3"));
         assert!(candidate_names("libpython3.11.so.1.0").contains(&"libpython3.11".to_owned()));
         assert!(candidate_names("libssl.so.3").contains(&"libssl3t64".to_owned()));
+        assert_eq!(first("libz.so.1").as_deref(), Some("zlib1g"));
+        assert_eq!(first("libcrypto.so.3").as_deref(), Some("libssl3"));
+        assert_eq!(first("libcrypt.so.1").as_deref(), Some("libcrypt1"));
+        assert_eq!(first("libnsl.so.2").as_deref(), Some("libnsl2"));
+        assert!(candidate_names("libLLVM-14.so.1").contains(&"libllvm14".to_owned()));
+        assert!(candidate_names("libdb-5.3.so").contains(&"libdb5.3".to_owned()));
         assert!(candidate_names("not-a-library").is_empty());
         assert!(candidate_names("libfoo.sox").is_empty());
     }
