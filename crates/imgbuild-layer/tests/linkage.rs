@@ -865,3 +865,124 @@ fn the_image_ld_so_cache_is_what_counts_when_asked() {
     let report = check(&env.image(&[&base, &conf]), &layer, &[]).unwrap();
     assert!(report.is_ok(), "{report:#?}");
 }
+
+/// Debian layers hold a file as a byte range of a spooled `data.tar` and small ones
+/// inline: the same ELF file gives the same report from either.
+#[test]
+fn files_held_as_byte_ranges_or_inline_are_read_the_same() {
+    let env = Env::new();
+    let ext = env.compile(
+        "c++",
+        CXX_EXT,
+        "_core.cpython-311-x86_64-linux-gnu.so",
+        &["-shared", "-fPIC", "-O1"],
+    );
+    let bytes = fs::read(&ext).unwrap();
+    let spool = env.dir.join("spool");
+    let mut data = vec![0x7fu8; 1001];
+    data.extend_from_slice(&bytes);
+    data.extend_from_slice(b"ELF trailing bytes of the next member");
+    fs::write(&spool, &data).unwrap();
+    let image = env.image(&[&c_runtime()]);
+    let path = |n: &str| TreePath::new(&format!("usr/lib/python3/dist-packages/{n}.so")).unwrap();
+    let mut layer = Tree::new();
+    for (name, content) in [
+        (
+            "range",
+            Content::Range {
+                path: spool.clone(),
+                offset: 1001,
+                size: bytes.len() as u64,
+            },
+        ),
+        ("inline", Content::inline(bytes.clone())),
+    ] {
+        layer
+            .insert(
+                path(name),
+                Node::File {
+                    meta: Meta::FILE,
+                    content,
+                },
+            )
+            .unwrap();
+    }
+    host_file(&mut layer, path("host").as_str(), &ext);
+    let report = check(&image, &layer, &[]).unwrap();
+    assert_eq!(report.checked, 3, "{report:#?}");
+    let by_file: BTreeSet<(String, String)> = report
+        .missing
+        .iter()
+        .map(|m| {
+            (
+                m.file.rsplit('/').next().unwrap().to_owned(),
+                m.soname.clone(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = ["host.so", "inline.so", "range.so"]
+        .iter()
+        .map(|f| (f.to_string(), "libstdc++.so.6".to_owned()))
+        .collect();
+    assert_eq!(by_file, expected);
+}
+
+/// An arm64 program finds its libraries in the aarch64 multiarch directories and its
+/// loader at `/lib/ld-linux-aarch64.so.1`; the amd64 libraries beside them do not
+/// count. (The files are amd64 builds whose `e_machine` says aarch64: the check reads
+/// the machine from the header, as the loader does.)
+#[test]
+fn an_arm64_program_looks_in_the_aarch64_directories() {
+    let env = Env::new();
+    let app = env.compile(
+        "c",
+        "#include <math.h>\nint main(int c, char **v) { return (int)sqrt((double)c); }\n",
+        "build/arm-app",
+        &["-lm", "-Wl,--dynamic-linker=/lib/ld-linux-aarch64.so.1"],
+    );
+    let as_arm64 = |src: &Path, name: &str| -> PathBuf {
+        let mut b = fs::read(src).unwrap();
+        b[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+        let out = env.dir.join(name);
+        fs::write(&out, b).unwrap();
+        out
+    };
+    let needed = readelf_dynamic(&app).0;
+    assert!(needed.contains("libm.so.6") && needed.contains("libc.so.6"));
+    let mut arm = Tree::new();
+    for lib in ["libc.so.6", "libm.so.6", "ld-linux-x86-64.so.2"] {
+        let dest = if lib.starts_with("ld-") {
+            "ld-linux-aarch64.so.1"
+        } else {
+            lib
+        };
+        let p = as_arm64(&Path::new(MULTIARCH).join(lib), &format!("arm-{dest}"));
+        host_file(&mut arm, &format!("usr/lib/aarch64-linux-gnu/{dest}"), &p);
+    }
+    link(
+        &mut arm,
+        "usr/lib/ld-linux-aarch64.so.1",
+        "aarch64-linux-gnu/ld-linux-aarch64.so.1",
+    );
+    let mut layer = Tree::new();
+    host_file(&mut layer, "usr/bin/arm-app", &as_arm64(&app, "arm-app"));
+
+    let report = check(&env.image(&[&c_runtime(), &arm]), &layer, &[]).unwrap();
+    assert!(report.is_ok(), "{report:#?}");
+    // the amd64 C runtime alone: nothing for an arm64 program
+    let report = check(&env.image(&[&c_runtime()]), &layer, &[]).unwrap();
+    let missing: BTreeSet<&str> = report.missing.iter().map(|m| m.soname.as_str()).collect();
+    assert_eq!(
+        missing,
+        BTreeSet::from(["/lib/ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6"])
+    );
+    let libc = report
+        .missing
+        .iter()
+        .find(|m| m.soname == "libc.so.6")
+        .unwrap();
+    assert_eq!(
+        libc.searched[..2],
+        ["/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+    );
+}
