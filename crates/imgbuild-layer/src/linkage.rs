@@ -16,7 +16,10 @@
 //!    default directories count);
 //! 5. the loader's default directories for the object's machine (x86_64:
 //!    `/lib/x86_64-linux-gnu`, `/usr/lib/x86_64-linux-gnu`, `/lib64`, `/usr/lib64`,
-//!    `/lib`, `/usr/lib`; the other multiarch triplets alike).
+//!    `/lib`, `/usr/lib`; the other multiarch triplets alike). Debian's glibc itself
+//!    searches the multiarch pair and `/lib`, `/usr/lib` only; `/lib64` is where other
+//!    distributions' glibc looks (registry bases built on them), so a library found
+//!    only there passes here and would not load on a Debian C library.
 //!
 //! `$ORIGIN` (the directory of the object, as the layer places it), `$LIB` and
 //! `$PLATFORM` are expanded; every candidate is resolved through the image's symlinks
