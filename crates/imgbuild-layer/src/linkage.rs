@@ -8,12 +8,12 @@
 //! 1. a name with a `/` is a path (from the image root);
 //! 2. `DT_RPATH` when the object has no `DT_RUNPATH`;
 //! 3. `DT_RUNPATH`;
-//! 4. the library cache, which the caller chooses ([`Cache`]): by default the
-//!    directories named by the image's `/etc/ld.so.conf` and the files it `include`s
-//!    (`/etc/ld.so.conf.d/*.conf`), as a cache made from them would list them; or the
-//!    image's `/etc/ld.so.cache` exactly as it is, which is what the loader reads (an
-//!    image nobody ran `ldconfig` in has none, so there only RPATH, RUNPATH and the
-//!    default directories count);
+//! 4. the library cache ([`Cache`]): by default the image's `/etc/ld.so.cache`
+//!    exactly as it is, which is what the loader reads (an image nobody ran `ldconfig`
+//!    in has none, so there only RPATH, RUNPATH and the default directories count;
+//!    `/etc/ld.so.conf` alone makes nothing loadable); or, for a build that writes a
+//!    fresh cache, the directories named by the image's `/etc/ld.so.conf` and the
+//!    files it `include`s (`/etc/ld.so.conf.d/*.conf`), as that cache would list them;
 //! 5. the loader's default directories for the object's machine (x86_64:
 //!    `/lib/x86_64-linux-gnu`, `/usr/lib/x86_64-linux-gnu`, `/lib64`, `/usr/lib64`,
 //!    `/lib`, `/usr/lib`; the other multiarch triplets alike). Debian's glibc itself
@@ -221,15 +221,17 @@ impl Report {
 /// RUNPATH and before the default directories.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Cache {
-    /// The directories the image's `/etc/ld.so.conf` names: what `ldconfig` would
-    /// list in a cache made from the finished image. Right when the build writes that
-    /// cache (or the image's start runs `ldconfig`).
-    #[default]
-    FromConf,
     /// The image's `/etc/ld.so.cache` as it is, which is what the loader reads: an
-    /// image without one has no cache, and a cache made for the layers below does not
-    /// list libraries this layer adds outside the default directories.
+    /// image without one has no cache (so `/etc/ld.so.conf` counts for nothing: a
+    /// library in `/usr/local/lib` does not load, whatever `ld.so.conf.d` says), and
+    /// a cache made for the layers below does not list libraries this layer adds
+    /// outside the default directories.
+    #[default]
     AsInImage,
+    /// The directories the image's `/etc/ld.so.conf` names: what `ldconfig` would
+    /// list in a cache made from the finished image. Right only when the build writes
+    /// that cache (or the image's entrypoint runs `ldconfig`).
+    FromConf,
 }
 
 /// How to check; see [`check_with`].
@@ -243,8 +245,8 @@ pub struct Options<'a> {
 /// Checks the ELF files of `layer`, put on top of `lower` (the image's files below it;
 /// [`ImageFiles::default`] for a first layer). `allow_missing` lists sonames accepted as
 /// provided at run time. Errors are failures to read the image, not missing libraries:
-/// those are in the [`Report`]. The directories of `/etc/ld.so.conf` count
-/// ([`Cache::FromConf`]).
+/// those are in the [`Report`]. The library cache is the image's `/etc/ld.so.cache` as it
+/// is ([`Cache::AsInImage`]).
 pub fn check(
     lower: &ImageFiles,
     layer: &Tree,
@@ -255,7 +257,7 @@ pub fn check(
         layer,
         &Options {
             allow_missing,
-            cache: Cache::FromConf,
+            cache: Cache::AsInImage,
         },
     )
 }

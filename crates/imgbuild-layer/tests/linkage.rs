@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use imgbuild_layer::image::ImageFiles;
-use imgbuild_layer::linkage::{Need, Report, check};
+use imgbuild_layer::linkage::{Cache, Need, Options, Report, check, check_with};
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath, WriteOptions, write_layer};
 use imgbuild_store::{Digest, Store};
 
@@ -383,6 +383,10 @@ fn vendored_libraries_are_found_through_runpath_and_rpath_origin() {
 #[test]
 fn ld_so_conf_directories_and_symlinked_library_directories() {
     let env = Env::new();
+    let from_conf = Options {
+        allow_missing: &[],
+        cache: Cache::FromConf,
+    };
     env.compile(
         "c",
         "int custom(void) { return 1; }\n",
@@ -431,12 +435,18 @@ fn ld_so_conf_directories_and_symlinked_library_directories() {
         "libcustom.so.2.0.1",
     );
 
-    let report = check(&env.image(&[&base, &conf]), &layer, &[]).unwrap();
+    let report = check_with(&env.image(&[&base, &conf]), &layer, &from_conf).unwrap();
     assert!(report.is_ok(), "{report:#?}");
     assert_eq!(report.checked, 2);
+    // by default only an ld.so.cache counts, and the image has none
+    let report = check(&env.image(&[&base, &conf]), &layer, &[]).unwrap();
+    assert_eq!(
+        missing_of(&report, "/usr/bin/app"),
+        BTreeSet::from(["libcustom.so.2".to_owned()])
+    );
 
     // without the configuration, the directory is not searched
-    let report = check(&env.image(&[&base]), &layer, &[]).unwrap();
+    let report = check_with(&env.image(&[&base]), &layer, &from_conf).unwrap();
     assert_eq!(
         missing_of(&report, "/usr/bin/app"),
         BTreeSet::from(["libcustom.so.2".to_owned()])
@@ -450,7 +460,7 @@ fn ld_so_conf_directories_and_symlinked_library_directories() {
         "etc/ld.so.conf.d/zz-custom.conf",
         "/opt/other/lib\n",
     );
-    let report = check(&env.image(&[&base, &wrong]), &layer, &[]).unwrap();
+    let report = check_with(&env.image(&[&base, &wrong]), &layer, &from_conf).unwrap();
     assert_eq!(
         report.missing[0].searched,
         [
@@ -784,12 +794,13 @@ fn ld_so_cache_is_read_as_ldconfig_prints_it() {
     assert!(imgbuild_layer::linkage::ld_so_cache_entries(b"not a cache").is_none());
 }
 
-/// `Cache::AsInImage`: a library outside the default directories is found only when
-/// the image's `/etc/ld.so.cache` lists it (made here by the real `ldconfig -r` over
-/// the image's files), whatever `/etc/ld.so.conf` says.
+/// `Cache::AsInImage` (the default): a library outside the default directories is
+/// found only when the image's `/etc/ld.so.cache` lists it (made here by the real
+/// `ldconfig -r` over the image's files), whatever `/etc/ld.so.conf` says. The real
+/// loader agrees: the same files as a root directory, run with `chroot`, fail without
+/// the cache and run with it.
 #[test]
-fn the_image_ld_so_cache_is_what_counts_when_asked() {
-    use imgbuild_layer::linkage::{Cache, Options, check_with};
+fn the_image_ld_so_cache_is_what_counts() {
     let env = Env::new();
     env.compile(
         "c",
@@ -861,9 +872,72 @@ fn the_image_ld_so_cache_is_what_counts_when_asked() {
             .searched
             .contains(&"/opt/custom/lib".to_owned())
     );
-    // the default: the configuration's directories count
-    let report = check(&env.image(&[&base, &conf]), &layer, &[]).unwrap();
+    assert_eq!(
+        check(&env.image(&[&base, &conf]), &layer, &[]).unwrap(),
+        report
+    );
+    // when the build makes the cache from the configuration
+    let from_conf = Options {
+        allow_missing: &[],
+        cache: Cache::FromConf,
+    };
+    let report = check_with(&env.image(&[&base, &conf]), &layer, &from_conf).unwrap();
     assert!(report.is_ok(), "{report:#?}");
+
+    // the loader itself, on the same files as a root directory: the C runtime, the
+    // program, and the configuration; first without the cache, then with it
+    let mut on_disk = base.clone();
+    for t in [&conf, &layer] {
+        for (p, n) in t.iter() {
+            on_disk.insert(p.clone(), n.clone()).unwrap();
+        }
+    }
+    let chroot = env.dir.join("chroot");
+    materialise(&on_disk, &chroot);
+    let run = || {
+        Command::new("chroot")
+            .arg(&chroot)
+            .arg("/usr/bin/app")
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("libcustom.so.2: cannot open shared object file"),
+        "{out:?}"
+    );
+    fs::copy(root.join("etc/ld.so.cache"), chroot.join("etc/ld.so.cache")).unwrap();
+    let out = run();
+    assert_eq!(out.status.code(), Some(1), "custom() returns 1: {out:?}");
+}
+
+/// Writes a tree's files and symlinks below `root` (host files copied, modes kept).
+fn materialise(tree: &Tree, root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for (p, n) in tree.iter() {
+        let dest = root.join(p.as_str());
+        match n {
+            Node::Dir(_) => fs::create_dir_all(&dest).unwrap(),
+            Node::Symlink { target, .. } => {
+                fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                std::os::unix::fs::symlink(target, &dest).unwrap();
+            }
+            Node::File { meta, content } => {
+                fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                match content {
+                    Content::Host { path, .. } => {
+                        fs::copy(path, &dest).unwrap();
+                    }
+                    Content::Inline(b) => fs::write(&dest, b).unwrap(),
+                    Content::Range { .. } => unreachable!("not used here"),
+                }
+                fs::set_permissions(&dest, fs::Permissions::from_mode(meta.mode)).unwrap();
+            }
+            Node::Hardlink { .. } => unreachable!("not used here"),
+        }
+    }
 }
 
 /// Debian layers hold a file as a byte range of a spooled `data.tar` and small ones
