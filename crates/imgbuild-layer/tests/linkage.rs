@@ -709,6 +709,24 @@ fn a_private_library_passes_when_the_program_that_loads_it_brings_its_need() {
     let report = check(&image, &layer, &[]).unwrap();
     assert!(report.is_ok(), "{report:#?}");
     assert_eq!(report.checked, 3);
+
+    // and the loader agrees: the files as a root directory, the program run in it
+    let mut on_disk = c_runtime();
+    for (p, n) in layer.iter() {
+        on_disk.insert(p.clone(), n.clone()).unwrap();
+    }
+    let root = env.dir.join("chroot");
+    materialise(&on_disk, &root);
+    let out = Command::new("chroot")
+        .arg(&root)
+        .arg("/usr/bin/app")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "core_fn() + shared_fn(): {out:?}"
+    );
 }
 
 /// Every file and symlink of the host's `/usr/lib/x86_64-linux-gnu`, at the same paths.
