@@ -14,6 +14,8 @@
 //! - [`system`]: what base-files/base-passwd/libc-bin postinsts would have done
 //!   (accounts, `/etc/passwd` & co., base directories and symlinks).
 //!
+//! [`soname::packages_for_soname`] names the package that ships a missing library.
+//!
 //! [`version`] and [`control`] hold the Debian syntax (version ordering, deb822, relations),
 //! [`date`] the dates of Release files.
 
@@ -25,6 +27,7 @@ pub mod fetch;
 pub mod index;
 pub mod resolve;
 pub mod signature;
+pub mod soname;
 pub mod system;
 pub mod version;
 

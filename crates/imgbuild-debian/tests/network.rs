@@ -457,3 +457,85 @@ fn a_version_the_mirror_no_longer_serves_says_what_to_do() {
         "{msg}"
     );
 }
+
+/// The package suggested for a missing library, against the real bookworm index and
+/// the host's own dpkg database (this machine is Debian bookworm): for the libraries
+/// here, the suggestion is the package `dpkg -S` says ships the file, and never another
+/// one.
+#[test]
+fn soname_suggestions_match_what_dpkg_says_ships_the_library() {
+    let s = shared();
+    let owner = |soname: &str| -> Option<String> {
+        ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"]
+            .iter()
+            .find_map(|dir| {
+                let out = Command::new("dpkg")
+                    .args(["-S", &format!("{dir}/{soname}")])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8(out.stdout).unwrap();
+                let pkg = text.split(':').next()?.trim().to_owned();
+                (out.status.success() && !pkg.is_empty()).then_some(pkg)
+            })
+    };
+    let policy_named = [
+        "libstdc++.so.6",
+        "libgcc_s.so.1",
+        "libz.so.1",
+        "libssl.so.3",
+        "libcrypto.so.3",
+        "libm.so.6",
+        "libzstd.so.1",
+        "liblzma.so.5",
+        "libffi.so.8",
+        "libexpat.so.1",
+        "libsqlite3.so.0",
+        "libbz2.so.1.0",
+        "libyaml-0.so.2",
+        "libpython3.11.so.1.0",
+        "libxml2.so.2",
+        "libglib-2.0.so.0",
+        "libgobject-2.0.so.0",
+        "libjpeg.so.62",
+        "libcurl-gnutls.so.4",
+        "libcrypt.so.1",
+        "libnsl.so.2",
+        "libLLVM-14.so.1",
+        "libpcre2-8.so.0",
+        "libgssapi_krb5.so.2",
+        "libpng16.so.16",
+        "libfreetype.so.6",
+        "libX11.so.6",
+        "libtinfo.so.6",
+        "libldap-2.5.so.0",
+        "libicuuc.so.72",
+        "libkrb5.so.3",
+        "libcom_err.so.2",
+        "libidn2.so.0",
+        "libtasn1.so.6",
+        "libbrotlidec.so.1",
+        "libssh2.so.1",
+        "libnghttp2.so.14",
+        "libxslt.so.1",
+        "libdb-5.3.so",
+        "libpam.so.0",
+        "libevent-2.1.so.7",
+        "libgomp.so.1",
+        "libquadmath.so.0",
+        "libgcrypt.so.20",
+    ];
+    for soname in policy_named.iter().chain(&["libmemusage.so"]) {
+        let Some(owner) = owner(soname) else {
+            panic!("dpkg knows no package shipping {soname} on this host");
+        };
+        let suggested = imgbuild_debian::soname::packages_for_soname(&s.index, soname);
+        if policy_named.contains(soname) {
+            assert_eq!(suggested.first(), Some(&owner), "{soname}: {suggested:?}");
+        } else {
+            assert!(
+                suggested.is_empty() || suggested[0] == owner,
+                "{soname}: {suggested:?}"
+            );
+        }
+    }
+}

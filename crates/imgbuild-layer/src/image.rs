@@ -15,6 +15,12 @@
 //! or its [`Content`]) until [`ImageFiles::copy_out`] or [`ImageFiles::read_files`]
 //! fetches the few files wanted: one more pass over just the layers that hold them.
 //! Every blob is verified against its digest as it is read.
+//!
+//! One thing is kept of a lower layer's bytes: the first [`ELF_HEAD`] bytes of each
+//! file that starts with the ELF magic (its class, byte order, type and machine), read
+//! in the same pass, so that the linkage check ([`crate::linkage`]) can tell whether a
+//! library in the image is one the loader would take without another pass over the
+//! layer that holds it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -74,11 +80,19 @@ struct Item {
     entry: Entry,
 }
 
+/// How many bytes of an ELF file's start [`ImageFiles::elf_head`] keeps: `e_ident`
+/// (16), `e_type` (2) and `e_machine` (2).
+pub const ELF_HEAD: usize = 20;
+
 /// The merged view of an image's file system: relative paths (`usr/bin/python3.11`) to
 /// entries.
 #[derive(Clone, Debug, Default)]
 pub struct ImageFiles {
     entries: BTreeMap<String, Item>,
+    /// The first bytes of lower-layer files that start with the ELF magic, by path;
+    /// set or cleared whenever a layer puts a file at the path, so it is current for
+    /// every path whose entry is a [`FileSource::Layer`] file.
+    heads: BTreeMap<String, [u8; ELF_HEAD]>,
     store: Option<Store>,
     layers: Vec<Digest>,
 }
@@ -88,6 +102,7 @@ impl ImageFiles {
     pub fn from_layers(store: &Store, layers: &[Digest]) -> Result<ImageFiles> {
         let mut files = ImageFiles {
             entries: BTreeMap::new(),
+            heads: BTreeMap::new(),
             store: Some(store.clone()),
             layers: layers.to_vec(),
         };
@@ -144,6 +159,20 @@ impl ImageFiles {
             _ => None,
         })
         .ok()
+    }
+
+    /// The first [`ELF_HEAD`] bytes of the lower-layer file at `path` (symlinks not
+    /// followed) when it starts with the ELF magic. `None` for anything else, and for a
+    /// file of a tree put on top with [`ImageFiles::overlay`] (its bytes are at hand in
+    /// its [`Content`]).
+    pub fn elf_head(&self, path: &str) -> Option<&[u8; ELF_HEAD]> {
+        match self.entries.get(path)?.entry {
+            Entry::File {
+                source: FileSource::Layer { .. },
+                ..
+            } => self.heads.get(path),
+            _ => None,
+        }
     }
 
     /// Every entry below directory `dir` (relative paths, sorted).
@@ -321,7 +350,7 @@ impl ImageFiles {
             .entries()
             .map_err(|e| layer_err(format!("not a tar stream: {e}")))?
         {
-            let e = entry.map_err(|e| layer_err(format!("reading: {e}")))?;
+            let mut e = entry.map_err(|e| layer_err(format!("reading: {e}")))?;
             let Some(path) = entry_path(&e) else { continue };
             let (dir, name) = match path.rsplit_once('/') {
                 Some((d, n)) => (d, n),
@@ -353,21 +382,39 @@ impl ImageFiles {
                         .ok()
                         .flatten()
                         .and_then(|t| normalise(&t.to_string_lossy()));
-                    match target.and_then(|t| self.entries.get(&t)) {
+                    let Some(target) = target else { continue };
+                    match self.entries.get(&target) {
                         Some(Item {
                             layer: l,
                             entry: f @ Entry::File { .. },
-                        }) if *l == layer => f.clone(),
+                        }) if *l == layer => {
+                            let f = f.clone();
+                            match self.heads.get(&target).copied() {
+                                Some(h) => self.heads.insert(path.clone(), h),
+                                None => self.heads.remove(&path),
+                            };
+                            f
+                        }
                         _ => continue,
                     }
                 }
-                tar::EntryType::Regular | tar::EntryType::Continuous => Entry::File {
-                    mode: e.header().mode().unwrap_or(0o644) & 0o7777,
-                    source: FileSource::Layer {
-                        layer,
-                        member: path.clone(),
-                    },
-                },
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let mut head = [0u8; ELF_HEAD];
+                    let n = read_up_to(&mut e, &mut head)
+                        .map_err(|err| layer_err(format!("/{path}: {err}")))?;
+                    if n == ELF_HEAD && head.starts_with(b"\x7fELF") {
+                        self.heads.insert(path.clone(), head);
+                    } else {
+                        self.heads.remove(&path);
+                    }
+                    Entry::File {
+                        mode: e.header().mode().unwrap_or(0o644) & 0o7777,
+                        source: FileSource::Layer {
+                            layer,
+                            member: path.clone(),
+                        },
+                    }
+                }
                 // devices, fifos: nothing an interpreter is made of
                 _ => continue,
             };
@@ -411,6 +458,20 @@ impl ImageFiles {
             self.entries.remove(path);
         }
     }
+}
+
+/// Fills as much of `buf` as `r` has (a short file gives fewer bytes, not an error).
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn components(path: &str) -> impl Iterator<Item = String> + '_ {
@@ -638,5 +699,48 @@ mod tests {
         fs::write(&p, &bytes).unwrap();
         let fresh = Store::open(tmp.path().join("store")).unwrap();
         assert!(ImageFiles::from_layers(&fresh, &[l1, l2]).is_err());
+    }
+
+    #[test]
+    fn elf_heads_follow_the_file_that_is_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let opts = WriteOptions {
+            mtime: 0,
+            threads: 1,
+        };
+        let elf: Vec<u8> = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x03\0\x3e\0rest".to_vec();
+        let mut one = Tree::new();
+        file(&mut one, "lib/a.so", &elf);
+        file(&mut one, "lib/b.so", &elf);
+        file(&mut one, "lib/short", b"\x7fELF\x02");
+        file(&mut one, "lib/text", b"not an ELF file, but long enough");
+        one.insert(
+            TreePath::new("lib/c.so").unwrap(),
+            Node::Hardlink {
+                target: TreePath::new("lib/a.so").unwrap(),
+            },
+        )
+        .unwrap();
+        let mut two = Tree::new();
+        file(
+            &mut two,
+            "lib/b.so",
+            b"replaced by a text file of some length",
+        );
+        let l1 = write_layer(&one, &opts, &store).unwrap().digest;
+        let l2 = write_layer(&two, &opts, &store).unwrap().digest;
+        let img = ImageFiles::from_layers(&store, &[l1, l2]).unwrap();
+        assert_eq!(img.elf_head("lib/a.so").unwrap()[..], elf[..ELF_HEAD]);
+        assert_eq!(img.elf_head("lib/c.so"), img.elf_head("lib/a.so"));
+        assert_eq!(img.elf_head("lib/b.so"), None);
+        assert_eq!(img.elf_head("lib/short"), None);
+        assert_eq!(img.elf_head("lib/text"), None);
+        // a tree on top: its files' bytes are read from their content, not kept
+        let mut img = img;
+        let mut three = Tree::new();
+        file(&mut three, "lib/a.so", &elf);
+        img.overlay(&three);
+        assert_eq!(img.elf_head("lib/a.so"), None);
     }
 }

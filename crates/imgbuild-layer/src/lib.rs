@@ -10,7 +10,8 @@
 //!
 //! Reading goes the other way: [`image`] merges the layer blobs an image is made of
 //! (whiteouts applied) into its file system, and [`symlinks`] is the one walk through
-//! an image's symlinks that every source uses.
+//! an image's symlinks that every source uses. [`linkage`] checks on top of both that
+//! the ELF files a layer adds find their libraries and loader in the image.
 
 pub mod tree;
 pub use tree::{Content, Meta, Node, Tree, TreeError, TreePath};
@@ -18,6 +19,7 @@ pub mod file_hash;
 pub use file_hash::{FileHash, FileHasher, HashingFileReader};
 pub mod gzip;
 pub mod image;
+pub mod linkage;
 pub mod symlinks;
 pub use symlinks::{Follow, ResolveError};
 pub mod write;
