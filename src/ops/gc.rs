@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use imgbuild_store::Digest;
+use imgbuild_store::{Bucket, Digest};
 
-use crate::cache::{IMAGE_BUCKET, ImageRecord, LAYER_BUCKET, LayerRecord};
+use crate::cache::{ImageRecord, LayerRecord};
 use crate::progress::human;
 use crate::project::Project;
 
@@ -26,14 +26,14 @@ pub fn gc(project: &Project, keep_days: u64, dry_run: bool) -> Result<()> {
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut keep: BTreeSet<Digest> = BTreeSet::new();
     let mut dropped_records = 0;
-    for key in store.list_records(IMAGE_BUCKET)? {
-        let path = store.record_path(IMAGE_BUCKET, &key);
+    for key in store.list_entries(Bucket::Images)? {
+        let path = store.record_path(Bucket::Images, &key);
         let recent = std::fs::metadata(&path)
             .and_then(|m| m.modified())
             .map(|t| t >= cutoff)
             .unwrap_or(false);
         let rec = store
-            .read_record(IMAGE_BUCKET, &key)?
+            .read_record(Bucket::Images, &key)?
             .and_then(|b| serde_json::from_slice::<ImageRecord>(&b).ok());
         match rec {
             Some(rec) if recent => {
@@ -45,16 +45,16 @@ pub fn gc(project: &Project, keep_days: u64, dry_run: bool) -> Result<()> {
             _ => {
                 dropped_records += 1;
                 if !dry_run {
-                    store.remove_record(IMAGE_BUCKET, &key)?;
+                    store.remove_entry(Bucket::Images, &key)?;
                 }
             }
         }
     }
     // Layer records of kept layers keep their inputs too.
     let mut layer_records = vec![];
-    for key in store.list_records(LAYER_BUCKET)? {
+    for key in store.list_entries(Bucket::Layers)? {
         if let Some(rec) = store
-            .read_record(LAYER_BUCKET, &key)?
+            .read_record(Bucket::Layers, &key)?
             .and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok())
         {
             if keep.contains(&rec.digest) {
@@ -80,7 +80,7 @@ pub fn gc(project: &Project, keep_days: u64, dry_run: bool) -> Result<()> {
         if rec.is_none_or(|r| !keep.contains(&r.digest)) {
             layer_dropped += 1;
             if !dry_run {
-                store.remove_record(LAYER_BUCKET, &key)?;
+                store.remove_entry(Bucket::Layers, &key)?;
             }
         }
     }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use imgbuild_debian::system::{Accounts, Group, User};
 use imgbuild_layer::image::{Entry, ImageFiles};
 use imgbuild_registry::{Client, Credentials, Reference};
-use imgbuild_store::{Digest, Store};
+use imgbuild_store::{Bucket, Digest, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -28,9 +28,6 @@ use crate::oci::HistoryEntry;
 use crate::recipe::{ConfigSpec, Recipe};
 use crate::source::Session;
 
-const BASE_BUCKET: &str = "bases-v1";
-/// manifest digest -> [`BaseContents`]
-const CONTENTS_BUCKET: &str = "base-contents-v1";
 /// `/etc/passwd` or `/etc/group` larger than this is refused.
 const MAX_ACCOUNTS_FILE: u64 = 16 << 20;
 
@@ -117,7 +114,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
                 .pull(store, &reference.with_digest(pinned.clone()))
                 .with_context(|| format!("{at}: pulling {raw}"))?;
             store.write_record(
-                BASE_BUCKET,
+                Bucket::Bases,
                 pinned.hex(),
                 &serde_json::to_vec(&BaseRecord {
                     manifest: pulled.manifest_digest.clone(),
@@ -207,7 +204,7 @@ pub fn load(session: &Session, recipe: &Recipe, raw: &str) -> Result<BaseImage> 
 /// The base's [`BaseContents`], from the store's record or read from its layers.
 fn contents(session: &Session, manifest: &Digest, layers: &[Digest]) -> Result<BaseContents> {
     let store = &session.store;
-    if let Some(bytes) = store.read_record(CONTENTS_BUCKET, manifest.hex())?
+    if let Some(bytes) = store.read_record(Bucket::BaseContents, manifest.hex())?
         && let Ok(c) = serde_json::from_slice::<BaseContents>(&bytes)
     {
         return Ok(c);
@@ -216,7 +213,7 @@ fn contents(session: &Session, manifest: &Digest, layers: &[Digest]) -> Result<B
         .progress
         .status(format!("reading the base image's filesystem ({manifest})"));
     let c = read_contents(store, layers)?;
-    store.write_record(CONTENTS_BUCKET, manifest.hex(), &serde_json::to_vec(&c)?)?;
+    store.write_record(Bucket::BaseContents, manifest.hex(), &serde_json::to_vec(&c)?)?;
     Ok(c)
 }
 
@@ -295,13 +292,13 @@ pub fn parse_accounts(passwd: &[u8], group: &[u8]) -> Accounts {
 /// hashed again only if its inode changed since the record was written or last
 /// checked (the record's mtime moves forward after a full check).
 fn cached(store: &Store, pinned: &Digest) -> Result<Option<Digest>> {
-    let Some(bytes) = store.read_record(BASE_BUCKET, pinned.hex())? else {
+    let Some(bytes) = store.read_record(Bucket::Bases, pinned.hex())? else {
         return Ok(None);
     };
     let Ok(rec) = serde_json::from_slice::<BaseRecord>(&bytes) else {
         return Ok(None);
     };
-    let record = store.record_path(BASE_BUCKET, pinned.hex());
+    let record = store.record_path(Bucket::Bases, pinned.hex());
     let checked = std::fs::metadata(&record)
         .and_then(|m| m.modified())
         .unwrap_or(std::time::UNIX_EPOCH);

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 
 use imgbuild_layer::{Content, Follow, Meta, Node, Tree, TreeError, TreePath, symlinks};
-use imgbuild_store::{BlobWriter, Digest, Store};
+use imgbuild_store::{BlobWriter, Bucket, Digest, Store};
 
 use crate::error::{Error, Result};
 use crate::{LockedPackage, control};
@@ -38,7 +38,6 @@ use crate::{LockedPackage, control};
 /// Top-level directories that are symlinks into `/usr` on a merged-/usr system.
 pub const MERGED_USR: [&str; 4] = ["bin", "sbin", "lib", "lib64"];
 
-const RECORD_BUCKET: &str = "debian-unpack-v1";
 const SCRIPTS: [&str; 6] = [
     "preinst", "postinst", "prerm", "postrm", "config", "triggers",
 ];
@@ -514,7 +513,7 @@ pub fn ensure_merged_usr(tree: &mut Tree) -> Result<()> {
 /// The cached entry list if present and its spool blob is intact; otherwise reads the .deb.
 fn load_or_read(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
     let key = pkg.sha256.hex();
-    if let Some(bytes) = store.read_record(RECORD_BUCKET, key)?
+    if let Some(bytes) = store.read_record(Bucket::DebianUnpack, key)?
         && let Ok(u) = serde_json::from_slice::<Unpacked>(&bytes)
         && store.has_blob(&u.tar)
         && store.verify(&u.tar)?
@@ -537,7 +536,7 @@ fn load_or_read(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
         Err(e) => return Err(e),
     };
     let json = serde_json::to_vec(&u).expect("serialisable");
-    store.write_record(RECORD_BUCKET, key, &json)?;
+    store.write_record(Bucket::DebianUnpack, key, &json)?;
     Ok(u)
 }
 
