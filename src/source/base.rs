@@ -32,8 +32,8 @@ use crate::source::Session;
 const MAX_ACCOUNTS_FILE: u64 = 16 << 20;
 
 #[derive(Serialize, Deserialize)]
-struct BaseRecord {
-    manifest: Digest,
+pub(crate) struct BaseRecord {
+    pub(crate) manifest: Digest,
 }
 
 /// A base image, ready to build on.

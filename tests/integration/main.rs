@@ -7,6 +7,7 @@ mod support;
 mod cli_output;
 mod core_build;
 mod engines;
+mod gc;
 mod load_pin;
 mod push;
 mod setup_cmd;

@@ -115,6 +115,17 @@ struct Unpacked {
     entries: Vec<Entry>,
 }
 
+/// The spool blob (the uncompressed `data.tar`) a [`Bucket::DebianUnpack`] record
+/// points into: the record is used only while that blob is there, so `gc` keeps the
+/// record exactly as long as it keeps the blob. `None`: not a record of this format.
+pub fn unpack_record_spool(record: &[u8]) -> Option<Digest> {
+    #[derive(serde::Deserialize)]
+    struct Spool {
+        tar: Digest,
+    }
+    serde_json::from_slice::<Spool>(record).ok().map(|s| s.tar)
+}
+
 /// Unpacks packages into one tree, remembering which package placed which file so that
 /// conflicts between packages are caught.
 #[derive(Debug, Default)]

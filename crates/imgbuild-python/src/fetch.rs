@@ -50,6 +50,15 @@ struct Selection {
     digest: Digest,
 }
 
+/// The wheel a [`Bucket::PythonSelect`] record chose: the record is used only while
+/// that blob is there, so `gc` keeps the record exactly as long as it keeps the wheel.
+/// `None`: not a record of this format.
+pub fn selection_wheel(record: &[u8]) -> Option<Digest> {
+    serde_json::from_slice::<Selection>(record)
+        .ok()
+        .map(|s| s.digest)
+}
+
 /// Which requirements apply to the target (their marker holds), in file order.
 pub fn applicable<'a>(reqs: &'a Requirements, target: &Target) -> Vec<&'a Requirement> {
     let env = target.marker_env();
