@@ -15,7 +15,7 @@
 //! declaring users adds to them).
 
 use anyhow::{Context, Result, bail};
-use imgbuild_debian::system::{Accounts, Group, User};
+use imgbuild_debian::system::Accounts;
 use imgbuild_layer::image::{Entry, ImageFiles};
 use imgbuild_registry::{Client, Credentials, Reference};
 use imgbuild_store::{Bucket, Digest, Store};
@@ -240,52 +240,8 @@ fn read_contents(store: &Store, layers: &[Digest]) -> Result<BaseContents> {
         .expect("two paths, two answers");
     Ok(BaseContents {
         view,
-        accounts: passwd.map(|p| parse_accounts(&p, group.as_deref().unwrap_or_default())),
+        accounts: passwd.map(|p| Accounts::parse(&p, group.as_deref().unwrap_or_default())),
     })
-}
-
-/// The users of a passwd file and the groups of a group file, as they are (comments,
-/// NIS `+`/`-` lines and malformed lines skipped).
-pub fn parse_accounts(passwd: &[u8], group: &[u8]) -> Accounts {
-    let lines = |b: &[u8]| -> Vec<Vec<String>> {
-        String::from_utf8_lossy(b)
-            .lines()
-            .map(str::trim_end)
-            .filter(|l| !l.is_empty() && !l.starts_with(['#', '+', '-']))
-            .map(|l| l.split(':').map(str::to_owned).collect())
-            .collect()
-    };
-    let mut accounts = Accounts::empty();
-    for f in lines(passwd) {
-        if let [name, _, uid, gid, gecos, home, shell] = &f[..]
-            && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
-        {
-            accounts.users.push(User {
-                name: name.clone(),
-                uid,
-                gid,
-                gecos: gecos.clone(),
-                home: home.clone(),
-                shell: shell.clone(),
-            });
-        }
-    }
-    for f in lines(group) {
-        if let [name, _, gid, members] = &f[..]
-            && let Ok(gid) = gid.parse()
-        {
-            accounts.groups.push(Group {
-                name: name.clone(),
-                gid,
-                members: members
-                    .split(',')
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            });
-        }
-    }
-    accounts
 }
 
 /// The manifest digest of a base pulled before, if all its blobs are intact. A blob is
