@@ -6,14 +6,10 @@
 //! record is only trusted while its blob is present and verifies; a record whose
 //! blob is gone or corrupt is a miss, and the layer is rebuilt.
 
-use imgbuild_store::{Digest, Store};
+use imgbuild_store::{Bucket, Digest, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::lower::LowerView;
-
-/// Bump when the meaning of any fingerprint input changes.
-pub const LAYER_BUCKET: &str = "layers-v2";
-pub const IMAGE_BUCKET: &str = "images-v1";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerRecord {
@@ -39,13 +35,15 @@ impl LayerRecord {
     /// The record of a fingerprint as written, without checking its blob: what an
     /// earlier build of a layer was made of, to say why it is built again.
     pub fn read_unverified(store: &Store, fingerprint: &Digest) -> Option<LayerRecord> {
-        let bytes = store.read_record(LAYER_BUCKET, fingerprint.hex()).ok()??;
+        let bytes = store
+            .read_record(Bucket::Layers, fingerprint.hex())
+            .ok()??;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// The cached layer for a fingerprint, if its blob is present and intact.
     pub fn lookup(store: &Store, fingerprint: &Digest) -> anyhow::Result<Option<LayerRecord>> {
-        let Some(bytes) = store.read_record(LAYER_BUCKET, fingerprint.hex())? else {
+        let Some(bytes) = store.read_record(Bucket::Layers, fingerprint.hex())? else {
             return Ok(None);
         };
         let Ok(rec) = serde_json::from_slice::<LayerRecord>(&bytes) else {
@@ -55,7 +53,7 @@ impl LayerRecord {
         // hashed again only if its inode changed since (a write, or a new hard
         // link from out/oci). After a full check passes, the record's time moves
         // forward, so the next build does not hash it again.
-        let record = store.record_path(LAYER_BUCKET, fingerprint.hex());
+        let record = store.record_path(Bucket::Layers, fingerprint.hex());
         let written = std::fs::metadata(&record)
             .and_then(|m| m.modified())
             .unwrap_or(std::time::UNIX_EPOCH);
@@ -76,7 +74,11 @@ impl LayerRecord {
     }
 
     pub fn save(&self, store: &Store, fingerprint: &Digest) -> anyhow::Result<()> {
-        store.write_record(LAYER_BUCKET, fingerprint.hex(), &serde_json::to_vec(self)?)?;
+        store.write_record(
+            Bucket::Layers,
+            fingerprint.hex(),
+            &serde_json::to_vec(self)?,
+        )?;
         Ok(())
     }
 }
@@ -136,7 +138,7 @@ impl ImageRecord {
         project_key: &str,
         name: &str,
     ) -> anyhow::Result<Option<ImageRecord>> {
-        match store.read_record(IMAGE_BUCKET, &Self::key(project_key, name))? {
+        match store.read_record(Bucket::Images, &Self::key(project_key, name))? {
             None => Ok(None),
             Some(b) => Ok(serde_json::from_slice(&b).ok()),
         }
@@ -146,8 +148,8 @@ impl ImageRecord {
     pub fn save(&self, store: &Store, project_key: &str) -> anyhow::Result<()> {
         let key = Self::key(project_key, &self.name);
         let bytes = serde_json::to_vec(self)?;
-        if store.read_record(IMAGE_BUCKET, &key)?.as_deref() == Some(&bytes[..]) {
-            let p = store.record_path(IMAGE_BUCKET, &key);
+        if store.read_record(Bucket::Images, &key)?.as_deref() == Some(&bytes[..]) {
+            let p = store.record_path(Bucket::Images, &key);
             if std::fs::File::options()
                 .write(true)
                 .open(&p)
@@ -157,7 +159,7 @@ impl ImageRecord {
                 return Ok(());
             }
         }
-        store.write_record(IMAGE_BUCKET, &key, &bytes)?;
+        store.write_record(Bucket::Images, &key, &bytes)?;
         Ok(())
     }
 }

@@ -76,7 +76,7 @@ impl Project {
     }
 
     fn lock_store(&self, shared: bool) -> Result<File> {
-        lock_file(&self.store.root().join("lock"), shared)
+        lock_file(&self.store.lock_path(), shared)
     }
 }
 

@@ -1,98 +1,270 @@
-//! `imgbuild gc`: removes from the store what no recent build references.
+//! `imgbuild gc`: removes from the store what no build of the last `--keep-days`
+//! used, walking every [`Bucket`] of the store's layout and its blobs.
 //!
-//! Roots are the image records of builds newer than `--keep-days` (any project that
-//! uses this store): their manifests, configs, layers and the inputs those layers
-//! were made from (.debs, wheels, spools). Layer-cache records whose blob is
-//! removed go too, as do old temp files. gc holds the store lock exclusively, so it
-//! waits for running builds and they wait for it.
+//! An entry's last use is its mtime: records are written when made, and the code that
+//! reads an entry without rewriting it moves its mtime forward (an image record on
+//! every build of the image, a layer record on every cache hit, a `.pyc` entry on
+//! every hit). Roots are what was used within `--keep-days`; the rest is kept only
+//! while something kept needs it:
+//!
+//! | bucket | kept when |
+//! |---|---|
+//! | images | used within keep-days (any project sharing this store) |
+//! | layers | used within keep-days, or a layer of a kept image; and its blob is there |
+//! | blobs | named by a kept image (manifest, config, layers, inputs: .debs, spools, wheels, `Packages`, base blobs) or a kept layer record (its blob and inputs) |
+//! | bases, base-contents | the base manifest they name is a kept blob |
+//! | statcache | its project has a kept image, or it was written within keep-days |
+//! | debian-unpack | its spool blob is kept (without it the record is never used) |
+//! | pywheel-select | the wheel it chose is a kept blob |
+//! | wheels (unpacked) | the wheel it was unpacked from is a kept blob |
+//! | pyc | used within keep-days (only its key names it) |
+//!
+//! Directories of buckets this version does not know (older format versions) go
+//! whole, and so do temp files of processes that are gone. So a build of V0 then V1
+//! of an image keeps V0's layers for `--keep-days`: switching back finds them cached.
+//!
+//! gc holds the store lock exclusively, so it waits for running builds and they wait
+//! for it. `--dry-run` removes nothing and reports the same per-bucket counts.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use imgbuild_store::Digest;
+use imgbuild_store::{Bucket, Digest, Store};
+use serde::Serialize;
 
-use crate::cache::{IMAGE_BUCKET, ImageRecord, LAYER_BUCKET, LayerRecord};
+use crate::cache::{ImageRecord, LayerRecord};
 use crate::progress::human;
 use crate::project::Project;
+use crate::source::base::BaseRecord;
 
-pub fn gc(project: &Project, keep_days: u64, dry_run: bool) -> Result<()> {
+/// What gc removed (or, with `--dry-run`, would remove) and kept, per bucket.
+#[derive(Debug, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub keep_days: u64,
+    /// `blobs`, then every bucket, then `stale` (directories of unknown buckets).
+    pub buckets: Vec<BucketReport>,
+    /// Temp files of processes that are gone (not counted with `--dry-run`).
+    pub temp_files_removed: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BucketReport {
+    pub bucket: String,
+    pub kept: u64,
+    pub kept_bytes: u64,
+    pub removed: u64,
+    pub removed_bytes: u64,
+}
+
+pub fn gc(project: &Project, keep_days: u64, dry_run: bool, json: bool) -> Result<()> {
     let _lock = project.lock_exclusive()?;
-    let store = &project.store;
     // Saturating: `--keep-days 99999999999` means "keep everything", not a panic.
     let cutoff = keep_days
         .checked_mul(86400)
         .and_then(|secs| SystemTime::now().checked_sub(Duration::from_secs(secs)))
         .unwrap_or(SystemTime::UNIX_EPOCH);
+    let plan = plan(&project.store, cutoff)?;
+    let mut report = GcReport {
+        dry_run,
+        keep_days,
+        buckets: vec![],
+        temp_files_removed: 0,
+    };
+    for (name, entries) in &plan {
+        let mut b = BucketReport {
+            bucket: name.clone(),
+            ..Default::default()
+        };
+        for e in entries {
+            if e.keep {
+                b.kept += 1;
+                b.kept_bytes += e.bytes;
+            } else {
+                b.removed += 1;
+                b.removed_bytes += e.bytes;
+            }
+        }
+        report.buckets.push(b);
+    }
+    if !dry_run {
+        // Blobs last: a crash half-way leaves records whose blobs are there (a record
+        // without its blob is only a cache miss, but the other way round is waste).
+        for (_, entries) in plan.iter().rev() {
+            for e in entries.iter().filter(|e| !e.keep) {
+                (e.remove)(&project.store)?;
+            }
+        }
+        report.temp_files_removed = project.store.clean_tmp(Duration::from_secs(3600))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(project, &report);
+    }
+    Ok(())
+}
+
+fn print_report(project: &Project, r: &GcReport) {
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    for b in &r.buckets {
+        if b.kept + b.removed == 0 {
+            continue;
+        }
+        project.progress.line(format!(
+            "{:<18} {verb} {} ({}), kept {} ({})",
+            b.bucket,
+            b.removed,
+            human(b.removed_bytes),
+            b.kept,
+            human(b.kept_bytes)
+        ));
+    }
+    let (n, bytes) = r
+        .buckets
+        .iter()
+        .fold((0, 0), |(n, s), b| (n + b.removed, s + b.removed_bytes));
+    project.progress.line(format!(
+        "{verb} {n} entr{} ({}) not used by any build of the last {} day(s){}",
+        if n == 1 { "y" } else { "ies" },
+        human(bytes),
+        r.keep_days,
+        if r.dry_run {
+            String::new()
+        } else {
+            format!("; {} stale temp file(s) removed", r.temp_files_removed)
+        }
+    ));
+}
+
+/// One entry of the store and the decision about it.
+struct Entry {
+    keep: bool,
+    bytes: u64,
+    remove: Box<dyn Fn(&Store) -> imgbuild_store::Result<()>>,
+}
+
+impl Entry {
+    fn of(store: &Store, bucket: Bucket, key: &str, keep: bool) -> Entry {
+        let key = key.to_owned();
+        Entry {
+            keep,
+            bytes: store.entry_bytes(bucket, &key),
+            remove: Box::new(move |s| s.remove_entry(bucket, &key)),
+        }
+    }
+}
+
+/// Decides about every entry of the store (removing nothing), in report order.
+fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> {
+    let recent = |bucket: Bucket, key: &str| {
+        store
+            .entry_last_used(bucket, key)
+            .is_some_and(|t| t >= cutoff)
+    };
+    let read = |bucket: Bucket, key: &str| -> Result<Option<Vec<u8>>> {
+        Ok(store.read_record(bucket, key)?)
+    };
     let mut keep: BTreeSet<Digest> = BTreeSet::new();
-    let mut dropped_records = 0;
-    for key in store.list_records(IMAGE_BUCKET)? {
-        let path = store.record_path(IMAGE_BUCKET, &key);
-        let recent = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .map(|t| t >= cutoff)
-            .unwrap_or(false);
-        let rec = store
-            .read_record(IMAGE_BUCKET, &key)?
+
+    // Roots: images used within keep-days ...
+    let mut images = vec![];
+    let mut projects: BTreeSet<String> = BTreeSet::new();
+    let mut image_layers: BTreeSet<Digest> = BTreeSet::new();
+    for key in store.list_entries(Bucket::Images)? {
+        let rec = read(Bucket::Images, &key)?
             .and_then(|b| serde_json::from_slice::<ImageRecord>(&b).ok());
-        match rec {
-            Some(rec) if recent => {
+        let kept = match rec {
+            Some(rec) if recent(Bucket::Images, &key) => {
                 keep.insert(rec.manifest_digest.clone());
                 keep.insert(rec.config_digest.clone());
                 keep.extend(rec.layers.iter().map(|l| l.digest.clone()));
+                image_layers.extend(rec.layers.iter().map(|l| l.digest.clone()));
                 keep.extend(rec.inputs.iter().cloned());
-            }
-            _ => {
-                dropped_records += 1;
-                if !dry_run {
-                    store.remove_record(IMAGE_BUCKET, &key)?;
+                // the key is `<project key>-<image name>`; project keys have no `-`
+                if let Some((project, _)) = key.split_once('-') {
+                    projects.insert(project.to_owned());
                 }
+                true
             }
-        }
+            _ => false,
+        };
+        images.push(Entry::of(store, Bucket::Images, &key, kept));
     }
-    // Layer records of kept layers keep their inputs too.
-    let mut layer_records = vec![];
-    for key in store.list_records(LAYER_BUCKET)? {
-        if let Some(rec) = store
-            .read_record(LAYER_BUCKET, &key)?
-            .and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok())
-        {
-            if keep.contains(&rec.digest) {
+    // ... and layers used within keep-days (or of a kept image), with their blobs.
+    let mut layers = vec![];
+    for key in store.list_entries(Bucket::Layers)? {
+        let rec = read(Bucket::Layers, &key)?
+            .and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok());
+        let kept = match rec {
+            Some(rec)
+                if (recent(Bucket::Layers, &key) || image_layers.contains(&rec.digest))
+                    && store.has_blob(&rec.digest) =>
+            {
+                keep.insert(rec.digest.clone());
                 keep.extend(rec.inputs.iter().cloned());
+                true
             }
-            layer_records.push((key, Some(rec)));
-        } else {
-            layer_records.push((key, None));
-        }
+            _ => false,
+        };
+        layers.push(Entry::of(store, Bucket::Layers, &key, kept));
     }
-    let (mut blobs, mut bytes) = (0u64, 0u64);
+
+    // Everything else is kept by what the roots keep.
+    let digest_of_key = |key: &str| Digest::from_hex(key).ok();
+    let mut out = vec![];
+    let mut blobs = vec![];
     for d in store.list_blobs()? {
-        if !keep.contains(&d) {
-            bytes += store.blob_size(&d).unwrap_or(0);
-            blobs += 1;
-            if !dry_run {
-                store.remove_blob(&d)?;
-            }
-        }
+        let bytes = store.blob_size(&d).unwrap_or(0);
+        let kept = keep.contains(&d);
+        blobs.push(Entry {
+            keep: kept,
+            bytes,
+            remove: Box::new(move |s| s.remove_blob(&d)),
+        });
     }
-    let mut layer_dropped = 0;
-    for (key, rec) in layer_records {
-        if rec.is_none_or(|r| !keep.contains(&r.digest)) {
-            layer_dropped += 1;
-            if !dry_run {
-                store.remove_record(LAYER_BUCKET, &key)?;
+    out.push(("blobs".to_owned(), blobs));
+    for bucket in Bucket::ALL {
+        let entries = match bucket {
+            Bucket::Images => std::mem::take(&mut images),
+            Bucket::Layers => std::mem::take(&mut layers),
+            _ => {
+                let mut v = vec![];
+                for key in store.list_entries(bucket)? {
+                    let kept = match bucket {
+                        Bucket::Images | Bucket::Layers => unreachable!("decided above"),
+                        Bucket::Bases => read(bucket, &key)?
+                            .and_then(|b| serde_json::from_slice::<BaseRecord>(&b).ok())
+                            .is_some_and(|r| keep.contains(&r.manifest)),
+                        Bucket::BaseContents | Bucket::PythonWheels => {
+                            digest_of_key(&key).is_some_and(|d| keep.contains(&d))
+                        }
+                        Bucket::StatCache => projects.contains(&key) || recent(bucket, &key),
+                        Bucket::DebianUnpack => read(bucket, &key)?
+                            .and_then(|b| imgbuild_debian::deb::unpack_record_spool(&b))
+                            .is_some_and(|d| keep.contains(&d)),
+                        Bucket::PythonSelect => read(bucket, &key)?
+                            .and_then(|b| imgbuild_python::fetch::selection_wheel(&b))
+                            .is_some_and(|d| keep.contains(&d)),
+                        Bucket::PythonBytecode | Bucket::Tarballs => recent(bucket, &key),
+                    };
+                    v.push(Entry::of(store, bucket, &key, kept));
+                }
+                v
             }
-        }
+        };
+        out.push((bucket.name().to_owned(), entries));
     }
-    let tmp = if dry_run {
-        0
-    } else {
-        store.clean_tmp(Duration::from_secs(3600))?
-    };
-    project.progress.line(format!(
-        "{}{blobs} blob(s), {} freed; {layer_dropped} layer cache record(s) and {dropped_records} image record(s) older than {keep_days} day(s) dropped; {tmp} stale temp file(s) removed",
-        if dry_run { "would remove " } else { "removed " },
-        human(bytes)
-    ));
-    Ok(())
+    let stale = store
+        .stale_buckets()?
+        .into_iter()
+        .map(|p| Entry {
+            keep: false,
+            bytes: imgbuild_store::disk_bytes(&p),
+            remove: Box::new(move |_| imgbuild_store::remove_path(&p)),
+        })
+        .collect();
+    out.push(("stale".to_owned(), stale));
+    Ok(out)
 }

@@ -15,10 +15,10 @@
 //! declaring users adds to them).
 
 use anyhow::{Context, Result, bail};
-use imgbuild_debian::system::{Accounts, Group, User};
+use imgbuild_debian::system::Accounts;
 use imgbuild_layer::image::{Entry, ImageFiles};
 use imgbuild_registry::{Client, Credentials, Reference};
-use imgbuild_store::{Digest, Store};
+use imgbuild_store::{Bucket, Digest, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -28,15 +28,12 @@ use crate::oci::HistoryEntry;
 use crate::recipe::{ConfigSpec, Recipe};
 use crate::source::Session;
 
-const BASE_BUCKET: &str = "bases-v1";
-/// manifest digest -> [`BaseContents`]
-const CONTENTS_BUCKET: &str = "base-contents-v1";
 /// `/etc/passwd` or `/etc/group` larger than this is refused.
 const MAX_ACCOUNTS_FILE: u64 = 16 << 20;
 
 #[derive(Serialize, Deserialize)]
-struct BaseRecord {
-    manifest: Digest,
+pub(crate) struct BaseRecord {
+    pub(crate) manifest: Digest,
 }
 
 /// A base image, ready to build on.
@@ -127,7 +124,7 @@ pub fn load(
                 .pull(store, &reference.with_digest(pinned.clone()))
                 .with_context(|| format!("{at}: pulling {raw}"))?;
             store.write_record(
-                BASE_BUCKET,
+                Bucket::Bases,
                 pinned.hex(),
                 &serde_json::to_vec(&BaseRecord {
                     manifest: pulled.manifest_digest.clone(),
@@ -219,7 +216,7 @@ pub fn load(
 /// The base's [`BaseContents`], from the store's record or read from its layers.
 fn contents(session: &Session, manifest: &Digest, layers: &[Digest]) -> Result<BaseContents> {
     let store = &session.store;
-    if let Some(bytes) = store.read_record(CONTENTS_BUCKET, manifest.hex())?
+    if let Some(bytes) = store.read_record(Bucket::BaseContents, manifest.hex())?
         && let Ok(c) = serde_json::from_slice::<BaseContents>(&bytes)
     {
         return Ok(c);
@@ -228,7 +225,11 @@ fn contents(session: &Session, manifest: &Digest, layers: &[Digest]) -> Result<B
         .progress
         .status(format!("reading the base image's filesystem ({manifest})"));
     let c = read_contents(store, layers)?;
-    store.write_record(CONTENTS_BUCKET, manifest.hex(), &serde_json::to_vec(&c)?)?;
+    store.write_record(
+        Bucket::BaseContents,
+        manifest.hex(),
+        &serde_json::to_vec(&c)?,
+    )?;
     Ok(c)
 }
 
@@ -255,65 +256,21 @@ fn read_contents(store: &Store, layers: &[Digest]) -> Result<BaseContents> {
         .expect("two paths, two answers");
     Ok(BaseContents {
         view,
-        accounts: passwd.map(|p| parse_accounts(&p, group.as_deref().unwrap_or_default())),
+        accounts: passwd.map(|p| Accounts::parse(&p, group.as_deref().unwrap_or_default())),
     })
-}
-
-/// The users of a passwd file and the groups of a group file, as they are (comments,
-/// NIS `+`/`-` lines and malformed lines skipped).
-pub fn parse_accounts(passwd: &[u8], group: &[u8]) -> Accounts {
-    let lines = |b: &[u8]| -> Vec<Vec<String>> {
-        String::from_utf8_lossy(b)
-            .lines()
-            .map(str::trim_end)
-            .filter(|l| !l.is_empty() && !l.starts_with(['#', '+', '-']))
-            .map(|l| l.split(':').map(str::to_owned).collect())
-            .collect()
-    };
-    let mut accounts = Accounts::empty();
-    for f in lines(passwd) {
-        if let [name, _, uid, gid, gecos, home, shell] = &f[..]
-            && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
-        {
-            accounts.users.push(User {
-                name: name.clone(),
-                uid,
-                gid,
-                gecos: gecos.clone(),
-                home: home.clone(),
-                shell: shell.clone(),
-            });
-        }
-    }
-    for f in lines(group) {
-        if let [name, _, gid, members] = &f[..]
-            && let Ok(gid) = gid.parse()
-        {
-            accounts.groups.push(Group {
-                name: name.clone(),
-                gid,
-                members: members
-                    .split(',')
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            });
-        }
-    }
-    accounts
 }
 
 /// The manifest digest of a base pulled before, if all its blobs are intact. A blob is
 /// hashed again only if its inode changed since the record was written or last
 /// checked (the record's mtime moves forward after a full check).
 fn cached(store: &Store, pinned: &Digest) -> Result<Option<Digest>> {
-    let Some(bytes) = store.read_record(BASE_BUCKET, pinned.hex())? else {
+    let Some(bytes) = store.read_record(Bucket::Bases, pinned.hex())? else {
         return Ok(None);
     };
     let Ok(rec) = serde_json::from_slice::<BaseRecord>(&bytes) else {
         return Ok(None);
     };
-    let record = store.record_path(BASE_BUCKET, pinned.hex());
+    let record = store.record_path(Bucket::Bases, pinned.hex());
     let checked = std::fs::metadata(&record)
         .and_then(|m| m.modified())
         .unwrap_or(std::time::UNIX_EPOCH);

@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use imgbuild_layer::FileHash;
-use imgbuild_store::Store;
+use imgbuild_store::{Bucket, Store};
 
 /// What the walk found at one path of a source tree.
 #[derive(Clone, Debug)]
@@ -176,7 +176,6 @@ impl StatEntries {
 /// Timestamps on common filesystems are at worst this coarse; a file whose mtime
 /// is this close to the recording time may still change without changing mtime.
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
-const STAT_BUCKET: &str = "statcache-v3";
 const STAT_HEADER: &str = "imgbuild-statcache-v3\n";
 
 fn now_ns() -> i128 {
@@ -190,7 +189,7 @@ impl StatCache {
     /// The project's cache; files it must hash are hashed by `threads` threads.
     pub fn load(store: &Store, project_key: &str, threads: usize) -> StatCache {
         let entries = store
-            .read_record(STAT_BUCKET, project_key)
+            .read_record(Bucket::StatCache, project_key)
             .ok()
             .flatten()
             .map(|b| StatEntries::decode(&b))
@@ -213,7 +212,7 @@ impl StatCache {
         if prune {
             c.entries.retain(|_, e| e.used);
         }
-        store.write_record(STAT_BUCKET, project_key, &c.encode())?;
+        store.write_record(Bucket::StatCache, project_key, &c.encode())?;
         c.dirty = false;
         Ok(())
     }

@@ -278,40 +278,6 @@ fn a_killed_build_leaves_the_store_usable() {
 }
 
 #[test]
-fn gc_keeps_what_recent_builds_use_and_drops_the_rest() {
-    let f = Fixture::new("hello");
-    f.build_json(&["all"]);
-    std::fs::write(f.path().join("layers/site/index.html"), "v2\n").unwrap();
-    f.build_json(&["all"]); // the v1 hello layer is now unreferenced
-    let blobs = |f: &Fixture| {
-        std::fs::read_dir(f.store.join("blobs/sha256"))
-            .unwrap()
-            .count()
-    };
-    let before = blobs(&f);
-    let out = f.run(&["gc"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let after = blobs(&f);
-    assert!(after < before, "gc removed nothing ({before} blobs)");
-    let again = f.build_json(&["all"]);
-    for name in ["base", "hello"] {
-        assert!(
-            layers_of(&again, name).iter().all(|(_, c)| *c),
-            "gc removed something in use"
-        );
-    }
-    // Nothing is recent with --keep-days 0: the next build rebuilds and still works.
-    assert!(f.run(&["gc", "--keep-days", "0"]).status.success());
-    let rebuilt = f.build_json(&["all"]);
-    assert!(layers_of(&rebuilt, "hello").iter().all(|(_, c)| !c));
-    assert_eq!(digests(&again), digests(&rebuilt));
-}
-
-#[test]
 fn inspect_shows_layers_and_cache_state() {
     let f = Fixture::new("hello");
     f.build_json(&["all"]);

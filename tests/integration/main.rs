@@ -8,6 +8,7 @@ mod cli_output;
 mod core_build;
 mod defects;
 mod engines;
+mod gc;
 mod load_pin;
 mod plan;
 mod push;

@@ -550,7 +550,7 @@ fn gc_keeps_the_spools_so_a_rebuild_does_not_decompress() {
         "only {checked} unpack records with their .deb"
     );
     // rebuild the Debian layers from the .debs: the spools are used, nothing is read again
-    std::fs::remove_dir_all(copy.path().join("records/layers-v1")).unwrap();
+    std::fs::remove_dir_all(copy.path().join("records/layers-v2")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let json = run_ok(
         imgbuild()

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 
 use imgbuild_layer::{Content, Follow, Meta, Node, Tree, TreeError, TreePath, symlinks};
-use imgbuild_store::{BlobWriter, Digest, Store};
+use imgbuild_store::{BlobWriter, Bucket, Digest, Store};
 
 use crate::error::{Error, Result};
 use crate::{LockedPackage, control};
@@ -38,7 +38,6 @@ use crate::{LockedPackage, control};
 /// Top-level directories that are symlinks into `/usr` on a merged-/usr system.
 pub const MERGED_USR: [&str; 4] = ["bin", "sbin", "lib", "lib64"];
 
-const RECORD_BUCKET: &str = "debian-unpack-v1";
 const SCRIPTS: [&str; 6] = [
     "preinst", "postinst", "prerm", "postrm", "config", "triggers",
 ];
@@ -114,6 +113,17 @@ struct Unpacked {
     scripts: Vec<ScriptNote>,
     sh_scripts: Vec<String>,
     entries: Vec<Entry>,
+}
+
+/// The spool blob (the uncompressed `data.tar`) a [`Bucket::DebianUnpack`] record
+/// points into: the record is used only while that blob is there, so `gc` keeps the
+/// record exactly as long as it keeps the blob. `None`: not a record of this format.
+pub fn unpack_record_spool(record: &[u8]) -> Option<Digest> {
+    #[derive(serde::Deserialize)]
+    struct Spool {
+        tar: Digest,
+    }
+    serde_json::from_slice::<Spool>(record).ok().map(|s| s.tar)
 }
 
 /// Unpacks packages into one tree, remembering which package placed which file so that
@@ -514,7 +524,7 @@ pub fn ensure_merged_usr(tree: &mut Tree) -> Result<()> {
 /// The cached entry list if present and its spool blob is intact; otherwise reads the .deb.
 fn load_or_read(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
     let key = pkg.sha256.hex();
-    if let Some(bytes) = store.read_record(RECORD_BUCKET, key)?
+    if let Some(bytes) = store.read_record(Bucket::DebianUnpack, key)?
         && let Ok(u) = serde_json::from_slice::<Unpacked>(&bytes)
         && store.has_blob(&u.tar)
         && store.verify(&u.tar)?
@@ -537,7 +547,7 @@ fn load_or_read(store: &Store, pkg: &LockedPackage) -> Result<Unpacked> {
         Err(e) => return Err(e),
     };
     let json = serde_json::to_vec(&u).expect("serialisable");
-    store.write_record(RECORD_BUCKET, key, &json)?;
+    store.write_record(Bucket::DebianUnpack, key, &json)?;
     Ok(u)
 }
 

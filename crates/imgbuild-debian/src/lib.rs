@@ -12,13 +12,15 @@
 //! - [`deb`]: streamed unpacking of a `.deb` into an [`imgbuild_layer::Tree`] (merged /usr,
 //!   metadata for scanners, maintainer-script report);
 //! - [`system`]: what base-files/base-passwd/libc-bin postinsts would have done
-//!   (accounts, `/etc/passwd` & co., base directories and symlinks).
+//!   (base accounts, base directories and symlinks);
+//! - [`accounts`]: the one reader and writer of `/etc/passwd`, `/etc/group` & co.
 //!
 //! [`soname::packages_for_soname`] names the package that ships a missing library.
 //!
 //! [`version`] and [`control`] hold the Debian syntax (version ordering, deb822, relations),
 //! [`date`] the dates of Release files.
 
+pub mod accounts;
 pub mod control;
 pub mod date;
 pub mod deb;

@@ -7,7 +7,7 @@ use imgbuild_debian::deb::Replaced;
 use imgbuild_debian::index::Base;
 use imgbuild_debian::{Error, LockedPackage, Unpacker};
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
-use imgbuild_store::Store;
+use imgbuild_store::{Bucket, Store};
 
 enum E<'a> {
     Dir(&'a str, u32, u32, u32),
@@ -353,7 +353,7 @@ fn tampered_deb_in_store_is_refused() {
     assert!(matches!(err, Error::BadDeb { .. }), "{err}");
     assert!(err.to_string().contains("good"), "{err}");
     // nothing was recorded for it, and the corrupt blob was removed
-    assert!(store.list_records("debian-unpack-v1").unwrap().is_empty());
+    assert!(store.list_entries(Bucket::DebianUnpack).unwrap().is_empty());
     assert!(!store.has_blob(&pkg.sha256));
 }
 
@@ -704,8 +704,8 @@ fn unpack_all_reads_in_parallel_and_places_in_order() {
     for p in &pkgs {
         u.unpack(&store, p, &mut sequential).unwrap();
     }
-    for r in store.list_records("debian-unpack-v1").unwrap() {
-        store.remove_record("debian-unpack-v1", &r).unwrap();
+    for r in store.list_entries(Bucket::DebianUnpack).unwrap() {
+        store.remove_entry(Bucket::DebianUnpack, &r).unwrap();
     }
     let mut parallel = Tree::new();
     let seen = std::sync::Mutex::new(vec![]);

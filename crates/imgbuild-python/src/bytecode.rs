@@ -15,7 +15,9 @@
 //! memory at import time (slower start-up, same behaviour).
 //!
 //! Results are cached per (sources key, in-image directory, interpreter identity) in
-//! `<store>/unpacked/pyc-v2/<key>/`, written to a temp dir and renamed into place.
+//! the store's [`Bucket::PythonBytecode`], written to a temp dir and renamed into place
+//! whole ([`Store::commit_dir`]); a cache hit marks the entry used (`gc` keeps entries by
+//! their last use: nothing else names them).
 //!
 //! Why bother: measured by hand on the celery/flask stack, the app's imports take
 //! 1.3–1.6 s without `.pyc` (every start recompiles, and a read-only venv cannot cache),
@@ -26,14 +28,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use imgbuild_store::{Digest, Store, digest_reader};
+use imgbuild_store::{Bucket, Digest, Store, digest_reader};
 use sha2::Digest as _;
 
 use crate::error::{Error, Result, io_err};
 use crate::interpreter::ImageInterpreter;
 use crate::unpack::digest_record_hash;
-
-pub const PYC_BUCKET: &str = "unpacked/pyc-v2";
 
 /// One compiled file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -108,12 +108,12 @@ pub fn compile_sources(
     let mut h = sha2::Sha256::new();
     h.update(format!("pyc-v2\n{key}\n{dir}\n{}\n", python.identity));
     let key = hex::encode(h.finalize());
-    let root = store.root().join(PYC_BUCKET);
-    let dest = root.join(&key);
+    let dest = store.entry_path(Bucket::PythonBytecode, &key);
     if let Some(c) = load(&dest)? {
+        // Nothing names this entry but its key, so `gc` keeps it by its last use.
+        store.touch_entry(Bucket::PythonBytecode, &key);
         return Ok(c);
     }
-    fs::create_dir_all(&root).map_err(io_err("failed to create directory", &root))?;
     let tmp = store.temp_dir()?;
     let result = build(python, dir, sources, &tmp, jobs);
     match result {
@@ -122,16 +122,8 @@ pub fn compile_sources(
             Err(e)
         }
         Ok(()) => {
-            match fs::rename(&tmp, &dest) {
-                Ok(()) => {}
-                Err(_) if dest.join("manifest.json").is_file() => {
-                    let _ = fs::remove_dir_all(&tmp);
-                }
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&tmp);
-                    return Err(io_err("failed to move compiled files into place", &dest)(e));
-                }
-            }
+            // another process may finish the same sources first: theirs is as good
+            store.commit_dir(Bucket::PythonBytecode, &key, &tmp)?;
             load(&dest)?.ok_or_else(|| Error::Bytecode {
                 interpreter: python.describe(),
                 msg: format!("`{}` has no manifest", dest.display()),

@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use imgbuild_store::{Digest, HashingWriter, Store};
+use imgbuild_store::{Bucket, Digest, HashingWriter, Store};
 use sha2::Digest as _;
 
 use crate::VenvSpec;
@@ -25,8 +25,6 @@ use crate::requirements::{Requirement, Requirements};
 use crate::target::{TagPriorities, Target, WheelName};
 use crate::unpack::{Unpacked, unpack_cached};
 use crate::version::{SpecifierSet, Version};
-
-pub const SELECT_BUCKET: &str = "pywheel-select-v1";
 
 /// A verified wheel in the store, unpacked in the cache, ready to install.
 #[derive(Clone, Debug)]
@@ -52,6 +50,15 @@ struct Selection {
     digest: Digest,
 }
 
+/// The wheel a [`Bucket::PythonSelect`] record chose: the record is used only while
+/// that blob is there, so `gc` keeps the record exactly as long as it keeps the wheel.
+/// `None`: not a record of this format.
+pub fn selection_wheel(record: &[u8]) -> Option<Digest> {
+    serde_json::from_slice::<Selection>(record)
+        .ok()
+        .map(|s| s.digest)
+}
+
 /// Which requirements apply to the target (their marker holds), in file order.
 pub fn applicable<'a>(reqs: &'a Requirements, target: &Target) -> Vec<&'a Requirement> {
     let env = target.marker_env();
@@ -64,8 +71,10 @@ pub fn applicable<'a>(reqs: &'a Requirements, target: &Target) -> Vec<&'a Requir
 fn selection_key(target: &Target, r: &Requirement) -> String {
     let mut h = sha2::Sha256::new();
     h.update(format!(
-        "{SELECT_BUCKET}\n{target:?}\n{}\n{}\n",
-        r.key, r.version
+        "{}\n{target:?}\n{}\n{}\n",
+        Bucket::PythonSelect.name(),
+        r.key,
+        r.version
     ));
     for d in &r.hashes {
         h.update(d.hex());
@@ -173,7 +182,7 @@ fn select_one(
 ) -> Result<Selection> {
     let key = selection_key(&spec.target, r);
     let cached = store
-        .read_record(SELECT_BUCKET, &key)?
+        .read_record(Bucket::PythonSelect, &key)?
         .and_then(|b| serde_json::from_slice::<Selection>(&b).ok())
         .filter(|s| r.hashes.contains(&s.digest) && store.has_blob(&s.digest));
     if let Some(s) = cached {
@@ -196,7 +205,7 @@ fn select_one(
     let http = own_client.as_ref().unwrap_or(http);
     let s = select_and_download(spec, r, store, http, prio, &cfg)?;
     let bytes = serde_json::to_vec(&s).expect("selection serialises");
-    store.write_record(SELECT_BUCKET, &key, &bytes)?;
+    store.write_record(Bucket::PythonSelect, &key, &bytes)?;
     Ok(s)
 }
 

@@ -1,6 +1,7 @@
-//! The unpacked-wheel cache: each verified wheel blob is unzipped once into
-//! `<store>/unpacked/wheels-v1/<sha256>/` (written under the store's `tmp/`, then renamed
-//! into place, so a half-extracted directory is never seen), with a `manifest.json` that
+//! The unpacked-wheel cache: each verified wheel blob is unzipped once into an entry of
+//! the store's [`Bucket::PythonWheels`] named by the wheel's sha256 (written under the
+//! store's `tmp/`, then renamed into place by [`Store::commit_dir`], so a half-extracted
+//! directory is never seen), with a `manifest.json` that
 //! records every file's path, size, sha256 and executable bit. Layers then reference the
 //! extracted files by path instead of holding their bytes.
 //!
@@ -14,12 +15,11 @@ use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use imgbuild_store::{Digest, HashingWriter, Store};
+use imgbuild_store::{Bucket, Digest, HashingWriter, Store};
 
 use crate::error::{Error, Result, io_err};
 use crate::marker::normalize_name;
 
-pub const UNPACK_BUCKET: &str = "unpacked/wheels-v1";
 const MANIFEST: &str = "manifest.json";
 
 /// One extracted file of a wheel.
@@ -88,12 +88,10 @@ pub fn unpack_cached(
     filename: &str,
     project_key: &str,
 ) -> Result<Unpacked> {
-    let root = store.root().join(UNPACK_BUCKET);
-    let dest = root.join(digest.hex());
+    let dest = store.entry_path(Bucket::PythonWheels, digest.hex());
     if let Some(u) = load(&dest)? {
         return Ok(u);
     }
-    fs::create_dir_all(&root).map_err(io_err("failed to create directory", &root))?;
     let tmp = store.temp_dir()?;
     let result = (|| {
         // the zip reader needs to seek, so it reads the blob file directly, after a full
@@ -123,19 +121,8 @@ pub fn unpack_cached(
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    match fs::rename(&tmp, &dest) {
-        Ok(()) => {
-            let _ = File::open(&root).and_then(|d| d.sync_all());
-        }
-        // another process finished the same wheel first: theirs is as good as ours
-        Err(_) if dest.join(MANIFEST).is_file() => {
-            let _ = fs::remove_dir_all(&tmp);
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(io_err("failed to move unpacked wheel into place", &dest)(e));
-        }
-    }
+    // another process may finish the same wheel first: theirs is as good as ours
+    store.commit_dir(Bucket::PythonWheels, digest.hex(), &tmp)?;
     load(&dest)?.ok_or_else(|| Error::BadWheel {
         wheel: filename.to_owned(),
         msg: format!("unpacked directory `{}` has no manifest", dest.display()),

@@ -5,8 +5,10 @@
 //! - [`Store`]: a directory of blobs named by their digest, where every write is
 //!   atomic (temp file in the same filesystem, fsync, rename, fsync of the directory)
 //!   and every read can be verified against the name;
-//! - small metadata records ([`Store::write_record`]) written with the same atomic
-//!   discipline, for caches that map a key to a result.
+//! - the [`Bucket`]s: every other kind of entry of the store, one typed list with
+//!   format versions (small records written with the same atomic discipline by
+//!   [`Store::write_record`], and directories renamed into place whole); no other
+//!   code names a path under the store root.
 //!
 //! A blob whose bytes do not match its name is never handed out as good: [`Store::open_verified`]
 //! returns a reader that fails at end of stream on a mismatch, and [`Store::verify`] deletes
@@ -25,6 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
+
+mod bucket;
+pub use bucket::{Bucket, BucketKind, disk_bytes, remove_path};
 
 /// Errors of the store. Each names the path or digest involved.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +235,9 @@ pub fn digest_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
 /// ```text
 /// blobs/sha256/<hex>      immutable content
 /// records/<bucket>/<key>  small metadata (cache entries), replaced atomically
+/// unpacked/<bucket>/<key> directories made once and renamed into place whole
 /// tmp/                    temp files of writes in progress
+/// lock                    flock: builds shared, gc exclusive
 /// owners/<owner>.alive    locked by each process that has temp files (see TempOwner)
 /// ```
 #[derive(Clone, Debug)]
@@ -479,13 +486,14 @@ impl Store {
         Ok(bytes)
     }
 
-    /// Path of a metadata record. `bucket` carries a format version (`layers-v1`).
-    pub fn record_path(&self, bucket: &str, key: &str) -> PathBuf {
-        self.root.join("records").join(bucket).join(key)
+    /// Path of a metadata record of a record bucket.
+    pub fn record_path(&self, bucket: Bucket, key: &str) -> PathBuf {
+        debug_assert_eq!(bucket.kind(), BucketKind::Records, "{bucket}");
+        self.entry_path(bucket, key)
     }
 
     /// Reads a metadata record; `None` if absent.
-    pub fn read_record(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    pub fn read_record(&self, bucket: Bucket, key: &str) -> Result<Option<Vec<u8>>> {
         let p = self.record_path(bucket, key);
         match fs::read(&p) {
             Ok(b) => Ok(Some(b)),
@@ -495,7 +503,7 @@ impl Store {
     }
 
     /// Writes a metadata record atomically (temp file, fsync, rename, fsync dir).
-    pub fn write_record(&self, bucket: &str, key: &str, bytes: &[u8]) -> Result<()> {
+    pub fn write_record(&self, bucket: Bucket, key: &str, bytes: &[u8]) -> Result<()> {
         let dest = self.record_path(bucket, key);
         let dir = dest.parent().expect("record has a parent");
         fs::create_dir_all(dir).map_err(io_err("failed to create directory", dir))?;
@@ -514,33 +522,10 @@ impl Store {
         r
     }
 
-    /// Removes a record if present.
-    pub fn remove_record(&self, bucket: &str, key: &str) -> Result<()> {
-        let p = self.record_path(bucket, key);
-        match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("failed to remove record", &p)(e)),
-        }
-    }
-
-    /// Names of the records in a bucket.
-    pub fn list_records(&self, bucket: &str) -> Result<Vec<String>> {
-        let dir = self.root.join("records").join(bucket);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(io_err("failed to list", &dir)(e)),
-        };
-        let mut out = vec![];
-        for e in rd {
-            let e = e.map_err(io_err("failed to list", &dir))?;
-            if let Some(n) = e.file_name().to_str() {
-                out.push(n.to_owned());
-            }
-        }
-        out.sort();
-        Ok(out)
+    /// The file whose flock guards the store as a whole: builds hold it shared,
+    /// `gc` exclusively.
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("lock")
     }
 
     /// Every blob digest in the store.
@@ -921,11 +906,18 @@ mod tests {
     fn records_are_replaced_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert!(store.read_record("b-v1", "k").unwrap().is_none());
-        store.write_record("b-v1", "k", b"1").unwrap();
-        store.write_record("b-v1", "k", b"2").unwrap();
-        assert_eq!(store.read_record("b-v1", "k").unwrap().unwrap(), b"2");
-        assert_eq!(store.list_records("b-v1").unwrap(), vec!["k".to_owned()]);
+        assert!(store.read_record(Bucket::Layers, "k").unwrap().is_none());
+        store.write_record(Bucket::Layers, "k", b"1").unwrap();
+        store.write_record(Bucket::Layers, "k", b"2").unwrap();
+        assert_eq!(
+            store.read_record(Bucket::Layers, "k").unwrap().unwrap(),
+            b"2"
+        );
+        assert_eq!(
+            store.list_entries(Bucket::Layers).unwrap(),
+            vec!["k".to_owned()]
+        );
+        assert!(dir.path().join("records/layers-v2/k").is_file());
     }
 
     #[test]
