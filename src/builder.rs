@@ -75,12 +75,24 @@ pub fn plan(
     let mut done: BTreeMap<String, Option<Built>> = BTreeMap::new();
     let mut images = vec![];
     for r in &order {
-        let base = match &r.from.value {
-            From::Recipe(p) => match done.get(p) {
-                Some(Some(b)) => Some(b),
-                _ => {
-                    // the base is built first: every layer of this one waits for it
-                    let plan = waiting_plan(r, &format!("base image `{p}` changes"), 0);
+        // an image another image's layers read must be built first
+        let pending_dep = r
+            .dependencies()
+            .into_iter()
+            .map(|(d, _)| d)
+            .find(|d| !matches!(done.get(d), Some(Some(_))));
+        let base = match (&r.from.value, pending_dep) {
+            (From::Recipe(p), None) => done.get(p).and_then(Option::as_ref),
+            (_, None) => None,
+            (from, Some(dep)) => {
+                {
+                    // every layer of this one waits for it
+                    let why = if *from == From::Recipe(dep.clone()) {
+                        format!("base image `{dep}` changes")
+                    } else {
+                        format!("image `{dep}` changes")
+                    };
+                    let plan = waiting_plan(r, &why, 0);
                     // its Debian layers still resolve, for the lock
                     for i in 0..r.layers.len() {
                         source::lock_layer(&session, r, i)?;
@@ -89,8 +101,7 @@ pub fn plan(
                     images.push(plan);
                     continue;
                 }
-            },
-            _ => None,
+            }
         };
         let out = build_image(project, &session, r, base, &stat, 1, Mode::Plan)?;
         done.insert(r.name.clone(), out.built);
@@ -460,6 +471,11 @@ pub(crate) fn build_image(
             if wrote { "" } else { " (unchanged)" }
         ));
     }
+    session
+        .images
+        .lock()
+        .expect("images")
+        .insert(r.name.clone(), record.clone());
     Ok(ImageOutcome {
         built: Some(Built {
             record,

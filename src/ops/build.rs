@@ -55,15 +55,14 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     let lock_before = session.debian.lock.lock().expect("lock").clone();
     let started = Instant::now();
 
-    // Waves: an image builds once its base has; images within a wave are independent.
+    // Waves: an image builds once its base and every image its layers read have;
+    // images within a wave are independent.
     let mut done: BTreeMap<String, Built> = BTreeMap::new();
     let mut remaining: Vec<&Recipe> = order.clone();
     while !remaining.is_empty() {
-        let (ready, later): (Vec<&Recipe>, Vec<&Recipe>) =
-            remaining.into_iter().partition(|r| match &r.from.value {
-                From::Recipe(p) => done.contains_key(p),
-                _ => true,
-            });
+        let (ready, later): (Vec<&Recipe>, Vec<&Recipe>) = remaining
+            .into_iter()
+            .partition(|r| r.dependencies().iter().all(|(d, _)| done.contains_key(d)));
         remaining = later;
         if ready.is_empty() {
             return Err(anyhow!(

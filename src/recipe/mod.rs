@@ -150,33 +150,65 @@ impl RecipeSet {
 
     fn check_graph(&self) -> Result<(), RecipeError> {
         for r in self.recipes.values() {
-            if let From::Recipe(parent) = &r.from.value
-                && !self.recipes.contains_key(parent)
-            {
-                let known: Vec<_> = self.recipes.keys().map(String::as_str).collect();
-                return Err(r.error_at(
-                    &r.from.pos,
-                    format!(
-                        "unknown `from = \"{parent}\"`: no recipes/{parent}.toml (known recipes: {}; use \"scratch\" for an empty base)",
-                        known.join(", ")
-                    ),
-                ));
+            for (dep, pos) in r.dependencies() {
+                if !self.recipes.contains_key(&dep) {
+                    let known: Vec<_> = self.recipes.keys().map(String::as_str).collect();
+                    let what = if matches!(&r.from.value, From::Recipe(p) if *p == dep)
+                        && pos.line == r.from.pos.line
+                        && pos.column == r.from.pos.column
+                    {
+                        format!(
+                            "unknown `from = \"{dep}\"`: no recipes/{dep}.toml (known recipes: {}; use \"scratch\" for an empty base)",
+                            known.join(", ")
+                        )
+                    } else {
+                        format!(
+                            "unknown image `{dep}`: no recipes/{dep}.toml (known recipes: {})",
+                            known.join(", ")
+                        )
+                    };
+                    return Err(r.error_at(&pos, what));
+                }
             }
         }
-        for name in self.recipes.keys() {
-            let mut seen = vec![name.as_str()];
-            let mut cur = name.as_str();
-            while let From::Recipe(parent) = &self.recipes[cur].from.value {
-                if seen.contains(&parent.as_str()) {
-                    seen.push(parent);
-                    let r = &self.recipes[cur];
-                    return Err(
-                        r.error_at(&r.from.pos, format!("`from` cycle: {}", seen.join(" -> ")))
-                    );
-                }
-                seen.push(parent);
-                cur = parent;
+        // a cycle through any dependency (`from`, or an image a layer reads)
+        fn visit<'a>(
+            set: &'a RecipeSet,
+            name: &'a str,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) -> Result<(), RecipeError> {
+            if done.contains(name) {
+                return Ok(());
             }
+            let r = &set.recipes[name];
+            for (dep, pos) in r.dependencies() {
+                let dep = set
+                    .recipes
+                    .get_key_value(&dep)
+                    .map(|(k, _)| k.as_str())
+                    .unwrap_or("");
+                if let Some(i) = path.iter().position(|p| *p == dep) {
+                    let mut chain: Vec<&str> = path[i..].to_vec();
+                    chain.push(name);
+                    chain.push(dep);
+                    let how = if r.from.value == From::Recipe(dep.to_owned()) {
+                        "`from` cycle"
+                    } else {
+                        "dependency cycle"
+                    };
+                    return Err(r.error_at(&pos, format!("{how}: {}", chain[1..].join(" -> "))));
+                }
+                path.push(name);
+                visit(set, dep, path, done)?;
+                path.pop();
+            }
+            done.insert(name);
+            Ok(())
+        }
+        let mut done = BTreeSet::new();
+        for name in self.recipes.keys() {
+            visit(self, name, &mut vec![], &mut done)?;
         }
         Ok(())
     }
@@ -199,8 +231,8 @@ impl RecipeSet {
                 return;
             }
             let r = &set.recipes[n];
-            if let From::Recipe(p) = &r.from.value {
-                visit(set, p, done, out);
+            for (dep, _) in r.dependencies() {
+                visit(set, &dep, done, out);
             }
             out.push(r);
         }

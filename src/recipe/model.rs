@@ -43,6 +43,21 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// The recipes this one needs built first: its `from`, and the images its
+    /// layers' sources read; each with where it is named.
+    pub fn dependencies(&self) -> Vec<(String, Pos)> {
+        let mut deps = vec![];
+        if let From::Recipe(p) = &self.from.value {
+            deps.push((p.clone(), self.from.pos.clone()));
+        }
+        for l in &self.layers {
+            for s in &l.sources {
+                deps.extend(s.depends_on());
+            }
+        }
+        deps
+    }
+
     pub fn error_at(&self, pos: &Pos, message: impl Into<String>) -> RecipeError {
         RecipeError {
             file: self.file.clone(),

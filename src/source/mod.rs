@@ -81,6 +81,11 @@ pub trait LayerSource: Send + Sync + Debug {
     fn lock(&self, _cx: &LockCx) -> Result<()> {
         Ok(())
     }
+    /// The recipes whose images this source reads (a builder image, files copied out
+    /// of another image), with where the recipe names them: they are built first.
+    fn depends_on(&self) -> Vec<(String, Pos)> {
+        vec![]
+    }
     /// States this source's inputs (through `cx`) and returns what builds it.
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>>;
 }
@@ -235,6 +240,18 @@ impl LayerCx<'_, '_> {
         let resolved = self.lower.resolve(dest);
         self.context.extend(self.lower.context_for(&resolved));
         Ok(TreePath::new(&resolved)?)
+    }
+    /// The last build of another recipe's image this command has made (or found
+    /// entirely cached); only recipes named by [`LayerSource::depends_on`] are
+    /// guaranteed to be there.
+    #[allow(dead_code)] // for the sources that read another image (build steps, copies)
+    pub fn image(&self, name: &str) -> Option<crate::cache::ImageRecord> {
+        self.session
+            .images
+            .lock()
+            .expect("images")
+            .get(name)
+            .cloned()
     }
     /// The source writes anywhere (packages, a venv): the whole lower view is an input.
     pub fn depends_on_whole_lower_view(&mut self) {
@@ -517,6 +534,9 @@ pub struct Session {
     pub progress: crate::progress::Progress,
     /// Registry client options for base images (insecure registries, CA directories).
     pub registry: imgbuild_registry::ClientOptions,
+    /// The images this command has built (or found cached), by recipe name, for
+    /// the sources that read another image.
+    pub images: std::sync::Mutex<BTreeMap<String, crate::cache::ImageRecord>>,
 }
 
 impl Session {
@@ -540,6 +560,7 @@ impl Session {
             jobs: project.jobs,
             progress: project.progress.clone(),
             registry: settings.registry_options(&[], project.jobs.clamp(2, 8)),
+            images: Default::default(),
         })
     }
 }
