@@ -62,7 +62,11 @@ impl LayerRecord {
     }
 
     pub fn save(&self, store: &Store, fingerprint: &Digest) -> anyhow::Result<()> {
-        store.write_record(Bucket::Layers, fingerprint.hex(), &serde_json::to_vec(self)?)?;
+        store.write_record(
+            Bucket::Layers,
+            fingerprint.hex(),
+            &serde_json::to_vec(self)?,
+        )?;
         Ok(())
     }
 }

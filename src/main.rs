@@ -226,8 +226,6 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Lock => ops::lock::lock(&project),
         Command::Inspect { name } => ops::inspect::inspect(&project, name, g.json),
-        Command::Gc { keep_days, dry_run } => {
-            ops::gc::gc(&project, *keep_days, *dry_run, g.json)
-        }
+        Command::Gc { keep_days, dry_run } => ops::gc::gc(&project, *keep_days, *dry_run, g.json),
     }
 }

@@ -121,9 +121,10 @@ fn print_report(project: &Project, r: &GcReport) {
             human(b.kept_bytes)
         ));
     }
-    let (n, bytes) = r.buckets.iter().fold((0, 0), |(n, s), b| {
-        (n + b.removed, s + b.removed_bytes)
-    });
+    let (n, bytes) = r
+        .buckets
+        .iter()
+        .fold((0, 0), |(n, s), b| (n + b.removed, s + b.removed_bytes));
     project.progress.line(format!(
         "{verb} {n} entr{} ({}) not used by any build of the last {} day(s){}",
         if n == 1 { "y" } else { "ies" },
@@ -137,11 +138,14 @@ fn print_report(project: &Project, r: &GcReport) {
     ));
 }
 
+/// Removes one entry (run only when not a dry run).
+type Remove = Box<dyn Fn(&Store) -> imgbuild_store::Result<()>>;
+
 /// One entry of the store and the decision about it.
 struct Entry {
     keep: bool,
     bytes: u64,
-    remove: Box<dyn Fn(&Store) -> imgbuild_store::Result<()>>,
+    remove: Remove,
 }
 
 impl Entry {

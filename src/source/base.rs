@@ -213,7 +213,11 @@ fn contents(session: &Session, manifest: &Digest, layers: &[Digest]) -> Result<B
         .progress
         .status(format!("reading the base image's filesystem ({manifest})"));
     let c = read_contents(store, layers)?;
-    store.write_record(Bucket::BaseContents, manifest.hex(), &serde_json::to_vec(&c)?)?;
+    store.write_record(
+        Bucket::BaseContents,
+        manifest.hex(),
+        &serde_json::to_vec(&c)?,
+    )?;
     Ok(c)
 }
 

@@ -128,7 +128,12 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
     let v0_record = v0_record.expect("a layer record of V0's top layer");
     age(&v0_record, 30);
     let stat_dir = s.join("records/statcache-v3");
-    let own_stat = std::fs::read_dir(&stat_dir).unwrap().next().unwrap().unwrap().path();
+    let own_stat = std::fs::read_dir(&stat_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     age(&own_stat, 30);
 
     // One entry to keep and one to drop in every other bucket, in each bucket's format.
@@ -139,16 +144,27 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         p
     };
     let images_dir = s.join("records/images-v1");
-    let own_image = std::fs::read_dir(&images_dir).unwrap().next().unwrap().unwrap().path();
+    let own_image = std::fs::read_dir(&images_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let other_image = w(
         "records/images-v1/00000000000000ff-gone",
         &std::fs::read(&own_image).unwrap(),
     );
     age(&other_image, 30);
-    let other_stat = w("records/statcache-v3/00000000000000ff", b"imgbuild-statcache-v3\n");
+    let other_stat = w(
+        "records/statcache-v3/00000000000000ff",
+        b"imgbuild-statcache-v3\n",
+    );
     age(&other_stat, 30);
     let manifest = |d: &str| format!("{{\"manifest\":\"{d}\"}}");
-    let keep_base = w(&format!("records/bases-v1/{}", "01".repeat(32)), manifest(&v1_manifest).as_bytes());
+    let keep_base = w(
+        &format!("records/bases-v1/{}", "01".repeat(32)),
+        manifest(&v1_manifest).as_bytes(),
+    );
     let drop_base = w(
         &format!("records/bases-v1/{}", "02".repeat(32)),
         manifest(&format!("sha256:{gone_hex}")).as_bytes(),
@@ -156,35 +172,47 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
     let keep_contents = w(&format!("records/base-contents-v1/{kept_hex}"), b"{}");
     let drop_contents = w(&format!("records/base-contents-v1/{gone_hex}"), b"{}");
     let tar = |d: &str| format!("{{\"tar\":\"{d}\"}}");
-    let keep_unpack = w(&format!("records/debian-unpack-v1/{}", "03".repeat(32)), tar(&v1_top).as_bytes());
+    let keep_unpack = w(
+        &format!("records/debian-unpack-v1/{}", "03".repeat(32)),
+        tar(&v1_top).as_bytes(),
+    );
     let drop_unpack = w(
         &format!("records/debian-unpack-v1/{}", "04".repeat(32)),
         tar(&format!("sha256:{gone_hex}")).as_bytes(),
     );
     let sel = |d: &str| format!("{{\"filename\":\"x-1-py3-none-any.whl\",\"digest\":\"{d}\"}}");
-    let keep_select = w(&format!("records/pywheel-select-v1/{}", "05".repeat(32)), sel(&v1_top).as_bytes());
+    let keep_select = w(
+        &format!("records/pywheel-select-v1/{}", "05".repeat(32)),
+        sel(&v1_top).as_bytes(),
+    );
     let drop_select = w(
         &format!("records/pywheel-select-v1/{}", "06".repeat(32)),
         sel(&format!("sha256:{gone_hex}")).as_bytes(),
     );
-    w(&format!("unpacked/wheels-v1/{kept_hex}/manifest.json"), b"{}");
-    w(&format!("unpacked/wheels-v1/{gone_hex}/manifest.json"), b"{}");
+    w(
+        &format!("unpacked/wheels-v1/{kept_hex}/manifest.json"),
+        b"{}",
+    );
+    w(
+        &format!("unpacked/wheels-v1/{gone_hex}/manifest.json"),
+        b"{}",
+    );
     let (keep_wheel, drop_wheel) = (
         s.join(format!("unpacked/wheels-v1/{kept_hex}")),
         s.join(format!("unpacked/wheels-v1/{gone_hex}")),
     );
     w("unpacked/pyc-v2/recent/manifest.json", b"{}");
     w("unpacked/pyc-v2/old/manifest.json", b"{}");
-    let (keep_pyc, drop_pyc) = (s.join("unpacked/pyc-v2/recent"), s.join("unpacked/pyc-v2/old"));
+    let (keep_pyc, drop_pyc) = (
+        s.join("unpacked/pyc-v2/recent"),
+        s.join("unpacked/pyc-v2/old"),
+    );
     age(&drop_pyc, 30);
     let stale_records = w("records/layers-v0/x", b"{}").parent().unwrap().to_owned();
     let stale_dirs = w("unpacked/pyc-v1/x/manifest.json", b"{}");
     let stale_dirs = stale_dirs.parent().unwrap().parent().unwrap().to_owned();
     let stray = b"a blob no build made\n";
-    let stray_blob = w(
-        &format!("blobs/sha256/{}", sha256_hex(stray)),
-        stray,
-    );
+    let stray_blob = w(&format!("blobs/sha256/{}", sha256_hex(stray)), stray);
 
     let expected: BTreeMap<String, u64> = [
         ("images-v1", 1),
@@ -216,14 +244,19 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.lines().any(|l| l.starts_with("layers-v1") && l.contains("would remove 1")),
+        text.lines()
+            .any(|l| l.starts_with("layers-v1") && l.contains("would remove 1")),
         "{text}"
     );
     assert_eq!(listing(&s), before, "gc --dry-run changed the store");
 
     // The real run removes exactly that, and says so.
     let real = gc_json(&f, &[]);
-    assert_eq!(per_bucket(&real), dry_buckets, "the dry run reported something else");
+    assert_eq!(
+        per_bucket(&real),
+        dry_buckets,
+        "the dry run reported something else"
+    );
     for gone in [
         &v0_record,
         &other_image,

@@ -272,7 +272,11 @@ mod tests {
         let mut dirs: Vec<PathBuf> = Bucket::ALL.iter().map(|b| b.relative_dir()).collect();
         dirs.sort();
         dirs.dedup();
-        assert_eq!(dirs.len(), Bucket::ALL.len(), "two buckets share a directory");
+        assert_eq!(
+            dirs.len(),
+            Bucket::ALL.len(),
+            "two buckets share a directory"
+        );
         for b in Bucket::ALL {
             assert!(b.version() >= 1, "{b}");
         }
