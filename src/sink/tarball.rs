@@ -11,14 +11,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use imgbuild_store::{Digest, Store};
 use serde_json::json;
 
-use super::{ImageOut, finish_atomic, temp_beside};
+use super::ImageOut;
 use crate::oci::{self, Descriptor, MEDIA_MANIFEST};
 
 pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<bool> {
@@ -44,9 +44,9 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
     if is_current(dest, docs, expected_size) {
         return Ok(false);
     }
-    let (tmp, f) = temp_beside(dest)?;
+    let mut out = imgbuild_store::AtomicFile::create(dest, 0o666)?;
     let r = (|| -> io::Result<()> {
-        let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));
+        let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, out.file()));
         let header = |size: u64, kind: tar::EntryType, mode: u32| {
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(kind);
@@ -83,10 +83,10 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
                 src,
             )?;
         }
-        let w = b.into_inner()?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+        b.into_inner()?.flush()
     })();
-    finish_atomic(r, tmp, dest)?;
+    r.with_context(|| format!("failed to write `{}`", dest.display()))?;
+    out.commit()?;
     Ok(true)
 }
 

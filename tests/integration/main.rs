@@ -12,3 +12,4 @@ mod load_pin;
 mod push;
 mod setup_cmd;
 mod stack_images;
+mod temps;
