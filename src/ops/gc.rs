@@ -138,11 +138,14 @@ fn print_report(project: &Project, r: &GcReport) {
     ));
 }
 
+/// Removes one entry (run only when not a dry run).
+type Remove = Box<dyn Fn(&Store) -> imgbuild_store::Result<()>>;
+
 /// One entry of the store and the decision about it.
 struct Entry {
     keep: bool,
     bytes: u64,
-    remove: Box<dyn Fn(&Store) -> imgbuild_store::Result<()>>,
+    remove: Remove,
 }
 
 impl Entry {

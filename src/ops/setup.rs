@@ -240,47 +240,39 @@ pub fn setup(opts: &SetupOptions) -> Result<String> {
 /// `replace = true`: renamed over `path` (a symlink at `path` is replaced itself,
 /// not followed).
 pub fn write_private_file(path: &Path, bytes: &[u8], replace: bool) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let (tmp, mut f) = crate::sink::temp_beside_with_mode(path, 0o600)?;
-    let written = (|| -> std::io::Result<()> {
+    let mut f = imgbuild_store::AtomicFile::create(path, 0o600)?;
+    let tmp = f.temp_path().to_path_buf();
+    (|| -> std::io::Result<()> {
         // the umask may only have removed bits; make it exactly 0600
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()
+        f.file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)
     })()
-    .with_context(|| format!("failed to write `{}`", tmp.display()));
-    let placed = written.and_then(|()| {
-        if replace {
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("failed to replace `{}`", path.display()))
-        } else {
-            let linked = std::fs::hard_link(&tmp, path);
-            let _ = std::fs::remove_file(&tmp);
-            linked.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    anyhow::anyhow!(
-                        "{} already exists; keeping it (pass --force to replace it: the stack's volumes keep the old passwords)",
-                        path.display()
-                    )
-                } else {
-                    anyhow::Error::new(e).context(format!(
-                        "failed to create `{}` (it is put in place with a hard link, so that an existing file is never replaced)",
-                        path.display()
-                    ))
-                }
-            })
-        }
-    });
-    if placed.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    .with_context(|| format!("failed to write `{}`", tmp.display()))?;
+    if replace {
+        return f
+            .commit()
+            .with_context(|| format!("failed to replace `{}`", path.display()));
     }
-    placed?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("failed to sync the directory `{}`", dir.display()))
+    let mut exists = false;
+    f.commit_with(|tmp, dest| {
+        let linked = std::fs::hard_link(tmp, dest);
+        exists = matches!(&linked, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists);
+        linked
+    })
+    .map_err(|e| {
+        if exists {
+            anyhow::anyhow!(
+                "{} already exists; keeping it (pass --force to replace it: the stack's volumes keep the old passwords)",
+                path.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!(
+                "failed to create `{}` (it is put in place with a hard link, so that an existing file is never replaced)",
+                path.display()
+            ))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -19,16 +19,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use imgbuild_store::{Digest, HashingWriter, Store, TIMESTAMP_MARGIN};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ImageOut, finish_atomic, temp_beside};
+use super::ImageOut;
 use crate::oci::{self, Descriptor, MEDIA_MANIFEST};
 
 pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<bool> {
@@ -51,10 +51,10 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
     if is_current(store, &record_key, dest, &content, expected_size)? {
         return Ok(false);
     }
-    let (tmp, f) = temp_beside(dest)?;
+    let mut out = imgbuild_store::AtomicFile::create(dest, 0o666)?;
     let mut written = None;
     let r = (|| -> io::Result<()> {
-        let w = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
+        let w = HashingWriter::new(BufWriter::with_capacity(1 << 20, out.file()));
         let mut b = tar::Builder::new(w);
         let header = |size: u64, kind: tar::EntryType, mode: u32| {
             let mut h = tar::Header::new_ustar();
@@ -94,9 +94,10 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
         }
         let (w, digest, _) = b.into_inner()?.finish();
         written = Some(digest);
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+        w.into_inner().map_err(|e| e.into_error())?.flush()
     })();
-    finish_atomic(r, tmp, dest)?;
+    r.with_context(|| format!("failed to write `{}`", dest.display()))?;
+    out.commit()?;
     let digest = written.expect("a written tarball has a digest");
     // The ctime of a file just written is within the margin of now: the next build
     // hashes it once more, and trusts it from then on.

@@ -15,3 +15,4 @@ mod push;
 mod setup_cmd;
 mod sources;
 mod stack_images;
+mod temps;

@@ -589,52 +589,25 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
         })
 }
 
-/// Writes `bytes` to `path` through a 0600 temp file in the same directory, fsync, rename.
+/// Writes `bytes` to `path` atomically ([`imgbuild_store::AtomicFile`]) through a temp
+/// file created 0600, so the credentials are never readable by others, not even
+/// briefly. A missing directory is created 0700, as `docker login` does.
 fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| RegistryError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
+    use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     if !dir.exists() {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(io("failed to create directory", dir))?;
+            .map_err(|source| RegistryError::Io {
+                op: "failed to create directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
     }
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("config.json"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("failed to create", &tmp))?;
-        f.write_all(bytes).map_err(io("failed to write", &tmp))?;
-        f.sync_all().map_err(io("failed to fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io("failed to rename into place", path))?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("failed to fsync directory", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    imgbuild_store::write_atomic(path, bytes, 0o600)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ use crate::{Result, Store, io_err, sync_dir};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Bucket {
     /// Layer fingerprint (hex) -> the finished layer (`LayerRecord` of the binary).
+    /// Bump its version when the meaning of any fingerprint input, or the record's
+    /// format, changes.
     Layers,
     /// `<project key>-<image name>` -> the last build of that image (`ImageRecord`).
     Images,

@@ -1,6 +1,6 @@
 //! The content-addressed store shared by every part of imgbuild.
 //!
-//! This crate owns three things and nothing else:
+//! This crate owns four things and nothing else:
 //! - [`Digest`]: a validated `sha256:<64 hex>` name for a blob;
 //! - [`Store`]: a directory of blobs named by their digest, where every write is
 //!   atomic (temp file in the same filesystem, fsync, rename, fsync of the directory)
@@ -8,7 +8,10 @@
 //! - the [`Bucket`]s: every other kind of entry of the store, one typed list with
 //!   format versions (small records written with the same atomic discipline by
 //!   [`Store::write_record`], and directories renamed into place whole); no other
-//!   code names a path under the store root.
+//!   code names a path under the store root;
+//! - [`atomic`]: the one atomic writer of files outside the store ([`AtomicFile`]) and
+//!   the one temp naming scheme, owners locked with flock ([`TempOwner`]), that the
+//!   store's own temp files use too.
 //!
 //! A blob whose bytes do not match its name is never handed out as good: [`Store::open_verified`]
 //! returns a reader that fails at end of stream on a mismatch, and [`Store::verify`] deletes
@@ -16,19 +19,21 @@
 //!
 //! Concurrency: two processes may write the same blob at once; both write their own temp
 //! file and the second rename simply replaces identical bytes. A process killed mid-write
-//! leaves only a temp file under `tmp/`, which [`Store::clean_tmp`] removes when it is old.
+//! leaves only a temp file under `tmp/`, which [`Store::clean_tmp`] removes once its
+//! owner's lock is free (or when it is old).
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 
+pub mod atomic;
 mod bucket;
+pub use atomic::{AtomicFile, TempOwner, write_atomic};
 pub use bucket::{Bucket, BucketKind, disk_bytes, remove_path};
 
 /// Errors of the store. Each names the path or digest involved.
@@ -251,26 +256,10 @@ pub struct Store {
     owner: std::sync::Arc<std::sync::OnceLock<TempOwner>>,
 }
 
-/// Who owns which temp files: every temp name starts with `<owner>-`, and
-/// `owners/<owner>.alive` is locked (flock) by the owning process for as long as it
-/// runs. The kernel drops the lock when the process dies, however it dies, so a
-/// cleaner that can lock the file knows the owner is gone. Unlike a PID check,
-/// this also holds for processes in other PID namespaces (containers sharing a
-/// store).
-#[derive(Debug)]
-struct TempOwner {
-    name: String,
-    alive: PathBuf,
-    _lock: File,
-}
-
-impl Drop for TempOwner {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.alive);
-    }
-}
-
-const ALIVE_SUFFIX: &str = ".alive";
+/// Who owns which temp files: every temp name under `tmp/` starts with `<owner>-`,
+/// and `owners/<owner>.alive` is locked by the owning process for as long as it runs
+/// ([`TempOwner`]: the kernel drops the lock when the process dies, however it dies).
+const OWNERS: &str = "owners";
 
 /// What identifies one version of a file: any write, truncation or replacement
 /// changes the inode or moves ctime.
@@ -293,8 +282,6 @@ impl FileId {
         }
     }
 }
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
     /// Opens (creating if needed) a store at `root`.
@@ -556,41 +543,16 @@ impl Store {
         }
     }
 
-    /// This process's temp-file owner name, claiming it on first use: the lock
-    /// file is made under another name, locked, then renamed into place, so a
-    /// cleaner never sees an unlocked `.alive` file of a live process.
-    fn owner(&self) -> Result<&str> {
+    /// This process's temp-file owner, claimed on first use.
+    fn owner(&self) -> Result<&TempOwner> {
         if let Some(o) = self.owner.get() {
-            return Ok(&o.name);
+            return Ok(o);
         }
-        let dir = self.root.join("owners");
-        let name = format!(
-            "{}x{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos() % 1_000_000_000_000)
-                .unwrap_or(0)
-        );
-        let claiming = dir.join(format!("{name}.claim"));
-        let alive = dir.join(format!("{name}{ALIVE_SUFFIX}"));
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&claiming)
-            .map_err(io_err("failed to create temp owner file", &claiming))?;
-        f.lock()
-            .map_err(io_err("failed to lock temp owner file", &claiming))?;
-        fs::rename(&claiming, &alive).map_err(io_err("failed to create", &alive))?;
-        let owner = TempOwner {
-            name,
-            alive,
-            _lock: f,
-        };
+        let owner = TempOwner::claim(&self.root.join(OWNERS), "")?;
         // Another thread may have claimed first: its owner wins, ours is dropped
         // (and its file removed).
         let _ = self.owner.set(owner);
-        Ok(&self.owner.get().expect("owner set").name)
+        Ok(self.owner.get().expect("owner set"))
     }
 
     /// Removes temp files and directories left by killed processes: everything of
@@ -599,36 +561,10 @@ impl Store {
     /// file is lost).
     pub fn clean_tmp(&self, age: Duration) -> Result<usize> {
         let now = SystemTime::now();
-        let mine = self.owner.get().map(|o| o.name.clone());
+        let mine = self.owner.get().map(|o| o.name().to_owned());
         // Owners that no longer run (their lock is free), and claims that never
         // became owners (a process killed while claiming).
-        let owners = self.root.join("owners");
-        let mut dead: Vec<String> = vec![];
-        for e in fs::read_dir(&owners)
-            .map_err(io_err("failed to list", &owners))?
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(owner) = name.strip_suffix(ALIVE_SUFFIX) {
-                if Some(owner) == mine.as_deref() {
-                    continue;
-                }
-                let free = File::options()
-                    .write(true)
-                    .open(e.path())
-                    .is_ok_and(|f| f.try_lock().is_ok());
-                if free {
-                    dead.push(owner.to_owned());
-                    let _ = fs::remove_file(e.path());
-                }
-            } else if e
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= age)
-            {
-                let _ = fs::remove_file(e.path());
-            }
-        }
+        let dead = atomic::dead_owners(&self.root.join(OWNERS), "", mine.as_deref(), age);
         let dir = self.root.join("tmp");
         let mut n = 0;
         for e in fs::read_dir(&dir)
@@ -663,22 +599,8 @@ impl Store {
 
     /// A fresh temp file under `tmp/` (same filesystem as the blobs, so rename is atomic).
     pub fn temp_file(&self) -> Result<(PathBuf, File)> {
-        let dir = self.root.join("tmp");
-        let owner = self.owner()?.to_owned();
-        loop {
-            let name = format!("{owner}-{}", TMP_COUNTER.fetch_add(1, Ordering::Relaxed),);
-            let p = dir.join(name);
-            match OpenOptions::new()
-                .write(true)
-                .read(true)
-                .create_new(true)
-                .open(&p)
-            {
-                Ok(f) => return Ok((p, f)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err("failed to create temp file", &p)(e)),
-            }
-        }
+        self.owner()?
+            .create_temp(&self.root.join("tmp"), "", "", 0o666)
     }
 
     /// A fresh private temp directory under `tmp/` (for spooling); the caller removes it.
@@ -925,31 +847,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         // a live owner: another "process" holding its lock
-        let live = dir.path().join("owners/111x1.alive");
+        let live = dir.path().join("owners/111x1x0.alive");
         let held = File::create(&live).unwrap();
         held.lock().unwrap();
-        fs::write(dir.path().join("tmp/111x1-0"), b"in progress").unwrap();
+        fs::write(dir.path().join("tmp/111x1x0-0"), b"in progress").unwrap();
         // a dead owner: its lock file is there but nobody holds it
-        fs::write(dir.path().join("owners/222x2.alive"), b"").unwrap();
-        fs::write(dir.path().join("tmp/222x2-0"), b"left behind").unwrap();
-        fs::create_dir(dir.path().join("tmp/222x2-1")).unwrap();
-        fs::write(dir.path().join("tmp/222x2-1/spool"), b"x").unwrap();
+        fs::write(dir.path().join("owners/222x2x0.alive"), b"").unwrap();
+        fs::write(dir.path().join("tmp/222x2x0-0"), b"left behind").unwrap();
+        fs::create_dir(dir.path().join("tmp/222x2x0-1")).unwrap();
+        fs::write(dir.path().join("tmp/222x2x0-1/spool"), b"x").unwrap();
         // this process's own temp file
         let (mine, _f) = store.temp_file().unwrap();
 
         let removed = store.clean_tmp(Duration::from_secs(86400)).unwrap();
         assert_eq!(removed, 2);
-        assert!(dir.path().join("tmp/111x1-0").exists());
+        assert!(dir.path().join("tmp/111x1x0-0").exists());
         assert!(live.exists());
         assert!(mine.exists());
-        assert!(!dir.path().join("tmp/222x2-0").exists());
-        assert!(!dir.path().join("tmp/222x2-1").exists());
-        assert!(!dir.path().join("owners/222x2.alive").exists());
+        assert!(!dir.path().join("tmp/222x2x0-0").exists());
+        assert!(!dir.path().join("tmp/222x2x0-1").exists());
+        assert!(!dir.path().join("owners/222x2x0.alive").exists());
 
         // once the live owner's lock is released (its process died), it goes too
         drop(held);
         assert_eq!(store.clean_tmp(Duration::from_secs(86400)).unwrap(), 1);
-        assert!(!dir.path().join("tmp/111x1-0").exists());
+        assert!(!dir.path().join("tmp/111x1x0-0").exists());
         assert!(mine.exists());
     }
 }
