@@ -298,6 +298,7 @@ fn archive(date_from_now: i64, valid_for: Option<i64>, debs: &[(&str, Vec<u8>)])
             size: bytes.len() as u64,
             sha256: sha,
             base: Base::DebianSecurity,
+            repository: "debian".into(),
         });
     }
     let packages_xz = xz(packages_text.as_bytes());
