@@ -300,17 +300,48 @@ impl Index {
         store: &Store,
         http: &reqwest::blocking::Client,
     ) -> Result<Index> {
+        let suites: Vec<(String, Base, &Keyring)> = suite
+            .suites()
+            .into_iter()
+            .map(|(name, base)| (name, base, Keyring::for_suite(suite, base)))
+            .collect();
+        Index::fetch_with(mirror, &suites, arch, store, http)
+    }
+
+    /// [`Index::fetch`] for a chosen list of Debian suites and the keys that vouch for
+    /// them, amd64, plus the mirror's repositories (tests, a private archive).
+    pub fn fetch_suites(
+        mirror: &Mirror,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+        suites: &[(&str, Base)],
+        keyring: &Keyring,
+    ) -> Result<Index> {
+        let suites: Vec<(String, Base, &Keyring)> = suites
+            .iter()
+            .map(|(name, base)| (name.to_string(), *base, keyring))
+            .collect();
+        Index::fetch_with(mirror, &suites, Arch::Amd64, store, http)
+    }
+
+    fn fetch_with(
+        mirror: &Mirror,
+        suites: &[(String, Base, &Keyring)],
+        arch: Arch,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+    ) -> Result<Index> {
         let mut index = Index::for_arch(arch);
-        for (name, base) in suite.suites() {
+        for (name, base, keyring) in suites {
             index.read_suite(
                 &SuiteSource {
                     repository: DEBIAN,
-                    base_url: mirror.base_url(base),
-                    suite: &name,
-                    base,
+                    base_url: mirror.base_url(*base),
+                    suite: name,
+                    base: *base,
                     components: &["main".to_owned()],
-                    keyring: Keyring::for_suite(suite, base),
-                    check_valid_until: mirror.check_valid_until && !mirror.is_snapshot(base),
+                    keyring,
+                    check_valid_until: mirror.check_valid_until && !mirror.is_snapshot(*base),
                 },
                 store,
                 http,
@@ -327,34 +358,6 @@ impl Index {
                     components: &repo.components,
                     keyring: &keyring,
                     check_valid_until: mirror.check_valid_until && !is_snapshot_url(&repo.url),
-                },
-                store,
-                http,
-            )?;
-        }
-        Ok(index)
-    }
-
-    /// [`Index::fetch`] for a chosen list of Debian suites and keys, amd64 (tests, a
-    /// private archive).
-    pub fn fetch_suites(
-        mirror: &Mirror,
-        store: &Store,
-        http: &reqwest::blocking::Client,
-        suites: &[(&str, Base)],
-        keyring: &Keyring,
-    ) -> Result<Index> {
-        let mut index = Index::for_arch(Arch::Amd64);
-        for &(suite, base) in suites {
-            index.read_suite(
-                &SuiteSource {
-                    repository: DEBIAN,
-                    base_url: mirror.base_url(base),
-                    suite,
-                    base,
-                    components: &["main".to_owned()],
-                    keyring,
-                    check_valid_until: mirror.check_valid_until && !mirror.is_snapshot(base),
                 },
                 store,
                 http,

@@ -162,7 +162,7 @@ impl Keyring {
         let name = format!("{repository} ({})", path.display());
         Ok(Keyring {
             keys: parsed.into_iter().map(|k| (name.clone(), k)).collect(),
-            what: format!("the key of repository `{repository}` ({})", path.display()),
+            what: format!("the keys of repository `{repository}` ({})", path.display()),
         })
     }
 
@@ -170,7 +170,7 @@ impl Keyring {
     /// their own `InRelease` files).
     pub fn new(keys: Vec<(String, SignedPublicKey)>) -> Keyring {
         let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
-        let what = format!("the keys {}", names.join(", "));
+        let what = format!("the given keys ({})", names.join(", "));
         Keyring { keys, what }
     }
 
