@@ -92,7 +92,8 @@ impl DebianSettings {
     /// root. `Err((offset, message))`, the offset in imgbuild.toml.
     fn check(&self, root: &Path) -> Result<(), (usize, String)> {
         if let Some(s) = &self.suite {
-            imgbuild_debian::Suite::parse(s.get_ref()).map_err(|e| (s.span().start, e.to_string()))?;
+            imgbuild_debian::Suite::parse(s.get_ref())
+                .map_err(|e| (s.span().start, e.to_string()))?;
         }
         let mut seen: Vec<&str> = vec![];
         for r in &self.repositories {
@@ -105,13 +106,16 @@ impl DebianSettings {
             if !name_ok {
                 return Err((
                     at,
-                    format!("repository name `{name}`: use lowercase letters, digits, `-`, `_`, `.`"),
+                    format!(
+                        "repository name `{name}`: use lowercase letters, digits, `-`, `_`, `.`"
+                    ),
                 ));
             }
             if name == imgbuild_debian::DEBIAN {
                 return Err((
                     at,
-                    "repository name `debian` is reserved for the Debian archive; choose another".into(),
+                    "repository name `debian` is reserved for the Debian archive; choose another"
+                        .into(),
                 ));
             }
             if seen.contains(&name) {
@@ -129,15 +133,22 @@ impl DebianSettings {
             if suite.is_empty() || suite.contains("..") || suite.starts_with('/') {
                 return Err((
                     r.suite.span().start,
-                    format!("repository `{name}`: suite `{suite}` must name a directory under dists/"),
+                    format!(
+                        "repository `{name}`: suite `{suite}` must name a directory under dists/"
+                    ),
                 ));
             }
             if r.components.get_ref().is_empty()
-                || r.components.get_ref().iter().any(|c| c.is_empty() || c.contains(".."))
+                || r.components
+                    .get_ref()
+                    .iter()
+                    .any(|c| c.is_empty() || c.contains(".."))
             {
                 return Err((
                     r.components.span().start,
-                    format!("repository `{name}`: components must list at least one component, e.g. [\"main\"]"),
+                    format!(
+                        "repository `{name}`: components must list at least one component, e.g. [\"main\"]"
+                    ),
                 ));
             }
             let key = r.key.get_ref();
@@ -145,7 +156,9 @@ impl DebianSettings {
             if Path::new(key).is_absolute() || key.split('/').any(|c| c == "..") {
                 return Err((
                     at,
-                    format!("repository `{name}`: key `{key}` must be a path inside the project root, relative to it"),
+                    format!(
+                        "repository `{name}`: key `{key}` must be a path inside the project root, relative to it"
+                    ),
                 ));
             }
             if !root.join(key).is_file() {
@@ -331,22 +344,45 @@ mod tests {
         );
         let e = err(&repo.replace("keys/pgdg.asc", "keys/missing.asc"));
         assert!(
-            e.starts_with("imgbuild.toml:6:") && e.contains("keys/missing.asc") && e.contains("does not exist"),
+            e.starts_with("imgbuild.toml:6:")
+                && e.contains("keys/missing.asc")
+                && e.contains("does not exist"),
             "{e}"
         );
         let e = err(&repo.replace("keys/pgdg.asc", "/etc/passwd"));
-        assert!(e.starts_with("imgbuild.toml:6:") && e.contains("inside the project root"), "{e}");
+        assert!(
+            e.starts_with("imgbuild.toml:6:") && e.contains("inside the project root"),
+            "{e}"
+        );
         let e = err(&repo.replace("\"pgdg\"", "\"debian\""));
-        assert!(e.starts_with("imgbuild.toml:2:") && e.contains("reserved"), "{e}");
+        assert!(
+            e.starts_with("imgbuild.toml:2:") && e.contains("reserved"),
+            "{e}"
+        );
         let e = err(&format!("{repo}\n{repo}"));
-        assert!(e.starts_with("imgbuild.toml:9:") && e.contains("twice"), "{e}");
+        assert!(
+            e.starts_with("imgbuild.toml:9:") && e.contains("twice"),
+            "{e}"
+        );
         let e = err(&repo.replace("https://apt", "ftp://apt"));
-        assert!(e.starts_with("imgbuild.toml:3:") && e.contains("http"), "{e}");
+        assert!(
+            e.starts_with("imgbuild.toml:3:") && e.contains("http"),
+            "{e}"
+        );
         let e = err(&repo.replace("[\"main\"]", "[]"));
-        assert!(e.starts_with("imgbuild.toml:5:") && e.contains("components"), "{e}");
+        assert!(
+            e.starts_with("imgbuild.toml:5:") && e.contains("components"),
+            "{e}"
+        );
         let e = err(&repo.replace("suite = \"trixie-pgdg\"\n", ""));
-        assert!(e.starts_with("imgbuild.toml:1:") && e.contains("suite"), "{e}");
+        assert!(
+            e.starts_with("imgbuild.toml:1:") && e.contains("suite"),
+            "{e}"
+        );
         let e = err(&format!("{repo}signed_by = \"x\"\n"));
-        assert!(e.starts_with("imgbuild.toml:7:") && e.contains("signed_by"), "{e}");
+        assert!(
+            e.starts_with("imgbuild.toml:7:") && e.contains("signed_by"),
+            "{e}"
+        );
     }
 }

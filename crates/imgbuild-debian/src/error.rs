@@ -79,8 +79,10 @@ pub enum Error {
          (Debian amd64, arm64; `linux/arm64/v8` is accepted too)"
     )]
     UnknownArch { arch: String },
-    #[error("{what}: no repository `{name}`; known: {known} (the Debian archive is `debian`, others come from \
-             [[debian.repositories]] in imgbuild.toml)")]
+    #[error(
+        "{what}: no repository `{name}`; known: {known} (the Debian archive is `debian`, others come from \
+             [[debian.repositories]] in imgbuild.toml)"
+    )]
     UnknownRepository {
         what: String,
         name: String,

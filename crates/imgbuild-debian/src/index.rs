@@ -386,19 +386,21 @@ impl Index {
             })?;
             Ok(text)
         })?;
-        let verified = src
-            .keyring
-            .verify_inrelease(&armored)
-            .map_err(|why| Error::BadSignature {
-                url: url.clone(),
-                why,
-            })?;
+        let verified =
+            src.keyring
+                .verify_inrelease(&armored)
+                .map_err(|why| Error::BadSignature {
+                    url: url.clone(),
+                    why,
+                })?;
         // the Debian archive names a suite by its codename; a third-party repository
         // often only by `Suite` (apt accepts either)
-        let release = ReleaseInfo::parse(&verified.text, suite, src.repository != DEBIAN)
-            .map_err(|why| Error::BadRelease {
-                url: url.clone(),
-                why,
+        let release =
+            ReleaseInfo::parse(&verified.text, suite, src.repository != DEBIAN).map_err(|why| {
+                Error::BadRelease {
+                    url: url.clone(),
+                    why,
+                }
             })?;
         if src.check_valid_until {
             release
@@ -499,8 +501,11 @@ impl Index {
 /// layers that need it (a failure is not kept: the next caller tries again).
 #[derive(Debug, Default)]
 pub struct Indexes {
-    cells: Mutex<BTreeMap<(Suite, Arch), Arc<Mutex<Option<Arc<Index>>>>>>,
+    cells: Mutex<BTreeMap<(Suite, Arch), Arc<IndexCell>>>,
 }
+
+/// One (suite, arch): empty until fetched; locked while it is being fetched.
+type IndexCell = Mutex<Option<Arc<Index>>>;
 
 impl Indexes {
     pub fn new() -> Indexes {
@@ -535,7 +540,13 @@ impl Indexes {
 
     /// The indexes read so far (for the store inputs a build records), by (suite, arch).
     pub fn fetched(&self) -> Vec<Arc<Index>> {
-        let cells: Vec<_> = self.cells.lock().expect("indexes").values().cloned().collect();
+        let cells: Vec<_> = self
+            .cells
+            .lock()
+            .expect("indexes")
+            .values()
+            .cloned()
+            .collect();
         cells
             .iter()
             .filter_map(|c| c.try_lock().ok().and_then(|s| s.clone()))
@@ -699,7 +710,8 @@ mod tests {
         let no_field = ReleaseInfo::parse("Codename: bookworm\n", "bookworm", false).unwrap();
         assert_eq!(no_field.check_valid_until(i64::MAX), Ok(()));
         let garbled =
-            ReleaseInfo::parse("Codename: bookworm\nValid-Until: soon\n", "bookworm", false).unwrap();
+            ReleaseInfo::parse("Codename: bookworm\nValid-Until: soon\n", "bookworm", false)
+                .unwrap();
         assert!(
             matches!(garbled.check_valid_until(0), Err(Err(why)) if why.contains("Valid-Until"))
         );

@@ -213,11 +213,19 @@ mod tests {
         let e = Suite::parse("forky").unwrap_err().to_string();
         assert!(e.contains("`forky`") && e.contains("keys"), "{e}");
         assert!(Suite::parse("stable").is_err());
-        assert_eq!(Arch::from_oci_platform("linux/arm64/v8").unwrap(), Arch::Arm64);
+        assert_eq!(
+            Arch::from_oci_platform("linux/arm64/v8").unwrap(),
+            Arch::Arm64
+        );
         assert_eq!(Arch::from_oci_platform("linux/arm64").unwrap(), Arch::Arm64);
         assert_eq!(Arch::from_oci_platform("linux/amd64").unwrap(), Arch::Amd64);
-        let e = Arch::from_oci_platform("linux/riscv64").unwrap_err().to_string();
-        assert!(e.contains("linux/riscv64") && e.contains("linux/arm64"), "{e}");
+        let e = Arch::from_oci_platform("linux/riscv64")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("linux/riscv64") && e.contains("linux/arm64"),
+            "{e}"
+        );
         assert_eq!(Arch::Arm64.triplet(), "aarch64-linux-gnu");
         assert_eq!(
             serde_json::to_string(&(Suite::Trixie, Arch::Arm64)).unwrap(),

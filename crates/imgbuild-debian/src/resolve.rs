@@ -235,7 +235,9 @@ impl<'a> Resolver<'a> {
                     .iter()
                     .map(|a| match self.index.candidate(&a.name) {
                         Some(c) => format!("{} has version {}", a.name, c.version),
-                        None if !arch_ok(a, self.index.arch) => format!("{a} is for another architecture"),
+                        None if !arch_ok(a, self.index.arch) => {
+                            format!("{a} is for another architecture")
+                        }
                         None => format!("no package provides {}", a.name),
                     })
                     .collect::<Vec<_>>()

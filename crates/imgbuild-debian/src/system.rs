@@ -562,7 +562,11 @@ mod tests {
         assert!(matches!(get("lib"), Some(Node::Symlink { target, .. }) if target == "usr/lib"));
         assert_eq!(get("lib64"), None, "arm64 has no /lib64");
         for f in ["etc/subuid", "etc/subgid"] {
-            assert_eq!(file_text(&t, f), (String::new(), Meta::new(0o644, 0, 0)), "{f}");
+            assert_eq!(
+                file_text(&t, f),
+                (String::new(), Meta::new(0o644, 0, 0)),
+                "{f}"
+            );
         }
         let mut t = Tree::new();
         base_fixup_for(&mut t, Suite::Trixie, Arch::Amd64).unwrap();

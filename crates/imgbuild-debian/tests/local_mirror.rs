@@ -784,7 +784,10 @@ impl TwoSources {
     }
 
     fn index(&self, mirror: &Mirror, store: &Store) -> Result<Index, Error> {
-        let ring = Keyring::new(vec![("archive key".into(), self.debian_key.to_public_key())]);
+        let ring = Keyring::new(vec![(
+            "archive key".into(),
+            self.debian_key.to_public_key(),
+        )]);
         Index::fetch_suites(
             mirror,
             store,
@@ -812,12 +815,21 @@ fn packages_resolve_across_the_archive_and_a_repository() {
     let info: Vec<(&str, &str, &str)> = idx
         .suites
         .iter()
-        .map(|i| (i.repository.as_str(), i.suite.as_str(), i.signed_by.as_str()))
+        .map(|i| {
+            (
+                i.repository.as_str(),
+                i.suite.as_str(),
+                i.signed_by.as_str(),
+            )
+        })
         .collect();
     assert_eq!(info[0], ("debian", "trixie", "archive key"));
     assert_eq!(info[1].0, "extra");
     assert!(info[1].2.contains("extra.asc"), "{info:?}");
-    assert_eq!(s.hits("/extra/dists/trixie-extra/main/binary-amd64/Packages.gz"), 1);
+    assert_eq!(
+        s.hits("/extra/dists/trixie-extra/main/binary-amd64/Packages.gz"),
+        1
+    );
 
     // the highest version wins, whichever source has it
     let r = resolve(&idx, &["pg".into(), "tool".into()], &[]).unwrap();
@@ -842,18 +854,32 @@ fn packages_resolve_across_the_archive_and_a_repository() {
     );
     let r = resolve(&idx, &["extra:libfoo=1.0-1".into()], &[]).unwrap();
     assert_eq!(picked(&r), [("libfoo", "1.0-1", "extra")]);
-    let e = resolve(&idx, &["nosuch:pg".into()], &[]).unwrap_err().to_string();
+    let e = resolve(&idx, &["nosuch:pg".into()], &[])
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("no repository `nosuch`") && e.contains("debian, extra"),
         "{e}"
     );
-    let e = resolve(&idx, &["extra:client".into()], &[]).unwrap_err().to_string();
-    assert!(e.contains("`client`") && e.contains("repository `extra`"), "{e}");
+    let e = resolve(&idx, &["extra:client".into()], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`client`") && e.contains("repository `extra`"),
+        "{e}"
+    );
 
     // each .deb comes from its own source's URL and lands verified
     let r = resolve(&idx, &["pg".into(), "extra:tool".into()], &[]).unwrap();
-    fetch_debs(&mirror, &r.packages, &store, &reqwest::blocking::Client::new(), 2, &|_| {})
-        .unwrap();
+    fetch_debs(
+        &mirror,
+        &r.packages,
+        &store,
+        &reqwest::blocking::Client::new(),
+        2,
+        &|_| {},
+    )
+    .unwrap();
     assert_eq!(s.hits("/extra/pool/main/pg_17.2-1.extra_amd64.deb"), 1);
     assert_eq!(s.hits("/extra/pool/main/tool_1.5-1.extra_amd64.deb"), 1);
     assert_eq!(s.hits("/debian/pool/main/client_15.8-1_amd64.deb"), 1);
@@ -867,7 +893,9 @@ fn packages_resolve_across_the_archive_and_a_repository() {
     let old = serde_json::json!({"name": "a", "version": "1", "architecture": "amd64",
         "filename": "pool/a.deb", "size": 1, "sha256": Digest::of_bytes(b"").to_string(), "base": "debian"});
     assert_eq!(
-        serde_json::from_value::<LockedPackage>(old).unwrap().repository,
+        serde_json::from_value::<LockedPackage>(old)
+            .unwrap()
+            .repository,
         "debian"
     );
     // a lock naming a repository the project no longer declares
@@ -886,7 +914,10 @@ fn packages_resolve_across_the_archive_and_a_repository() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("no repository `extra`") && e.contains("pg 17.2-1.extra"), "{e}");
+    assert!(
+        e.contains("no repository `extra`") && e.contains("pg 17.2-1.extra"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -909,7 +940,10 @@ fn a_repository_key_vouches_for_its_repository_only() {
         );
         assert!(m.contains(why), "{m}");
         // nothing of a refused source was read
-        assert_eq!(s.hits(&format!("{url_part}/main/binary-amd64/Packages.gz")), 0);
+        assert_eq!(
+            s.hits(&format!("{url_part}/main/binary-amd64/Packages.gz")),
+            0
+        );
     };
     // the repository's InRelease signed with the archive's key
     check(
@@ -938,7 +972,12 @@ fn a_repository_key_vouches_for_its_repository_only() {
     std::fs::write(&bogus, "hello").unwrap();
     mirror.repositories[0].key = bogus;
     let dir = tempfile::tempdir().unwrap();
-    let e = t.index(&mirror, &Store::open(dir.path()).unwrap()).unwrap_err();
+    let e = t
+        .index(&mirror, &Store::open(dir.path()).unwrap())
+        .unwrap_err();
     let m = one_line(&e);
-    assert!(m.contains("repository `extra`") && m.contains("bogus.asc"), "{m}");
+    assert!(
+        m.contains("repository `extra`") && m.contains("bogus.asc"),
+        "{m}"
+    );
 }

@@ -487,8 +487,14 @@ fn trixie_arm64_closure_unpacks_to_aarch64_binaries() {
     use imgbuild_debian::{Arch, Suite};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store")).unwrap();
-    let index =
-        Index::fetch_for(&Mirror::default(), Suite::Trixie, Arch::Arm64, &store, &http()).unwrap();
+    let index = Index::fetch_for(
+        &Mirror::default(),
+        Suite::Trixie,
+        Arch::Arm64,
+        &store,
+        &http(),
+    )
+    .unwrap();
     let suites: Vec<(&str, &str)> = index
         .suites
         .iter()
@@ -543,12 +549,23 @@ fn trixie_arm64_closure_unpacks_to_aarch64_binaries() {
     let dash = write_out(&tree, "usr/bin/dash", out.path());
     let file = Command::new("file").arg("-b").arg(&dash).output().unwrap();
     let file = String::from_utf8_lossy(&file.stdout);
-    assert!(file.contains("ELF 64-bit") && file.contains("ARM aarch64"), "{file}");
+    assert!(
+        file.contains("ELF 64-bit") && file.contains("ARM aarch64"),
+        "{file}"
+    );
     let libc_so = write_out(&tree, "usr/lib/aarch64-linux-gnu/libc.so.6", out.path());
-    let h = Command::new("readelf").arg("-h").arg(&libc_so).output().unwrap();
+    let h = Command::new("readelf")
+        .arg("-h")
+        .arg(&libc_so)
+        .output()
+        .unwrap();
     let h = String::from_utf8_lossy(&h.stdout);
     assert!(h.contains("AArch64"), "{h}");
-    let l = Command::new("readelf").arg("-l").arg(&dash).output().unwrap();
+    let l = Command::new("readelf")
+        .arg("-l")
+        .arg(&dash)
+        .output()
+        .unwrap();
     let l = String::from_utf8_lossy(&l.stdout);
     assert!(l.contains(Arch::Arm64.dynamic_loader()), "{l}");
 }

@@ -135,7 +135,10 @@ fn each_suite_is_verified_with_its_own_keys() {
         let err = ring(s, Base::Debian)
             .verify_inrelease(TRIXIE_SECURITY)
             .unwrap_err();
-        assert!(err.contains(&format!("keys for {s} and {s}-updates")), "{err}");
+        assert!(
+            err.contains(&format!("keys for {s} and {s}-updates")),
+            "{err}"
+        );
         assert!(ring(s, Base::Debian).verify_inrelease(REAL).is_err());
     }
     // bookworm-security (the older fixture) verifies with bookworm's security ring

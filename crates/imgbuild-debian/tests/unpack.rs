@@ -763,7 +763,11 @@ fn base_files_shipping_the_merged_usr_links_unpacks() {
         E::Symlink("./sbin", "usr/sbin"),
         E::File("./usr/bin/tool", 0o755, 0, 0, b"x"),
     ];
-    let pkg = put(&store, "base-files", &deb("base-files", "xz", &entries, &[]));
+    let pkg = put(
+        &store,
+        "base-files",
+        &deb("base-files", "xz", &entries, &[]),
+    );
     let mut tree = Tree::new();
     Unpacker::new().unpack(&store, &pkg, &mut tree).unwrap();
     for d in ["bin", "sbin", "lib", "lib64"] {
@@ -771,7 +775,10 @@ fn base_files_shipping_the_merged_usr_links_unpacks() {
             matches!(get(&tree, d), Node::Symlink { target, .. } if *target == format!("usr/{d}")),
             "{d}"
         );
-        assert!(matches!(get(&tree, &format!("usr/{d}")), Node::Dir(_)), "usr/{d}");
+        assert!(
+            matches!(get(&tree, &format!("usr/{d}")), Node::Dir(_)),
+            "usr/{d}"
+        );
     }
     assert!(matches!(get(&tree, "usr/bin/tool"), Node::File { .. }));
 
@@ -782,13 +789,22 @@ fn base_files_shipping_the_merged_usr_links_unpacks() {
         .collect();
     let pkg = put(&store, "base-files", &deb("base-files", "xz", &arm, &[]));
     let mut tree = Tree::new();
-    Unpacker::for_arch(Arch::Arm64).unpack(&store, &pkg, &mut tree).unwrap();
+    Unpacker::for_arch(Arch::Arm64)
+        .unpack(&store, &pkg, &mut tree)
+        .unwrap();
     assert!(matches!(get(&tree, "lib"), Node::Symlink { .. }));
     assert!(tree.get(&TreePath::new("lib64").unwrap()).is_none());
     assert!(tree.get(&TreePath::new("usr/lib64").unwrap()).is_none());
 
     // a link elsewhere is still refused over a directory
-    let bad = [E::Dir("./usr/bin/", 0o755, 0, 0), E::Symlink("./bin", "/opt/bin")];
+    let bad = [
+        E::Dir("./usr/bin/", 0o755, 0, 0),
+        E::Symlink("./bin", "/opt/bin"),
+    ];
     let pkg = put(&store, "evil", &deb("evil", "xz", &bad, &[]));
-    assert!(Unpacker::new().unpack(&store, &pkg, &mut Tree::new()).is_err());
+    assert!(
+        Unpacker::new()
+            .unpack(&store, &pkg, &mut Tree::new())
+            .is_err()
+    );
 }
