@@ -221,5 +221,23 @@ mod tests {
         partial.remove("bookworm-security");
         assert_eq!(Mirror::snapshot_for(&partial), None);
         assert_eq!(Mirror::snapshot_for(&Default::default()), None);
+        // any release: trixie's dates name the same kind of snapshot
+        let trixie: std::collections::BTreeMap<String, String> = [
+            ("trixie", "2026-11-21T09:15:44Z"),
+            ("trixie-updates", "2026-12-04T02:09:32Z"),
+            ("trixie-security", "2026-12-04T03:54:29Z"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+        let m = Mirror::snapshot_for(&trixie).unwrap();
+        assert_eq!(
+            m.archive,
+            "https://snapshot.debian.org/archive/debian/20261204T140932Z"
+        );
+        assert_eq!(
+            m.security,
+            "https://snapshot.debian.org/archive/debian-security/20261204T155429Z"
+        );
     }
 }

@@ -487,14 +487,23 @@ fn trixie_arm64_closure_unpacks_to_aarch64_binaries() {
     use imgbuild_debian::{Arch, Suite};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store")).unwrap();
-    let index = Index::fetch_for(
-        &Mirror::default(),
-        Suite::Trixie,
-        Arch::Arm64,
-        &store,
-        &http(),
-    )
-    .unwrap();
+    // through the per-command cache: fetched once per (suite, arch)
+    let indexes = imgbuild_debian::Indexes::new();
+    let get = || {
+        indexes
+            .get(
+                &Mirror::default(),
+                Suite::Trixie,
+                Arch::Arm64,
+                &store,
+                &http(),
+            )
+            .unwrap()
+    };
+    let index = get();
+    assert!(std::sync::Arc::ptr_eq(&index, &get()));
+    assert_eq!(indexes.fetched().len(), 1);
+    assert_eq!(index.arch, Arch::Arm64);
     let suites: Vec<(&str, &str)> = index
         .suites
         .iter()
