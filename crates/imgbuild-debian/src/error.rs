@@ -32,6 +32,16 @@ pub enum Error {
         snapshot: Option<Box<crate::Mirror>>,
     },
     #[error(
+        "repository `{repository}` no longer serves {name} {version} ({url} answered 404): run `imgbuild lock` \
+         again to move to the version it serves now"
+    )]
+    RepositoryDebGone {
+        name: String,
+        version: String,
+        repository: String,
+        url: String,
+    },
+    #[error(
         "{url}: the signed Release of {suite} expired on {valid_until} (its Valid-Until): the mirror serves an \
          outdated index, or someone replays an old one; nothing was used. Try again later or use another mirror. \
          For a snapshot of the archive use a snapshot.debian.org URL (never checked), or set \

@@ -290,6 +290,16 @@ impl Fetcher<'_> {
                 .map_err(from_store)
         });
         match res {
+            // a third-party repository has no snapshot service to suggest
+            Err(Error::HttpStatus {
+                status: 404 | 410,
+                url,
+            }) if p.repository != DEBIAN => Err(Error::RepositoryDebGone {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                repository: p.repository.clone(),
+                url,
+            }),
             Err(Error::HttpStatus {
                 status: 404 | 410,
                 url,

@@ -898,6 +898,27 @@ fn packages_resolve_across_the_archive_and_a_repository() {
             .repository,
         "debian"
     );
+    // a version the repository no longer serves: no snapshot.debian.org advice
+    let mut moved = r.packages.iter().find(|p| p.name == "pg").unwrap().clone();
+    moved.filename = "pool/main/pg_17.1-1.extra_amd64.deb".into();
+    moved.sha256 = Digest::of_bytes(b"old");
+    let e = fetch_debs(
+        &mirror,
+        &[moved],
+        &store,
+        &reqwest::blocking::Client::new(),
+        1,
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("repository `extra` no longer serves pg")
+            && e.contains("/extra/pool/main/pg_17.1-1.extra_amd64.deb")
+            && e.contains("imgbuild lock")
+            && !e.contains("snapshot"),
+        "{e}"
+    );
     // a lock naming a repository the project no longer declares
     let gone = Mirror {
         repositories: vec![],
