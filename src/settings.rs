@@ -10,6 +10,20 @@
 //! `https://snapshot.debian.org/archive/debian-security/20250101T000000Z`.
 //! `IMGBUILD_DEBIAN_MIRROR` and `IMGBUILD_DEBIAN_SECURITY_MIRROR` override the file.
 //!
+//! `suite = "trixie"` (default `bookworm`) is the Debian release of the project's layers
+//! (a codename imgbuild has archive keys for: bookworm, trixie).
+//!
+//! ```toml
+//! [[debian.repositories]]
+//! name = "pgdg"                                   # `pgdg:postgresql-17` pins a package to it
+//! url = "https://apt.example.org/pub/repos/apt"
+//! suite = "trixie-pgdg"                           # dists/trixie-pgdg
+//! components = ["main"]
+//! key = "keys/pgdg.asc"                           # relative to the project root; trusted for this repository only
+//! ```
+//! Every repository is read besides the archive; packages resolve to the highest version
+//! across all of them. Errors name imgbuild.toml and the line.
+//!
 //! `check_valid_until = false` (default `true`) accepts a signed Release whose
 //! `Valid-Until` has passed, as apt's `check-valid-until=no` does; it is never
 //! needed for snapshot.debian.org (or any mirror URL with a `YYYYMMDDTHHMMSSZ`
@@ -23,10 +37,11 @@
 //! `IMGBUILD_CERTS_D` replaces the Docker-style CA directories (`/etc/docker/certs.d`,
 //! `/etc/containers/certs.d`) with one directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
+use toml::Spanned;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +50,9 @@ pub struct Settings {
     pub debian: DebianSettings,
     #[serde(default)]
     pub registry: RegistrySettings,
+    /// The project root (key paths are relative to it).
+    #[serde(skip)]
+    root: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,26 +69,150 @@ pub struct DebianSettings {
     pub mirror: Option<String>,
     pub security_mirror: Option<String>,
     pub check_valid_until: Option<bool>,
+    /// The Debian release (codename); checked by [`Settings::load`].
+    pub suite: Option<Spanned<String>>,
+    #[serde(default)]
+    pub repositories: Vec<RepositorySettings>,
+}
+
+/// One `[[debian.repositories]]` table (see the module doc).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySettings {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    pub suite: Spanned<String>,
+    pub components: Spanned<Vec<String>>,
+    pub key: Spanned<String>,
+}
+
+impl DebianSettings {
+    /// Checks what serde cannot: the suite is one imgbuild has keys for, repository names
+    /// are unique and not `debian`, URLs are http(s), key files exist under the project
+    /// root. `Err((offset, message))`, the offset in imgbuild.toml.
+    fn check(&self, root: &Path) -> Result<(), (usize, String)> {
+        if let Some(s) = &self.suite {
+            imgbuild_debian::Suite::parse(s.get_ref())
+                .map_err(|e| (s.span().start, e.to_string()))?;
+        }
+        let mut seen: Vec<&str> = vec![];
+        for r in &self.repositories {
+            let name = r.name.get_ref().as_str();
+            let at = r.name.span().start;
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if !name_ok {
+                return Err((
+                    at,
+                    format!(
+                        "repository name `{name}`: use lowercase letters, digits, `-`, `_`, `.`"
+                    ),
+                ));
+            }
+            if name == imgbuild_debian::DEBIAN {
+                return Err((
+                    at,
+                    "repository name `debian` is reserved for the Debian archive; choose another"
+                        .into(),
+                ));
+            }
+            if seen.contains(&name) {
+                return Err((at, format!("repository `{name}` is declared twice")));
+            }
+            seen.push(name);
+            let url = r.url.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err((
+                    r.url.span().start,
+                    format!("repository `{name}`: url `{url}` must start with http:// or https://"),
+                ));
+            }
+            let suite = r.suite.get_ref();
+            if suite.is_empty() || suite.contains("..") || suite.starts_with('/') {
+                return Err((
+                    r.suite.span().start,
+                    format!(
+                        "repository `{name}`: suite `{suite}` must name a directory under dists/"
+                    ),
+                ));
+            }
+            if r.components.get_ref().is_empty()
+                || r.components
+                    .get_ref()
+                    .iter()
+                    .any(|c| c.is_empty() || c.contains(".."))
+            {
+                return Err((
+                    r.components.span().start,
+                    format!(
+                        "repository `{name}`: components must list at least one component, e.g. [\"main\"]"
+                    ),
+                ));
+            }
+            let key = r.key.get_ref();
+            let at = r.key.span().start;
+            if Path::new(key).is_absolute() || key.split('/').any(|c| c == "..") {
+                return Err((
+                    at,
+                    format!(
+                        "repository `{name}`: key `{key}` must be a path inside the project root, relative to it"
+                    ),
+                ));
+            }
+            if !root.join(key).is_file() {
+                return Err((
+                    at,
+                    format!(
+                        "repository `{name}`: key file `{key}` does not exist under the project root; put the \
+                         repository's public key there (armored .asc or binary .gpg)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Settings {
     pub fn load(root: &Path) -> Result<Settings> {
         let p = root.join("imgbuild.toml");
-        let s: Settings = match crate::project::read_project_file(&p) {
-            Ok(text) => toml::from_str(&text).map_err(|e| {
-                let line = e
-                    .span()
-                    .map(|s| {
-                        let at = crate::recipe::syntax_error_offset(&text, s.start, e.message());
-                        text[..at].matches('\n').count() + 1
-                    })
-                    .unwrap_or(0);
-                anyhow::anyhow!("imgbuild.toml:{line}: {}", e.message().trim())
-            })?,
+        let mut s: Settings = match crate::project::read_project_file(&p) {
+            Ok(text) => {
+                let line = |start: usize| text[..start.min(text.len())].matches('\n').count() + 1;
+                let s: Settings = toml::from_str(&text).map_err(|e| {
+                    let line = e
+                        .span()
+                        .map(|s| {
+                            let at =
+                                crate::recipe::syntax_error_offset(&text, s.start, e.message());
+                            text[..at].matches('\n').count() + 1
+                        })
+                        .unwrap_or(0);
+                    anyhow::anyhow!("imgbuild.toml:{line}: {}", e.message().trim())
+                })?;
+                s.debian
+                    .check(root)
+                    .map_err(|(at, msg)| anyhow::anyhow!("imgbuild.toml:{}: {msg}", line(at)))?;
+                s
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settings::default(),
             Err(e) => return Err(e).with_context(|| format!("failed to read `{}`", p.display())),
         };
+        s.root = root.to_owned();
         Ok(s)
+    }
+
+    /// The project's Debian release (`[debian] suite`, default bookworm).
+    // used once the binary reads a suite per layer (src/source/debian.rs, the lead's)
+    #[allow(dead_code)]
+    pub fn suite(&self) -> imgbuild_debian::Suite {
+        self.debian
+            .suite
+            .as_ref()
+            .and_then(|s| imgbuild_debian::Suite::parse(s.get_ref()).ok())
+            .unwrap_or_default()
     }
 
     pub fn mirror(&self) -> imgbuild_debian::Mirror {
@@ -92,6 +234,18 @@ impl Settings {
         if let Some(check) = self.debian.check_valid_until {
             m.check_valid_until = check;
         }
+        m.repositories = self
+            .debian
+            .repositories
+            .iter()
+            .map(|r| imgbuild_debian::Repository {
+                name: r.name.get_ref().clone(),
+                url: r.url.get_ref().clone(),
+                suite: r.suite.get_ref().clone(),
+                components: r.components.get_ref().clone(),
+                key: self.root.join(r.key.get_ref()),
+            })
+            .collect();
         m
     }
 
@@ -157,5 +311,85 @@ mod tests {
         .unwrap();
         let e = Settings::load(dir.path()).unwrap_err().to_string();
         assert!(e.starts_with("imgbuild.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn suite_and_repositories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write = |text: &str| std::fs::write(root.join("imgbuild.toml"), text).unwrap();
+        assert_eq!(
+            Settings::load(root).unwrap().suite(),
+            imgbuild_debian::Suite::Bookworm
+        );
+        std::fs::create_dir(root.join("keys")).unwrap();
+        std::fs::write(root.join("keys/pgdg.asc"), "key").unwrap();
+        let repo = "[[debian.repositories]]\nname = \"pgdg\"\nurl = \"https://apt.example.org/pub/repos/apt\"\n\
+                    suite = \"trixie-pgdg\"\ncomponents = [\"main\"]\nkey = \"keys/pgdg.asc\"\n";
+        write(&format!("[debian]\nsuite = \"trixie\"\n\n{repo}"));
+        let s = Settings::load(root).unwrap();
+        assert_eq!(s.suite(), imgbuild_debian::Suite::Trixie);
+        let m = s.mirror();
+        assert_eq!(
+            m.repositories,
+            [imgbuild_debian::Repository {
+                name: "pgdg".into(),
+                url: "https://apt.example.org/pub/repos/apt".into(),
+                suite: "trixie-pgdg".into(),
+                components: vec!["main".into()],
+                key: root.join("keys/pgdg.asc"),
+            }]
+        );
+        let err = |text: &str| {
+            write(text);
+            Settings::load(root).unwrap_err().to_string()
+        };
+        let e = err("[debian]\nmirror = \"http://x\"\nsuite = \"forky\"\n");
+        assert!(
+            e.starts_with("imgbuild.toml:3:") && e.contains("`forky`") && e.contains("README"),
+            "{e}"
+        );
+        let e = err(&repo.replace("keys/pgdg.asc", "keys/missing.asc"));
+        assert!(
+            e.starts_with("imgbuild.toml:6:")
+                && e.contains("keys/missing.asc")
+                && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = err(&repo.replace("keys/pgdg.asc", "/etc/passwd"));
+        assert!(
+            e.starts_with("imgbuild.toml:6:") && e.contains("inside the project root"),
+            "{e}"
+        );
+        let e = err(&repo.replace("\"pgdg\"", "\"debian\""));
+        assert!(
+            e.starts_with("imgbuild.toml:2:") && e.contains("reserved"),
+            "{e}"
+        );
+        let e = err(&format!("{repo}\n{repo}"));
+        assert!(
+            e.starts_with("imgbuild.toml:9:") && e.contains("twice"),
+            "{e}"
+        );
+        let e = err(&repo.replace("https://apt", "ftp://apt"));
+        assert!(
+            e.starts_with("imgbuild.toml:3:") && e.contains("http"),
+            "{e}"
+        );
+        let e = err(&repo.replace("[\"main\"]", "[]"));
+        assert!(
+            e.starts_with("imgbuild.toml:5:") && e.contains("components"),
+            "{e}"
+        );
+        let e = err(&repo.replace("suite = \"trixie-pgdg\"\n", ""));
+        assert!(
+            e.starts_with("imgbuild.toml:1:") && e.contains("suite"),
+            "{e}"
+        );
+        let e = err(&format!("{repo}signed_by = \"x\"\n"));
+        assert!(
+            e.starts_with("imgbuild.toml:7:") && e.contains("signed_by"),
+            "{e}"
+        );
     }
 }

@@ -72,6 +72,16 @@ impl Accounts {
         }
     }
 
+    /// The base accounts of a release's base-passwd (the same for bookworm and trixie,
+    /// see the module doc of [`crate::system`]).
+    pub fn debian_base_for(suite: crate::platform::Suite) -> Accounts {
+        match suite {
+            crate::platform::Suite::Bookworm | crate::platform::Suite::Trixie => {
+                Accounts::debian_base()
+            }
+        }
+    }
+
     /// The standard Debian base accounts: root 0, daemon 1, bin 2, sys 3, adm 4, tty 5,
     /// disk 6, ..., www-data 33, shadow 42, staff 50, users 100, nogroup/nobody 65534.
     pub fn debian_base() -> Accounts {

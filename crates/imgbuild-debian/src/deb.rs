@@ -33,6 +33,7 @@ use imgbuild_layer::{Content, Follow, Meta, Node, Tree, TreeError, TreePath, sym
 use imgbuild_store::{BlobWriter, Bucket, Digest, Store};
 
 use crate::error::{Error, Result};
+use crate::platform::Arch;
 use crate::{LockedPackage, control};
 
 /// Top-level directories that are symlinks into `/usr` on a merged-/usr system.
@@ -130,6 +131,8 @@ pub fn unpack_record_spool(record: &[u8]) -> Option<Digest> {
 /// conflicts between packages are caught.
 #[derive(Debug, Default)]
 pub struct Unpacker {
+    /// The architecture unpacked for: decides the merged-/usr links (`/lib64` or not).
+    arch: Arch,
     /// canonical path -> (package, path as shipped)
     owners: BTreeMap<TreePath, (String, String)>,
     /// Versions of the packages placed so far (for `Replaces` constraints).
@@ -137,8 +140,18 @@ pub struct Unpacker {
 }
 
 impl Unpacker {
+    /// An unpacker for amd64.
     pub fn new() -> Unpacker {
         Unpacker::default()
+    }
+
+    /// An unpacker for another architecture (`.deb`s themselves unpack the same way; only
+    /// the merged-/usr links differ).
+    pub fn for_arch(arch: Arch) -> Unpacker {
+        Unpacker {
+            arch,
+            ..Unpacker::default()
+        }
     }
 
     /// Unpacks one package (its `.deb` must be in the store, see [`crate::fetch_debs`]).
@@ -214,7 +227,7 @@ impl Unpacker {
         u: &Unpacked,
         tree: &mut Tree,
     ) -> Result<PackageReport> {
-        ensure_merged_usr(tree)?;
+        ensure_merged_usr_for(tree, self.arch)?;
         let replaces = control::parse_paragraphs(&u.control)
             .ok()
             .and_then(|p| p.first().and_then(|p| p.get("Replaces").map(str::to_owned)))
@@ -247,6 +260,11 @@ impl Unpacker {
         // files of this package, by canonical path (hardlink targets must be among them)
         let mut mine: BTreeMap<TreePath, ()> = BTreeMap::new();
         for e in &u.entries {
+            if is_merged_usr_link(e) {
+                // trixie's base-files ships `./bin -> usr/bin` & co.: the links made above
+                report.entries += 1;
+                continue;
+            }
             let Some(path) = canonical_path(&e.path).map_err(|why| bad(&e.path, why))? else {
                 continue; // the root itself
             };
@@ -490,9 +508,29 @@ pub fn remove_paths(tree: &mut Tree, paths: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Puts the merged-/usr symlinks (`bin -> usr/bin`, ...) into the tree if absent.
+/// Whether an entry is one of the merged-/usr links themselves (`./bin -> usr/bin`), as
+/// trixie's base-files ships them.
+fn is_merged_usr_link(e: &Entry) -> bool {
+    let p = strip_dot(&e.path);
+    e.kind == Kind::Symlink
+        && MERGED_USR.contains(&p)
+        && e.link
+            .as_deref()
+            .is_some_and(|t| t.trim_start_matches('/').trim_end_matches('/') == format!("usr/{p}"))
+}
+
+/// Puts the merged-/usr symlinks (`bin -> usr/bin`, ...) of amd64 into the tree if absent.
 pub fn ensure_merged_usr(tree: &mut Tree) -> Result<()> {
+    ensure_merged_usr_for(tree, Arch::Amd64)
+}
+
+/// Puts the merged-/usr symlinks of an architecture into the tree if absent: `bin`,
+/// `sbin`, `lib`, and `lib64` where the loader lives there ([`Arch::has_lib64`]).
+pub fn ensure_merged_usr_for(tree: &mut Tree, arch: Arch) -> Result<()> {
     for d in MERGED_USR {
+        if d == "lib64" && !arch.has_lib64() {
+            continue;
+        }
         let link = TreePath::new(d)?;
         match tree.get(&link) {
             Some(Node::Symlink { .. }) => {}

@@ -32,6 +32,16 @@ pub enum Error {
         snapshot: Option<Box<crate::Mirror>>,
     },
     #[error(
+        "repository `{repository}` no longer serves {name} {version} ({url} answered 404): run `imgbuild lock` \
+         again to move to the version it serves now"
+    )]
+    RepositoryDebGone {
+        name: String,
+        version: String,
+        repository: String,
+        url: String,
+    },
+    #[error(
         "{url}: the signed Release of {suite} expired on {valid_until} (its Valid-Until): the mirror serves an \
          outdated index, or someone replays an old one; nothing was used. Try again later or use another mirror. \
          For a snapshot of the archive use a snapshot.debian.org URL (never checked), or set \
@@ -64,10 +74,38 @@ pub enum Error {
     },
     #[error("{file}: {why}")]
     Parse { file: String, why: String },
+    #[error("package `{name}` is not in {searched}; check the spelling")]
+    UnknownPackage {
+        name: String,
+        /// What was searched: `trixie, trixie-updates, trixie-security (main, arm64)`.
+        searched: String,
+    },
     #[error(
-        "package `{name}` is not in bookworm, bookworm-updates or bookworm-security (main, amd64); check the spelling"
+        "imgbuild has no archive keys for the Debian suite `{suite}`, so it cannot verify its index; supported: \
+         bookworm, trixie (codenames, not `stable`). To add a release, see \"How a Debian release's keys are \
+         added\" in README.md"
     )]
-    UnknownPackage { name: String },
+    UnknownSuite { suite: String },
+    #[error(
+        "unsupported architecture `{arch}`: imgbuild builds Debian images for linux/amd64 and linux/arm64 \
+         (Debian amd64, arm64; `linux/arm64/v8` is accepted too)"
+    )]
+    UnknownArch { arch: String },
+    #[error(
+        "{what}: no repository `{name}`; known: {known} (the Debian archive is `debian`, others come from \
+             [[debian.repositories]] in imgbuild.toml)"
+    )]
+    UnknownRepository {
+        what: String,
+        name: String,
+        known: String,
+    },
+    #[error("repository `{name}`: key file `{path}`: {why}")]
+    BadKey {
+        name: String,
+        path: PathBuf,
+        why: String,
+    },
     #[error("`{name}` is a virtual package provided by {providers}; name one of them instead")]
     VirtualRoot { name: String, providers: String },
     #[error("cannot satisfy `{dep}` needed by {package} {version}: {why}")]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use imgbuild_store::{Digest, Store};
 
 use crate::error::{Error, Result, from_store};
-use crate::{LockedPackage, Mirror};
+use crate::{DEBIAN, LockedPackage, Mirror};
 
 /// Attempts per URL before a transient failure is reported.
 pub const ATTEMPTS: u32 = 4;
@@ -103,13 +103,27 @@ pub(crate) fn download<T>(
     }
 }
 
-/// The URL a locked package is fetched from.
-pub fn deb_url(mirror: &Mirror, pkg: &LockedPackage) -> String {
-    format!(
-        "{}/{}",
-        mirror.base_url(pkg.base),
-        pkg.filename.trim_start_matches('/')
-    )
+/// The URL a locked package is fetched from: its repository's URL for a third-party
+/// package (an error if the project no longer declares that repository), else the
+/// archive or security mirror its `base` names.
+pub fn deb_url(mirror: &Mirror, pkg: &LockedPackage) -> Result<String> {
+    let base = if pkg.repository == DEBIAN {
+        mirror.base_url(pkg.base)
+    } else {
+        let known: Vec<&str> = std::iter::once(DEBIAN)
+            .chain(mirror.repositories.iter().map(|r| r.name.as_str()))
+            .collect();
+        mirror
+            .repository(&pkg.repository)
+            .ok_or_else(|| Error::UnknownRepository {
+                what: format!("package {} {} (in the lock)", pkg.name, pkg.version),
+                name: pkg.repository.clone(),
+                known: known.join(", "),
+            })?
+            .url
+            .trim_end_matches('/')
+    };
+    Ok(format!("{base}/{}", pkg.filename.trim_start_matches('/')))
 }
 
 /// The downloads in progress in this process, by sha256 (share one per command).
@@ -260,7 +274,7 @@ impl Fetcher<'_> {
         if self.store.has_blob(&p.sha256) && self.store.verify(&p.sha256)? {
             return Ok(());
         }
-        let url = deb_url(self.mirror, p);
+        let url = deb_url(self.mirror, p)?;
         progress(&format!(
             "fetch {} {} ({} bytes)",
             p.name, p.version, p.size
@@ -276,6 +290,16 @@ impl Fetcher<'_> {
                 .map_err(from_store)
         });
         match res {
+            // a third-party repository has no snapshot service to suggest
+            Err(Error::HttpStatus {
+                status: 404 | 410,
+                url,
+            }) if p.repository != DEBIAN => Err(Error::RepositoryDebGone {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                repository: p.repository.clone(),
+                url,
+            }),
             Err(Error::HttpStatus {
                 status: 404 | 410,
                 url,

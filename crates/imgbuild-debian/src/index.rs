@@ -1,35 +1,43 @@
-//! The package index: every binary package of bookworm, bookworm-updates and
-//! bookworm-security (main, amd64), reached through a verified chain
+//! The package index of one Debian release for one architecture: every binary package
+//! of the release, its `-updates` and its `-security` (`main`, e.g. trixie, trixie-updates,
+//! trixie-security for arm64), then of every third-party repository configured
+//! (`Mirror::repositories`), each reached through a verified chain
 //! `InRelease` (signature) → `Packages` (SHA256 listed in the signed Release) → entries.
+//! A Debian suite is verified only with the archive keys that sign it, a repository only
+//! with its own key file ([`crate::signature`]).
 //!
 //! The decompressed `Packages` files are kept in the store under the SHA256 the signed
-//! Release gives for them, so resolving again while `InRelease` is unchanged downloads
-//! only the three small `InRelease` files.
+//! Release gives for them, which is per (suite, architecture, component): resolving again
+//! while `InRelease` is unchanged downloads only the small `InRelease` files.
+//! [`crate::Indexes`] keeps the parsed indexes of one command, one per (suite, arch).
 //!
 //! Freshness: a signed Release whose `Valid-Until` has passed is refused (as apt does), so
-//! an old, validly signed bookworm-security index cannot be replayed to hide security
+//! an old, validly signed `-security` index cannot be replayed to hide security
 //! updates; snapshot mirrors and `Mirror::check_valid_until = false` skip that check.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader};
+use std::sync::{Arc, Mutex};
 
 use imgbuild_store::{Digest, Store};
 
 use crate::control::{self, Atom, Relations};
 use crate::error::{Error, Result, from_store};
+use crate::platform::{Arch, Suite};
 use crate::signature::Keyring;
-use crate::{Mirror, date, fetch, version};
+use crate::{Mirror, date, fetch, is_snapshot_url, version};
 
-/// Which mirror base a package comes from (the lock records it so that a fetch by lock
-/// needs no index).
+/// Which mirror base of the Debian archive a package comes from (the lock records it so
+/// that a fetch by lock needs no index). Packages of a third-party repository are
+/// fetched from the repository's URL; their `base` is `Debian` and means nothing.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Base {
-    /// `Mirror::archive`: bookworm and bookworm-updates.
+    /// `Mirror::archive`: the release and its `-updates` (`trixie`, `trixie-updates`).
     Debian,
-    /// `Mirror::security`: bookworm-security.
+    /// `Mirror::security`: the release's `-security`.
     DebianSecurity,
 }
 
@@ -42,14 +50,20 @@ impl Base {
     }
 }
 
-/// The suites read, in order, with the mirror base each lives on.
-pub const SUITES: [(&str, Base); 3] = [
-    ("bookworm", Base::Debian),
-    ("bookworm-updates", Base::Debian),
-    ("bookworm-security", Base::DebianSecurity),
-];
+/// The name of the Debian archive among repositories (`debian:libc6` pins a package to
+/// it; reserved, no third-party repository may use it).
+pub const DEBIAN: &str = "debian";
 
-const COMPONENT_PACKAGES: &str = "main/binary-amd64/Packages";
+impl Base {
+    /// The base serving a Debian suite: `*-security` lives on the security mirror.
+    pub fn of_suite(suite: &str) -> Base {
+        if suite.ends_with("-security") {
+            Base::DebianSecurity
+        } else {
+            Base::Debian
+        }
+    }
+}
 
 /// One version of one binary package, with what the resolver and fetcher need.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +76,8 @@ pub struct PackageEntry {
     pub sha256: Digest,
     pub base: Base,
     pub suite: String,
+    /// [`DEBIAN`], or the name of the third-party repository.
+    pub repository: String,
     pub depends: Relations,
     pub pre_depends: Relations,
     /// Provided names; a constraint, when present, is `= version`.
@@ -78,11 +94,25 @@ pub struct SuiteInfo {
     pub date: String,
     pub packages_sha256: Digest,
     pub signed_by: String,
+    /// [`DEBIAN`], or the name of the third-party repository.
+    #[serde(default = "debian")]
+    pub repository: String,
+    #[serde(default = "main")]
+    pub component: String,
+}
+
+fn debian() -> String {
+    DEBIAN.to_owned()
+}
+fn main() -> String {
+    "main".to_owned()
 }
 
 /// All packages of the suites, indexed by name and by provided (virtual) name.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
+    /// The architecture of the `Packages` files read (`Architecture: all` ones too).
+    pub arch: Arch,
     /// Versions of each package, newest first.
     packages: BTreeMap<String, Vec<PackageEntry>>,
     /// virtual name -> (provider name, provider version, provided version)
@@ -105,14 +135,36 @@ const FIELDS: &[&str] = &[
 ];
 
 impl Index {
+    /// An empty amd64 index.
     pub fn new() -> Index {
         Index::default()
     }
 
-    /// Adds the entries of one (decompressed) `Packages` file. `what` names it in errors.
+    /// An empty index for another architecture.
+    pub fn for_arch(arch: Arch) -> Index {
+        Index {
+            arch,
+            ..Index::default()
+        }
+    }
+
+    /// Adds the entries of one (decompressed) `Packages` file of the Debian archive.
+    /// `what` names it in errors.
     pub fn add_packages<R: BufRead>(
         &mut self,
         r: R,
+        base: Base,
+        suite: &str,
+        what: &str,
+    ) -> Result<()> {
+        self.add_packages_from(r, DEBIAN, base, suite, what)
+    }
+
+    /// [`Index::add_packages`] for a `Packages` file of a named repository.
+    pub fn add_packages_from<R: BufRead>(
+        &mut self,
+        r: R,
+        repository: &str,
         base: Base,
         suite: &str,
         what: &str,
@@ -143,6 +195,7 @@ impl Index {
                 sha256: Digest::from_hex(&need("SHA256")?).map_err(|e| ctx(e.to_string()))?,
                 base,
                 suite: suite.to_owned(),
+                repository: repository.to_owned(),
                 depends: rel("Depends")?,
                 pre_depends: rel("Pre-Depends")?,
                 provides,
@@ -161,11 +214,12 @@ impl Index {
 
     fn insert(&mut self, e: PackageEntry) {
         let versions = self.packages.entry(e.name.clone()).or_default();
-        // the same version in two suites is the same .deb: keep the first seen
-        if versions
-            .iter()
-            .any(|v| version::compare(&v.version, &e.version).is_eq())
-        {
+        // the same version in two suites of one repository is the same .deb: keep the
+        // first seen. Another repository's is kept (after the first: the Debian archive
+        // wins a tie, as the first source of apt's list does), so `repo:name` finds it.
+        if versions.iter().any(|v| {
+            v.repository == e.repository && version::compare(&v.version, &e.version).is_eq()
+        }) {
             return;
         }
         for p in &e.provides {
@@ -187,9 +241,17 @@ impl Index {
         self.packages.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// The candidate (newest version across the suites), as apt picks it with default pins.
+    /// The candidate (newest version across the suites and repositories), as apt picks
+    /// it with default pins.
     pub fn candidate(&self, name: &str) -> Option<&PackageEntry> {
         self.versions(name).first()
+    }
+
+    /// The newest version of a package in one repository ([`DEBIAN`] or a name).
+    pub fn candidate_in(&self, name: &str, repository: &str) -> Option<&PackageEntry> {
+        self.versions(name)
+            .iter()
+            .find(|e| e.repository == repository)
     }
 
     /// Candidates that provide `name`, with the provided version if any. Sorted by name.
@@ -217,17 +279,37 @@ impl Index {
         self.packages.is_empty()
     }
 
-    /// Downloads and verifies the three suites' indexes (see the module doc) against the
-    /// Debian archive keys.
+    /// Bookworm's indexes for amd64 (what imgbuild read before suites and architectures
+    /// could be chosen): [`Index::fetch_for`] with the defaults.
     pub fn fetch(
         mirror: &Mirror,
         store: &Store,
         http: &reqwest::blocking::Client,
     ) -> Result<Index> {
-        Index::fetch_suites(mirror, store, http, &SUITES, Keyring::debian())
+        Index::fetch_for(mirror, Suite::default(), Arch::default(), store, http)
     }
 
-    /// [`Index::fetch`] for a chosen list of suites and keys (tests, a private archive).
+    /// Downloads and verifies the index of a release for one architecture (see the
+    /// module doc): its three suites, each verified with the keys that sign it
+    /// ([`Keyring::for_suite`]), then every repository of `mirror.repositories`, each
+    /// verified with its own key file only.
+    pub fn fetch_for(
+        mirror: &Mirror,
+        suite: Suite,
+        arch: Arch,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+    ) -> Result<Index> {
+        let suites: Vec<(String, Base, &Keyring)> = suite
+            .suites()
+            .into_iter()
+            .map(|(name, base)| (name, base, Keyring::for_suite(suite, base)))
+            .collect();
+        Index::fetch_with(mirror, &suites, arch, store, http)
+    }
+
+    /// [`Index::fetch`] for a chosen list of Debian suites and the keys that vouch for
+    /// them, amd64, plus the mirror's repositories (tests, a private archive).
     pub fn fetch_suites(
         mirror: &Mirror,
         store: &Store,
@@ -235,111 +317,286 @@ impl Index {
         suites: &[(&str, Base)],
         keyring: &Keyring,
     ) -> Result<Index> {
-        let mut index = Index::new();
-        for &(suite, base) in suites {
-            let root = format!("{}/dists/{suite}", mirror.base_url(base));
-            let url = format!("{root}/InRelease");
-            let armored = fetch::download(http, &url, |body| {
-                let mut text = String::new();
-                io::Read::read_to_string(body, &mut text).map_err(|e| Error::Io {
-                    op: "failed to read",
-                    path: url.clone().into(),
-                    source: e,
-                })?;
-                Ok(text)
-            })?;
-            let verified =
-                keyring
-                    .verify_inrelease(&armored)
-                    .map_err(|why| Error::BadSignature {
-                        url: url.clone(),
-                        why,
-                    })?;
-            let release =
-                ReleaseInfo::parse(&verified.text, suite).map_err(|why| Error::BadRelease {
-                    url: url.clone(),
-                    why,
-                })?;
-            if mirror.check_valid_until && !mirror.is_snapshot(base) {
-                release
-                    .check_valid_until(date::now())
-                    .map_err(|e| match e {
-                        Ok(valid_until) => Error::Expired {
-                            suite: suite.to_owned(),
-                            url: url.clone(),
-                            valid_until,
-                        },
-                        Err(why) => Error::BadRelease {
-                            url: url.clone(),
-                            why,
-                        },
-                    })?;
-            }
-            let (digest, size) =
-                release
-                    .sha256(COMPONENT_PACKAGES)
-                    .ok_or_else(|| Error::BadRelease {
-                        url: url.clone(),
-                        why: format!("the signed Release lists no SHA256 for {COMPONENT_PACKAGES}"),
-                    })?;
-            if !(store.has_blob(&digest) && store.verify(&digest)?) {
-                download_packages(http, store, &root, &release, &digest, size)?;
-            }
-            let what = format!("{root}/{COMPONENT_PACKAGES} ({digest})");
-            let reader = BufReader::with_capacity(1 << 20, store.open_verified(&digest)?);
-            index.add_packages(reader, base, suite, &what)?;
-            index.suites.push(SuiteInfo {
-                suite: suite.to_owned(),
-                url,
-                date: release.date.clone(),
-                packages_sha256: digest,
-                signed_by: verified.signed_by,
-            });
+        let suites: Vec<(String, Base, &Keyring)> = suites
+            .iter()
+            .map(|(name, base)| (name.to_string(), *base, keyring))
+            .collect();
+        Index::fetch_with(mirror, &suites, Arch::Amd64, store, http)
+    }
+
+    fn fetch_with(
+        mirror: &Mirror,
+        suites: &[(String, Base, &Keyring)],
+        arch: Arch,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+    ) -> Result<Index> {
+        let mut index = Index::for_arch(arch);
+        for (name, base, keyring) in suites {
+            index.read_suite(
+                &SuiteSource {
+                    repository: DEBIAN,
+                    base_url: mirror.base_url(*base),
+                    suite: name,
+                    base: *base,
+                    components: &["main".to_owned()],
+                    keyring,
+                    check_valid_until: mirror.check_valid_until && !mirror.is_snapshot(*base),
+                },
+                store,
+                http,
+            )?;
+        }
+        for repo in &mirror.repositories {
+            let keyring = Keyring::from_key_file(&repo.name, &repo.key)?;
+            index.read_suite(
+                &SuiteSource {
+                    repository: &repo.name,
+                    base_url: repo.url.trim_end_matches('/'),
+                    suite: &repo.suite,
+                    base: Base::Debian,
+                    components: &repo.components,
+                    keyring: &keyring,
+                    check_valid_until: mirror.check_valid_until && !is_snapshot_url(&repo.url),
+                },
+                store,
+                http,
+            )?;
         }
         Ok(index)
     }
 
-    /// Each suite's Release `Date` as RFC 3339 (`2026-11-28T02:53:00Z`), by suite name:
-    /// what the lockfile records so that a snapshot of the same day can be named later.
+    /// Reads one suite: `InRelease` verified with the source's keys only, its freshness,
+    /// then each component's `Packages` for this index's architecture.
+    fn read_suite(
+        &mut self,
+        src: &SuiteSource<'_>,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+    ) -> Result<()> {
+        let suite = src.suite;
+        let root = format!("{}/dists/{suite}", src.base_url);
+        let url = format!("{root}/InRelease");
+        let armored = fetch::download(http, &url, |body| {
+            let mut text = String::new();
+            io::Read::read_to_string(body, &mut text).map_err(|e| Error::Io {
+                op: "failed to read",
+                path: url.clone().into(),
+                source: e,
+            })?;
+            Ok(text)
+        })?;
+        let verified =
+            src.keyring
+                .verify_inrelease(&armored)
+                .map_err(|why| Error::BadSignature {
+                    url: url.clone(),
+                    why,
+                })?;
+        // the Debian archive names a suite by its codename; a third-party repository
+        // often only by `Suite` (apt accepts either)
+        let release =
+            ReleaseInfo::parse(&verified.text, suite, src.repository != DEBIAN).map_err(|why| {
+                Error::BadRelease {
+                    url: url.clone(),
+                    why,
+                }
+            })?;
+        if src.check_valid_until {
+            release
+                .check_valid_until(date::now())
+                .map_err(|e| match e {
+                    Ok(valid_until) => Error::Expired {
+                        suite: suite.to_owned(),
+                        url: url.clone(),
+                        valid_until,
+                    },
+                    Err(why) => Error::BadRelease {
+                        url: url.clone(),
+                        why,
+                    },
+                })?;
+        }
+        let arch = self.arch.as_str();
+        for component in src.components {
+            let dir = format!("{component}/binary-{arch}");
+            let packages = format!("{dir}/Packages");
+            let (digest, size) = release.sha256(&packages).ok_or_else(|| Error::BadRelease {
+                url: url.clone(),
+                why: format!(
+                    "the signed Release lists no SHA256 for {packages}: {suite} does not publish component \
+                     `{component}` for {arch}{}",
+                    match &release.architectures {
+                        Some(a) => format!(" (its architectures: {a})"),
+                        None => String::new(),
+                    }
+                ),
+            })?;
+            if !(store.has_blob(&digest) && store.verify(&digest)?) {
+                download_packages(http, store, &root, &dir, &release, &digest, size)?;
+            }
+            let what = format!("{root}/{packages} ({digest})");
+            let reader = BufReader::with_capacity(1 << 20, store.open_verified(&digest)?);
+            self.add_packages_from(reader, src.repository, src.base, suite, &what)?;
+            self.suites.push(SuiteInfo {
+                suite: suite.to_owned(),
+                url: url.clone(),
+                date: release.date.clone(),
+                packages_sha256: digest,
+                signed_by: verified.signed_by.clone(),
+                repository: src.repository.to_owned(),
+                component: component.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Each Debian suite's Release `Date` as RFC 3339 (`2026-11-28T02:53:00Z`), by suite
+    /// name: what the lockfile records so that a snapshot of the same day can be named
+    /// later (third-party repositories have no snapshot service, so they are left out).
     pub fn dates(&self) -> BTreeMap<String, String> {
         self.suites
             .iter()
+            .filter(|s| s.repository == DEBIAN)
             .filter_map(|s| {
                 let t = date::parse_release_date(&s.date).ok()?;
                 Some((s.suite.clone(), date::to_rfc3339(t)))
             })
             .collect()
     }
+
+    /// What this index searched, for messages: `trixie, trixie-updates, trixie-security,
+    /// pgdg (trixie-pgdg) (arm64)`.
+    pub fn describe(&self) -> String {
+        let mut names: Vec<String> = vec![];
+        for s in &self.suites {
+            let n = if s.repository == DEBIAN {
+                format!("{} ({})", s.suite, s.component)
+            } else {
+                format!("{} ({} {})", s.repository, s.suite, s.component)
+            };
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        if names.is_empty() {
+            names.push("an empty index".into());
+        }
+        format!("{}, for {}", names.join(", "), self.arch)
+    }
+
+    /// Names of the repositories this index read (`debian` first).
+    pub fn repositories(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = vec![DEBIAN];
+        for s in &self.suites {
+            if !out.contains(&s.repository.as_str()) {
+                out.push(&s.repository);
+            }
+        }
+        out
+    }
 }
 
-/// Fetches `Packages.xz` (by hash when the archive supports it), decompresses it while
-/// streaming into the store, and commits it only if it matches the signed SHA256 and size.
+/// The indexes one command reads, each fetched once per (suite, arch) and shared by the
+/// layers that need it (a failure is not kept: the next caller tries again).
+#[derive(Debug, Default)]
+pub struct Indexes {
+    cells: Mutex<BTreeMap<(Suite, Arch), Arc<IndexCell>>>,
+}
+
+/// One (suite, arch): empty until fetched; locked while it is being fetched.
+type IndexCell = Mutex<Option<Arc<Index>>>;
+
+impl Indexes {
+    pub fn new() -> Indexes {
+        Indexes::default()
+    }
+
+    /// The index of `suite` for `arch` ([`Index::fetch_for`]), fetched on first use;
+    /// callers asking for the same one meanwhile wait for it.
+    pub fn get(
+        &self,
+        mirror: &Mirror,
+        suite: Suite,
+        arch: Arch,
+        store: &Store,
+        http: &reqwest::blocking::Client,
+    ) -> Result<Arc<Index>> {
+        let cell = self
+            .cells
+            .lock()
+            .expect("indexes")
+            .entry((suite, arch))
+            .or_default()
+            .clone();
+        let mut slot = cell.lock().expect("index");
+        if let Some(i) = &*slot {
+            return Ok(i.clone());
+        }
+        let index = Arc::new(Index::fetch_for(mirror, suite, arch, store, http)?);
+        *slot = Some(index.clone());
+        Ok(index)
+    }
+
+    /// The indexes read so far (for the store inputs a build records), by (suite, arch).
+    pub fn fetched(&self) -> Vec<Arc<Index>> {
+        let cells: Vec<_> = self
+            .cells
+            .lock()
+            .expect("indexes")
+            .values()
+            .cloned()
+            .collect();
+        cells
+            .iter()
+            .filter_map(|c| c.try_lock().ok().and_then(|s| s.clone()))
+            .collect()
+    }
+}
+
+/// One suite to read and what vouches for it.
+struct SuiteSource<'a> {
+    repository: &'a str,
+    base_url: &'a str,
+    suite: &'a str,
+    base: Base,
+    components: &'a [String],
+    keyring: &'a Keyring,
+    check_valid_until: bool,
+}
+
+/// Fetches `Packages` (as `.xz`, `.gz` or plain, whichever the signed Release lists, in
+/// that order of preference; by hash when the archive supports it), decompresses it
+/// while streaming into the store, and commits it only if it matches the signed SHA256
+/// and size.
 fn download_packages(
     http: &reqwest::blocking::Client,
     store: &Store,
     root: &str,
+    dir: &str,
     release: &ReleaseInfo,
     digest: &Digest,
     size: u64,
 ) -> Result<()> {
-    let xz_path = format!("{COMPONENT_PACKAGES}.xz");
-    let (xz_digest, _) = release.sha256(&xz_path).ok_or_else(|| Error::BadRelease {
-        url: format!("{root}/InRelease"),
-        why: format!("the signed Release lists no SHA256 for {xz_path}"),
-    })?;
+    let (file, compressed) = ["Packages.xz", "Packages.gz", "Packages"]
+        .into_iter()
+        .find_map(|f| release.sha256(&format!("{dir}/{f}")).map(|d| (f, d.0)))
+        .expect("the plain Packages is listed");
     let mut urls = vec![];
     if release.by_hash {
-        urls.push(format!(
-            "{root}/main/binary-amd64/by-hash/SHA256/{}",
-            xz_digest.hex()
-        ));
+        urls.push(format!("{root}/{dir}/by-hash/SHA256/{}", compressed.hex()));
     }
-    urls.push(format!("{root}/{xz_path}"));
+    urls.push(format!("{root}/{dir}/{file}"));
     let mut last = None;
     for url in urls {
         let res = fetch::download(http, &url, |body| {
             let mut w = store.writer()?;
-            let mut dec = liblzma::read::XzDecoder::new_multi_decoder(BufReader::new(body));
+            let body = BufReader::new(body);
+            let mut dec: Box<dyn io::Read + '_> = match file {
+                "Packages.xz" => Box::new(liblzma::read::XzDecoder::new_multi_decoder(body)),
+                "Packages.gz" => Box::new(flate2::read::MultiGzDecoder::new(body)),
+                _ => Box::new(body),
+            };
             io::copy(&mut dec, &mut w).map_err(|e| Error::Io {
                 op: "failed to download and decompress",
                 path: url.clone().into(),
@@ -362,18 +619,22 @@ fn download_packages(
 struct ReleaseInfo {
     date: String,
     valid_until: Option<String>,
+    architectures: Option<String>,
     by_hash: bool,
     sha256: BTreeMap<String, (Digest, u64)>,
 }
 
 impl ReleaseInfo {
-    fn parse(text: &str, suite: &str) -> Result<ReleaseInfo, String> {
+    /// `or_suite`: a Release whose `Suite` (rather than `Codename`) names the suite is
+    /// accepted too (third-party repositories).
+    fn parse(text: &str, suite: &str, or_suite: bool) -> Result<ReleaseInfo, String> {
         let paras = control::parse_paragraphs(text)?;
         let p = paras.first().ok_or("empty Release")?;
         // A validly signed Release of another suite (say, an old bookworm served as
         // bookworm-security) must not be accepted: check the codename it signs.
         match p.get("Codename") {
             Some(c) if c == suite => {}
+            _ if or_suite && p.get("Suite") == Some(suite) => {}
             other => {
                 return Err(format!(
                     "signed Release is for codename {other:?}, expected `{suite}`"
@@ -394,6 +655,7 @@ impl ReleaseInfo {
         Ok(ReleaseInfo {
             date: p.get("Date").unwrap_or("").to_owned(),
             valid_until: p.get("Valid-Until").map(str::to_owned),
+            architectures: p.get("Architectures").map(str::to_owned),
             by_hash: p.get("Acquire-By-Hash") == Some("yes"),
             sha256,
         })
@@ -426,10 +688,10 @@ mod tests {
     #[test]
     fn release_codename_is_checked() {
         let text = "Origin: Debian\nCodename: bookworm\nDate: x\nSHA256:\n e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0 main/binary-amd64/Packages\n";
-        let r = ReleaseInfo::parse(text, "bookworm").unwrap();
+        let r = ReleaseInfo::parse(text, "bookworm", false).unwrap();
         assert_eq!(r.sha256("main/binary-amd64/Packages").unwrap().1, 0);
         assert!(
-            ReleaseInfo::parse(text, "bookworm-security")
+            ReleaseInfo::parse(text, "bookworm-security", false)
                 .unwrap_err()
                 .contains("expected `bookworm-security`")
         );
@@ -438,17 +700,18 @@ mod tests {
     #[test]
     fn valid_until_is_enforced() {
         let text = "Codename: bookworm-security\nDate: Fri, 20 Nov 2026 00:12:41 UTC\nValid-Until: Fri, 27 Nov 2026 00:12:41 UTC\n";
-        let r = ReleaseInfo::parse(text, "bookworm-security").unwrap();
+        let r = ReleaseInfo::parse(text, "bookworm-security", false).unwrap();
         let until = date::parse_release_date("Fri, 27 Nov 2026 00:12:41 UTC").unwrap();
         assert_eq!(r.check_valid_until(until), Ok(()));
         assert_eq!(
             r.check_valid_until(until + 1),
             Err(Ok("Fri, 27 Nov 2026 00:12:41 UTC".to_owned()))
         );
-        let no_field = ReleaseInfo::parse("Codename: bookworm\n", "bookworm").unwrap();
+        let no_field = ReleaseInfo::parse("Codename: bookworm\n", "bookworm", false).unwrap();
         assert_eq!(no_field.check_valid_until(i64::MAX), Ok(()));
         let garbled =
-            ReleaseInfo::parse("Codename: bookworm\nValid-Until: soon\n", "bookworm").unwrap();
+            ReleaseInfo::parse("Codename: bookworm\nValid-Until: soon\n", "bookworm", false)
+                .unwrap();
         assert!(
             matches!(garbled.check_valid_until(0), Err(Err(why)) if why.contains("Valid-Until"))
         );

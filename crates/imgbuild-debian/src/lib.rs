@@ -1,10 +1,14 @@
-//! Debian bookworm packages as the operating-system part of an image, built natively the
-//! way distroless does: no apt, dpkg, debootstrap or container at build time.
+//! Debian packages (bookworm or trixie, amd64 or arm64, plus third-party apt repositories)
+//! as the operating-system part of an image, built natively the way distroless does: no
+//! apt, dpkg, debootstrap, container or emulator at build time.
 //!
 //! The pipeline, one module each:
-//! - [`signature`]: the embedded Debian archive keys and `InRelease` verification;
-//! - [`index`]: the signed package index of bookworm, bookworm-updates and
-//!   bookworm-security (main, amd64), cached in the store;
+//! - [`platform`]: the release ([`Suite`]) and architecture ([`Arch`]) an index is for;
+//! - [`signature`]: the embedded Debian archive keys, which of them vouch for which suite,
+//!   repositories' own keys, and `InRelease` verification;
+//! - [`index`]: the signed package index of a release's three suites (main) and of the
+//!   configured repositories for one architecture, cached in the store ([`Indexes`]: one
+//!   per (suite, arch) per command);
 //! - [`resolve()`](resolve::resolve): an apt-like dependency resolver with `exclude` pruning,
 //!   producing [`LockedPackage`]s;
 //! - [`fetch`]: verified, parallel, cached `.deb` downloads from a lock, retried when the
@@ -27,6 +31,7 @@ pub mod deb;
 pub mod error;
 pub mod fetch;
 pub mod index;
+pub mod platform;
 pub mod resolve;
 pub mod signature;
 pub mod soname;
@@ -36,7 +41,8 @@ pub mod version;
 pub use deb::{PackageReport, ScriptNote, Unpacker, remove_paths};
 pub use error::{Error, Result};
 pub use fetch::{Fetcher, InFlight, fetch_debs};
-pub use index::{Base, Index};
+pub use index::{Base, DEBIAN, Index, Indexes};
+pub use platform::{Arch, Suite};
 pub use resolve::{LockedPackage, Resolution, resolve};
 pub use signature::Keyring;
 
@@ -45,19 +51,59 @@ pub use signature::Keyring;
 /// `https://snapshot.debian.org/archive/debian-security/20250101T000000Z`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mirror {
-    /// Base URL serving `dists/bookworm`, `dists/bookworm-updates` and `pool/`.
+    /// Base URL serving `dists/<release>`, `dists/<release>-updates` and `pool/`.
     pub archive: String,
-    /// Base URL serving `dists/bookworm-security` and its `pool/`.
+    /// Base URL serving `dists/<release>-security` and its `pool/`.
     pub security: String,
     /// Refuse a signed Release whose `Valid-Until` has passed, as apt does (an old, validly
     /// signed index replayed by a man in the middle, or a stale mirror). Never applied to
     /// snapshot mirrors ([`Mirror::is_snapshot`]), whose files are old on purpose.
     #[serde(default = "yes")]
     pub check_valid_until: bool,
+    /// Third-party apt repositories read besides the archive, in order.
+    #[serde(default)]
+    pub repositories: Vec<Repository>,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// A third-party apt repository (`[[debian.repositories]]` in imgbuild.toml): its
+/// `dists/<suite>/InRelease` must be signed by `key`, which is trusted for this
+/// repository only (apt's `signed-by`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Repository {
+    /// Names the repository in `name:package` pins and in the lock. Never `debian`.
+    pub name: String,
+    /// Base URL serving `dists/` and the `Filename`s of its `Packages`.
+    pub url: String,
+    /// The directory under `dists/` (`trixie-pgdg`); its signed Release must name it as
+    /// `Codename` or `Suite`.
+    pub suite: String,
+    pub components: Vec<String>,
+    /// The key file (armored or binary OpenPGP public keys), an absolute path.
+    pub key: std::path::PathBuf,
+}
+
+/// Whether a URL is a snapshot of an archive: the host is snapshot.debian.org, or a path
+/// component is a snapshot timestamp (`.../20250101T000000Z`, as self-hosted snapshot
+/// copies name them too).
+pub fn is_snapshot_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+    let stamp = |c: &str| {
+        let b = c.as_bytes();
+        b.len() == 16
+            && b[8] == b'T'
+            && b[15] == b'Z'
+            && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+    };
+    host == "snapshot.debian.org"
+        || host.ends_with(".snapshot.debian.org")
+        || path.split('/').any(stamp)
 }
 
 impl Default for Mirror {
@@ -66,6 +112,7 @@ impl Default for Mirror {
             archive: "http://deb.debian.org/debian".into(),
             security: "http://deb.debian.org/debian-security".into(),
             check_valid_until: true,
+            repositories: vec![],
         }
     }
 }
@@ -89,34 +136,25 @@ impl Mirror {
     /// snapshot.debian.org, or a path component is a snapshot timestamp
     /// (`.../20250101T000000Z`, as self-hosted snapshot copies name them too).
     pub fn is_snapshot(&self, base: Base) -> bool {
-        let url = self.base_url(base);
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let host = host.rsplit('@').next().unwrap_or(host);
-        let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
-        let stamp = |c: &str| {
-            let b = c.as_bytes();
-            b.len() == 16
-                && b[8] == b'T'
-                && b[15] == b'Z'
-                && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
-        };
-        host == "snapshot.debian.org"
-            || host.ends_with(".snapshot.debian.org")
-            || path.split('/').any(stamp)
+        is_snapshot_url(self.base_url(base))
+    }
+
+    /// The repository a locked package comes from, by name.
+    pub fn repository(&self, name: &str) -> Option<&Repository> {
+        self.repositories.iter().find(|r| r.name == name)
     }
 
     /// snapshot.debian.org mirrors that serve the archive as it was when an index with these
     /// suite dates (suite -> RFC 3339, as the lockfile keeps them) was read: the moment is
-    /// [`SNAPSHOT_DELAY_SECS`] after the newest `Date` of the suites each base serves.
+    /// [`SNAPSHOT_DELAY_SECS`] after the newest `Date` of the suites each base serves
+    /// (`*-security` on the security mirror), whatever the release.
     /// `None` unless a date is known for both bases.
     pub fn snapshot_for(dates: &std::collections::BTreeMap<String, String>) -> Option<Mirror> {
         let newest = |base: Base| {
-            index::SUITES
+            dates
                 .iter()
-                .filter(|(_, b)| *b == base)
-                .filter_map(|(s, _)| dates.get(*s))
-                .filter_map(|d| date::parse_rfc3339(d).ok())
+                .filter(|(s, _)| Base::of_suite(s) == base)
+                .filter_map(|(_, d)| date::parse_rfc3339(d).ok())
                 .max()
         };
         let at = |secs: i64| date::to_snapshot(secs + SNAPSHOT_DELAY_SECS);
@@ -130,6 +168,7 @@ impl Mirror {
                 at(newest(Base::DebianSecurity)?)
             ),
             check_valid_until: true,
+            repositories: vec![],
         })
     }
 }
@@ -187,5 +226,23 @@ mod tests {
         partial.remove("bookworm-security");
         assert_eq!(Mirror::snapshot_for(&partial), None);
         assert_eq!(Mirror::snapshot_for(&Default::default()), None);
+        // any release: trixie's dates name the same kind of snapshot
+        let trixie: std::collections::BTreeMap<String, String> = [
+            ("trixie", "2026-11-21T09:15:44Z"),
+            ("trixie-updates", "2026-12-04T02:09:32Z"),
+            ("trixie-security", "2026-12-04T03:54:29Z"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+        let m = Mirror::snapshot_for(&trixie).unwrap();
+        assert_eq!(
+            m.archive,
+            "https://snapshot.debian.org/archive/debian/20261204T140932Z"
+        );
+        assert_eq!(
+            m.security,
+            "https://snapshot.debian.org/archive/debian-security/20261204T155429Z"
+        );
     }
 }

@@ -21,7 +21,8 @@ use imgbuild_store::Digest;
 
 use crate::control::Atom;
 use crate::error::{Error, Result};
-use crate::index::{Base, Index, PackageEntry};
+use crate::index::{Base, DEBIAN, Index, PackageEntry};
+use crate::platform::Arch;
 
 /// One package of a resolution, as written to the lockfile. Enough to fetch and verify the
 /// `.deb` with no index.
@@ -34,8 +35,21 @@ pub struct LockedPackage {
     pub filename: String,
     pub size: u64,
     pub sha256: Digest,
-    /// Which mirror base serves it.
+    /// Which mirror base of the Debian archive serves it.
     pub base: Base,
+    /// The repository it comes from: [`DEBIAN`] (the default, so locks written before
+    /// repositories existed load as they were) or a `[[debian.repositories]]` name, whose
+    /// URL the `.deb` is fetched from.
+    #[serde(default = "debian_repository", skip_serializing_if = "is_debian")]
+    pub repository: String,
+}
+
+fn debian_repository() -> String {
+    DEBIAN.to_owned()
+}
+
+fn is_debian(r: &str) -> bool {
+    r == DEBIAN
 }
 
 impl From<&PackageEntry> for LockedPackage {
@@ -48,6 +62,7 @@ impl From<&PackageEntry> for LockedPackage {
             size: e.size,
             sha256: e.sha256.clone(),
             base: e.base,
+            repository: e.repository.clone(),
         }
     }
 }
@@ -66,11 +81,13 @@ pub struct Resolution {
     pub excluded_unused: Vec<String>,
 }
 
-fn arch_ok(a: &Atom) -> bool {
-    matches!(
-        a.arch.as_deref(),
-        None | Some("any" | "native" | "amd64" | "all")
-    )
+/// Whether an atom's architecture qualifier (`:any`, `:native`, `:arm64`) fits the
+/// architecture being resolved for.
+fn arch_ok(a: &Atom, arch: Arch) -> bool {
+    match a.arch.as_deref() {
+        None | Some("any" | "native" | "all") => true,
+        Some(q) => q == arch.as_str(),
+    }
 }
 
 fn priority_rank(p: &str) -> u8 {
@@ -123,7 +140,7 @@ impl<'a> Resolver<'a> {
 
     /// Whether an already selected package satisfies the atom (by name or by Provides).
     fn satisfied(&self, a: &Atom) -> bool {
-        if !arch_ok(a) {
+        if !arch_ok(a, self.index.arch) {
             return false;
         }
         if let Some(e) = self.selected.get(&a.name)
@@ -146,7 +163,7 @@ impl<'a> Resolver<'a> {
 
     /// The package apt would install for this atom, if any.
     fn choose(&self, a: &Atom) -> Option<&'a PackageEntry> {
-        if !arch_ok(a) {
+        if !arch_ok(a, self.index.arch) {
             return None;
         }
         if let Some(c) = self.index.candidate(&a.name)
@@ -218,7 +235,9 @@ impl<'a> Resolver<'a> {
                     .iter()
                     .map(|a| match self.index.candidate(&a.name) {
                         Some(c) => format!("{} has version {}", a.name, c.version),
-                        None if !arch_ok(a) => format!("{a} is for another architecture"),
+                        None if !arch_ok(a, self.index.arch) => {
+                            format!("{a} is for another architecture")
+                        }
                         None => format!("no package provides {}", a.name),
                     })
                     .collect::<Vec<_>>()
@@ -255,20 +274,37 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
         visited: BTreeSet::new(),
     };
     let mut root_names = vec![];
+    let repositories = index.repositories();
     for root in roots {
-        let (name, pin) = match root.split_once('=') {
+        let (spec, pin) = match root.split_once('=') {
             Some((n, v)) => (n.trim(), Some(v.trim())),
             None => (root.trim(), None),
+        };
+        // `repo:name` takes the package from one repository (apt's pinning by origin)
+        let (repository, name) = match spec.split_once(':') {
+            Some((repo, name)) => {
+                if !repositories.contains(&repo) {
+                    return Err(Error::UnknownRepository {
+                        what: format!("the recipe's `{}`", root.trim()),
+                        name: repo.to_owned(),
+                        known: repositories.join(", "),
+                    });
+                }
+                (Some(repo), name)
+            }
+            None => (None, spec),
         };
         if excluded.contains(name) {
             return Err(Error::ExcludedRoot {
                 name: name.to_owned(),
             });
         }
-        let entry = match pin {
-            Some(v) => index
+        let from_repo = |e: &&PackageEntry| repository.is_none_or(|r| e.repository == r);
+        let entry = match (pin, repository) {
+            (Some(v), _) => index
                 .versions(name)
                 .iter()
+                .filter(from_repo)
                 .find(|e| e.version == v)
                 .ok_or_else(|| Error::Unsatisfiable {
                     package: "(recipe)".into(),
@@ -279,12 +315,21 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
                         index
                             .versions(name)
                             .iter()
-                            .map(|e| e.version.as_str())
+                            .filter(from_repo)
+                            .map(|e| format!("{} ({})", e.version, e.repository))
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
                 })?,
-            None => match index.candidate(name) {
+            (None, Some(repo)) => {
+                index
+                    .candidate_in(name, repo)
+                    .ok_or_else(|| Error::UnknownPackage {
+                        name: name.to_owned(),
+                        searched: format!("repository `{repo}` ({})", index.describe()),
+                    })?
+            }
+            (None, None) => match index.candidate(name) {
                 Some(c) => c,
                 None => {
                     let provs = index.providers(name);
@@ -292,6 +337,7 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
                         [] => {
                             return Err(Error::UnknownPackage {
                                 name: name.to_owned(),
+                                searched: index.describe(),
                             });
                         }
                         [(one, _)] => *one,
@@ -332,7 +378,7 @@ pub fn resolve(index: &Index, roots: &[String], exclude: &[String]) -> Result<Re
         for group in e.pre_depends.iter().chain(e.depends.iter()) {
             let mut satisfiers = group
                 .iter()
-                .filter(|a| arch_ok(a))
+                .filter(|a| arch_ok(a, index.arch))
                 .flat_map(|a| r.satisfiers_in_closure(a));
             let mut first_excluded = None;
             let kept = satisfiers.find(|n| {
@@ -649,6 +695,7 @@ Depends: y
             size: 1,
             sha256: Digest::of_bytes(b""),
             base: Base::DebianSecurity,
+            repository: DEBIAN.into(),
         };
         let j = serde_json::to_value(&p).unwrap();
         assert_eq!(j["base"], "debian-security");

@@ -1,7 +1,15 @@
 //! The root of trust: the Debian archive's OpenPGP keys (embedded from Debian's
 //! `debian-archive-keyring` 2023.3+deb12u2, bookworm and trixie archive and security keys)
-//! and the check of an `InRelease` file's inline signature against them ([`Keyring`];
-//! [`Keyring::debian`] is the default, another ring serves a private archive or tests).
+//! and the check of an `InRelease` file's inline signature against them ([`Keyring`]).
+//!
+//! Each suite is verified only with the keys that sign it ([`Keyring::for_suite`]), as
+//! found on deb.debian.org (December 2026): the archive signs every suite with the two
+//! current `automatic` keys of its kind plus the release's own `stable` key, so
+//! `trixie` carries signatures by bookworm-automatic, trixie-automatic and trixie-stable,
+//! `trixie-security` by bookworm-security-automatic and trixie-security-automatic. The
+//! stable key of one release never vouches for another, nor an archive key for a
+//! security suite. A third-party repository is verified only with its own key file
+//! ([`Keyring::from_key_file`], apt's `signed-by`), and the Debian keys never vouch for it.
 //!
 //! The archive signs with *subkeys*, and rPGP's `verify(&SignedPublicKey)` only tries the
 //! primary key, so this module picks the key the signature names (issuer fingerprint or key
@@ -10,11 +18,15 @@
 //! Expiry is judged at the signature's creation time, never at "now", so a verification
 //! result does not change with the clock (snapshot mirrors serve old, validly signed files).
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey};
 use pgp::packet::{Signature, SignatureType};
 use pgp::types::{KeyDetails, Timestamp};
+
+use crate::index::Base;
+use crate::platform::Suite;
 
 /// The armored keys, in the keyring package's file names.
 const KEYS: &[(&str, &str)] = &[
@@ -44,31 +56,127 @@ const KEYS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Which embedded keys vouch for the suites of a release (see the module doc): for
+/// the release and its `-updates` (`Base::Debian`), and for its `-security`.
+fn suite_keys(suite: Suite, base: Base) -> &'static [&'static str] {
+    match (suite, base) {
+        (Suite::Bookworm, Base::Debian) => &[
+            "debian-archive-bookworm-automatic",
+            "debian-archive-bookworm-stable",
+            "debian-archive-trixie-automatic",
+        ],
+        (Suite::Bookworm, Base::DebianSecurity) => &["debian-archive-bookworm-security-automatic"],
+        (Suite::Trixie, Base::Debian) => &[
+            "debian-archive-bookworm-automatic",
+            "debian-archive-trixie-automatic",
+            "debian-archive-trixie-stable",
+        ],
+        (Suite::Trixie, Base::DebianSecurity) => &[
+            "debian-archive-bookworm-security-automatic",
+            "debian-archive-trixie-security-automatic",
+        ],
+    }
+}
+
+fn embedded(name: &str) -> (String, SignedPublicKey) {
+    let (_, armored) = KEYS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no embedded key {name}"));
+    let (key, _) = SignedPublicKey::from_string(armored)
+        .unwrap_or_else(|e| panic!("embedded key {name} does not parse: {e}"));
+    (name.to_owned(), key)
+}
+
 /// The OpenPGP keys an `InRelease` must be signed with.
 pub struct Keyring {
     keys: Vec<(String, SignedPublicKey)>,
+    /// What the ring is, for messages: `the Debian archive keys for trixie`.
+    what: String,
 }
 
 impl Keyring {
-    /// The embedded Debian archive keys (the default root of trust).
+    /// Every embedded Debian archive key, whatever the suite (diagnostics, and tests of
+    /// the signature check itself; indexes use [`Keyring::for_suite`]).
     pub fn debian() -> &'static Keyring {
         static RING: OnceLock<Keyring> = OnceLock::new();
         RING.get_or_init(|| Keyring {
-            keys: KEYS
-                .iter()
-                .map(|(name, armored)| {
-                    let (key, _) = SignedPublicKey::from_string(armored)
-                        .unwrap_or_else(|e| panic!("embedded key {name} does not parse: {e}"));
-                    (name.to_string(), key)
+            keys: KEYS.iter().map(|(name, _)| embedded(name)).collect(),
+            what: "the Debian archive keys".into(),
+        })
+    }
+
+    /// The embedded keys that vouch for one suite of a release: `base` says which
+    /// (the release and its `-updates`, or its `-security`).
+    pub fn for_suite(suite: Suite, base: Base) -> &'static Keyring {
+        static RINGS: OnceLock<Vec<((Suite, Base), Keyring)>> = OnceLock::new();
+        let rings = RINGS.get_or_init(|| {
+            Suite::ALL
+                .into_iter()
+                .flat_map(|s| [(s, Base::Debian), (s, Base::DebianSecurity)])
+                .map(|(s, b)| {
+                    let suites = match b {
+                        Base::Debian => format!("{s} and {s}-updates"),
+                        Base::DebianSecurity => format!("{s}-security"),
+                    };
+                    let ring = Keyring {
+                        keys: suite_keys(s, b).iter().map(|n| embedded(n)).collect(),
+                        what: format!("the Debian archive keys for {suites}"),
+                    };
+                    ((s, b), ring)
                 })
-                .collect(),
+                .collect()
+        });
+        &rings
+            .iter()
+            .find(|(k, _)| *k == (suite, base))
+            .expect("a ring for every suite")
+            .1
+    }
+
+    /// A third-party repository's key file (apt's `signed-by`): one or more public keys,
+    /// armored (`.asc`) or binary (`.gpg`). Trusted for that repository only.
+    pub fn from_key_file(repository: &str, path: &Path) -> Result<Keyring, crate::Error> {
+        let bad = |why: String| crate::Error::BadKey {
+            name: repository.to_owned(),
+            path: path.to_owned(),
+            why,
+        };
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let parsed: Vec<SignedPublicKey> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+            SignedPublicKey::from_string_many(&text)
+                .map_err(|e| bad(format!("not an OpenPGP public key: {e}")))?
+                .0
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("not an OpenPGP public key: {e}")))?
+        } else {
+            SignedPublicKey::from_bytes_many(&bytes[..])
+                .map_err(|e| bad(format!("not an OpenPGP public key: {e}")))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("not an OpenPGP public key: {e}")))?
+        };
+        if parsed.is_empty() {
+            return Err(bad("holds no public key".into()));
+        }
+        let name = format!("{repository} ({})", path.display());
+        Ok(Keyring {
+            keys: parsed.into_iter().map(|k| (name.clone(), k)).collect(),
+            what: format!("the keys of repository `{repository}` ({})", path.display()),
         })
     }
 
     /// Other keys, each with a name for messages (a private archive, or tests that sign
     /// their own `InRelease` files).
     pub fn new(keys: Vec<(String, SignedPublicKey)>) -> Keyring {
-        Keyring { keys }
+        let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
+        let what = format!("the given keys ({})", names.join(", "));
+        Keyring { keys, what }
+    }
+
+    /// Names of the keys, for messages and tests.
+    pub fn names(&self) -> Vec<&str> {
+        self.keys.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     /// Verifies an `InRelease` file and returns its signed content. At least one signature
@@ -145,7 +253,8 @@ impl Keyring {
             .chain(sig.issuer_key_id().iter().map(|k| format!("{k:?}")))
             .collect();
         Err(Failure::Unknown(format!(
-            "signed by a key that is not a Debian archive key ({})",
+            "signed by a key that is not one of {} ({})",
+            self.what,
             who.join(", ")
         )))
     }

@@ -2,11 +2,23 @@
 //! have done, done declaratively instead: the image's accounts (read and written by
 //! [`crate::accounts`], re-exported here) and [`base_fixup`] (nsswitch.conf, `/tmp` & co.,
 //! `/var/run` and `/var/lock` symlinks, merged-/usr symlinks).
+//!
+//! Per release and architecture (checked against the real packages, December 2026):
+//! - base-passwd's `passwd.master` and `group.master` are byte for byte the same in
+//!   bookworm (3.6.1) and trixie (3.6.7), so both releases get the same base accounts;
+//!   trixie's postinst also creates empty `/etc/subuid` and `/etc/subgid` (0644).
+//! - trixie's base-files ships the merged-/usr links itself (`/lib64` on amd64 only;
+//!   its postinst's `rtlddir`), bookworm's left them to usrmerge; either way the image
+//!   gets `/bin`, `/sbin`, `/lib` and, on amd64, `/lib64`. arm64 has no `/lib64`.
+//! - `/var/local` comes from base-files' own archive (root:staff 2775 in bookworm,
+//!   root:root 0755 in trixie, whose postinst sets staff only on request) and is left
+//!   as shipped.
 
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
 
 pub use crate::accounts::{Accounts, Group, SHADOW_GID, User};
 use crate::error::{Error, Result};
+use crate::platform::{Arch, Suite};
 
 /// What libc-bin's postinst installs as `/etc/nsswitch.conf`; without it glibc falls back
 /// to `hosts: dns [!UNAVAIL=return] files`, and `/etc/hosts` would be read after DNS.
@@ -86,10 +98,17 @@ fn dir_to_symlink(tree: &mut Tree, from: &str, to: &str, to_rel: &str) -> Result
     Ok(())
 }
 
-/// The generic post-unpack fixups of a maintainer-script-free Debian image (see the module
-/// doc). Accounts are separate: render them with [`Accounts::render`].
+/// [`base_fixup_for`] bookworm on amd64 (what imgbuild did before releases and
+/// architectures could be chosen).
 pub fn base_fixup(tree: &mut Tree) -> Result<()> {
-    crate::deb::ensure_merged_usr(tree)?;
+    base_fixup_for(tree, Suite::Bookworm, Arch::Amd64)
+}
+
+/// The generic post-unpack fixups of a maintainer-script-free Debian image of a release
+/// and architecture (see the module doc). Accounts are separate: render them with
+/// [`Accounts::render`].
+pub fn base_fixup_for(tree: &mut Tree, suite: Suite, arch: Arch) -> Result<()> {
+    crate::deb::ensure_merged_usr_for(tree, arch)?;
     for (d, mode) in [
         ("etc", 0o755),
         ("home", 0o755),
@@ -116,6 +135,21 @@ pub fn base_fixup(tree: &mut Tree) -> Result<()> {
                 content: Content::inline(NSSWITCH_CONF),
             },
         )?;
+    }
+    if suite >= Suite::Trixie {
+        // trixie's base-passwd postinst: empty subordinate-id files, root 0644
+        for f in ["etc/subuid", "etc/subgid"] {
+            let p = TreePath::new(f)?;
+            if tree.get(&p).is_none() {
+                tree.insert(
+                    p,
+                    Node::File {
+                        meta: Meta::FILE,
+                        content: Content::inline(""),
+                    },
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -171,5 +205,33 @@ mod tests {
         );
         // idempotent
         base_fixup(&mut t).unwrap();
+        // bookworm has no subuid/subgid
+        assert!(t.get(&TreePath::new("etc/subuid").unwrap()).is_none());
+    }
+
+    #[test]
+    fn fixup_per_release_and_architecture() {
+        let mut t = Tree::new();
+        base_fixup_for(&mut t, Suite::Trixie, Arch::Arm64).unwrap();
+        let get = |p: &str| t.get(&TreePath::new(p).unwrap()).cloned();
+        assert!(matches!(get("lib"), Some(Node::Symlink { target, .. }) if target == "usr/lib"));
+        assert_eq!(get("lib64"), None, "arm64 has no /lib64");
+        for f in ["etc/subuid", "etc/subgid"] {
+            assert_eq!(
+                file_text(&t, f),
+                (String::new(), Meta::new(0o644, 0, 0)),
+                "{f}"
+            );
+        }
+        let mut t = Tree::new();
+        base_fixup_for(&mut t, Suite::Trixie, Arch::Amd64).unwrap();
+        assert!(matches!(
+            t.get(&TreePath::new("lib64").unwrap()),
+            Some(Node::Symlink { target, .. }) if target == "usr/lib64"
+        ));
+        assert_eq!(
+            Accounts::debian_base_for(Suite::Trixie),
+            Accounts::debian_base_for(Suite::Bookworm)
+        );
     }
 }

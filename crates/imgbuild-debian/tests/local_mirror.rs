@@ -9,6 +9,10 @@
 //! - Robustness: a mirror that fails the first request (503, a cut connection, a stalled
 //!   body) is retried, a persistent failure gives up after a bounded number of attempts.
 //! - Sharing: two concurrent fetches of overlapping package sets download each `.deb` once.
+//! - Third-party repositories: a Debian suite and a repository, each signed here with its
+//!   own generated key: resolving takes the highest version across both, `repo:name` pins,
+//!   `.deb`s come from the repository's URL, and neither key vouches for the other's index
+//!   (nor is an unsigned one accepted).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use imgbuild_debian::index::{Base, Index};
 use imgbuild_debian::signature::Keyring;
-use imgbuild_debian::{Error, Fetcher, InFlight, LockedPackage, Mirror, date, fetch_debs};
+use imgbuild_debian::{Error, Fetcher, InFlight, LockedPackage, Mirror, date, fetch_debs, resolve};
 use imgbuild_store::{Digest, Store};
 
 const INRELEASE: &str = include_str!("fixtures/bookworm-security.InRelease");
@@ -314,6 +318,7 @@ fn archive(date_from_now: i64, valid_for: Option<i64>, debs: &[(&str, Vec<u8>)])
             size: bytes.len() as u64,
             sha256: sha,
             base: Base::DebianSecurity,
+            repository: "debian".into(),
         });
     }
     let packages_xz = xz(packages_text.as_bytes());
@@ -630,4 +635,386 @@ fn concurrent_fetches_download_each_deb_once() {
     });
     assert_eq!(s.hits(&a.packages[1].filename), 3);
     assert_eq!(s.hits(&a.packages[2].filename), 3);
+}
+
+// ------------------------------------------------------------------ third-party repositories
+
+fn gz(data: &[u8]) -> Vec<u8> {
+    let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    w.write_all(data).unwrap();
+    w.finish().unwrap()
+}
+
+fn clearsign(text: &str, key: &pgp::composed::SignedSecretKey) -> String {
+    pgp::composed::CleartextSignedMessage::sign(
+        rand::thread_rng(),
+        text,
+        &**key,
+        &pgp::types::Password::empty(),
+    )
+    .unwrap()
+    .to_armored_string(Default::default())
+    .unwrap()
+}
+
+/// A suite under `prefix` (`/debian`, `/extra`): `dists/<suite>/InRelease` (its Release
+/// text returned too, to sign it with another key or none) with `release_name` (the
+/// `Codename: x` or `Suite: x` line), `main/binary-amd64/Packages` as `.gz` (`.xz` too if
+/// `xz`), and the `.deb`s of `(name, version, depends)` under `pool/`.
+fn suite_routes(
+    prefix: &str,
+    suite: &str,
+    release_name: &str,
+    pkgs: &[(&str, &str, &str)],
+    xz_too: bool,
+) -> (Vec<Route>, String) {
+    let mut text = String::new();
+    let mut routes = vec![];
+    for (name, version, depends) in pkgs {
+        let bytes = format!("{prefix} {name} {version}").into_bytes();
+        let filename = format!("pool/main/{name}_{version}_amd64.deb");
+        text.push_str(&format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: amd64\nFilename: {filename}\nSize: {}\nSHA256: {}\n",
+            bytes.len(),
+            Digest::of_bytes(&bytes).hex()
+        ));
+        if !depends.is_empty() {
+            text.push_str(&format!("Depends: {depends}\n"));
+        }
+        text.push('\n');
+        routes.push(route(&format!("{prefix}/{filename}"), bytes));
+    }
+    let dir = format!("{prefix}/dists/{suite}/main/binary-amd64");
+    let packages_gz = gz(text.as_bytes());
+    let mut release = format!(
+        "Origin: test\n{release_name}\nDate: Sat, 21 Nov 2026 09:15:44 UTC\nArchitectures: amd64\nComponents: main\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.gz\n",
+        Digest::of_bytes(text.as_bytes()).hex(),
+        text.len(),
+        Digest::of_bytes(&packages_gz).hex(),
+        packages_gz.len(),
+    );
+    routes.push(route(&format!("{dir}/Packages.gz"), packages_gz));
+    if xz_too {
+        let packages_xz = xz(text.as_bytes());
+        release.push_str(&format!(
+            " {} {} main/binary-amd64/Packages.xz\n",
+            Digest::of_bytes(&packages_xz).hex(),
+            packages_xz.len()
+        ));
+        routes.push(route(&format!("{dir}/Packages.xz"), packages_xz));
+    }
+    (routes, release)
+}
+
+struct TwoSources {
+    debian_key: pgp::composed::SignedSecretKey,
+    repo_key: pgp::composed::SignedSecretKey,
+    debian: (Vec<Route>, String),
+    repo: (Vec<Route>, String),
+    _dir: tempfile::TempDir,
+    key_file: std::path::PathBuf,
+}
+
+/// trixie (the "archive", key A) and repository `extra` (suite trixie-extra, key B, its
+/// Release naming only `Suite:`, Packages only as .gz).
+fn two_sources() -> TwoSources {
+    let debian = suite_routes(
+        "/debian",
+        "trixie",
+        "Codename: trixie",
+        &[
+            ("pg", "15.8-1", "libfoo"),
+            ("libfoo", "1.0-1", ""),
+            ("tool", "2.0-1", ""),
+            ("client", "15.8-1", "libfoo (>= 1.0)"),
+        ],
+        true,
+    );
+    let repo = suite_routes(
+        "/extra",
+        "trixie-extra",
+        "Suite: trixie-extra",
+        &[
+            ("pg", "17.2-1.extra", "libfoo, client"),
+            ("tool", "1.5-1.extra", ""),
+            ("libfoo", "1.0-1", ""),
+        ],
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let repo_key = test_key();
+    let key_file = dir.path().join("extra.asc");
+    std::fs::write(
+        &key_file,
+        repo_key
+            .to_public_key()
+            .to_armored_string(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    TwoSources {
+        debian_key: test_key(),
+        repo_key,
+        debian,
+        repo,
+        _dir: dir,
+        key_file,
+    }
+}
+
+impl TwoSources {
+    /// Serves both, each InRelease signed by the given key (`None`: the bare Release).
+    fn serve(
+        &self,
+        debian_by: Option<&pgp::composed::SignedSecretKey>,
+        repo_by: Option<&pgp::composed::SignedSecretKey>,
+    ) -> (Server, Mirror) {
+        let sign = |text: &str, key: Option<&pgp::composed::SignedSecretKey>| match key {
+            Some(k) => clearsign(text, k),
+            None => text.to_owned(),
+        };
+        let mut routes = self.debian.0.clone();
+        routes.extend(self.repo.0.clone());
+        routes.push(route(
+            "/debian/dists/trixie/InRelease",
+            sign(&self.debian.1, debian_by),
+        ));
+        routes.push(route(
+            "/extra/dists/trixie-extra/InRelease",
+            sign(&self.repo.1, repo_by),
+        ));
+        let s = Server::start(routes);
+        let mirror = Mirror {
+            archive: s.url("/debian"),
+            security: s.url("/unused"),
+            check_valid_until: true,
+            repositories: vec![imgbuild_debian::Repository {
+                name: "extra".into(),
+                url: s.url("/extra/"),
+                suite: "trixie-extra".into(),
+                components: vec!["main".into()],
+                key: self.key_file.clone(),
+            }],
+        };
+        (s, mirror)
+    }
+
+    fn index(&self, mirror: &Mirror, store: &Store) -> Result<Index, Error> {
+        let ring = Keyring::new(vec![(
+            "archive key".into(),
+            self.debian_key.to_public_key(),
+        )]);
+        Index::fetch_suites(
+            mirror,
+            store,
+            &reqwest::blocking::Client::new(),
+            &[("trixie", Base::Debian)],
+            &ring,
+        )
+    }
+}
+
+fn picked(r: &imgbuild_debian::Resolution) -> Vec<(&str, &str, &str)> {
+    r.packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str(), p.repository.as_str()))
+        .collect()
+}
+
+#[test]
+fn packages_resolve_across_the_archive_and_a_repository() {
+    let t = two_sources();
+    let (s, mirror) = t.serve(Some(&t.debian_key), Some(&t.repo_key));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let idx = t.index(&mirror, &store).unwrap();
+    let info: Vec<(&str, &str, &str)> = idx
+        .suites
+        .iter()
+        .map(|i| {
+            (
+                i.repository.as_str(),
+                i.suite.as_str(),
+                i.signed_by.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(info[0], ("debian", "trixie", "archive key"));
+    assert_eq!(info[1].0, "extra");
+    assert!(info[1].2.contains("extra.asc"), "{info:?}");
+    assert_eq!(
+        s.hits("/extra/dists/trixie-extra/main/binary-amd64/Packages.gz"),
+        1
+    );
+
+    // the highest version wins, whichever source has it
+    let r = resolve(&idx, &["pg".into(), "tool".into()], &[]).unwrap();
+    assert_eq!(
+        picked(&r),
+        [
+            ("client", "15.8-1", "debian"),
+            ("libfoo", "1.0-1", "debian"), // the same version in both: the archive's
+            ("pg", "17.2-1.extra", "extra"),
+            ("tool", "2.0-1", "debian"),
+        ]
+    );
+    // `repo:name` pins a root to one source; `debian:` names the archive
+    let r = resolve(&idx, &["extra:tool".into(), "debian:pg".into()], &[]).unwrap();
+    assert_eq!(
+        picked(&r),
+        [
+            ("libfoo", "1.0-1", "debian"),
+            ("pg", "15.8-1", "debian"),
+            ("tool", "1.5-1.extra", "extra"),
+        ]
+    );
+    let r = resolve(&idx, &["extra:libfoo=1.0-1".into()], &[]).unwrap();
+    assert_eq!(picked(&r), [("libfoo", "1.0-1", "extra")]);
+    let e = resolve(&idx, &["nosuch:pg".into()], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no repository `nosuch`") && e.contains("debian, extra"),
+        "{e}"
+    );
+    let e = resolve(&idx, &["extra:client".into()], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`client`") && e.contains("repository `extra`"),
+        "{e}"
+    );
+
+    // each .deb comes from its own source's URL and lands verified
+    let r = resolve(&idx, &["pg".into(), "extra:tool".into()], &[]).unwrap();
+    fetch_debs(
+        &mirror,
+        &r.packages,
+        &store,
+        &reqwest::blocking::Client::new(),
+        2,
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(s.hits("/extra/pool/main/pg_17.2-1.extra_amd64.deb"), 1);
+    assert_eq!(s.hits("/extra/pool/main/tool_1.5-1.extra_amd64.deb"), 1);
+    assert_eq!(s.hits("/debian/pool/main/client_15.8-1_amd64.deb"), 1);
+    for p in &r.packages {
+        assert!(store.verify(&p.sha256).unwrap(), "{}", p.name);
+    }
+    // the lock form: a repository is named, the archive is the default
+    let json = serde_json::to_value(&r.packages).unwrap();
+    assert_eq!(json[2]["repository"], "extra");
+    assert!(json[0].get("repository").is_none(), "{json}");
+    let old = serde_json::json!({"name": "a", "version": "1", "architecture": "amd64",
+        "filename": "pool/a.deb", "size": 1, "sha256": Digest::of_bytes(b"").to_string(), "base": "debian"});
+    assert_eq!(
+        serde_json::from_value::<LockedPackage>(old)
+            .unwrap()
+            .repository,
+        "debian"
+    );
+    // a version the repository no longer serves: no snapshot.debian.org advice
+    let mut moved = r.packages.iter().find(|p| p.name == "pg").unwrap().clone();
+    moved.filename = "pool/main/pg_17.1-1.extra_amd64.deb".into();
+    moved.sha256 = Digest::of_bytes(b"old");
+    let e = fetch_debs(
+        &mirror,
+        &[moved],
+        &store,
+        &reqwest::blocking::Client::new(),
+        1,
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("repository `extra` no longer serves pg")
+            && e.contains("/extra/pool/main/pg_17.1-1.extra_amd64.deb")
+            && e.contains("imgbuild lock")
+            && !e.contains("snapshot"),
+        "{e}"
+    );
+    // a lock naming a repository the project no longer declares
+    let gone = Mirror {
+        repositories: vec![],
+        ..mirror.clone()
+    };
+    let dir2 = tempfile::tempdir().unwrap();
+    let e = fetch_debs(
+        &gone,
+        &r.packages,
+        &Store::open(dir2.path()).unwrap(),
+        &reqwest::blocking::Client::new(),
+        1,
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("no repository `extra`") && e.contains("pg 17.2-1.extra"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_repository_key_vouches_for_its_repository_only() {
+    let t = two_sources();
+    let one_line = |e: &Error| {
+        let m = e.to_string();
+        assert!(!m.contains('\n'), "one line: {m}");
+        m
+    };
+    let check = |debian_by, repo_by, url_part: &str, why: &str| {
+        let (s, mirror) = t.serve(debian_by, repo_by);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let e = t.index(&mirror, &store).unwrap_err();
+        let m = one_line(&e);
+        assert!(
+            matches!(&e, Error::BadSignature { url, .. } if url.contains(url_part)),
+            "{m}"
+        );
+        assert!(m.contains(why), "{m}");
+        // nothing of a refused source was read
+        assert_eq!(
+            s.hits(&format!("{url_part}/main/binary-amd64/Packages.gz")),
+            0
+        );
+    };
+    // the repository's InRelease signed with the archive's key
+    check(
+        Some(&t.debian_key),
+        Some(&t.debian_key),
+        "/extra/dists/trixie-extra",
+        "not one of the keys of repository `extra`",
+    );
+    // the archive's InRelease signed with the repository's key
+    check(
+        Some(&t.repo_key),
+        Some(&t.repo_key),
+        "/debian/dists/trixie",
+        "not one of the given keys (archive key)",
+    );
+    // unsigned
+    check(
+        Some(&t.debian_key),
+        None,
+        "/extra/dists/trixie-extra",
+        "not an OpenPGP clear-signed file",
+    );
+    // a key file that is not a key
+    let (_s, mut mirror) = t.serve(Some(&t.debian_key), Some(&t.repo_key));
+    let bogus = t._dir.path().join("bogus.asc");
+    std::fs::write(&bogus, "hello").unwrap();
+    mirror.repositories[0].key = bogus;
+    let dir = tempfile::tempdir().unwrap();
+    let e = t
+        .index(&mirror, &Store::open(dir.path()).unwrap())
+        .unwrap_err();
+    let m = one_line(&e);
+    assert!(
+        m.contains("repository `extra`") && m.contains("bogus.asc"),
+        "{m}"
+    );
 }

@@ -538,4 +538,123 @@ fn soname_suggestions_match_what_dpkg_says_ships_the_library() {
             );
         }
     }
+/// The bytes of a file of an unpacked tree, written out for tools that read files.
+fn write_out(tree: &Tree, path: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join(path.replace('/', "_"));
+    match tree.get(&TreePath::new(path).unwrap()) {
+        Some(Node::File {
+            content: imgbuild_layer::Content::Range { path, offset, size },
+            ..
+        }) => {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(path).unwrap();
+            f.seek(SeekFrom::Start(*offset)).unwrap();
+            let mut buf = vec![0; *size as usize];
+            f.read_exact(&mut buf).unwrap();
+            std::fs::write(&out, buf).unwrap();
+        }
+        other => panic!("{path}: {other:?}"),
+    }
+    out
+}
+
+/// trixie for arm64 from the real archive: each suite verified with trixie's own keys, a
+/// small closure resolved from the arm64 index, fetched, unpacked with arm64's merged-/usr
+/// layout (no /lib64), and its binaries are aarch64 ELF files (checked by `file` and
+/// `readelf`, independent of this crate).
+#[test]
+fn trixie_arm64_closure_unpacks_to_aarch64_binaries() {
+    use imgbuild_debian::{Arch, Suite};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    // through the per-command cache: fetched once per (suite, arch)
+    let indexes = imgbuild_debian::Indexes::new();
+    let get = || {
+        indexes
+            .get(
+                &Mirror::default(),
+                Suite::Trixie,
+                Arch::Arm64,
+                &store,
+                &http(),
+            )
+            .unwrap()
+    };
+    let index = get();
+    assert!(std::sync::Arc::ptr_eq(&index, &get()));
+    assert_eq!(indexes.fetched().len(), 1);
+    assert_eq!(index.arch, Arch::Arm64);
+    let suites: Vec<(&str, &str)> = index
+        .suites
+        .iter()
+        .map(|s| (s.suite.as_str(), s.signed_by.as_str()))
+        .collect();
+    assert_eq!(
+        suites.iter().map(|s| s.0).collect::<Vec<_>>(),
+        ["trixie", "trixie-updates", "trixie-security"]
+    );
+    for (suite, by) in &suites {
+        if suite.ends_with("-security") {
+            assert!(by.contains("security-automatic"), "{suite}: {by}");
+        } else {
+            assert!(
+                by.starts_with("debian-archive-") && !by.contains("security"),
+                "{suite}: {by}"
+            );
+        }
+    }
+    let r = resolve(
+        &index,
+        &["base-files".into(), "libc6".into(), "dash".into()],
+        &[],
+    )
+    .unwrap();
+    for p in &r.packages {
+        assert!(
+            p.architecture == "arm64" || p.architecture == "all",
+            "{p:?}"
+        );
+        assert!(!p.filename.ends_with("_amd64.deb"), "{p:?}");
+    }
+    let libc = r.packages.iter().find(|p| p.name == "libc6").unwrap();
+    assert!(libc.version.starts_with("2.41"), "trixie's glibc: {libc:?}");
+    fetch_debs(&Mirror::default(), &r.packages, &store, &http(), 4, &|_| {}).unwrap();
+    let mut tree = Tree::new();
+    let mut u = Unpacker::for_arch(Arch::Arm64);
+    for p in &r.packages {
+        u.unpack(&store, p, &mut tree)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    imgbuild_debian::system::base_fixup_for(&mut tree, Suite::Trixie, Arch::Arm64).unwrap();
+    tree.validate().unwrap();
+    let get = |p: &str| tree.get(&TreePath::new(p).unwrap()).cloned();
+    assert!(matches!(get("bin"), Some(Node::Symlink { target, .. }) if target == "usr/bin"));
+    assert!(matches!(get("lib"), Some(Node::Symlink { target, .. }) if target == "usr/lib"));
+    assert_eq!(get("lib64"), None, "arm64 has no /lib64");
+    assert!(get("usr/lib/ld-linux-aarch64.so.1").is_some());
+    assert!(get("usr/lib/aarch64-linux-gnu/libc.so.6").is_some());
+
+    let out = tempfile::tempdir().unwrap();
+    let dash = write_out(&tree, "usr/bin/dash", out.path());
+    let file = Command::new("file").arg("-b").arg(&dash).output().unwrap();
+    let file = String::from_utf8_lossy(&file.stdout);
+    assert!(
+        file.contains("ELF 64-bit") && file.contains("ARM aarch64"),
+        "{file}"
+    );
+    let libc_so = write_out(&tree, "usr/lib/aarch64-linux-gnu/libc.so.6", out.path());
+    let h = Command::new("readelf")
+        .arg("-h")
+        .arg(&libc_so)
+        .output()
+        .unwrap();
+    let h = String::from_utf8_lossy(&h.stdout);
+    assert!(h.contains("AArch64"), "{h}");
+    let l = Command::new("readelf")
+        .arg("-l")
+        .arg(&dash)
+        .output()
+        .unwrap();
+    let l = String::from_utf8_lossy(&l.stdout);
+    assert!(l.contains(Arch::Arm64.dynamic_loader()), "{l}");
 }

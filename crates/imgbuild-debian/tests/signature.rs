@@ -78,5 +78,78 @@ fn valid_signature_by_a_foreign_key_fails() {
         .expect("the forged signature is itself valid");
     let armored = msg.to_armored_string(Default::default()).unwrap();
     let err = verify_inrelease(&armored).unwrap_err();
-    assert!(err.contains("not a Debian archive key"), "{err}");
+    assert!(err.contains("not one of the Debian archive keys"), "{err}");
+}
+
+/// The real trixie-security InRelease of December 2026 (signed by
+/// bookworm-security-automatic and trixie-security-automatic).
+const TRIXIE_SECURITY: &str = include_str!("fixtures/trixie-security.InRelease");
+
+/// The same file keeping only the signatures whose issuer the filter accepts.
+fn only_signatures(armored: &str, keep: impl Fn(&str) -> bool) -> String {
+    use pgp::composed::CleartextSignedMessage;
+    let (msg, _) = CleartextSignedMessage::from_string(armored).unwrap();
+    let sigs: Vec<_> = msg
+        .signatures()
+        .iter()
+        .filter(|s| {
+            s.issuer_fingerprint()
+                .iter()
+                .any(|f| keep(&hex::encode(f.as_bytes())))
+        })
+        .cloned()
+        .collect();
+    assert!(!sigs.is_empty() && sigs.len() < msg.signatures().len());
+    CleartextSignedMessage::new_many(&msg.signed_text(), |_| Ok(sigs))
+        .unwrap()
+        .to_armored_string(Default::default())
+        .unwrap()
+}
+
+#[test]
+fn each_suite_is_verified_with_its_own_keys() {
+    use imgbuild_debian::signature::Keyring;
+    use imgbuild_debian::{Base, Suite};
+    let ring = Keyring::for_suite;
+    // trixie-security verifies with trixie's security keys
+    let v = ring(Suite::Trixie, Base::DebianSecurity)
+        .verify_inrelease(TRIXIE_SECURITY)
+        .unwrap();
+    assert!(v.text.contains("\nCodename: trixie-security\n"));
+    // signed by trixie-security-automatic (subkey 89C87ACE...) alone, bookworm's security
+    // ring refuses it: that key vouches for trixie only
+    let trixie_only = only_signatures(TRIXIE_SECURITY, |f| f.starts_with("89c87ace"));
+    let v = ring(Suite::Trixie, Base::DebianSecurity)
+        .verify_inrelease(&trixie_only)
+        .unwrap();
+    assert_eq!(v.signed_by, "debian-archive-trixie-security-automatic");
+    let err = ring(Suite::Bookworm, Base::DebianSecurity)
+        .verify_inrelease(&trixie_only)
+        .unwrap_err();
+    assert!(
+        err.contains("not one of the Debian archive keys for bookworm-security"),
+        "{err}"
+    );
+    // no archive (non-security) key vouches for a security suite
+    for s in Suite::ALL {
+        let err = ring(s, Base::Debian)
+            .verify_inrelease(TRIXIE_SECURITY)
+            .unwrap_err();
+        assert!(
+            err.contains(&format!("keys for {s} and {s}-updates")),
+            "{err}"
+        );
+        assert!(ring(s, Base::Debian).verify_inrelease(REAL).is_err());
+    }
+    // bookworm-security (the older fixture) verifies with bookworm's security ring
+    assert!(
+        ring(Suite::Bookworm, Base::DebianSecurity)
+            .verify_inrelease(REAL)
+            .is_ok()
+    );
+    // the stable keys: each release's own only
+    let names = |s, b| ring(s, b).names().join(" ");
+    assert!(names(Suite::Trixie, Base::Debian).contains("trixie-stable"));
+    assert!(!names(Suite::Trixie, Base::Debian).contains("bookworm-stable"));
+    assert!(!names(Suite::Bookworm, Base::Debian).contains("trixie-stable"));
 }

@@ -168,6 +168,7 @@ fn put(store: &Store, name: &str, bytes: &[u8]) -> LockedPackage {
         size: bytes.len() as u64,
         sha256,
         base: Base::Debian,
+        repository: "debian".into(),
     }
 }
 
@@ -740,5 +741,70 @@ fn not_a_deb_is_refused() {
     assert!(
         err.to_string().contains("junk") && err.to_string().contains("ar"),
         "{err}"
+    );
+}
+
+/// trixie's base-files ships the merged-/usr symlinks itself (`./bin -> usr/bin`, and
+/// `./lib64 -> usr/lib64` on amd64 only): they are the links the unpacker already made,
+/// not a symlink to put over the `usr/bin` directory. On arm64 there is no `/lib64`.
+#[test]
+fn base_files_shipping_the_merged_usr_links_unpacks() {
+    use imgbuild_debian::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let entries = [
+        E::Dir("./", 0o755, 0, 0),
+        E::Dir("./usr/", 0o755, 0, 0),
+        E::Dir("./usr/bin/", 0o755, 0, 0),
+        E::Dir("./usr/lib64/", 0o755, 0, 0),
+        E::Symlink("./bin", "usr/bin"),
+        E::Symlink("./lib", "usr/lib"),
+        E::Symlink("./lib64", "usr/lib64"),
+        E::Symlink("./sbin", "usr/sbin"),
+        E::File("./usr/bin/tool", 0o755, 0, 0, b"x"),
+    ];
+    let pkg = put(
+        &store,
+        "base-files",
+        &deb("base-files", "xz", &entries, &[]),
+    );
+    let mut tree = Tree::new();
+    Unpacker::new().unpack(&store, &pkg, &mut tree).unwrap();
+    for d in ["bin", "sbin", "lib", "lib64"] {
+        assert!(
+            matches!(get(&tree, d), Node::Symlink { target, .. } if *target == format!("usr/{d}")),
+            "{d}"
+        );
+        assert!(
+            matches!(get(&tree, &format!("usr/{d}")), Node::Dir(_)),
+            "usr/{d}"
+        );
+    }
+    assert!(matches!(get(&tree, "usr/bin/tool"), Node::File { .. }));
+
+    // arm64: base-files ships no lib64 link, and none is made
+    let arm: Vec<E> = entries
+        .into_iter()
+        .filter(|e| !matches!(e, E::Symlink("./lib64", _) | E::Dir("./usr/lib64/", ..)))
+        .collect();
+    let pkg = put(&store, "base-files", &deb("base-files", "xz", &arm, &[]));
+    let mut tree = Tree::new();
+    Unpacker::for_arch(Arch::Arm64)
+        .unpack(&store, &pkg, &mut tree)
+        .unwrap();
+    assert!(matches!(get(&tree, "lib"), Node::Symlink { .. }));
+    assert!(tree.get(&TreePath::new("lib64").unwrap()).is_none());
+    assert!(tree.get(&TreePath::new("usr/lib64").unwrap()).is_none());
+
+    // a link elsewhere is still refused over a directory
+    let bad = [
+        E::Dir("./usr/bin/", 0o755, 0, 0),
+        E::Symlink("./bin", "/opt/bin"),
+    ];
+    let pkg = put(&store, "evil", &deb("evil", "xz", &bad, &[]));
+    assert!(
+        Unpacker::new()
+            .unpack(&store, &pkg, &mut Tree::new())
+            .is_err()
     );
 }
