@@ -538,6 +538,8 @@ fn soname_suggestions_match_what_dpkg_says_ships_the_library() {
             );
         }
     }
+}
+
 /// The bytes of a file of an unpacked tree, written out for tools that read files.
 fn write_out(tree: &Tree, path: &str, dir: &std::path::Path) -> std::path::PathBuf {
     let out = dir.join(path.replace('/', "_"));
