@@ -60,6 +60,38 @@ fn a_relative_store_path_byte_compiles() {
     );
     // The store is where the relative path named it, not anywhere else.
     assert!(dir.path().join(".store/blobs/sha256").is_dir());
+
+    // `inspect` of the Debian layer: the ldconfig triggers of the libraries and the
+    // removal scripts are one line each, the scripts worth reading keep theirs.
+    let inspect = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .current_dir(dir.path())
+            .args(["--store", "./.store", "inspect", "py"]),
+    );
+    let not_run: Vec<&str> = inspect
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("not run:"))
+        .collect();
+    assert!(
+        !not_run.iter().any(|l| l.ends_with("triggers: trigger: activate-noawait ldconfig")),
+        "{inspect}"
+    );
+    let grouped = not_run
+        .iter()
+        .find(|l| l.starts_with("not run: the ldconfig trigger of "))
+        .unwrap_or_else(|| panic!("{inspect}"));
+    assert!(grouped.contains("libc6") && grouped.contains("libssl3"), "{grouped}");
+    assert!(
+        not_run.iter().any(|l| l.starts_with("not run: prerm/postrm of ")),
+        "{inspect}"
+    );
+    assert!(!not_run.iter().any(|l| l.contains(" prerm") && !l.starts_with("not run: prerm/postrm")), "{inspect}");
+    assert!(
+        not_run.iter().any(|l| l.starts_with("not run: libc6 postinst: ")),
+        "{inspect}"
+    );
+    assert!(not_run.len() <= 15, "{} lines:\n{inspect}", not_run.len());
 }
 
 /// A same-size corruption of `out/NAME.tar` anywhere in the file (a flipped byte
