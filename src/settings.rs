@@ -151,8 +151,15 @@ mod tests {
     fn retry_timeout_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let default = Settings::load(dir.path()).unwrap().registry_options(&[], 1);
-        assert_eq!(default.retry.timeout, imgbuild_registry::DEFAULT_RETRY_TIMEOUT);
-        std::fs::write(dir.path().join("imgbuild.toml"), "[registry]\nretry_timeout = 7\n").unwrap();
+        assert_eq!(
+            default.retry.timeout,
+            imgbuild_registry::DEFAULT_RETRY_TIMEOUT
+        );
+        std::fs::write(
+            dir.path().join("imgbuild.toml"),
+            "[registry]\nretry_timeout = 7\n",
+        )
+        .unwrap();
         let set = Settings::load(dir.path()).unwrap().registry_options(&[], 1);
         assert_eq!(set.retry.timeout, std::time::Duration::from_secs(7));
     }

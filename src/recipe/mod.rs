@@ -236,15 +236,24 @@ mod tests {
         // and a comment).
         let t = "[config]\ncmd = [\"a\"   \n\n# note\nenv = {}\n";
         let at = t.find("env").unwrap();
-        assert_eq!(line_col(t, at, "missing comma between array elements, expected `,`"), (2, 11));
+        assert_eq!(
+            line_col(t, at, "missing comma between array elements, expected `,`"),
+            (2, 11)
+        );
         // ... or at the end of the file.
         let t = "[config]\ncmd = [\"a\"\n\n\n";
-        assert_eq!(line_col(t, t.len(), "unclosed array, expected `]`"), (2, 11));
+        assert_eq!(
+            line_col(t, t.len(), "unclosed array, expected `]`"),
+            (2, 11)
+        );
         // An error in the middle of a line, or one that is not about something
         // left open, stays where it is.
         let t = "[config]\ncmd = [\"a\" \"b\"]\n";
         let at = t.find("\"b").unwrap();
-        assert_eq!(line_col(t, at, "missing comma between array elements, expected `,`"), (2, 12));
+        assert_eq!(
+            line_col(t, at, "missing comma between array elements, expected `,`"),
+            (2, 12)
+        );
         let t = "[config]\nentrypont = []\n";
         assert_eq!(line_col(t, 9, "unknown field `entrypont`"), (2, 1));
     }

@@ -409,7 +409,10 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
                     return Err(cx.err(&r, format!("invalid repository \"{v}\": {reason}; {hint}")));
                 }
                 Ok(p) if p.tag.is_some() || p.digest.is_some() => {
-                    return Err(cx.err(&r, format!("invalid repository \"{v}\": it has a tag or digest; {hint}")));
+                    return Err(cx.err(
+                        &r,
+                        format!("invalid repository \"{v}\": it has a tag or digest; {hint}"),
+                    ));
                 }
                 Ok(_) => {}
             }
@@ -457,8 +460,12 @@ fn parse_config(cx: &Ctx, c: RawConfig) -> Result<ConfigSpec, RecipeError> {
         }
     };
     let list = |v: Option<Vec<Spanned<String>>>, what: &str| {
-        v.map(|v| v.iter().map(|s| text(s, what)).collect::<Result<Vec<_>, _>>())
-            .transpose()
+        v.map(|v| {
+            v.iter()
+                .map(|s| text(s, what))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
     };
     let map = |m: Option<BTreeMap<Spanned<String>, Spanned<String>>>, what: &str| {
         let mut out = BTreeMap::new();

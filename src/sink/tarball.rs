@@ -102,7 +102,15 @@ pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<b
     // hashes it once more, and trusts it from then on.
     let now = SystemTime::now();
     if let Ok(m) = fs::metadata(dest) {
-        remember(store, &record_key, dest, content, digest, Identity::of(&m), now)?;
+        remember(
+            store,
+            &record_key,
+            dest,
+            content,
+            digest,
+            Identity::of(&m),
+            now,
+        )?;
     }
     Ok(true)
 }
@@ -151,7 +159,10 @@ impl Identity {
 
     fn ctime(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH
-            + Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.clamp(0, 999_999_999) as u32)
+            + Duration::new(
+                self.ctime.0.max(0) as u64,
+                self.ctime.1.clamp(0, 999_999_999) as u32,
+            )
     }
 }
 
@@ -178,7 +189,9 @@ fn record_key(dest: &Path) -> String {
         .zip(dest.file_name())
         .map(|(p, n)| p.join(n))
         .unwrap_or_else(|| dest.to_path_buf());
-    Digest::of_bytes(path.as_os_str().as_encoded_bytes()).hex().to_owned()
+    Digest::of_bytes(path.as_os_str().as_encoded_bytes())
+        .hex()
+        .to_owned()
 }
 
 /// Records that `dest` held `sha256` when it had `identity`, at `checked_at` or
@@ -235,13 +248,7 @@ fn documents(img: &ImageOut) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 /// Whether `dest` already is this exact tarball, proven by its record: the same
 /// content and an unchanged, settled identity, or else the same sha256 when hashed
 /// again now (and the record is renewed).
-fn is_current(
-    store: &Store,
-    key: &str,
-    dest: &Path,
-    content: &Digest,
-    size: u64,
-) -> Result<bool> {
+fn is_current(store: &Store, key: &str, dest: &Path, content: &Digest, size: u64) -> Result<bool> {
     let Ok(m) = fs::metadata(dest) else {
         return Ok(false);
     };

@@ -49,13 +49,25 @@ fn a_relative_store_path_byte_compiles() {
     let tar = dir.path().join("out/py.tar");
     let unpacked = dir.path().join("unpacked");
     std::fs::create_dir_all(&unpacked).unwrap();
-    run_ok(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&unpacked));
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&unpacked),
+    );
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
     let venv_layer = index[0]["Layers"][1].as_str().unwrap().to_owned();
-    let listing = run_ok(Command::new("tar").arg("-tzf").arg(unpacked.join(&venv_layer)));
+    let listing = run_ok(
+        Command::new("tar")
+            .arg("-tzf")
+            .arg(unpacked.join(&venv_layer)),
+    );
     assert!(
-        listing.lines().any(|l| l.contains("blinker/__pycache__/") && l.ends_with(".pyc")),
+        listing
+            .lines()
+            .any(|l| l.contains("blinker/__pycache__/") && l.ends_with(".pyc")),
         "no .pyc in the venv layer:\n{listing}"
     );
     // The store is where the relative path named it, not anywhere else.
@@ -74,21 +86,35 @@ fn a_relative_store_path_byte_compiles() {
         .filter(|l| l.starts_with("not run:"))
         .collect();
     assert!(
-        !not_run.iter().any(|l| l.ends_with("triggers: trigger: activate-noawait ldconfig")),
+        !not_run
+            .iter()
+            .any(|l| l.ends_with("triggers: trigger: activate-noawait ldconfig")),
         "{inspect}"
     );
     let grouped = not_run
         .iter()
         .find(|l| l.starts_with("not run: the ldconfig trigger of "))
         .unwrap_or_else(|| panic!("{inspect}"));
-    assert!(grouped.contains("libc6") && grouped.contains("libssl3"), "{grouped}");
     assert!(
-        not_run.iter().any(|l| l.starts_with("not run: prerm/postrm of ")),
+        grouped.contains("libc6") && grouped.contains("libssl3"),
+        "{grouped}"
+    );
+    assert!(
+        not_run
+            .iter()
+            .any(|l| l.starts_with("not run: prerm/postrm of ")),
         "{inspect}"
     );
-    assert!(!not_run.iter().any(|l| l.contains(" prerm") && !l.starts_with("not run: prerm/postrm")), "{inspect}");
     assert!(
-        not_run.iter().any(|l| l.starts_with("not run: libc6 postinst: ")),
+        !not_run
+            .iter()
+            .any(|l| l.contains(" prerm") && !l.starts_with("not run: prerm/postrm")),
+        "{inspect}"
+    );
+    assert!(
+        not_run
+            .iter()
+            .any(|l| l.starts_with("not run: libc6 postinst: ")),
         "{inspect}"
     );
     assert!(not_run.len() <= 15, "{} lines:\n{inspect}", not_run.len());
@@ -108,12 +134,18 @@ fn a_same_size_corruption_of_the_tarball_is_rewritten() {
     // Offsets of the last entry, read with the tar crate.
     let (header_at, data_at, size) = {
         let mut ar = tar::Archive::new(std::fs::File::open(&tar).unwrap());
-        let last = ar.entries().unwrap().map(|e| e.unwrap()).last().map(|e| {
-            (e.raw_header_position(), e.raw_file_position(), e.size())
-        });
+        let last = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .last()
+            .map(|e| (e.raw_header_position(), e.raw_file_position(), e.size()));
         last.unwrap()
     };
-    assert!(data_at > 64 * 1024, "the fixture's last blob should lie past the documents");
+    assert!(
+        data_at > 64 * 1024,
+        "the fixture's last blob should lie past the documents"
+    );
     let image_line = |stderr: &str| {
         stderr
             .lines()
@@ -136,12 +168,21 @@ fn a_same_size_corruption_of_the_tarball_is_rewritten() {
                 .arg(&tar),
         );
         let after = std::fs::metadata(&tar).unwrap();
-        assert_eq!((after.len(), after.mtime(), after.mtime_nsec()), (m.len(), m.mtime(), m.mtime_nsec()));
+        assert_eq!(
+            (after.len(), after.mtime(), after.mtime_nsec()),
+            (m.len(), m.mtime(), m.mtime_nsec())
+        );
         let out = f.run(&["build", "hello"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{what}: {stderr}");
-        assert!(!image_line(&stderr).contains("(unchanged)"), "{what}: {stderr}");
-        assert!(std::fs::read(&tar).unwrap() == good, "{what}: the tarball was not restored");
+        assert!(
+            !image_line(&stderr).contains("(unchanged)"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            std::fs::read(&tar).unwrap() == good,
+            "{what}: the tarball was not restored"
+        );
         skopeo_accepts(&tar);
     }
     let out = f.run(&["build", "hello"]);
@@ -168,9 +209,17 @@ fn a_fifo_instead_of_a_project_file_is_refused_not_waited_on() {
         c.arg("-C").arg(f.path()).arg("--store").arg(&f.store);
         let out = c.arg("all").output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_ne!(out.status.code(), Some(124), "{path}: imgbuild hung on the FIFO");
+        assert_ne!(
+            out.status.code(),
+            Some(124),
+            "{path}: imgbuild hung on the FIFO"
+        );
         assert_eq!(out.status.code(), Some(1), "{path}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{path}: expected one line:\n{err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{path}: expected one line:\n{err}"
+        );
         assert!(
             err.contains(named) && err.contains("is a FIFO, not a regular file"),
             "{path}: {err}"
@@ -258,8 +307,15 @@ fn config_values_names_and_repositories_are_validated() {
         let out = f.run(&["all"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        assert!(err.contains(expected), "{what}: expected `{expected}` in:\n{err}");
-        assert_eq!(err.trim().lines().count(), 1, "{what}: expected one line:\n{err}");
+        assert!(
+            err.contains(expected),
+            "{what}: expected `{expected}` in:\n{err}"
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{what}: expected one line:\n{err}"
+        );
         assert!(!f.path().join("out").exists(), "{what}: output was written");
     }
     // Valid names and repositories of every form still build.
@@ -313,14 +369,22 @@ fn build_sh_puts_imgbuild_on_the_path() {
     std::fs::create_dir_all(repo.path().join("scripts")).unwrap();
     std::fs::create_dir_all(repo.path().join("target/release")).unwrap();
     std::fs::create_dir_all(repo.path().join("fake-bin")).unwrap();
-    std::fs::copy(repo_root().join("scripts/build.sh"), repo.path().join("scripts/build.sh")).unwrap();
+    std::fs::copy(
+        repo_root().join("scripts/build.sh"),
+        repo.path().join("scripts/build.sh"),
+    )
+    .unwrap();
     std::fs::copy(
         env!("CARGO_BIN_EXE_imgbuild"),
         repo.path().join("target/release/imgbuild"),
     )
     .unwrap();
     let cargo = repo.path().join("fake-bin/cargo");
-    std::fs::write(&cargo, "#!/bin/sh\necho \"$@\" >> \"$(dirname \"$0\")/cargo.log\"\n").unwrap();
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\necho \"$@\" >> \"$(dirname \"$0\")/cargo.log\"\n",
+    )
+    .unwrap();
     run_ok(Command::new("chmod").arg("755").arg(&cargo));
     let bindir = repo.path().join("bin dir");
     let path = format!("{}:/usr/bin:/bin", repo.path().join("fake-bin").display());

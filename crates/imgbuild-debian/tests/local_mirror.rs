@@ -241,7 +241,10 @@ fn tampered_inrelease_is_refused() {
     ] {
         assert!(msg.contains(part), "`{part}` not in: {msg}");
     }
-    assert!(!msg.contains("assertion") && !msg.contains("not a Debian archive key"), "{msg}");
+    assert!(
+        !msg.contains("assertion") && !msg.contains("not a Debian archive key"),
+        "{msg}"
+    );
     assert!(store.list_blobs().unwrap().is_empty());
 }
 

@@ -755,12 +755,20 @@ fn trivial_scripts_are_grouped_in_the_notes() {
         put(
             &store,
             name,
-            &deb(name, "xz", &[E::File(file, 0o644, 0, 0, b"so")], &[("triggers", triggers)]),
+            &deb(
+                name,
+                "xz",
+                &[E::File(file, 0o644, 0, 0, b"so")],
+                &[("triggers", triggers)],
+            ),
         )
     };
     let liba = lib("liba1", "activate-noawait ldconfig\n");
     let libb = lib("libb2", "# comment\nactivate ldconfig\n");
-    let libc = lib("libc3", "interest-noawait /usr/lib/foo\nactivate-noawait ldconfig\n");
+    let libc = lib(
+        "libc3",
+        "interest-noawait /usr/lib/foo\nactivate-noawait ldconfig\n",
+    );
     let tool = put(
         &store,
         "tool",

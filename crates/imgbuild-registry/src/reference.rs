@@ -402,13 +402,29 @@ mod tests {
 
     #[test]
     fn path_components_follow_the_distribution_grammar() {
-        for good in ["a", "a1", "a.b", "a_b", "a__b", "a-b", "a---b", "a.b-c_d__e"] {
+        for good in [
+            "a",
+            "a1",
+            "a.b",
+            "a_b",
+            "a__b",
+            "a-b",
+            "a---b",
+            "a.b-c_d__e",
+        ] {
             assert!(is_path_component(good), "{good} refused");
         }
-        for bad in ["", "-rf", ".hidden", "a.", "a..b", "a___b", "a-_b", "A", "a/b", "a b", "a\0"] {
+        for bad in [
+            "", "-rf", ".hidden", "a.", "a..b", "a___b", "a-_b", "A", "a/b", "a b", "a\0",
+        ] {
             assert!(!is_path_component(bad), "{bad} accepted");
         }
-        for good in ["x.io:5000/a/b", "[::1]:5000/x", "my-host.lan/x", "localhost/x"] {
+        for good in [
+            "x.io:5000/a/b",
+            "[::1]:5000/x",
+            "my-host.lan/x",
+            "localhost/x",
+        ] {
             assert!(good.parse::<Reference>().is_ok(), "{good} refused");
         }
     }

@@ -95,7 +95,11 @@ impl<'s> Retries<'s> {
                 last: Box::new(error),
             });
         }
-        std::thread::sleep(self.sess.delay(self.failed, retry_after).min(budget - elapsed));
+        std::thread::sleep(
+            self.sess
+                .delay(self.failed, retry_after)
+                .min(budget - elapsed),
+        );
         Ok(())
     }
 

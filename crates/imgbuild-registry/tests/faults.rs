@@ -489,7 +489,9 @@ fn a_long_run_of_429s_is_waited_out_within_the_time_budget() {
     // The run on the first manifest PUT, then its success, then the tag.
     assert!(puts.len() > RUN, "{}", puts.len());
     // Retry-After: 1 was honoured (the retries after it came a second later).
-    let waited = puts.windows(2).filter(|w| w[1] - w[0] >= std::time::Duration::from_millis(950));
+    let waited = puts
+        .windows(2)
+        .filter(|w| w[1] - w[0] >= std::time::Duration::from_millis(950));
     assert!(waited.count() >= 2);
     let creds = format!("{USER}:{PASSWORD}");
     let raw = skopeo_raw_manifest(&format!("{}/limited/img:t", reg.host), &creds);
@@ -528,7 +530,14 @@ fn a_failure_outlasting_the_budget_names_attempts_and_time() {
     .unwrap();
     let started = std::time::Instant::now();
     let err = client
-        .push(&store, &[push_image(reference(&proxy.host(), "down/img"), &img, &["t"])])
+        .push(
+            &store,
+            &[push_image(
+                reference(&proxy.host(), "down/img"),
+                &img,
+                &["t"],
+            )],
+        )
         .unwrap_err();
     let took = started.elapsed();
     let puts = proxy
@@ -543,9 +552,15 @@ fn a_failure_outlasting_the_budget_names_attempts_and_time() {
     };
     assert_eq!(*attempts as usize, puts, "{err}");
     assert!(puts >= 5, "{err}");
-    assert!(took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(10), "{took:?}");
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("HTTP 503"), "{msg}");
-    assert!(msg.contains(&format!("gave up after {puts} attempts over 2 s")), "{msg}");
+    assert!(
+        msg.contains(&format!("gave up after {puts} attempts over 2 s")),
+        "{msg}"
+    );
     assert!(msg.contains("IMGBUILD_RETRY_TIMEOUT"), "{msg}");
 }
