@@ -25,7 +25,8 @@ fi
 # The Debian docker-registry package starts a service on :5000 on some systems;
 # the tests start their own registries on free loopback ports and need nothing else.
 
-command -v just >/dev/null 2>&1 || cargo install --locked just
+# `just` is not installed here: the tests and CI never use it (it takes minutes to
+# compile). The justfile's shortcuts are for developers: `cargo install --locked just`.
 
 docker info >/dev/null 2>&1 || { echo "setup: the Docker engine is not running (docker info failed)" >&2; exit 1; }
 command -v docker-compose >/dev/null 2>&1 || { echo "setup: docker-compose is missing (apt-get install docker-compose)" >&2; exit 1; }

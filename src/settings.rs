@@ -33,6 +33,8 @@
 //! [registry]
 //! insecure = ["registry.lan:5000"]   # plain HTTP for push, base pulls and lock
 //! ```
+//! `retry_timeout = SECONDS` (or `IMGBUILD_RETRY_TIMEOUT`, which wins) is how long a
+//! failing registry request keeps being retried (default 300).
 //! `IMGBUILD_INSECURE_REGISTRIES` (comma-separated) adds to the list;
 //! `IMGBUILD_CERTS_D` replaces the Docker-style CA directories (`/etc/docker/certs.d`,
 //! `/etc/containers/certs.d`) with one directory.
@@ -61,6 +63,9 @@ pub struct RegistrySettings {
     /// Registries (`host[:port]`) reached over plain HTTP although not on loopback.
     #[serde(default)]
     pub insecure: Vec<String>,
+    /// Seconds a failing registry request keeps being retried (`IMGBUILD_RETRY_TIMEOUT`
+    /// overrides it); default [`imgbuild_registry::DEFAULT_RETRY_TIMEOUT`].
+    pub retry_timeout: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +206,14 @@ impl Settings {
             Err(e) => return Err(e).with_context(|| format!("failed to read `{}`", p.display())),
         };
         s.root = root.to_owned();
+        if let Some(v) = std::env::var("IMGBUILD_RETRY_TIMEOUT")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            s.registry.retry_timeout = Some(v.trim().parse().with_context(|| {
+                format!("IMGBUILD_RETRY_TIMEOUT=`{v}` is not a whole number of seconds")
+            })?);
+        }
         Ok(s)
     }
 
@@ -276,6 +289,9 @@ impl Settings {
         if let Some(dir) = std::env::var_os("IMGBUILD_CERTS_D").filter(|d| !d.is_empty()) {
             options.certs_dirs = vec![dir.into()];
         }
+        if let Some(secs) = self.registry.retry_timeout {
+            options.retry.timeout = std::time::Duration::from_secs(secs);
+        }
         options
     }
 }
@@ -283,6 +299,23 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_timeout_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = Settings::load(dir.path()).unwrap().registry_options(&[], 1);
+        assert_eq!(
+            default.retry.timeout,
+            imgbuild_registry::DEFAULT_RETRY_TIMEOUT
+        );
+        std::fs::write(
+            dir.path().join("imgbuild.toml"),
+            "[registry]\nretry_timeout = 7\n",
+        )
+        .unwrap();
+        let set = Settings::load(dir.path()).unwrap().registry_options(&[], 1);
+        assert_eq!(set.retry.timeout, std::time::Duration::from_secs(7));
+    }
 
     #[test]
     fn valid_until_check_can_be_turned_off() {

@@ -197,7 +197,7 @@ impl RecipeSet {
                     } else {
                         "dependency cycle"
                     };
-                    return Err(r.error_at(&pos, format!("{how}: {}", chain[1..].join(" -> "))));
+                    return Err(r.error_at(&pos, format!("{how}: {}", chain.join(" -> "))));
                 }
                 path.push(name);
                 visit(set, dep, path, done)?;

@@ -72,6 +72,52 @@ fn a_relative_store_path_byte_compiles() {
     );
     // The store is where the relative path named it, not anywhere else.
     assert!(dir.path().join(".store/blobs/sha256").is_dir());
+
+    // `inspect` of the Debian layer: the ldconfig triggers of the libraries and the
+    // removal scripts are one line each, the scripts worth reading keep theirs.
+    let inspect = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .current_dir(dir.path())
+            .args(["--store", "./.store", "inspect", "py"]),
+    );
+    let not_run: Vec<&str> = inspect
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("not run:"))
+        .collect();
+    assert!(
+        !not_run
+            .iter()
+            .any(|l| l.ends_with("triggers: trigger: activate-noawait ldconfig")),
+        "{inspect}"
+    );
+    let grouped = not_run
+        .iter()
+        .find(|l| l.starts_with("not run: the ldconfig trigger of "))
+        .unwrap_or_else(|| panic!("{inspect}"));
+    assert!(
+        grouped.contains("libc6") && grouped.contains("libssl3"),
+        "{grouped}"
+    );
+    assert!(
+        not_run
+            .iter()
+            .any(|l| l.starts_with("not run: prerm/postrm of ")),
+        "{inspect}"
+    );
+    assert!(
+        !not_run
+            .iter()
+            .any(|l| l.contains(" prerm") && !l.starts_with("not run: prerm/postrm")),
+        "{inspect}"
+    );
+    assert!(
+        not_run
+            .iter()
+            .any(|l| l.starts_with("not run: libc6 postinst: ")),
+        "{inspect}"
+    );
+    assert!(not_run.len() <= 15, "{} lines:\n{inspect}", not_run.len());
 }
 
 /// A same-size corruption of `out/NAME.tar` anywhere in the file (a flipped byte
@@ -309,4 +355,62 @@ fn a_missing_bracket_is_reported_on_its_own_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("imgbuild.toml:2: "), "{err}");
+}
+
+/// `scripts/build.sh` leaves `imgbuild` runnable by name (README: "Using it"), in
+/// `$IMGBUILD_BINDIR` (default /usr/local/bin); and `scripts/setup.sh`, which CI
+/// runs, no longer compiles `just`, which no test uses.
+#[test]
+fn build_sh_puts_imgbuild_on_the_path() {
+    // The real script in a copy of the checkout's shape, with this test's binary as
+    // the build output and a `cargo` that only records its arguments: a real cargo
+    // build here would rebuild the binary under other features (minutes of CPU).
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("scripts")).unwrap();
+    std::fs::create_dir_all(repo.path().join("target/release")).unwrap();
+    std::fs::create_dir_all(repo.path().join("fake-bin")).unwrap();
+    std::fs::copy(
+        repo_root().join("scripts/build.sh"),
+        repo.path().join("scripts/build.sh"),
+    )
+    .unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_imgbuild"),
+        repo.path().join("target/release/imgbuild"),
+    )
+    .unwrap();
+    let cargo = repo.path().join("fake-bin/cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\necho \"$@\" >> \"$(dirname \"$0\")/cargo.log\"\n",
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(&cargo));
+    let bindir = repo.path().join("bin dir");
+    let path = format!("{}:/usr/bin:/bin", repo.path().join("fake-bin").display());
+    // `--help` reaches `imgbuild all --help`: the script's steps run, nothing is built.
+    let out = run_ok(
+        Command::new(repo.path().join("scripts/build.sh"))
+            .arg("--help")
+            .env("PATH", &path)
+            .env("IMGBUILD_BINDIR", &bindir),
+    );
+    assert!(out.contains("Usage:"), "{out}");
+    let log = std::fs::read_to_string(repo.path().join("fake-bin/cargo.log")).unwrap();
+    assert_eq!(log, "build --locked --release --bin imgbuild\n");
+    assert_eq!(mode_of(&bindir.join("imgbuild")), 0o755);
+    let by_name = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("imgbuild --version")
+            .env("PATH", format!("{}:/usr/bin:/bin", bindir.display())),
+    );
+    assert!(by_name.starts_with("imgbuild "), "{by_name}");
+    let setup = std::fs::read_to_string(repo_root().join("scripts/setup.sh")).unwrap();
+    assert!(
+        !setup
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("install --locked just")),
+        "scripts/setup.sh compiles just again"
+    );
 }

@@ -189,18 +189,26 @@ fn push_errors_are_clear_and_keep_secrets_out() {
         String::from_utf8_lossy(&out.stderr)
     );
     f.build_json(&["all"]);
-    // a registry that is not there: a clear error naming it, after retries
+    // a registry that is not there: a clear error naming it, after retries for as
+    // long as the budget (IMGBUILD_RETRY_TIMEOUT) lasts, saying how many were made
     let port = free_port();
+    let started = std::time::Instant::now();
     let out = f
         .cmd()
         .env("IMGBUILD_REGISTRY_USER", "u")
         .env("IMGBUILD_REGISTRY_PASSWORD", "hunter2-secret")
+        .env("IMGBUILD_RETRY_TIMEOUT", "3")
         .args(["push", "--registry", &format!("127.0.0.1:{port}/x")])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains("gave up after ") && err.contains(" attempts over 3 s"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert!(!err.contains("hunter2-secret"), "{err}");
 }
 

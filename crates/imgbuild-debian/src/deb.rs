@@ -403,10 +403,28 @@ fn through_symlinks(tree: &Tree, path: TreePath) -> Result<TreePath, String> {
 /// did not run (with hints of what it would have done), a warning naming the packages that
 /// ship `#!/bin/sh` scripts when the layer has no `/bin/sh`, and every file a package
 /// overwrote without declaring `Replaces` (dpkg would have refused to unpack it).
+///
+/// Scripts that cannot matter to an image are grouped into one line per kind, so that
+/// the ones to look at stand out (a base layer has some 30 library packages whose only
+/// script is the ldconfig trigger): `triggers` that only activate `ldconfig` (the
+/// image's libraries are in the default search paths, so no `ld.so.cache` is needed),
+/// and `prerm`/`postrm`, which dpkg runs only when a package is removed or upgraded,
+/// never when it is installed.
 pub fn notes(reports: &[PackageReport], tree: &Tree) -> Vec<String> {
     let mut notes = vec![];
+    let mut ldconfig_only = vec![];
+    let mut removal = vec![];
     for r in reports {
+        let mut removal_scripts = vec![];
         for s in &r.maintainer_scripts {
+            if s.script == "triggers" && is_ldconfig_trigger_only(s) {
+                ldconfig_only.push(r.name.as_str());
+                continue;
+            }
+            if s.script == "prerm" || s.script == "postrm" {
+                removal_scripts.push(s.script.as_str());
+                continue;
+            }
             let hints = if s.hints.is_empty() {
                 String::new()
             } else {
@@ -414,6 +432,25 @@ pub fn notes(reports: &[PackageReport], tree: &Tree) -> Vec<String> {
             };
             notes.push(format!("not run: {} {}{hints}", r.name, s.script));
         }
+        match removal_scripts.as_slice() {
+            [] => {}
+            [one] => removal.push(format!("{} ({one})", r.name)),
+            _ => removal.push(r.name.clone()),
+        }
+    }
+    if !ldconfig_only.is_empty() {
+        notes.push(format!(
+            "not run: the ldconfig trigger of {} package(s): {} (not needed: the libraries are in the default search paths, no ld.so.cache)",
+            ldconfig_only.len(),
+            ldconfig_only.join(", ")
+        ));
+    }
+    if !removal.is_empty() {
+        notes.push(format!(
+            "not run: prerm/postrm of {} package(s): {} (dpkg runs them only to remove or upgrade a package)",
+            removal.len(),
+            removal.join(", ")
+        ));
     }
     let has_sh = TreePath::new("usr/bin/sh").is_ok_and(|p| tree.get(&p).is_some());
     let with_sh: Vec<String> = reports
@@ -445,6 +482,17 @@ pub fn notes(reports: &[PackageReport], tree: &Tree) -> Vec<String> {
         }
     }
     notes
+}
+
+/// A `triggers` file whose only triggers are `activate[-noawait] ldconfig`.
+fn is_ldconfig_trigger_only(s: &ScriptNote) -> bool {
+    !s.hints.is_empty()
+        && s.hints.iter().all(|h| {
+            matches!(
+                h.as_str(),
+                "trigger: activate-noawait ldconfig" | "trigger: activate ldconfig"
+            )
+        })
 }
 
 fn kind_name(k: Kind) -> &'static str {

@@ -808,3 +808,61 @@ fn base_files_shipping_the_merged_usr_links_unpacks() {
             .is_err()
     );
 }
+
+/// Scripts that cannot matter to an image are one line per kind in the notes: the
+/// ldconfig-only triggers of library packages, and prerm/postrm (removal only);
+/// anything else keeps its own line.
+#[test]
+fn trivial_scripts_are_grouped_in_the_notes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let lib = |name: &'static str, triggers: &'static str| {
+        let file = Box::leak(format!("./usr/lib/{name}.so").into_boxed_str());
+        put(
+            &store,
+            name,
+            &deb(
+                name,
+                "xz",
+                &[E::File(file, 0o644, 0, 0, b"so")],
+                &[("triggers", triggers)],
+            ),
+        )
+    };
+    let liba = lib("liba1", "activate-noawait ldconfig\n");
+    let libb = lib("libb2", "# comment\nactivate ldconfig\n");
+    let libc = lib(
+        "libc3",
+        "interest-noawait /usr/lib/foo\nactivate-noawait ldconfig\n",
+    );
+    let tool = put(
+        &store,
+        "tool",
+        &deb(
+            "tool",
+            "xz",
+            &[E::File("./usr/bin/tool", 0o755, 0, 0, b"x")],
+            &[
+                ("postinst", "#!/bin/sh\nadduser --system tool\n"),
+                ("prerm", "#!/bin/sh\nexit 0\n"),
+                ("postrm", "#!/bin/sh\ndeluser tool || true\n"),
+            ],
+        ),
+    );
+    let mut u = Unpacker::new();
+    let mut t = Tree::new();
+    let reports = u
+        .unpack_all(&store, &[liba, libb, libc, tool], &mut t, 2, &|_| {})
+        .unwrap();
+    let notes = imgbuild_debian::deb::notes(&reports, &t);
+    assert_eq!(
+        notes,
+        [
+            "not run: libc3 triggers: trigger: interest-noawait /usr/lib/foo; trigger: activate-noawait ldconfig",
+            "not run: tool postinst: creates users/groups (adduser): declare them in the recipe",
+            "not run: the ldconfig trigger of 2 package(s): liba1, libb2 (not needed: the libraries are in the default search paths, no ld.so.cache)",
+            "not run: prerm/postrm of 1 package(s): tool (dpkg runs them only to remove or upgrade a package)",
+        ],
+        "{notes:#?}"
+    );
+}

@@ -111,6 +111,19 @@ pub enum RegistryError {
         message: String,
     },
 
+    /// A transient failure (connection, 408, 429, 5xx) went on for the whole retry
+    /// budget ([`crate::RetryPolicy::timeout`]); `last` is the last failure.
+    #[error(
+        "{last} (gave up after {attempts} attempts over {seconds:.0} s; the retry budget is {budget_seconds} s: \
+         raise it with IMGBUILD_RETRY_TIMEOUT=SECONDS or `[registry] retry_timeout` in imgbuild.toml)"
+    )]
+    RetriesExhausted {
+        attempts: u32,
+        seconds: f64,
+        budget_seconds: u64,
+        last: Box<RegistryError>,
+    },
+
     /// The connection failed (after retries).
     #[error("{registry}: {what} failed: {message}")]
     Transport {

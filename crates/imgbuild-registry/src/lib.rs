@@ -41,7 +41,7 @@ pub use error::{RegistryError, Result};
 pub use pull::PulledImage;
 pub use push::{BlobOutcome, BlobReport, ImageReport, PushImage, PushReport};
 pub use reference::Reference;
-pub use transport::RetryPolicy;
+pub use transport::{DEFAULT_RETRY_TIMEOUT, RetryPolicy};
 
 use reference::{is_loopback, normalize_registry};
 use transport::Session;

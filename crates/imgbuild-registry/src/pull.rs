@@ -332,8 +332,7 @@ fn download_blob(
     let scopes = [repo_scope(repository, false)];
     let what = format!("download of blob {digest} from {repository}");
     let url = sess.url(&format!("/v2/{repository}/blobs/{digest}"));
-    let max = sess.retry.max_attempts.max(1);
-    let mut attempt = 1;
+    let mut retries = crate::transport::Retries::new(sess);
     loop {
         let failure = match sess.attempt(&scopes, &what, &|c| c.get(url.clone())) {
             Ok(resp) if resp.status().is_success() => {
@@ -360,13 +359,7 @@ fn download_blob(
         };
         match failure {
             Failure::Fatal(e) => return Err(e),
-            Failure::Retry { error, after } => {
-                if attempt >= max {
-                    return Err(error);
-                }
-                sess.backoff(attempt, after);
-                attempt += 1;
-            }
+            Failure::Retry { error, after } => retries.retry(error, after)?,
         }
     }
 }

@@ -5,14 +5,16 @@
 //! A request is described by a closure that builds it, so that it can be sent again: after a
 //! 401 with an expired token (once, with a fresh token), and after transient failures —
 //! connection errors, 408, 429 and 5xx — with exponential backoff and jitter, honouring
-//! `Retry-After` (seconds or an HTTP date). Requests whose body cannot be replayed (blob
-//! uploads) use [`Session::attempt`] and do their own recovery (see `upload.rs`).
+//! `Retry-After` (seconds or an HTTP date), for as long as the time budget of
+//! [`RetryPolicy::timeout`] lasts ([`Retries`]). Requests whose body cannot be replayed (blob
+//! uploads) use [`Session::attempt`] and do their own recovery (see `upload.rs`), against the
+//! same budget.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -26,11 +28,18 @@ use crate::credentials::Credential;
 use crate::error::{RegistryError, Result};
 use crate::reference::{api_host, is_loopback};
 
-/// How often and how long to retry transient failures.
+/// How long to retry transient failures.
+///
+/// The budget is time, not a number of attempts: a registry that rate-limits with a
+/// run of `429 Too Many Requests` and `Retry-After` is waited out for as long as the
+/// budget lasts, however many answers that takes, while a registry that is down
+/// still fails in bounded time.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    /// Attempts in total (first try included) for one request or one blob upload.
-    pub max_attempts: u32,
+    /// How long one request keeps being retried, from its first attempt (for a blob
+    /// upload: from its last progress, so a long upload over a flaky link may fail
+    /// many times in total but never stalls longer than this). Zero: no retries.
+    pub timeout: Duration,
     /// Backoff before the first retry; doubles with each retry (with jitter).
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -38,14 +47,66 @@ pub struct RetryPolicy {
     pub max_retry_after: Duration,
 }
 
+/// The default retry budget: five minutes rides out rate limiting and a registry
+/// restart, and still fails a push to a registry that is down well within a CI job.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 6,
+            timeout: DEFAULT_RETRY_TIMEOUT,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(120),
         }
+    }
+}
+
+/// The retries of one request (or one blob transfer since its last progress)
+/// against the session's [`RetryPolicy`] budget.
+pub(crate) struct Retries<'s> {
+    sess: &'s Session,
+    started: Instant,
+    /// Failed attempts since `started`.
+    failed: u32,
+}
+
+impl<'s> Retries<'s> {
+    pub fn new(sess: &'s Session) -> Retries<'s> {
+        Retries {
+            sess,
+            started: Instant::now(),
+            failed: 0,
+        }
+    }
+
+    /// After a failed attempt: waits (`Retry-After` if given, else backoff; never
+    /// past the budget) and returns `Ok` if another attempt is due, or the final
+    /// error, which says how many attempts were made over how long.
+    pub fn retry(&mut self, error: RegistryError, retry_after: Option<Duration>) -> Result<()> {
+        self.failed += 1;
+        let elapsed = self.started.elapsed();
+        let budget = self.sess.retry.timeout;
+        if elapsed >= budget {
+            return Err(RegistryError::RetriesExhausted {
+                attempts: self.failed,
+                seconds: elapsed.as_secs_f64(),
+                budget_seconds: budget.as_secs(),
+                last: Box::new(error),
+            });
+        }
+        std::thread::sleep(
+            self.sess
+                .delay(self.failed, retry_after)
+                .min(budget - elapsed),
+        );
+        Ok(())
+    }
+
+    /// The transfer made progress: the budget starts again.
+    pub fn progress(&mut self) {
+        self.started = Instant::now();
+        self.failed = 0;
     }
 }
 
@@ -430,7 +491,7 @@ impl Session {
         what: &str,
         make: &dyn Fn(&HttpClient) -> RequestBuilder,
     ) -> Result<Response> {
-        let mut attempt = 1;
+        let mut retries = Retries::new(self);
         loop {
             let failure = match self.attempt(scopes, what, make) {
                 Ok(resp) if retryable_status(resp.status()) => self.status_failure(what, "", resp),
@@ -439,21 +500,20 @@ impl Session {
             };
             match failure {
                 Failure::Fatal(e) => return Err(e),
-                Failure::Retry { error, after } => {
-                    if attempt >= self.retry.max_attempts {
-                        return Err(error);
-                    }
-                    self.backoff(attempt, after);
-                    attempt += 1;
-                }
+                Failure::Retry { error, after } => retries.retry(error, after)?,
             }
         }
     }
 
-    /// Sleeps before retry number `attempt` (1-based): `Retry-After` if given, else
-    /// exponential backoff with jitter (50–100 % of the step) so parallel workers spread out.
+    /// Sleeps before retry number `attempt` (1-based), as [`Session::delay`] says.
     pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) {
-        let d = match retry_after {
+        std::thread::sleep(self.delay(attempt, retry_after));
+    }
+
+    /// The wait before retry number `attempt` (1-based): `Retry-After` if given, else
+    /// exponential backoff with jitter (50–100 % of the step) so parallel workers spread out.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        match retry_after {
             Some(d) => d.min(self.retry.max_retry_after),
             None => {
                 let step = self
@@ -463,8 +523,7 @@ impl Session {
                     .min(self.retry.max_backoff);
                 step.mul_f64(0.5 + 0.5 * jitter())
             }
-        };
-        std::thread::sleep(d);
+        }
     }
 
     /// Turns a non-success response into an error (retryable for 408/429/5xx), reading the

@@ -157,10 +157,9 @@ pub(crate) fn upload_blob(
 
     let scopes = [repo_scope(repository, true)];
     let chunk_size = chunk_size.max(1);
-    let max_attempts = sess.retry.max_attempts.max(1);
-    // Failures since the last progress: a long upload over a flaky link may fail many times in
-    // total, but never `max_attempts` times in a row.
-    let failures = std::cell::Cell::new(0u32);
+    // Failures since the last progress, against the retry budget: a long upload over a flaky
+    // link may fail many times in total, but never for longer than the budget in a row.
+    let retries = std::cell::RefCell::new(crate::transport::Retries::new(sess));
     let mut restarts = 0u32;
     let mut state = match started {
         Some(url) => State::Send { url, offset: 0 },
@@ -168,16 +167,9 @@ pub(crate) fn upload_blob(
     };
     // Counts a failure; returns the error when out of attempts or not retryable.
     let fail = |f: Failure| -> Result<()> {
-        failures.set(failures.get() + 1);
         match f {
             Failure::Fatal(e) => Err(e),
-            Failure::Retry { error, after } => {
-                if failures.get() >= max_attempts {
-                    return Err(error);
-                }
-                sess.backoff(failures.get(), after);
-                Ok(())
-            }
+            Failure::Retry { error, after } => retries.borrow_mut().retry(error, after),
         }
     };
     loop {
@@ -219,7 +211,7 @@ pub(crate) fn upload_blob(
                 match result {
                     Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                         let next = sess.location(&resp, &what)?;
-                        failures.set(0);
+                        retries.borrow_mut().progress();
                         // Trust the registry's count over ours if it says.
                         let confirmed = match range_end(&resp) {
                             Some(e) if e > 0 && e < size => e + 1,
@@ -272,7 +264,7 @@ pub(crate) fn upload_blob(
                             None => 0,
                         };
                         if have > size {
-                            restart(&mut restarts, max_attempts, sess, repository, digest)?;
+                            restart(&mut restarts, sess, repository, digest)?;
                             State::Start
                         } else {
                             State::Send {
@@ -287,7 +279,7 @@ pub(crate) fn upload_blob(
                     }
                     // The session is unknown or was cancelled: start over.
                     Ok(_) => {
-                        restart(&mut restarts, max_attempts, sess, repository, digest)?;
+                        restart(&mut restarts, sess, repository, digest)?;
                         State::Start
                     }
                     Err(Failure::Fatal(e)) => return Err(e),
@@ -349,7 +341,7 @@ pub(crate) fn upload_blob(
                             if !store.verify(digest)? {
                                 return Err(local_err(true));
                             }
-                            restart(&mut restarts, max_attempts, sess, repository, digest)?;
+                            restart(&mut restarts, sess, repository, digest)?;
                             State::Start
                         } else {
                             return Err(RegistryError::Http {
@@ -373,7 +365,7 @@ pub(crate) fn upload_blob(
                         if blob_exists(sess, repository, digest)? {
                             return Ok(());
                         }
-                        restart(&mut restarts, max_attempts, sess, repository, digest)?;
+                        restart(&mut restarts, sess, repository, digest)?;
                         State::Start
                     }
                     Ok(resp) => return Err(sess.error_from(&what, repository, resp)),
@@ -400,16 +392,14 @@ fn after_lost_put(sess: &Session, repository: &str, digest: &Digest, url: Url) -
     })
 }
 
+/// Upload sessions a blob may start: a registry that keeps losing or rejecting them
+/// (not a transient failure, which the time budget covers) will not stop doing so.
+const MAX_RESTARTS: u32 = 6;
+
 /// Gives up a session and starts the blob again from byte 0 (bounded).
-fn restart(
-    restarts: &mut u32,
-    max: u32,
-    sess: &Session,
-    repository: &str,
-    digest: &Digest,
-) -> Result<()> {
+fn restart(restarts: &mut u32, sess: &Session, repository: &str, digest: &Digest) -> Result<()> {
     *restarts += 1;
-    if *restarts >= max {
+    if *restarts >= MAX_RESTARTS {
         return Err(sess.protocol(
             &format!("upload of blob {digest} to {repository}"),
             &format!(

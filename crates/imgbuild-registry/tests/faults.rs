@@ -447,3 +447,120 @@ fn small_blobs_go_up_in_two_requests_and_an_unchanged_release_only_reads() {
         assert_eq!(Digest::of_bytes(&raw), img.digest, "{repo}");
     }
 }
+
+/// A registry that rate-limits one request with a long run of `429 Too Many Requests`
+/// (more answers than any fixed number of attempts would allow): the push waits as
+/// `Retry-After` says, within the time budget, and succeeds.
+#[test]
+fn a_long_run_of_429s_is_waited_out_within_the_time_budget() {
+    let reg = Registry::start(Auth::Htpasswd);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let l = layer(&store, &[("f", b"rate limited".to_vec())]);
+    let img = image(&store, &[&l], "429");
+    const RUN: usize = 14;
+    let faults = (0..RUN)
+        .map(|i| Fault {
+            method: "PUT",
+            path_contains: "/manifests/",
+            skip: 0,
+            action: Action::Status {
+                code: 429,
+                // Mostly "now", twice a real second: both are honoured.
+                retry_after: Some(if i % 7 == 3 { "1" } else { "0" }),
+            },
+        })
+        .collect();
+    let proxy = FaultProxy::start(reg.port, faults);
+    let client = proxy_client(&proxy, 1, 1 << 20);
+    let target = reference(&proxy.host(), "limited/img");
+    client
+        .push(&store, &[push_image(target, &img, &["t"])])
+        .unwrap();
+    assert!(proxy.unfired().is_empty(), "{:?}", proxy.unfired());
+    let puts: Vec<_> = proxy
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, t, ..)| m == "PUT" && t.contains("/manifests/"))
+        .map(|(.., at)| *at)
+        .collect();
+    // The run on the first manifest PUT, then its success, then the tag.
+    assert!(puts.len() > RUN, "{}", puts.len());
+    // Retry-After: 1 was honoured (the retries after it came a second later).
+    let waited = puts
+        .windows(2)
+        .filter(|w| w[1] - w[0] >= std::time::Duration::from_millis(950));
+    assert!(waited.count() >= 2);
+    let creds = format!("{USER}:{PASSWORD}");
+    let raw = skopeo_raw_manifest(&format!("{}/limited/img:t", reg.host), &creds);
+    assert_eq!(Digest::of_bytes(&raw), img.digest);
+}
+
+/// A failure that outlasts the time budget ends in one error that names the last
+/// failure and how many attempts were made over how long.
+#[test]
+fn a_failure_outlasting_the_budget_names_attempts_and_time() {
+    let reg = Registry::start(Auth::Htpasswd);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let l = layer(&store, &[("f", b"down".to_vec())]);
+    let img = image(&store, &[&l], "503");
+    let faults = (0..1000)
+        .map(|_| Fault {
+            method: "PUT",
+            path_contains: "/manifests/",
+            skip: 0,
+            action: Action::Status {
+                code: 503,
+                retry_after: None,
+            },
+        })
+        .collect();
+    let proxy = FaultProxy::start(reg.port, faults);
+    let mut options = options();
+    options.parallelism = 1;
+    options.retry.timeout = std::time::Duration::from_secs(2);
+    options.retry.max_backoff = std::time::Duration::from_millis(200);
+    let client = Client::new(
+        options,
+        Credentials::none().with(&proxy.host(), Credential::basic(USER, PASSWORD)),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .push(
+            &store,
+            &[push_image(
+                reference(&proxy.host(), "down/img"),
+                &img,
+                &["t"],
+            )],
+        )
+        .unwrap_err();
+    let took = started.elapsed();
+    let puts = proxy
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, t, ..)| m == "PUT" && t.contains("/manifests/"))
+        .count();
+    let RegistryError::RetriesExhausted { attempts, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*attempts as usize, puts, "{err}");
+    assert!(puts >= 5, "{err}");
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("HTTP 503"), "{msg}");
+    assert!(
+        msg.contains(&format!("gave up after {puts} attempts over 2 s")),
+        "{msg}"
+    );
+    assert!(msg.contains("IMGBUILD_RETRY_TIMEOUT"), "{msg}");
+}

@@ -212,7 +212,7 @@ impl Drop for Registry {
 pub fn options() -> ClientOptions {
     ClientOptions {
         retry: RetryPolicy {
-            max_attempts: 6,
+            timeout: Duration::from_secs(20),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
             max_retry_after: Duration::from_secs(5),
