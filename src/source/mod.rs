@@ -7,7 +7,8 @@
 //! filling of the layer tree ([`SourcePlan::build`]). The kinds are registered once,
 //! in [`layer_sources!`] below, in the order their parts of a layer are built:
 //! Debian packages, then a Python venv, then files (with dirs, symlinks and the
-//! image's accounts), so that what a recipe declares explicitly wins.
+//! image's accounts), so that what a recipe declares explicitly wins; last the
+//! linkage check, which adds nothing and checks the finished layer's ELF files.
 //!
 //! ## Adding a kind of source
 //! 1. Write `src/source/NAME.rs` with a raw table type implementing [`RawTable`]
@@ -29,6 +30,7 @@ pub mod archive;
 pub mod base;
 pub mod debian;
 pub mod files;
+pub mod linkage;
 pub mod python;
 pub mod stdlib_pyc;
 pub mod walk;
@@ -479,6 +481,8 @@ layer_sources! {
     python: python::PythonSource,
     archive: archive::ArchiveSource,
     files: files::FilesSource,
+    // last: its build checks the finished layer's ELF files (src/source/linkage.rs)
+    linkage: linkage::LinkageSource,
 }
 
 /// A raw table with a single key holding one table (`debian = {...}`).

@@ -9,6 +9,7 @@ mod core_build;
 mod defects;
 mod engines;
 mod gc;
+mod linkage;
 mod load_pin;
 mod plan;
 mod push;
