@@ -129,6 +129,20 @@ fn kinds_of(layer: &crate::recipe::LayerSpec) -> Vec<&'static str> {
         .collect()
 }
 
+/// A layer that cannot be fingerprinted before what it depends on is built.
+fn waiting_layer(layer: usize, spec: &crate::recipe::LayerSpec, why: String) -> LayerPlan {
+    LayerPlan {
+        layer,
+        kinds: kinds_of(spec),
+        description: spec.describe(),
+        fingerprint: None,
+        inputs: vec![],
+        state: LayerState::Build,
+        digest: None,
+        reason: vec![why],
+    }
+}
+
 /// A plan for an image none of whose layers can be fingerprinted yet.
 fn waiting_plan(r: &Recipe, why: &str, from: usize) -> ImagePlan {
     ImagePlan {
@@ -137,16 +151,7 @@ fn waiting_plan(r: &Recipe, why: &str, from: usize) -> ImagePlan {
         layers: r.layers[from..]
             .iter()
             .enumerate()
-            .map(|(i, l)| LayerPlan {
-                layer: from + i + 1,
-                kinds: kinds_of(l),
-                description: l.describe(),
-                fingerprint: None,
-                inputs: vec![],
-                state: LayerState::Build,
-                digest: None,
-                reason: vec![why.to_owned()],
-            })
+            .map(|(i, l)| waiting_layer(from + i + 1, l, why.to_owned()))
             .collect(),
     }
 }
@@ -317,16 +322,11 @@ pub(crate) fn build_image(
                 // what is above depends on the bytes of this layer
                 for (j, l) in r.layers.iter().enumerate().skip(i + 1) {
                     source::lock_layer(session, r, j)?;
-                    plan.layers.push(LayerPlan {
-                        layer: j + 1,
-                        kinds: kinds_of(l),
-                        description: l.describe(),
-                        fingerprint: None,
-                        inputs: vec![],
-                        state: LayerState::Build,
-                        digest: None,
-                        reason: vec![format!("lower layer {} changed", i + 1)],
-                    });
+                    plan.layers.push(waiting_layer(
+                        j + 1,
+                        l,
+                        format!("lower layer {} changed", i + 1),
+                    ));
                 }
                 return Ok(ImageOutcome { built: None, plan });
             }
