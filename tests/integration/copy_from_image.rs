@@ -1,7 +1,8 @@
 //! Files copied out of another recipe's image (`files = [{ image, src, dest }]`):
 //! built from `fixtures/copy` (image `a` has an executable, a symlink, a file and a
 //! sticky directory owned by a declared user; `b` copies `/app` out of it) and read
-//! back with the system's `tar`, not our own reader.
+//! back with the system's `tar`, not our own reader. The test adds a second layer to
+//! `a` from an archive with a hard link.
 
 use std::fs;
 use std::process::Command;
@@ -42,6 +43,27 @@ fn listing(f: &Fixture, json: &Value, name: &str) -> String {
 fn files_copied_out_of_an_image_keep_its_modes_owners_and_links_and_follow_its_changes() {
     require("tar");
     let f = Fixture::new("copy");
+    // a second layer of `a`, from an archive `tar` writes with a hard link in it
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir_all(src.path().join("x")).unwrap();
+    fs::write(src.path().join("x/one"), "same\n").unwrap();
+    fs::hard_link(src.path().join("x/one"), src.path().join("x/two")).unwrap();
+    fs::create_dir_all(f.path().join("vendor")).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(f.path().join("vendor/x.tar.gz"))
+            .arg("-C")
+            .arg(src.path())
+            .arg("x"),
+    );
+    let a = f.path().join("recipes/a.toml");
+    let recipe = fs::read_to_string(&a).unwrap();
+    fs::write(
+        &a,
+        format!("{recipe}\n[[layers]]\narchive = {{ src = \"vendor/x.tar.gz\", dest = \"/app/links\", strip_components = 1 }}\n"),
+    )
+    .unwrap();
     let first = f.build_json(&["build", "b"]);
     let list = listing(&f, &first, "b");
     for want in [
@@ -51,6 +73,8 @@ fn files_copied_out_of_an_image_keep_its_modes_owners_and_links_and_follow_its_c
         "-rw-r--r-- 1000/1000 13 1970-01-01 00:00 srv/app/static/data.txt",
         "lrwxrwxrwx 0/0 0 1970-01-01 00:00 srv/app/static/latest.css -> app.css",
         "drwxrwxrwt 1000/1000 0 1970-01-01 00:00 srv/app/static/uploads/",
+        "-rw-r--r-- 0/0 5 1970-01-01 00:00 srv/app/links/one",
+        "hrw-r--r-- 0/0 0 1970-01-01 00:00 srv/app/links/two link to srv/app/links/one",
     ] {
         assert!(list.contains(want), "`{want}` not in:\n{list}");
     }
