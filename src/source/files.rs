@@ -8,14 +8,24 @@
 //! files, or a file and a directory) are an error; a `dirs` entry may set the mode of a
 //! directory that a tree also writes.
 //!
+//! A `files` entry with `image = "NAME"` copies `src`, an absolute path of another
+//! recipe's image, with that image's modes, owners, symlinks and hard links (the
+//! multi-stage `COPY --from`): the image is read from its layer blobs
+//! ([`ImageFiles`], whiteouts applied, metadata only), and each file's bytes are
+//! streamed from the layer, decompressed once into a store spool, when the layer is
+//! written. Its inputs are the image's manifest digest (`image NAME`) and the entry's
+//! src, dest and owner: a change in the other image rebuilds the layer.
+//!
 //! Inputs: every entry's destination (resolved through the lower layers' symlinks),
 //! mode, owner and content hash, named by its project path (`layers/app/app.py`),
 //! and the accounts the layer writes. Project trees are walked through the stat cache
 //! ([`super::walk`]), so an unchanged tree is not reread.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry as MapEntry;
 
 use anyhow::{Context, Result, bail};
+use imgbuild_layer::image::{Entry, FileSource as ImageSource, ImageFiles, Spool};
 use imgbuild_layer::{Content, FileHash, Meta, Node, Tree, TreePath};
 use serde::Deserialize;
 use toml::Spanned;
@@ -34,6 +44,8 @@ pub struct RawFile {
     pub src: Option<Spanned<String>>,
     pub dest: Spanned<String>,
     pub content: Option<String>,
+    /// Another recipe whose image `src` is copied out of.
+    pub image: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub owner: Option<Spanned<String>>,
 }
@@ -111,6 +123,12 @@ pub enum FileSource {
         abs: std::path::PathBuf,
     },
     Inline(String),
+    /// A path (absolute) of another recipe's image, copied with its metadata.
+    Image {
+        image: String,
+        path: String,
+        pos: Pos,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +179,27 @@ impl SourceKind for FilesSource {
             let rf = f.get_ref();
             let dest = cx.image_path(&rf.dest, "dest")?;
             let source = match (&rf.src, &rf.content) {
+                (Some(src), None) if rf.image.is_some() => {
+                    let image = rf.image.as_ref().expect("checked");
+                    let name = image.get_ref();
+                    if name.contains(['/', ':', '@']) {
+                        return Err(cx.err(
+                            image,
+                            format!("image \"{name}\" is not a recipe name: files are copied out of recipes' images only; for a registry image, add a recipe with `from = \"{name}\"` (pinned) and name that recipe here"),
+                        ));
+                    }
+                    FileSource::Image {
+                        image: name.clone(),
+                        path: cx.image_path(src, "src")?,
+                        pos: cx.pos(image),
+                    }
+                }
+                (None, _) if rf.image.is_some() => {
+                    return Err(cx.err(
+                        f,
+                        "a file with `image` needs `src`, the absolute path in that image to copy",
+                    ));
+                }
                 (Some(src), None) => {
                     let (rel, abs) = cx.project_path(src, "src")?;
                     FileSource::Host { rel, abs }
@@ -176,6 +215,12 @@ impl SourceKind for FilesSource {
                     ));
                 }
             };
+            if let (Some(m), FileSource::Image { .. }) = (&rf.mode, &source) {
+                return Err(cx.err(
+                    m,
+                    "`mode` does not apply to files copied out of an image: they keep that image's modes",
+                ));
+            }
             let mode = rf.mode.as_ref().map(|m| cx.mode(m)).transpose()?;
             if let (Some(m), FileSource::Host { abs, .. }) = (&rf.mode, &source)
                 && abs.symlink_metadata().is_ok_and(|md| md.is_dir())
@@ -256,11 +301,19 @@ struct Planned {
     what: String,
     /// Where the recipe declares it.
     pos: Pos,
+    /// Copied out of another image (its inputs are that image's digest and the entry).
+    copied: bool,
+    /// A file copied out of another image: which one (index into
+    /// `FilesPlan::images`), and where its bytes are there; its content is filled in
+    /// when the layer is built.
+    from_image: Option<(usize, ImageSource)>,
 }
 
 struct FilesPlan {
     planned: Vec<Planned>,
     accounts: Option<Accounts>,
+    /// The images files are copied out of, read once each.
+    images: Vec<ImageFiles>,
 }
 
 impl LayerSource for FilesSource {
@@ -292,6 +345,9 @@ impl LayerSource for FilesSource {
         self.declare(&mut cx.accounts)
             .with_context(|| format!("{}: in layer {}", cx.at(&pos), cx.index + 1))?;
         let mut planned: Vec<Planned> = vec![];
+        let mut images: Vec<ImageFiles> = vec![];
+        let mut image_index: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut link_ids: BTreeMap<(usize, usize, String), u64> = BTreeMap::new();
         for f in &self.files {
             let owner = match &f.owner {
                 Some(o) => resolve_owner(&cx.accounts, o).with_context(|| cx.at(&f.pos))?,
@@ -312,7 +368,35 @@ impl LayerSource for FilesSource {
                             content: Content::inline(bytes),
                         },
                         pos: f.pos.clone(),
+                        from_image: None,
+                        copied: false,
                     });
+                }
+                FileSource::Image { image, path, pos } => {
+                    let i = match image_index.get(image.as_str()) {
+                        Some(i) => *i,
+                        None => {
+                            let files = read_image(cx, image, pos)?;
+                            images.push(files);
+                            image_index.insert(image, images.len() - 1);
+                            images.len() - 1
+                        }
+                    };
+                    cx.input(Input::hash(
+                        format!("{image}:{path}"),
+                        format!("-> {} owner {:?}", f.dest, f.owner.as_ref().map(|_| owner)),
+                    ));
+                    plan_image_copy(
+                        cx,
+                        &images[i],
+                        i,
+                        (image, path),
+                        f,
+                        dest,
+                        f.owner.as_ref().map(|_| owner),
+                        &mut planned,
+                        &mut link_ids,
+                    )?;
                 }
                 FileSource::Host { abs, rel } => {
                     let walked = walk::walk(abs, cx.stat)
@@ -359,6 +443,8 @@ impl LayerSource for FilesSource {
                             link_key,
                             what,
                             pos: f.pos.clone(),
+                            from_image: None,
+                            copied: false,
                         });
                     }
                 }
@@ -376,6 +462,8 @@ impl LayerSource for FilesSource {
                 link_key: None,
                 what: format!("dir {}", d.path),
                 pos: d.pos.clone(),
+                from_image: None,
+                copied: false,
             });
         }
         for s in &self.symlinks {
@@ -393,6 +481,8 @@ impl LayerSource for FilesSource {
                 link_key: None,
                 what: format!("symlink {}", s.path),
                 pos: s.pos.clone(),
+                from_image: None,
+                copied: false,
             });
         }
         refuse_clashes(cx, &planned)?;
@@ -402,7 +492,8 @@ impl LayerSource for FilesSource {
         if let Some(a) = &accounts {
             cx.input(Input::hash("accounts", Input::digest_of(a)));
         }
-        for p in &planned {
+        // a copied entry's inputs are its image's digest and the entry (stated above)
+        for p in planned.iter().filter(|p| !p.copied) {
             let path = p.path.as_str();
             let hash = match &p.node {
                 Node::Dir(m) => format!("d {path} {:o} {}:{}", m.mode, m.uid, m.gid),
@@ -420,15 +511,142 @@ impl LayerSource for FilesSource {
             };
             cx.input(Input::hash(p.what.clone(), hash));
         }
-        Ok(Box::new(FilesPlan { planned, accounts }))
+        Ok(Box::new(FilesPlan {
+            planned,
+            accounts,
+            images,
+        }))
+    }
+
+    fn depends_on(&self) -> Vec<(String, Pos)> {
+        self.files
+            .iter()
+            .filter_map(|f| match &f.source {
+                FileSource::Image { image, pos, .. } => Some((image.clone(), pos.clone())),
+                _ => None,
+            })
+            .collect()
     }
 }
 
+/// The image of recipe `name`, read from its layer blobs (metadata only), and its
+/// manifest digest stated as the input `image NAME` (once per layer).
+fn read_image(cx: &mut LayerCx, name: &str, pos: &Pos) -> Result<ImageFiles> {
+    let Some(record) = cx.image(name) else {
+        bail!(
+            "{}: image `{name}` has not been built in this session (it is built before the images that copy files out of it; build it with `imgbuild build {name}`)",
+            cx.at(pos)
+        );
+    };
+    cx.input(Input::hash(
+        format!("image {name}"),
+        record.manifest_digest.to_string(),
+    ));
+    let digests: Vec<_> = record.layers.iter().map(|l| l.digest.clone()).collect();
+    ImageFiles::from_layers(&cx.session.store, &digests).with_context(|| {
+        format!(
+            "{}: reading the layers of image `{name}` ({})",
+            cx.at(pos),
+            record.manifest_digest
+        )
+    })
+}
+
+/// Plans the copy of `src` (a file, a symlink's target, or a directory and everything
+/// below it) out of `files` to `dest`, with the image's modes and owners (or `owner`
+/// when the entry sets one); files that share a layer member (hard links) stay linked.
+#[allow(clippy::too_many_arguments)]
+fn plan_image_copy(
+    cx: &LayerCx,
+    files: &ImageFiles,
+    index: usize,
+    (image, src): (&str, &str),
+    f: &FileSpec,
+    dest: TreePath,
+    owner: Option<(u32, u32)>,
+    planned: &mut Vec<Planned>,
+    link_ids: &mut BTreeMap<(usize, usize, String), u64>,
+) -> Result<()> {
+    let rel = src.trim_matches('/');
+    let missing = || {
+        anyhow::anyhow!(
+            "{}: src \"{src}\" is not in image `{image}` (no such path after its layers' whiteouts; `imgbuild inspect {image}` lists its layers)",
+            cx.at(&f.pos)
+        )
+    };
+    // `COPY --from` follows symlinks in `src` (the path itself included)
+    let real = files.resolve(rel).ok_or_else(missing)?;
+    let top = files.get(&real).ok_or_else(missing)?.clone();
+    let mut entries: Vec<(String, Entry)> = vec![(String::new(), top.clone())];
+    if matches!(top, Entry::Dir(_)) {
+        entries.extend(files.below(&real).map(|(p, e)| (p.to_owned(), e.clone())));
+    }
+    for (sub, entry) in entries {
+        let at = if sub.is_empty() {
+            real.clone()
+        } else {
+            format!("{real}/{sub}")
+        };
+        let (uid, gid) = owner.unwrap_or_else(|| files.owner(&at).unwrap_or((0, 0)));
+        let path = if sub.is_empty() {
+            dest.clone()
+        } else {
+            dest.join(&sub)?
+        };
+        let (node, from_image, link_key) = match entry {
+            Entry::Dir(m) => (Node::Dir(Meta::new(m.mode, uid, gid)), None, None),
+            Entry::Symlink(target) => (
+                Node::Symlink {
+                    meta: Meta::new(0o777, uid, gid),
+                    target,
+                },
+                None,
+                None,
+            ),
+            Entry::File { mode, source } => {
+                // a layer member placed at several paths is one inode (a hard link)
+                let link_key = match &source {
+                    ImageSource::Layer { layer, member } => {
+                        let next = link_ids.len() as u64;
+                        let id = *link_ids
+                            .entry((index, *layer, member.clone()))
+                            .or_insert(next);
+                        // outside the range of host device numbers: never a host file's key
+                        Some((u64::MAX, id))
+                    }
+                    ImageSource::Content(_) => None,
+                };
+                (
+                    Node::File {
+                        meta: Meta::new(mode, uid, gid),
+                        // the bytes are found when the layer is built
+                        content: Content::inline(Vec::new()),
+                    },
+                    Some((index, source)),
+                    link_key,
+                )
+            }
+        };
+        planned.push(Planned {
+            path,
+            node,
+            hash: None,
+            link_key,
+            what: format!("{image}:/{at}"),
+            pos: f.pos.clone(),
+            from_image,
+            copied: true,
+        });
+    }
+    Ok(())
+}
+
 impl SourcePlan for FilesPlan {
-    fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
+    fn build(mut self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
         if let Some(a) = &self.accounts {
             a.render(tree)?;
         }
+        let blobs = self.fill_copied()?;
         for p in self.planned {
             if let (Node::Dir(m), Some(Node::Dir(_))) = (&p.node, tree.get(&p.path)) {
                 tree.insert(p.path, Node::Dir(*m))?;
@@ -441,7 +659,57 @@ impl SourcePlan for FilesPlan {
             }
             tree.insert(p.path, p.node)?;
         }
-        Ok(Contribution::default())
+        Ok(Contribution {
+            blobs,
+            ..Default::default()
+        })
+    }
+}
+
+impl FilesPlan {
+    /// Points each file copied out of an image at its bytes: every layer that holds
+    /// one is decompressed once into a store spool, and the file becomes a range of
+    /// it (streamed when the layer is written). Returns the spools, for gc to keep.
+    fn fill_copied(&mut self) -> Result<Vec<imgbuild_store::Digest>> {
+        let mut spools: BTreeMap<(usize, usize), Spool> = BTreeMap::new();
+        let mut blobs = vec![];
+        for p in &mut self.planned {
+            let (Some((image, source)), Node::File { content, .. }) = (&p.from_image, &mut p.node)
+            else {
+                continue;
+            };
+            match source {
+                ImageSource::Content(c) => *content = c.clone(),
+                ImageSource::Layer { layer, member } => {
+                    let spool = match spools.entry((*image, *layer)) {
+                        MapEntry::Occupied(o) => o.into_mut(),
+                        MapEntry::Vacant(v) => {
+                            let spool = self.images[*image]
+                                .spool_layer(*layer)
+                                .with_context(|| format!("copying {}", p.what))?;
+                            blobs.push(spool.digest.clone());
+                            v.insert(spool)
+                        }
+                    };
+                    let Some(&(offset, size)) = spool.members.get(member) else {
+                        bail!(
+                            "copying {}: layer {} of the image has no member `{member}` (its blob changed since it was read: build again)",
+                            p.what,
+                            self.images[*image]
+                                .layer_digest(*layer)
+                                .map(|d| d.to_string())
+                                .unwrap_or_default()
+                        );
+                    };
+                    *content = Content::Range {
+                        path: spool.path.clone(),
+                        offset,
+                        size,
+                    };
+                }
+            }
+        }
+        Ok(blobs)
     }
 }
 
@@ -465,7 +733,12 @@ impl FilesSource {
                 }
             };
         for (f, rf) in self.files.iter().zip(&raw.files) {
-            let is_dir = matches!(&f.source, FileSource::Host { abs, .. } if abs.is_dir());
+            // what an image path is only shows at plan time (checked there)
+            let is_dir = match &f.source {
+                FileSource::Host { abs, .. } => abs.is_dir(),
+                FileSource::Image { .. } => true,
+                FileSource::Inline(_) => false,
+            };
             check(&f.dest, is_dir, f.pos.clone(), &|m| {
                 cx.err(&rf.get_ref().dest, m)
             })?;

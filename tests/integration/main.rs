@@ -5,6 +5,7 @@
 mod support;
 
 mod cli_output;
+mod copy_from_image;
 mod core_build;
 mod defects;
 mod engines;

@@ -80,6 +80,16 @@ struct Item {
     entry: Entry,
 }
 
+/// A lower layer decompressed into a store blob ([`ImageFiles::spool_layer`]).
+#[derive(Clone, Debug)]
+pub struct Spool {
+    /// The blob's digest (the layer's diff_id).
+    pub digest: Digest,
+    pub path: PathBuf,
+    /// (offset, size) of each regular-file member's bytes, by member name.
+    pub members: BTreeMap<String, (u64, u64)>,
+}
+
 /// How many bytes of an ELF file's start [`ImageFiles::elf_head`] keeps: `e_ident`
 /// (16), `e_type` (2) and `e_machine` (2).
 pub const ELF_HEAD: usize = 20;
@@ -93,6 +103,11 @@ pub struct ImageFiles {
     /// set or cleared whenever a layer puts a file at the path, so it is current for
     /// every path whose entry is a [`FileSource::Layer`] file.
     heads: BTreeMap<String, [u8; ELF_HEAD]>,
+    /// The owner (uid, gid) of each file and symlink, by path: set whenever a layer
+    /// puts one there, so it is current for every such entry (directories carry theirs
+    /// in their [`Meta`]). Kept beside the entries so that [`Entry`] stays as its
+    /// readers match it.
+    owners: BTreeMap<String, (u32, u32)>,
     store: Option<Store>,
     layers: Vec<Digest>,
 }
@@ -103,6 +118,7 @@ impl ImageFiles {
         let mut files = ImageFiles {
             entries: BTreeMap::new(),
             heads: BTreeMap::new(),
+            owners: BTreeMap::new(),
             store: Some(store.clone()),
             layers: layers.to_vec(),
         };
@@ -124,22 +140,31 @@ impl ImageFiles {
     pub fn overlay(&mut self, tree: &Tree) {
         let layer = self.layers.len();
         for (p, n) in tree.iter() {
+            let path = p.as_str().to_owned();
             let entry = match n {
                 Node::Dir(m) => Entry::Dir(*m),
-                Node::Symlink { target, .. } => Entry::Symlink(target.clone()),
-                Node::File { meta, content } => Entry::File {
-                    mode: meta.mode,
-                    source: FileSource::Content(content.clone()),
-                },
-                Node::Hardlink { target } => match tree.get(target) {
-                    Some(Node::File { meta, content }) => Entry::File {
+                Node::Symlink { target, meta } => {
+                    self.owners.insert(path.clone(), (meta.uid, meta.gid));
+                    Entry::Symlink(target.clone())
+                }
+                Node::File { meta, content } => {
+                    self.owners.insert(path.clone(), (meta.uid, meta.gid));
+                    Entry::File {
                         mode: meta.mode,
                         source: FileSource::Content(content.clone()),
-                    },
+                    }
+                }
+                Node::Hardlink { target } => match tree.get(target) {
+                    Some(Node::File { meta, content }) => {
+                        self.owners.insert(path.clone(), (meta.uid, meta.gid));
+                        Entry::File {
+                            mode: meta.mode,
+                            source: FileSource::Content(content.clone()),
+                        }
+                    }
                     _ => continue,
                 },
             };
-            let path = p.as_str().to_owned();
             if !matches!(entry, Entry::Dir(_)) {
                 self.remove_below(&path, layer);
             }
@@ -149,6 +174,60 @@ impl ImageFiles {
 
     pub fn get(&self, path: &str) -> Option<&Entry> {
         self.entries.get(path).map(|i| &i.entry)
+    }
+
+    /// The owner (uid, gid) of the entry at `path` (symlinks not followed).
+    pub fn owner(&self, path: &str) -> Option<(u32, u32)> {
+        match &self.entries.get(path)?.entry {
+            Entry::Dir(m) => Some((m.uid, m.gid)),
+            _ => Some(self.owners.get(path).copied().unwrap_or((0, 0))),
+        }
+    }
+
+    /// The digest of lower layer number `layer` (as [`FileSource::Layer`] names it).
+    pub fn layer_digest(&self, layer: usize) -> Option<&Digest> {
+        self.layers.get(layer)
+    }
+
+    /// Lower layer `layer` decompressed into a store blob (its digest is the layer's
+    /// diff_id, so a layer spooled before is not written again), and where each
+    /// regular-file member's bytes are in it: (offset, size) by member name. A file
+    /// copied out of the image is then a [`Content::Range`] of that blob, streamed
+    /// when the layer that holds it is written, never held in memory. The layer blob
+    /// is verified against its digest as it is read.
+    pub fn spool_layer(&self, layer: usize) -> Result<Spool> {
+        let (store, digest) = match (&self.store, self.layers.get(layer)) {
+            (Some(s), Some(d)) => (s, d),
+            _ => unreachable!("layer sources come from from_layers"),
+        };
+        let mut spool = store.writer()?;
+        io::copy(&mut open_layer(store, digest)?, &mut spool)
+            .map_err(|e| self.layer_err(layer, format!("decompressing: {e}")))?;
+        let (tar_digest, _) = spool.commit()?;
+        let path = store.blob_path(&tar_digest);
+        let file = File::open(&path).map_err(io_err("failed to open", &path))?;
+        let mut archive = tar::Archive::new(BufReader::new(file));
+        let mut members = BTreeMap::new();
+        for entry in archive
+            .entries()
+            .map_err(|e| self.layer_err(layer, format!("not a tar stream: {e}")))?
+        {
+            let e = entry.map_err(|e| self.layer_err(layer, format!("reading: {e}")))?;
+            if !matches!(
+                e.header().entry_type(),
+                tar::EntryType::Regular | tar::EntryType::Continuous
+            ) {
+                continue;
+            }
+            if let Some(name) = entry_path(&e) {
+                members.insert(name, (e.raw_file_position(), e.size()));
+            }
+        }
+        Ok(Spool {
+            digest: tar_digest,
+            path,
+            members,
+        })
     }
 
     /// `path` with every symlink in it followed, as the kernel would inside the image
@@ -373,7 +452,10 @@ impl ImageFiles {
                     e.header().gid().unwrap_or(0) as u32,
                 )),
                 tar::EntryType::Symlink => match e.link_name() {
-                    Ok(Some(t)) => Entry::Symlink(t.to_string_lossy().into_owned()),
+                    Ok(Some(t)) => {
+                        self.owners.insert(path.clone(), header_owner(e.header()));
+                        Entry::Symlink(t.to_string_lossy().into_owned())
+                    }
                     _ => continue,
                 },
                 tar::EntryType::Link => {
@@ -389,6 +471,11 @@ impl ImageFiles {
                             entry: f @ Entry::File { .. },
                         }) if *l == layer => {
                             let f = f.clone();
+                            // a hard link shares its file's inode, hence its owner
+                            match self.owners.get(&target).copied() {
+                                Some(o) => self.owners.insert(path.clone(), o),
+                                None => self.owners.remove(&path),
+                            };
                             match self.heads.get(&target).copied() {
                                 Some(h) => self.heads.insert(path.clone(), h),
                                 None => self.heads.remove(&path),
@@ -402,6 +489,7 @@ impl ImageFiles {
                     let mut head = [0u8; ELF_HEAD];
                     let n = read_up_to(&mut e, &mut head)
                         .map_err(|err| layer_err(format!("/{path}: {err}")))?;
+                    self.owners.insert(path.clone(), header_owner(e.header()));
                     if n == ELF_HEAD && head.starts_with(b"\x7fELF") {
                         self.heads.insert(path.clone(), head);
                     } else {
@@ -458,6 +546,10 @@ impl ImageFiles {
             self.entries.remove(path);
         }
     }
+}
+
+fn header_owner(h: &tar::Header) -> (u32, u32) {
+    (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32)
 }
 
 /// Fills as much of `buf` as `r` has (a short file gives fewer bytes, not an error).
