@@ -205,8 +205,6 @@ impl Settings {
     }
 
     /// The project's Debian release (`[debian] suite`, default bookworm).
-    // used once the binary reads a suite per layer (src/source/debian.rs, the lead's)
-    #[allow(dead_code)]
     pub fn suite(&self) -> imgbuild_debian::Suite {
         self.debian
             .suite

@@ -547,6 +547,7 @@ impl Session {
         Ok(Session {
             debian: debian::DebianInputs::new(
                 settings.mirror(),
+                settings.suite(),
                 lock,
                 locked,
                 relock,
