@@ -6,6 +6,7 @@ mod support;
 
 mod cli_output;
 mod core_build;
+mod debian_releases;
 mod defects;
 mod engines;
 mod gc;
