@@ -99,9 +99,23 @@ impl DebianInputs {
         mirror
             .repositories
             .retain(|r| repository_release(&r.suite).is_none_or(|s| s == suite));
-        Ok(self
-            .indexes
-            .get(&mirror, suite, arch, &self.store, self.http.client()?)?)
+        self.indexes
+            .get(&mirror, suite, arch, &self.store, self.http.client()?)
+            .map_err(|e| {
+                // the index error names a URL; say which repository of imgbuild.toml it
+                // is (and the key that was to vouch for it)
+                let msg = e.to_string();
+                match mirror.repositories.iter().find(|r| {
+                    msg.contains(&format!("{}/dists/{}/", r.url.trim_end_matches('/'), r.suite))
+                }) {
+                    Some(r) => anyhow!(
+                        "repository `{}` of imgbuild.toml (key {}): {msg}",
+                        r.name,
+                        r.key.display()
+                    ),
+                    None => anyhow!(e),
+                }
+            })
     }
 
     /// The release of a layer: its own `suite`, else the project's.

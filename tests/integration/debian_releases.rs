@@ -270,7 +270,11 @@ fn trixie_and_bookworm_layers_with_a_signed_third_party_repository() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("extra"), "{err}");
+    assert!(
+        err.contains("repository `extra` of imgbuild.toml (key ")
+            && err.contains("/dists/trixie-extra/InRelease: the signature does not verify"),
+        "{err}"
+    );
 }
 
 /// A release imgbuild has no keys for, in a recipe or in imgbuild.toml: one line naming
