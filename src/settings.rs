@@ -21,7 +21,9 @@
 //! components = ["main"]
 //! key = "keys/pgdg.asc"                           # relative to the project root; trusted for this repository only
 //! ```
-//! Every repository is read besides the archive; packages resolve to the highest version
+//! Every repository is read besides the archive for the layers of the release its
+//! `suite` names (`trixie-pgdg`: trixie's; one naming no release: every release's, see
+//! `source::debian::repository_release`); packages resolve to the highest version
 //! across all of them. Errors name imgbuild.toml and the line.
 //!
 //! `check_valid_until = false` (default `true`) accepts a signed Release whose
