@@ -106,7 +106,11 @@ impl DebianInputs {
                 // is (and the key that was to vouch for it)
                 let msg = e.to_string();
                 match mirror.repositories.iter().find(|r| {
-                    msg.contains(&format!("{}/dists/{}/", r.url.trim_end_matches('/'), r.suite))
+                    msg.contains(&format!(
+                        "{}/dists/{}/",
+                        r.url.trim_end_matches('/'),
+                        r.suite
+                    ))
                 }) {
                     Some(r) => anyhow!(
                         "repository `{}` of imgbuild.toml (key {}): {msg}",
@@ -316,10 +320,7 @@ impl LayerSource for DebianSource {
         }
         // first, so that a change of release reads `debian release bookworm -> trixie`
         // before the package versions it brings
-        cx.input(Input::shown(
-            "debian release",
-            format!("{suite} {arch}"),
-        ));
+        cx.input(Input::shown("debian release", format!("{suite} {arch}")));
         for p in &packages {
             cx.input(Input::versioned(
                 p.name.clone(),
@@ -437,7 +438,10 @@ mod tests {
     fn a_repository_belongs_to_the_release_its_suite_names() {
         assert_eq!(repository_release("trixie-pgdg"), Some(Suite::Trixie));
         assert_eq!(repository_release("bookworm"), Some(Suite::Bookworm));
-        assert_eq!(repository_release("bookworm/updates"), Some(Suite::Bookworm));
+        assert_eq!(
+            repository_release("bookworm/updates"),
+            Some(Suite::Bookworm)
+        );
         assert_eq!(repository_release("stable"), None);
         assert_eq!(repository_release("trixiepgdg"), None);
         assert_eq!(repository_release("jammy-pgdg"), None);

@@ -92,7 +92,14 @@ fn clearsign(home: &Path, uid: &str, text: &Path, out: &Path) {
     run_ok(
         Command::new("gpg")
             .env("GNUPGHOME", home)
-            .args(["--batch", "--yes", "--local-user", uid, "--clearsign", "--output"])
+            .args([
+                "--batch",
+                "--yes",
+                "--local-user",
+                uid,
+                "--clearsign",
+                "--output",
+            ])
             .arg(out)
             .arg(text),
     );
@@ -224,7 +231,10 @@ fn trixie_and_bookworm_layers_with_a_signed_third_party_repository() {
     assert!(!old.contains("suite = "), "{lock}");
     assert!(old.contains("bookworm-security = "), "{lock}");
     // bookworm's netbase (trixie has 6.5)
-    assert!(old.contains("name = \"netbase\", version = \"6.4\""), "{lock}");
+    assert!(
+        old.contains("name = \"netbase\", version = \"6.4\""),
+        "{lock}"
+    );
 
     // builds, runs in docker: Debian 13 with the repository's file
     let out = run_ok(imgbuild().args(["--json", "all", "--locked"]));
@@ -253,7 +263,9 @@ fn trixie_and_bookworm_layers_with_a_signed_third_party_repository() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(
-        err.contains("old.toml: layer 1 was locked for bookworm amd64, the recipe asks for trixie amd64"),
+        err.contains(
+            "old.toml: layer 1 was locked for bookworm amd64, the recipe asks for trixie amd64"
+        ),
         "{err}"
     );
     let plan = run_ok(imgbuild().args(["--json", "plan", "old"]));
