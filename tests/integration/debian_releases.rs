@@ -16,18 +16,21 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use crate::support::*;
 
 /// Serves the files under `root` on 127.0.0.1 (read at each request, so a test can
-/// swap one) until the process ends; returns the base URL.
-fn serve_dir(root: PathBuf) -> String {
+/// swap one) until the process ends; returns the base URL and the paths requested.
+fn serve_dir(root: PathBuf) -> (String, Arc<Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
+    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = requests.clone();
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut c) = conn else { return };
-            let root = root.clone();
+            let (root, log) = (root.clone(), log.clone());
             std::thread::spawn(move || {
                 let mut r = BufReader::new(c.try_clone().unwrap());
                 let mut line = String::new();
@@ -35,6 +38,7 @@ fn serve_dir(root: PathBuf) -> String {
                     return;
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                log.lock().unwrap().push(path.clone());
                 loop {
                     let mut h = String::new();
                     if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
@@ -61,7 +65,7 @@ fn serve_dir(root: PathBuf) -> String {
             });
         }
     });
-    url
+    (url, requests)
 }
 
 fn sha256(path: &Path) -> String {
@@ -167,7 +171,7 @@ fn trixie_and_bookworm_layers_with_a_signed_third_party_repository() {
     gpg_key(gpg_home.path(), "someone else <else@example.org>");
     let inrelease = repo.path().join("dists/trixie-extra/InRelease");
     clearsign(gpg_home.path(), "repo@example.org", &release, &inrelease);
-    let url = serve_dir(repo.path().to_owned());
+    let (url, requests) = serve_dir(repo.path().to_owned());
 
     let project = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
@@ -227,6 +231,16 @@ fn trixie_and_bookworm_layers_with_a_signed_third_party_repository() {
     );
     assert!(mini.contains("name = \"dash\""), "{lock}");
     assert!(mini.contains("trixie-security = "), "{lock}");
+    // the repository (trixie-extra) was read for the trixie layer only, not for old's
+    // bookworm one
+    let inrelease_reads = |r: &Mutex<Vec<String>>| {
+        r.lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.ends_with("/InRelease"))
+            .count()
+    };
+    assert_eq!(inrelease_reads(&requests), 1, "{requests:?}");
     let old = entry("old");
     assert!(!old.contains("suite = "), "{lock}");
     assert!(old.contains("bookworm-security = "), "{lock}");
