@@ -2,12 +2,16 @@
 //!
 //! For each registry base image given by tag: the digest it resolved to.
 //! For each Debian layer (recipe + layer number): the request it was resolved for
-//! (a digest of its `packages` and `exclude`), the `Date` of each suite's signed
+//! (a digest of its `packages` and `exclude`), the Debian release (`suite`) and
+//! architecture (`arch`) it was resolved for (omitted when bookworm and amd64, which
+//! is what locks written before releases could be chosen mean, so that they load as
+//! they were and a bookworm project's lock is unchanged), the `Date` of each suite's signed
 //! Release the index was read at (`index_dates`, so that an error can name a
 //! snapshot.debian.org mirror of that day once the archive has moved on; locks
 //! written before it was recorded have none and still load) and each package's
-//! name, version, architecture, archive path, size and sha256. A build whose
-//! request matches the lock needs no index download; `--locked` turns a mismatch
+//! name, version, architecture, archive path, size, sha256 and, for a package of a
+//! third-party repository, the repository's name. A build whose request, release and
+//! architecture match the lock needs no index download; `--locked` turns a mismatch
 //! into an error naming the recipe. Python layers need no entry: their
 //! requirements file is already a lock (pinned and hashed).
 //!
@@ -19,7 +23,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use imgbuild_debian::LockedPackage;
+use imgbuild_debian::{Arch, LockedPackage, Suite};
 use imgbuild_store::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +34,12 @@ pub struct DebianLock {
     pub recipe: String,
     pub layer: usize,
     pub request: Digest,
+    /// The Debian release the layer was resolved for (bookworm in older locks).
+    #[serde(default)]
+    pub suite: Suite,
+    /// The architecture it was resolved for (amd64 in older locks).
+    #[serde(default)]
+    pub arch: Arch,
     /// Suite -> its Release `Date` (RFC 3339, UTC) when the layer was resolved.
     #[serde(default)]
     pub index_dates: BTreeMap<String, String>,
@@ -127,6 +137,12 @@ impl Lockfile {
                 d.layer,
                 d.request
             );
+            if d.suite != Suite::default() {
+                let _ = writeln!(s, "suite = {}", toml_str(d.suite.codename()));
+            }
+            if d.arch != Arch::default() {
+                let _ = writeln!(s, "arch = {}", toml_str(d.arch.as_str()));
+            }
             if !d.index_dates.is_empty() {
                 let dates: Vec<String> = d
                     .index_dates
@@ -137,9 +153,16 @@ impl Lockfile {
             }
             s.push_str("packages = [\n");
             for p in &d.packages {
+                // a package of the Debian archive names no repository (as before
+                // repositories existed); one of a third-party repository names it
+                let repository = if p.repository == imgbuild_debian::DEBIAN {
+                    String::new()
+                } else {
+                    format!(", repository = {}", toml_str(&p.repository))
+                };
                 let _ = writeln!(
                     s,
-                    "  {{ name = {}, version = {}, architecture = {}, filename = {}, size = {}, sha256 = \"{}\", base = \"{}\" }},",
+                    "  {{ name = {}, version = {}, architecture = {}, filename = {}, size = {}, sha256 = \"{}\", base = \"{}\"{repository} }},",
                     toml_str(&p.name),
                     toml_str(&p.version),
                     toml_str(&p.architecture),
@@ -227,5 +250,37 @@ packages = [
         );
         assert_eq!(Lockfile::load(dir.path()).unwrap(), lock);
         assert_eq!(toml_key("a b"), "\"a b\"");
+    }
+
+    #[test]
+    fn old_locks_are_bookworm_amd64_and_suite_arch_repository_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), OLD).unwrap();
+        let mut lock = Lockfile::load(dir.path()).unwrap();
+        let entry = lock.debian.get_mut(&("nginx".into(), 1)).unwrap();
+        assert_eq!((entry.suite, entry.arch), (Suite::Bookworm, Arch::Amd64));
+        // bookworm/amd64 and Debian packages are written as before: the old lock's bytes
+        lock.save(dir.path()).unwrap();
+        let resaved = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(
+            resaved.ends_with(OLD.split_once("version = 1\n").unwrap().1),
+            "{resaved}"
+        );
+
+        let entry = lock.debian.get_mut(&("nginx".into(), 1)).unwrap();
+        entry.suite = Suite::Trixie;
+        entry.arch = Arch::Arm64;
+        entry.packages[0].repository = "pgdg".into();
+        lock.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(
+            text.contains("e94c\"\nsuite = \"trixie\"\narch = \"arm64\"\npackages = [\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("base = \"debian\", repository = \"pgdg\" },\n"),
+            "{text}"
+        );
+        assert_eq!(Lockfile::load(dir.path()).unwrap(), lock);
     }
 }

@@ -21,7 +21,9 @@
 //! components = ["main"]
 //! key = "keys/pgdg.asc"                           # relative to the project root; trusted for this repository only
 //! ```
-//! Every repository is read besides the archive; packages resolve to the highest version
+//! Every repository is read besides the archive for the layers of the release its
+//! `suite` names (`trixie-pgdg`: trixie's; one naming no release: every release's, see
+//! `source::debian::repository_release`); packages resolve to the highest version
 //! across all of them. Errors name imgbuild.toml and the line.
 //!
 //! `check_valid_until = false` (default `true`) accepts a signed Release whose
@@ -218,8 +220,6 @@ impl Settings {
     }
 
     /// The project's Debian release (`[debian] suite`, default bookworm).
-    // used once the binary reads a suite per layer (src/source/debian.rs, the lead's)
-    #[allow(dead_code)]
     pub fn suite(&self) -> imgbuild_debian::Suite {
         self.debian
             .suite

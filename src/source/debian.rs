@@ -8,16 +8,26 @@
 //! `.deb`s, the uncompressed `data.tar` spools its files point into and, when this
 //! command read the index, the `Packages` files.
 //!
-//! Its recipe key: `debian = { packages, exclude, remove_paths, base, bytecode }`.
+//! Its recipe key: `debian = { suite, packages, exclude, remove_paths, base, bytecode }`.
+//! `suite` (a release codename) overrides the project's `[debian] suite` (default
+//! bookworm) for one layer; the release and the architecture are inputs of the layer
+//! (`debian release bookworm -> trixie`), and the lock records both.
+//!
+//! Each (release, architecture) has its own index, read once per command
+//! ([`Indexes`]); a third-party repository is read only for the release its `suite`
+//! belongs to (`trixie-pgdg` for trixie, see [`repository_release`]), and for every
+//! release when its suite names none (`stable`, `any`).
 //!
 //! All Debian layers of one command share one [`InFlight`] registry: layers built at
 //! the same time that need the same `.deb` download it once.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
-use imgbuild_debian::{Fetcher, InFlight, Index, LockedPackage, Mirror, Unpacker, resolve};
+use imgbuild_debian::{
+    Arch, Fetcher, InFlight, Index, Indexes, LockedPackage, Mirror, Suite, Unpacker, resolve,
+};
 use imgbuild_layer::Tree;
 use imgbuild_store::{Digest, Store};
 
@@ -31,12 +41,17 @@ use crate::recipe::{Pos, Recipe, RecipeCx, RecipeError};
 /// What every Debian layer of one command shares.
 pub struct DebianInputs {
     pub mirror: Mirror,
+    /// The project's release (`[debian] suite`); a layer's `suite` overrides it.
+    pub suite: Suite,
+    /// The architecture every Debian layer is built for: the build machine's (the
+    /// standard library is byte-compiled by running the image's interpreter).
+    pub arch: Arch,
     pub lock: Mutex<Lockfile>,
     /// `--locked`: a recipe that no longer matches the lock is an error.
     pub locked: bool,
     /// `imgbuild lock`: resolve everything afresh.
     pub relock: bool,
-    index: OnceLock<Result<Index, String>>,
+    indexes: Indexes,
     /// `.deb` downloads in progress, shared by the layers of this command.
     in_flight: InFlight,
     http: std::sync::Arc<super::Http>,
@@ -49,6 +64,7 @@ impl DebianInputs {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mirror: Mirror,
+        suite: Suite,
         lock: Lockfile,
         locked: bool,
         relock: bool,
@@ -59,10 +75,12 @@ impl DebianInputs {
     ) -> Self {
         DebianInputs {
             mirror,
+            suite,
+            arch: Arch::native().unwrap_or_default(),
             lock: Mutex::new(lock),
             locked,
             relock,
-            index: OnceLock::new(),
+            indexes: Indexes::new(),
             in_flight: InFlight::new(),
             http,
             store,
@@ -71,26 +89,48 @@ impl DebianInputs {
         }
     }
 
-    fn index(&self) -> Result<&Index> {
-        self.index
-            .get_or_init(|| {
-                self.progress.status(
-                    "debian: fetching and verifying the package index (InRelease, Packages)",
-                );
-                Index::fetch(
-                    &self.mirror,
-                    &self.store,
-                    self.http.client().map_err(|e| format!("{e:#}"))?,
-                )
-                .map_err(|e| format!("{e}"))
+    /// The index of one release for one architecture: the release's suites and the
+    /// repositories that belong to it ([`repository_release`]).
+    fn index(&self, suite: Suite, arch: Arch) -> Result<Arc<Index>> {
+        self.progress.status(format!(
+            "debian: fetching and verifying the {suite} {arch} package index (InRelease, Packages)"
+        ));
+        let mut mirror = self.mirror.clone();
+        mirror
+            .repositories
+            .retain(|r| repository_release(&r.suite).is_none_or(|s| s == suite));
+        self.indexes
+            .get(&mirror, suite, arch, &self.store, self.http.client()?)
+            .map_err(|e| {
+                // the index error names a URL; say which repository of imgbuild.toml it
+                // is (and the key that was to vouch for it)
+                let msg = e.to_string();
+                match mirror.repositories.iter().find(|r| {
+                    msg.contains(&format!(
+                        "{}/dists/{}/",
+                        r.url.trim_end_matches('/'),
+                        r.suite
+                    ))
+                }) {
+                    Some(r) => anyhow!(
+                        "repository `{}` of imgbuild.toml (key {}): {msg}",
+                        r.name,
+                        r.key.display()
+                    ),
+                    None => anyhow!(e),
+                }
             })
-            .as_ref()
-            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The release of a layer: its own `suite`, else the project's.
+    pub fn suite_of(&self, spec: &DebianSpec) -> Suite {
+        spec.suite.unwrap_or(self.suite)
     }
 
     /// The packages of a layer, with the Release dates of the index they were resolved
     /// from (empty for a lock written before dates were recorded): from the lock when it
-    /// matches, else resolved (and the lock updated).
+    /// matches (same request, release and architecture), else resolved (and the lock
+    /// updated).
     pub fn packages_for(
         &self,
         recipe: &Recipe,
@@ -98,25 +138,34 @@ impl DebianInputs {
         spec: &DebianSpec,
     ) -> Result<(Vec<LockedPackage>, BTreeMap<String, String>)> {
         let request = debian_request(&spec.packages, &spec.exclude);
+        let suite = self.suite_of(spec);
+        let arch = self.arch;
         let key = (recipe.name.clone(), layer + 1);
-        if !self.relock
-            && let Some(l) = self.lock.lock().expect("lock").debian.get(&key)
-            && l.request == request
-        {
-            return Ok((l.packages.clone(), l.index_dates.clone()));
-        }
+        let mismatch = match self.lock.lock().expect("lock").debian.get(&key) {
+            _ if self.relock => None,
+            None => Some(format!("is not in {}", crate::lockfile::FILE)),
+            Some(l) if l.request != request => Some(format!(
+                "no longer matches {} (packages or exclude changed)",
+                crate::lockfile::FILE
+            )),
+            Some(l) if l.suite != suite || l.arch != arch => Some(format!(
+                "was locked for {} {}, the recipe asks for {suite} {arch}",
+                l.suite, l.arch
+            )),
+            Some(l) => return Ok((l.packages.clone(), l.index_dates.clone())),
+        };
         if self.locked {
             bail!(
-                "{}: layer {} is not in {} or no longer matches it (packages or exclude changed); run `imgbuild lock` and commit the lockfile, or build without --locked",
+                "{}: layer {} {}; run `imgbuild lock` and commit the lockfile, or build without --locked",
                 recipe.file.display(),
                 layer + 1,
-                crate::lockfile::FILE
+                mismatch.unwrap_or_default()
             );
         }
-        let index = self.index()?;
-        let res = resolve(index, &spec.packages, &spec.exclude).with_context(|| {
+        let index = self.index(suite, arch)?;
+        let res = resolve(&index, &spec.packages, &spec.exclude).with_context(|| {
             format!(
-                "{}:{}: resolving {}",
+                "{}:{}: resolving {} ({suite}, {arch})",
                 recipe.file.display(),
                 spec.pos.line,
                 spec.packages.join(" ")
@@ -148,6 +197,8 @@ impl DebianInputs {
                 recipe: key.0,
                 layer: key.1,
                 request,
+                suite,
+                arch,
                 index_dates: dates.clone(),
                 packages: res.packages.clone(),
             },
@@ -168,6 +219,8 @@ impl DebianInputs {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDebian {
+    /// The release of this layer (default: the project's `[debian] suite`).
+    pub suite: Option<toml::Spanned<String>>,
     pub packages: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -184,6 +237,8 @@ crate::single_key_table!(RawDebianTable, "debian", RawDebian);
 
 #[derive(Clone, Debug)]
 pub struct DebianSpec {
+    /// The layer's own release (`None`: the project's).
+    pub suite: Option<Suite>,
     pub packages: Vec<String>,
     pub exclude: Vec<String>,
     pub remove_paths: Vec<String>,
@@ -213,8 +268,15 @@ impl SourceKind for DebianSource {
         if rd.packages.is_empty() {
             return Err(cx.err(d, "`debian.packages` is empty: name at least one package"));
         }
+        let suite = match &rd.suite {
+            Some(s) => Some(
+                Suite::parse(s.get_ref()).map_err(|e| cx.err(s, format!("`debian.suite`: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Some(DebianSource {
             spec: DebianSpec {
+                suite,
                 packages: rd.packages.clone(),
                 exclude: rd.exclude.clone(),
                 remove_paths: rd.remove_paths.clone(),
@@ -246,6 +308,8 @@ impl LayerSource for DebianSource {
         let spec = &self.spec;
         let inputs = &cx.session.debian;
         let (packages, index_dates) = inputs.packages_for(cx.recipe, cx.index, spec)?;
+        let suite = inputs.suite_of(spec);
+        let arch = inputs.arch;
         let stdlib_bytecode =
             super::stdlib_pyc::wanted(spec.bytecode, packages.iter().map(|p| &p.name))
                 .map_err(|e| anyhow!("{}: {e}", cx.at(&spec.pos)))?;
@@ -254,6 +318,9 @@ impl LayerSource for DebianSource {
         if spec.base {
             cx.write_accounts = true;
         }
+        // first, so that a change of release reads `debian release bookworm -> trixie`
+        // before the package versions it brings
+        cx.input(Input::shown("debian release", format!("{suite} {arch}")));
         for p in &packages {
             cx.input(Input::versioned(
                 p.name.clone(),
@@ -277,6 +344,8 @@ impl LayerSource for DebianSource {
             spec,
             packages,
             index_dates,
+            suite,
+            arch,
             label: cx.label(),
             stdlib_bytecode,
         }))
@@ -289,6 +358,8 @@ struct DebianPlan<'a> {
     packages: Vec<LockedPackage>,
     /// Release dates of the index the packages come from (suite -> RFC 3339).
     index_dates: BTreeMap<String, String>,
+    suite: Suite,
+    arch: Arch,
     label: String,
     /// Whether the layer's own python3 byte-compiles its standard library.
     stdlib_bytecode: bool,
@@ -314,7 +385,7 @@ impl SourcePlan for DebianPlan<'_> {
             .context(
                 "fetching .deb files (set the mirror in imgbuild.toml, [debian] mirror = ...)",
             )?;
-        let reports = Unpacker::new().unpack_all(
+        let reports = Unpacker::for_arch(self.arch).unpack_all(
             &inputs.store,
             &self.packages,
             tree,
@@ -328,11 +399,11 @@ impl SourcePlan for DebianPlan<'_> {
         // decompress again
         blobs.extend(reports.iter().filter_map(|r| r.spool.clone()));
         // the index, when this command read it: kept by gc for the next `imgbuild lock`
-        if let Some(Ok(index)) = inputs.index.get() {
+        for index in inputs.indexes.fetched() {
             blobs.extend(index.suites.iter().map(|s| s.packages_sha256.clone()));
         }
         if self.spec.base {
-            imgbuild_debian::system::base_fixup(tree)?;
+            imgbuild_debian::system::base_fixup_for(tree, self.suite, self.arch)?;
         }
         imgbuild_debian::remove_paths(tree, &self.spec.remove_paths)?;
         let mut notes = imgbuild_debian::deb::notes(&reports, tree);
@@ -344,8 +415,35 @@ impl SourcePlan for DebianPlan<'_> {
                 &inputs.store,
                 tree,
                 inputs.jobs,
+                self.arch,
             )?);
         }
         Ok(Contribution { blobs, notes })
+    }
+}
+
+/// The Debian release a repository's `suite` belongs to: its first `-`/`/`-separated
+/// word when that is a release imgbuild knows (`trixie-pgdg`, `bookworm/updates`),
+/// else `None` (`stable`, `jammy`, `any`: read for every release).
+pub fn repository_release(repository_suite: &str) -> Option<Suite> {
+    let first = repository_suite.split(['-', '/']).next().unwrap_or("");
+    Suite::parse(first).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repository_belongs_to_the_release_its_suite_names() {
+        assert_eq!(repository_release("trixie-pgdg"), Some(Suite::Trixie));
+        assert_eq!(repository_release("bookworm"), Some(Suite::Bookworm));
+        assert_eq!(
+            repository_release("bookworm/updates"),
+            Some(Suite::Bookworm)
+        );
+        assert_eq!(repository_release("stable"), None);
+        assert_eq!(repository_release("trixiepgdg"), None);
+        assert_eq!(repository_release("jammy-pgdg"), None);
     }
 }

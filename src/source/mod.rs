@@ -551,6 +551,7 @@ impl Session {
         Ok(Session {
             debian: debian::DebianInputs::new(
                 settings.mirror(),
+                settings.suite(),
                 lock,
                 locked,
                 relock,

@@ -32,6 +32,19 @@ const INTERPRETER: &str = "/usr/bin/python3.11";
 const STDLIB_PACKAGES: [&str; 2] = ["libpython3.11-stdlib", "libpython3.11-minimal"];
 const INTERPRETER_PACKAGE: &str = "python3.11-minimal";
 
+/// The interpreter's target: bookworm's CPython 3.11 on the layer's architecture (the
+/// architecture picks the loader and the triplet, `aarch64-linux-gnu` for arm64).
+fn target(arch: imgbuild_debian::Arch) -> Target {
+    Target {
+        arch: match arch {
+            imgbuild_debian::Arch::Amd64 => "x86_64",
+            imgbuild_debian::Arch::Arm64 => "aarch64",
+        }
+        .into(),
+        ..Target::bookworm_cpython311()
+    }
+}
+
 /// Whether a Debian layer with these packages gets a byte-compiled standard library,
 /// given the recipe's `bytecode` (`None`: not set). `Err`: `bytecode = true` on a
 /// layer that cannot have it.
@@ -61,7 +74,14 @@ pub fn wanted(
 }
 
 /// Adds `__pycache__/*.cpython-311.pyc` for the stdlib in `tree`; returns notes.
-pub fn compile(store: &Store, tree: &mut Tree, jobs: usize) -> Result<Vec<String>> {
+/// `arch` is the layer's architecture: its interpreter runs through that
+/// architecture's loader, from its multiarch library directory.
+pub fn compile(
+    store: &Store,
+    tree: &mut Tree,
+    jobs: usize,
+    arch: imgbuild_debian::Arch,
+) -> Result<Vec<String>> {
     let prefix = format!("{STDLIB}/");
     let sources: Vec<(String, Content)> = tree
         .iter()
@@ -80,7 +100,7 @@ pub fn compile(store: &Store, tree: &mut Tree, jobs: usize) -> Result<Vec<String
     let python = ImageInterpreter::materialise(
         &ImageFiles::from_tree(tree),
         INTERPRETER,
-        &Target::bookworm_cpython311(),
+        &target(arch),
         store,
     )
     .context("byte-compiling the layer's Python standard library (`debian = { ..., bytecode = false }` turns it off)")?;

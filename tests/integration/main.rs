@@ -7,6 +7,7 @@ mod support;
 mod cli_output;
 mod copy_from_image;
 mod core_build;
+mod debian_releases;
 mod defects;
 mod engines;
 mod gc;
