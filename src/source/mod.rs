@@ -6,7 +6,7 @@
 //! its inputs ([`LayerSource::plan`], which states them as named [`Input`]s) and the
 //! filling of the layer tree ([`SourcePlan::build`]). The kinds are registered once,
 //! in [`layer_sources!`] below, in the order their parts of a layer are built:
-//! Debian packages, then a Python venv, then files (with dirs, symlinks and the
+//! Debian packages, then a Python venv, then build steps, then archives and files (with dirs, symlinks and the
 //! image's accounts), so that what a recipe declares explicitly wins.
 //!
 //! ## Adding a kind of source
@@ -27,6 +27,7 @@
 
 pub mod archive;
 pub mod base;
+pub mod build_step;
 pub mod debian;
 pub mod files;
 pub mod python;
@@ -244,7 +245,6 @@ impl LayerCx<'_, '_> {
     /// The last build of another recipe's image this command has made (or found
     /// entirely cached); only recipes named by [`LayerSource::depends_on`] are
     /// guaranteed to be there.
-    #[allow(dead_code)] // for the sources that read another image (build steps, copies)
     pub fn image(&self, name: &str) -> Option<crate::cache::ImageRecord> {
         self.session
             .images
@@ -477,6 +477,7 @@ macro_rules! layer_sources {
 layer_sources! {
     debian: debian::DebianSource,
     python: python::PythonSource,
+    build: build_step::BuildStep,
     archive: archive::ArchiveSource,
     files: files::FilesSource,
 }
