@@ -117,13 +117,20 @@ pub struct BuildStep {
 impl SourceKind for BuildStep {
     type Raw = RawBuildTable;
 
-    fn parse(cx: &RecipeCx, raw: &RawBuildTable, _layer: &Pos) -> Result<Option<Self>, RecipeError> {
+    fn parse(
+        cx: &RecipeCx,
+        raw: &RawBuildTable,
+        _layer: &Pos,
+    ) -> Result<Option<Self>, RecipeError> {
         let Some(b) = &raw.0 else {
             return Ok(None);
         };
         let rb = b.get_ref();
         if rb.command.get_ref().is_empty() || rb.command.get_ref()[0].is_empty() {
-            return Err(cx.err(&rb.command, "command may not be empty: name the program and its arguments, e.g. [\"make\"]"));
+            return Err(cx.err(
+                &rb.command,
+                "command may not be empty: name the program and its arguments, e.g. [\"make\"]",
+            ));
         }
         if rb.outputs.get_ref().is_empty() {
             return Err(cx.err(&rb.outputs, "a build step needs at least one output: outputs = [ { path = \"/out\", dest = \"/usr/local/bin\" } ]"));
@@ -171,7 +178,13 @@ impl SourceKind for BuildStep {
         let workdir = match &rb.workdir {
             Some(w) => {
                 if !w.get_ref().starts_with('/') {
-                    return Err(cx.err(w, format!("workdir \"{}\" must be an absolute path in the sandbox", w.get_ref())));
+                    return Err(cx.err(
+                        w,
+                        format!(
+                            "workdir \"{}\" must be an absolute path in the sandbox",
+                            w.get_ref()
+                        ),
+                    ));
                 }
                 w.get_ref().clone()
             }
@@ -217,7 +230,11 @@ impl LayerSource for BuildStep {
     }
 
     fn describe(&self) -> Option<String> {
-        Some(format!("build: {} in {}", self.command.join(" "), self.image))
+        Some(format!(
+            "build: {} in {}",
+            self.command.join(" "),
+            self.image
+        ))
     }
 
     fn depends_on(&self) -> Vec<(String, Pos)> {
@@ -260,11 +277,18 @@ impl LayerSource for BuildStep {
                 }
             }
             cx.input(Input::hash(
-                format!("input {} -> {} (directories and symlinks)", i.rel.display(), i.dest),
+                format!(
+                    "input {} -> {} (directories and symlinks)",
+                    i.rel.display(),
+                    i.dest
+                ),
                 Input::digest_of(&shape),
             ));
         }
-        cx.input(Input::shown("build command", serde_json::to_string(&self.command)?));
+        cx.input(Input::shown(
+            "build command",
+            serde_json::to_string(&self.command)?,
+        ));
         cx.input(Input::shown("build env", serde_json::to_string(&self.env)?));
         cx.input(Input::shown("build workdir", self.workdir.clone()));
         let mut outputs = vec![];
@@ -279,7 +303,10 @@ impl LayerSource for BuildStep {
                 .collect::<Vec<_>>()
                 .join(", "),
         ));
-        cx.input(Input::shown("build timeout_secs", self.timeout_secs.to_string()));
+        cx.input(Input::shown(
+            "build timeout_secs",
+            self.timeout_secs.to_string(),
+        ));
         cx.input(Input::shown("build SOURCE_DATE_EPOCH", epoch().to_string()));
         Ok(Box::new(StepPlan {
             step: self,
@@ -324,8 +351,12 @@ fn make_writable(dir: &Path) -> std::io::Result<()> {
 
 impl SourcePlan for StepPlan<'_> {
     fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
-        let root = builder_root(&self.store, &self.builder)
-            .with_context(|| format!("{}: unpacking builder image `{}`", self.label, self.step.image))?;
+        let root = builder_root(&self.store, &self.builder).with_context(|| {
+            format!(
+                "{}: unpacking builder image `{}`",
+                self.label, self.step.image
+            )
+        })?;
         let tmp = TempDir(self.store.temp_dir()?);
         let out_dirs: Vec<PathBuf> = (0..self.outputs.len())
             .map(|i| tmp.0.join(format!("out{i}")))
@@ -340,7 +371,13 @@ impl SourcePlan for StepPlan<'_> {
             let mut tar = tar::Builder::new(&mut spool);
             tar.mode(tar::HeaderMode::Deterministic);
             for (i, d) in out_dirs.iter().enumerate() {
-                append_tree(&mut tar, d, &format!("{i}"), &self.label, &self.outputs[i].0)?;
+                append_tree(
+                    &mut tar,
+                    d,
+                    &format!("{i}"),
+                    &self.label,
+                    &self.outputs[i].0,
+                )?;
             }
             tar.finish()?;
         }
@@ -427,7 +464,10 @@ fn append_dir_contents<W: std::io::Write>(
     for name in names {
         let p = dir.join(&name);
         let name = name.to_str().with_context(|| {
-            format!("{label}: output {shown}/{} is not a UTF-8 name", name.to_string_lossy())
+            format!(
+                "{label}: output {shown}/{} is not a UTF-8 name",
+                name.to_string_lossy()
+            )
         })?;
         let at = format!("{prefix}/{name}");
         let at_shown = format!("{shown}/{name}");
@@ -451,7 +491,9 @@ fn append_dir_contents<W: std::io::Write>(
             h.set_size(m.len());
             tar.append_data(&mut h, &at, std::fs::File::open(&p)?)?;
         } else {
-            bail!("{label}: output {at_shown} is not a file, directory or symlink (a device, FIFO or socket cannot go into a layer)");
+            bail!(
+                "{label}: output {at_shown} is not a file, directory or symlink (a device, FIFO or socket cannot go into a layer)"
+            );
         }
     }
     Ok(())
