@@ -314,6 +314,7 @@ impl LayerSource for BuildStep {
             builder,
             outputs,
             store: cx.session.store.clone(),
+            check_reproducible: cx.session.check_reproducible,
         }))
     }
 }
@@ -325,6 +326,7 @@ struct StepPlan<'s> {
     /// (path in the sandbox, resolved dest in the layer)
     outputs: Vec<(String, TreePath)>,
     store: Store,
+    check_reproducible: bool,
 }
 
 /// A store temp dir removed when dropped (the sandbox's outputs and log).
@@ -365,6 +367,9 @@ impl SourcePlan for StepPlan<'_> {
             std::fs::create_dir(d).with_context(|| format!("failed to create {}", d.display()))?;
         }
         run_sandbox(&self, &root, &out_dirs, &tmp.0.join("log"))?;
+        if self.check_reproducible {
+            self.check_reproducible(&root, &out_dirs, &tmp.0)?;
+        }
         // the outputs, as one tar spooled into the store: the layer's files point into it
         let mut spool = self.store.writer()?;
         {
@@ -430,6 +435,73 @@ impl SourcePlan for StepPlan<'_> {
             notes: vec![],
         })
     }
+}
+
+impl StepPlan<'_> {
+    /// `--check-reproducible`: runs the step again in a fresh sandbox with fresh
+    /// output directories and fails naming every output path whose bytes, kind, link
+    /// target or normalised mode differ between the two runs.
+    fn check_reproducible(&self, root: &Path, first: &[PathBuf], tmp: &Path) -> Result<()> {
+        let second: Vec<PathBuf> = (0..first.len())
+            .map(|i| tmp.join(format!("again{i}")))
+            .collect();
+        for d in &second {
+            std::fs::create_dir(d).with_context(|| format!("failed to create {}", d.display()))?;
+        }
+        run_sandbox(self, root, &second, &tmp.join("log-again"))?;
+        let mut differ = vec![];
+        for (i, (a, b)) in first.iter().zip(&second).enumerate() {
+            let (a, b) = (summary(a)?, summary(b)?);
+            let paths: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for p in paths {
+                if a.get(p) != b.get(p) {
+                    differ.push(format!("{}/{p}", self.outputs[i].0));
+                }
+            }
+        }
+        if !differ.is_empty() {
+            bail!(
+                "{}: --check-reproducible: {} output file(s) differ between two runs:\n  {}",
+                self.label,
+                differ.len(),
+                differ.join("\n  ")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Every path below `dir` -> what the layer would get of it: kind, normalised mode,
+/// and the sha256 of a file's bytes or a symlink's target.
+fn summary(dir: &Path) -> Result<BTreeMap<String, String>> {
+    fn visit(dir: &Path, rel: &str, out: &mut BTreeMap<String, String>) -> Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let m = std::fs::symlink_metadata(e.path())?;
+            let v = if m.is_dir() {
+                visit(&e.path(), &rel, out)?;
+                format!("dir {:o}", walk::normalise_mode(m.mode(), true))
+            } else if m.file_type().is_symlink() {
+                format!("symlink {}", std::fs::read_link(e.path())?.display())
+            } else {
+                let mut h = imgbuild_store::HashingWriter::new(std::io::sink());
+                std::io::copy(&mut std::fs::File::open(e.path())?, &mut h)?;
+                let (_, d, _) = h.finish();
+                format!("file {:o} {d}", walk::normalise_mode(m.mode(), false))
+            };
+            out.insert(rel, v);
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    visit(dir, "", &mut out)?;
+    Ok(out)
 }
 
 /// Appends `dir`'s contents under `prefix`, sorted by name, modes normalised, owners
@@ -650,7 +722,20 @@ fn run_sandbox(plan: &StepPlan, root: &Path, out_dirs: &[PathBuf], log: &Path) -
     }
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
-    let mut child = match Command::new("bwrap")
+    // found on imgbuild's own PATH: the child's environment is cleared, and exec
+    // with no PATH would search a default one instead
+    let Some(bwrap) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+    else {
+        bail!(
+            "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
+            plan.label
+        );
+    };
+    let mut child = match Command::new(bwrap)
         .args(&args)
         .env_clear()
         .stdin(Stdio::null())

@@ -538,6 +538,8 @@ pub struct Session {
     /// The images this command has built (or found cached), by recipe name, for
     /// the sources that read another image.
     pub images: std::sync::Mutex<BTreeMap<String, crate::cache::ImageRecord>>,
+    /// `--check-reproducible`: build steps run twice and compare their outputs.
+    pub check_reproducible: bool,
 }
 
 impl Session {
@@ -562,6 +564,7 @@ impl Session {
             progress: project.progress.clone(),
             registry: settings.registry_options(&[], project.jobs.clamp(2, 8)),
             images: Default::default(),
+            check_reproducible: false,
         })
     }
 }

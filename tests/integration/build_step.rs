@@ -183,6 +183,50 @@ fn a_build_step_compiles_c_in_a_sandbox_is_cached_by_its_inputs_and_is_walled_in
     }
     assert!(!f.path().join("src/hello-c/evil").exists());
 
+    // --check-reproducible runs a step twice and names the files that differ
+    fs::write(
+        f.path().join("recipes/dated.toml"),
+        step_recipe(
+            r#"["bash", "-c", "echo $EPOCHREALTIME > /out/date; echo same > /out/same"]"#,
+            "",
+        ),
+    )
+    .unwrap();
+    let out = f.run(&["build", "--check-reproducible", "dated"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "--check-reproducible: 1 output file(s) differ between two runs:\n  /out/date"
+        ),
+        "{err}"
+    );
+    fs::write(
+        f.path().join("recipes/stable.toml"),
+        step_recipe(r#"["bash", "-c", "echo same > /out/same"]"#, ""),
+    )
+    .unwrap();
+    run_ok(f.cmd().args(["build", "--check-reproducible", "stable"]));
+
+    // without bwrap on PATH the error says what to install
+    fs::write(
+        f.path().join("recipes/nobwrap.toml"),
+        step_recipe(r#"["bash", "-c", "echo nobwrap > /out/x"]"#, ""),
+    )
+    .unwrap();
+    let out = f
+        .cmd()
+        .env("PATH", "/nonexistent")
+        .args(["build", "nobwrap"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("`bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)"),
+        "{err}"
+    );
+
     // a step over its time limit is killed, and the error says so
     fs::write(
         f.path().join("recipes/slow.toml"),
@@ -195,4 +239,35 @@ fn a_build_step_compiles_c_in_a_sandbox_is_cached_by_its_inputs_and_is_walled_in
     let err = fails(&f, "slow");
     assert!(err.contains("killed after timeout_secs = 1"), "{err}");
     assert!(err.contains("| started"), "{err}");
+}
+
+/// Recipe errors name the file, line and column, before anything is built.
+#[test]
+fn a_build_step_recipe_error_names_the_place() {
+    let f = Fixture::new("hello");
+    fs::create_dir_all(f.path().join("src/hello-c")).unwrap();
+    for (toml, want) in [
+        (
+            step_recipe("[]", ""),
+            "recipes/bad.toml:2:113: command may not be empty",
+        ),
+        (
+            "[[layers]]\nbuild = { image = \"base\", inputs = [ { src = \"src/hello-c\", dest = \"/out/src\" } ], command = [\"true\"], outputs = [ { path = \"/out\", dest = \"/x\" } ] }\n".to_owned(),
+            "path \"/out\" overlaps the mount point /out/src",
+        ),
+        (
+            step_recipe(r#"["true"]"#, ", timeout_secs = 0"),
+            "timeout_secs must be at least 1",
+        ),
+        (
+            "[[layers]]\nbuild = { image = \"base\", command = [\"true\"], outputs = [ { path = \"/tmp\", dest = \"/x\" } ] }\n".to_owned(),
+            "recipes/bad.toml:2:68: path \"/tmp\" is /tmp or around it, which the sandbox provides itself",
+        ),
+    ] {
+        fs::write(f.path().join("recipes/bad.toml"), &toml).unwrap();
+        let out = f.run(&["plan", "bad"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml}");
+        assert!(err.contains(want), "{toml}\n{err}");
+    }
 }
