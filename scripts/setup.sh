@@ -5,7 +5,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
-for pkg in skopeo umoci podman runc docker-registry uidmap gcc libc6-dev curl ca-certificates; do
+for pkg in skopeo umoci podman runc docker-registry uidmap gcc libc6-dev curl ca-certificates bubblewrap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

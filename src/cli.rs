@@ -158,6 +158,10 @@ pub struct BuildArgs {
     /// Fail, naming each layer and why, if any layer would be built (for CI).
     #[arg(long)]
     pub expect_cached: bool,
+    /// Run each build step that runs twice, in separate sandboxes, and fail naming
+    /// the output files whose bytes differ.
+    #[arg(long)]
+    pub check_reproducible: bool,
     /// Then push the images built (see `imgbuild push`).
     #[arg(long)]
     pub push: bool,

@@ -82,6 +82,7 @@ fn run(cli: Cli) -> Result<()> {
                     names: names.clone(),
                     locked: build.locked,
                     expect_cached: build.expect_cached,
+                    check_reproducible: build.check_reproducible,
                 },
             )?;
             // One JSON document: the build, plus what --load and --push did.

@@ -27,6 +27,8 @@ pub struct BuildOptions {
     pub locked: bool,
     /// Fail, naming each layer and why, if anything would be built.
     pub expect_cached: bool,
+    /// Run each build step twice and compare its outputs.
+    pub check_reproducible: bool,
 }
 
 /// Builds the requested images; returns their records in build order.
@@ -51,7 +53,8 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
         .store
         .clean_tmp(std::time::Duration::from_secs(86400));
     let stat = StatCache::load(&project.store, &project.key, project.jobs);
-    let session = Session::new(project, opts.locked, false)?;
+    let mut session = Session::new(project, opts.locked, false)?;
+    session.check_reproducible = opts.check_reproducible;
     let lock_before = session.debian.lock.lock().expect("lock").clone();
     let started = Instant::now();
 

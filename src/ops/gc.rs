@@ -251,6 +251,11 @@ fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> 
                             .and_then(|b| imgbuild_python::fetch::selection_wheel(&b))
                             .is_some_and(|d| keep.contains(&d)),
                         Bucket::PythonBytecode | Bucket::Tarballs => recent(bucket, &key),
+                        // a builder image's root: kept while the builder image is
+                        Bucket::BuildRoots => {
+                            recent(bucket, &key)
+                                || digest_of_key(&key).is_some_and(|d| keep.contains(&d))
+                        }
                     };
                     v.push(Entry::of(store, bucket, &key, kept));
                 }

@@ -6,9 +6,10 @@
 //! its inputs ([`LayerSource::plan`], which states them as named [`Input`]s) and the
 //! filling of the layer tree ([`SourcePlan::build`]). The kinds are registered once,
 //! in [`layer_sources!`] below, in the order their parts of a layer are built:
-//! Debian packages, then a Python venv, then files (with dirs, symlinks and the
-//! image's accounts), so that what a recipe declares explicitly wins; last the
-//! linkage check, which adds nothing and checks the finished layer's ELF files.
+//! Debian packages, then a Python venv, then build steps, then archives and files
+//! (with dirs, symlinks and the image's accounts), so that what a recipe declares
+//! explicitly wins; last the linkage check, which adds nothing and checks the
+//! finished layer's ELF files.
 //!
 //! ## Adding a kind of source
 //! 1. Write `src/source/NAME.rs` with a raw table type implementing [`RawTable`]
@@ -28,6 +29,7 @@
 
 pub mod archive;
 pub mod base;
+pub mod build_step;
 pub mod debian;
 pub mod files;
 pub mod linkage;
@@ -246,7 +248,6 @@ impl LayerCx<'_, '_> {
     /// The last build of another recipe's image this command has made (or found
     /// entirely cached); only recipes named by [`LayerSource::depends_on`] are
     /// guaranteed to be there.
-    #[allow(dead_code)] // for the sources that read another image (build steps, copies)
     pub fn image(&self, name: &str) -> Option<crate::cache::ImageRecord> {
         self.session
             .images
@@ -479,6 +480,7 @@ macro_rules! layer_sources {
 layer_sources! {
     debian: debian::DebianSource,
     python: python::PythonSource,
+    build: build_step::BuildStep,
     archive: archive::ArchiveSource,
     files: files::FilesSource,
     // last: its build checks the finished layer's ELF files (src/source/linkage.rs)
@@ -541,6 +543,8 @@ pub struct Session {
     /// The images this command has built (or found cached), by recipe name, for
     /// the sources that read another image.
     pub images: std::sync::Mutex<BTreeMap<String, crate::cache::ImageRecord>>,
+    /// `--check-reproducible`: build steps run twice and compare their outputs.
+    pub check_reproducible: bool,
 }
 
 impl Session {
@@ -566,6 +570,7 @@ impl Session {
             progress: project.progress.clone(),
             registry: settings.registry_options(&[], project.jobs.clamp(2, 8)),
             images: Default::default(),
+            check_reproducible: false,
         })
     }
 }

@@ -208,6 +208,22 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         s.join("unpacked/pyc-v2/old"),
     );
     age(&drop_pyc, 30);
+    // a builder root: kept while the builder image (its key, a manifest digest) is kept
+    let root_hex = v1_manifest.trim_start_matches("sha256:").to_owned();
+    w(
+        &format!("unpacked/build-roots-v1/{root_hex}/usr/bin/x"),
+        b"x",
+    );
+    w(
+        &format!("unpacked/build-roots-v1/{gone_hex}/usr/bin/x"),
+        b"x",
+    );
+    let (keep_root, drop_root) = (
+        s.join(format!("unpacked/build-roots-v1/{root_hex}")),
+        s.join(format!("unpacked/build-roots-v1/{gone_hex}")),
+    );
+    age(&keep_root, 30);
+    age(&drop_root, 30);
     let stale_records = w("records/layers-v0/x", b"{}").parent().unwrap().to_owned();
     let stale_dirs = w("unpacked/pyc-v1/x/manifest.json", b"{}");
     let stale_dirs = stale_dirs.parent().unwrap().parent().unwrap().to_owned();
@@ -224,6 +240,7 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         ("pywheel-select-v1", 1),
         ("wheels-v1", 1),
         ("pyc-v2", 1),
+        ("build-roots-v1", 1),
         ("stale", 2),
     ]
     .into_iter()
@@ -267,6 +284,7 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         &drop_select,
         &drop_wheel,
         &drop_pyc,
+        &drop_root,
         &stale_records,
         &stale_dirs,
         &stray_blob,
@@ -284,6 +302,7 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         &keep_select,
         &keep_wheel,
         &keep_pyc,
+        &keep_root,
         &blob(&s, &v1_top),
         &blob(&s, &v1_manifest),
     ] {

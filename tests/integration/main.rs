@@ -4,6 +4,7 @@
 
 mod support;
 
+mod build_step;
 mod cli_output;
 mod copy_from_image;
 mod core_build;

@@ -49,6 +49,9 @@ pub enum Bucket {
     /// Hash of an `out/NAME.tar` path -> the digest and stat of the tarball written
     /// there (what proves it intact without reading it).
     Tarballs,
+    /// Manifest digest of a build step's builder image (hex) -> its filesystem
+    /// unpacked (whiteouts applied, modes kept), the read-only root of its sandboxes.
+    BuildRoots,
 }
 
 /// How a bucket keeps its entries.
@@ -66,7 +69,7 @@ const DIRECTORIES: &str = "unpacked";
 
 impl Bucket {
     /// Every bucket, in the order `gc` reports them.
-    pub const ALL: [Bucket; 10] = [
+    pub const ALL: [Bucket; 11] = [
         Bucket::Images,
         Bucket::Layers,
         Bucket::Bases,
@@ -77,6 +80,7 @@ impl Bucket {
         Bucket::PythonWheels,
         Bucket::PythonBytecode,
         Bucket::Tarballs,
+        Bucket::BuildRoots,
     ];
 
     /// The directory name: the kind of entry and its format version. These names are
@@ -93,12 +97,15 @@ impl Bucket {
             Bucket::PythonWheels => "wheels-v1",
             Bucket::PythonBytecode => "pyc-v2",
             Bucket::Tarballs => "tarballs-v1",
+            Bucket::BuildRoots => "build-roots-v1",
         }
     }
 
     pub const fn kind(self) -> BucketKind {
         match self {
-            Bucket::PythonWheels | Bucket::PythonBytecode => BucketKind::Directories,
+            Bucket::PythonWheels | Bucket::PythonBytecode | Bucket::BuildRoots => {
+                BucketKind::Directories
+            }
             _ => BucketKind::Records,
         }
     }
