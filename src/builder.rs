@@ -21,7 +21,7 @@ use imgbuild_store::Digest;
 use crate::cache::{ImageRecord, LayerRecord, LayerReport};
 use crate::lower::LowerView;
 use crate::naming::{image_out, reference_for};
-use crate::oci::{self, Descriptor, HistoryEntry, MEDIA_CONFIG, MEDIA_LAYER_GZIP};
+use crate::oci::{self, Descriptor, HistoryEntry, MEDIA_CONFIG};
 use crate::plan::{ImagePlan, LayerPlan, LayerState, Plan};
 use crate::progress::{human, short};
 use crate::project::Project;
@@ -313,7 +313,7 @@ pub(crate) fn build_image(
             } else {
                 LayerState::Build
             },
-            digest: cached_record.as_ref().map(|c| c.digest.clone()),
+            digest: cached_record.as_ref().map(|c| c.descriptor.digest.clone()),
             reason: reason.clone(),
         });
         let (record, cached) = match cached_record {
@@ -346,9 +346,8 @@ pub(crate) fn build_image(
                 let blob = write_layer(&built.tree, &write, &project.store)
                     .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
                 let rec = LayerRecord {
-                    digest: blob.digest,
+                    descriptor: blob.descriptor,
                     diff_id: blob.diff_id,
-                    size: blob.size,
                     tar_size: blob.tar_size,
                     description,
                     view: source::view_of(&built.tree),
@@ -361,7 +360,7 @@ pub(crate) fn build_image(
                     "{label}: wrote {} entries, {} -> {} in {:.2}s",
                     built.tree.len(),
                     human(blob.tar_size),
-                    human(rec.size),
+                    human(rec.descriptor.size),
                     t.elapsed().as_secs_f64()
                 ));
                 rebuilt_below.get_or_insert(i + 1);
@@ -372,8 +371,8 @@ pub(crate) fn build_image(
             project.progress.line(format!(
                 "{label} {} {} {:>9}  {}{}",
                 if cached { "cached" } else { "built " },
-                short(&record.digest),
-                human(record.size),
+                short(&record.descriptor.digest),
+                human(record.descriptor.size),
                 record.description,
                 if reason.is_empty() {
                     String::new()
@@ -395,13 +394,11 @@ pub(crate) fn build_image(
         });
         inputs.extend(record.inputs.iter().cloned());
         layers.push(LayerReport {
-            digest: record.digest,
+            descriptor: record.descriptor,
             diff_id: record.diff_id,
-            size: record.size,
             cached,
             description: record.description,
             notes: record.notes,
-            media_type: None,
             fingerprint: Some(fingerprint),
             reason,
         });
@@ -409,25 +406,10 @@ pub(crate) fn build_image(
     let config_spec = oci::merge_config(base.map(|b| &b.config), &r.config);
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let config = oci::image_config(&config_spec, &diff_ids, &history, project.epoch);
-    let layer_desc: Vec<Descriptor> = layers
-        .iter()
-        .map(|l| Descriptor {
-            media_type: if l.media_type.is_some() {
-                crate::oci::MEDIA_LAYER_ZSTD
-            } else {
-                MEDIA_LAYER_GZIP
-            },
-            digest: l.digest.clone(),
-            size: l.size,
-        })
-        .collect();
+    let layer_desc: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
     let config_digest = Digest::of_bytes(&config);
     let manifest = oci::image_manifest(
-        &Descriptor {
-            media_type: MEDIA_CONFIG,
-            digest: config_digest.clone(),
-            size: config.len() as u64,
-        },
+        &Descriptor::new(MEDIA_CONFIG, config_digest.clone(), config.len() as u64),
         &layer_desc,
     );
     let manifest_digest = Digest::of_bytes(&manifest);

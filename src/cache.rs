@@ -13,9 +13,10 @@ use crate::lower::LowerView;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerRecord {
-    pub digest: Digest,
+    /// The layer blob, as the manifest names it.
+    #[serde(flatten)]
+    pub descriptor: imgbuild_store::Descriptor,
     pub diff_id: Digest,
-    pub size: u64,
     pub tar_size: u64,
     pub description: String,
     /// Directories and symlinks this layer writes (for the layers above it).
@@ -60,10 +61,10 @@ impl LayerRecord {
         // Taken before the check: a write to the blob during or after it has a later
         // ctime and is hashed again next time.
         let checked_at = std::time::SystemTime::now();
-        if !store.verify_unless_unchanged_since(&rec.digest, written)? {
+        if !store.verify_unless_unchanged_since(&rec.descriptor.digest, written)? {
             return Ok(None);
         }
-        if store.blob_size(&rec.digest)? != rec.size {
+        if store.blob_size(&rec.descriptor.digest)? != rec.descriptor.size {
             return Ok(None);
         }
         let _ = std::fs::File::options()
@@ -86,16 +87,14 @@ impl LayerRecord {
 /// One layer as reported by a build (`--json`, `inspect`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerReport {
-    pub digest: Digest,
+    /// The layer blob, as the manifest names it (gzip; a base image's may be zstd).
+    #[serde(flatten)]
+    pub descriptor: imgbuild_store::Descriptor,
     pub diff_id: Digest,
-    pub size: u64,
     pub cached: bool,
     pub description: String,
     #[serde(default)]
     pub notes: Vec<String>,
-    /// Set for base-image layers that are not gzip (OCI zstd); `None`: gzip.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
     /// The layer's fingerprint (`None` for a registry base image's layers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<Digest>,

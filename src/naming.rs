@@ -23,7 +23,11 @@ pub fn image_out(rec: &ImageRecord) -> ImageOut {
         manifest: rec.manifest_digest.clone(),
         manifest_size: rec.manifest_size,
         config: rec.config_digest.clone(),
-        layers: rec.layers.iter().map(|l| l.digest.clone()).collect(),
+        layers: rec
+            .layers
+            .iter()
+            .map(|l| l.descriptor.digest.clone())
+            .collect(),
     }
 }
 

@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 
 use crate::recipe::ConfigSpec;
 
-pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub use imgbuild_store::Descriptor;
+pub use imgbuild_store::media::{
+    CONFIG as MEDIA_CONFIG, INDEX as MEDIA_INDEX, LAYER_GZIP as MEDIA_LAYER_GZIP,
+    LAYER_ZSTD as MEDIA_LAYER_ZSTD, MANIFEST as MEDIA_MANIFEST,
+};
 
 /// The default PATH Docker gives images that set none; set explicitly so every
 /// engine sees the same environment.
@@ -170,16 +170,8 @@ pub fn image_config(
     canonical(&v)
 }
 
-pub struct Descriptor {
-    pub media_type: &'static str,
-    pub digest: Digest,
-    pub size: u64,
-}
-
-impl Descriptor {
-    pub fn to_json(&self) -> Value {
-        json!({"mediaType": self.media_type, "digest": self.digest.to_string(), "size": self.size})
-    }
+fn descriptor_json(d: &Descriptor) -> Value {
+    json!({"mediaType": d.media_type, "digest": d.digest.to_string(), "size": d.size})
 }
 
 /// The image manifest JSON.
@@ -187,14 +179,14 @@ pub fn image_manifest(config: &Descriptor, layers: &[Descriptor]) -> Vec<u8> {
     canonical(&json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
-        "config": config.to_json(),
-        "layers": layers.iter().map(Descriptor::to_json).collect::<Vec<_>>(),
+        "config": descriptor_json(config),
+        "layers": layers.iter().map(descriptor_json).collect::<Vec<_>>(),
     }))
 }
 
 /// An index entry naming a manifest.
 pub fn index_entry(manifest: &Descriptor, annotations: &BTreeMap<String, String>) -> Value {
-    let mut v = manifest.to_json();
+    let mut v = descriptor_json(manifest);
     if !annotations.is_empty() {
         v["annotations"] = json!(annotations);
     }

@@ -54,9 +54,9 @@ impl BuildReport {
                             .layers
                             .iter()
                             .map(|l| LayerReportJson {
-                                digest: l.digest.clone(),
+                                digest: l.descriptor.digest.clone(),
                                 diff_id: l.diff_id.clone(),
-                                size: l.size,
+                                size: l.descriptor.size,
                                 cached: l.cached,
                                 reason: l.reason.clone(),
                             })

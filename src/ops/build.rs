@@ -141,7 +141,7 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
     // a layer appears in every image built from its image: count each once
     let mut state: BTreeMap<&Digest, bool> = BTreeMap::new();
     for l in records.iter().flat_map(|r| &r.layers) {
-        *state.entry(&l.digest).or_insert(true) &= l.cached;
+        *state.entry(&l.descriptor.digest).or_insert(true) &= l.cached;
     }
     let built = state.values().filter(|c| !**c).count();
     project.progress.line(format!(

@@ -182,8 +182,8 @@ fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> 
             Some(rec) if recent(Bucket::Images, &key) => {
                 keep.insert(rec.manifest_digest.clone());
                 keep.insert(rec.config_digest.clone());
-                keep.extend(rec.layers.iter().map(|l| l.digest.clone()));
-                image_layers.extend(rec.layers.iter().map(|l| l.digest.clone()));
+                keep.extend(rec.layers.iter().map(|l| l.descriptor.digest.clone()));
+                image_layers.extend(rec.layers.iter().map(|l| l.descriptor.digest.clone()));
                 keep.extend(rec.inputs.iter().cloned());
                 // the key is `<project key>-<image name>`; project keys have no `-`
                 if let Some((project, _)) = key.split_once('-') {
@@ -202,10 +202,11 @@ fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> 
             .and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok());
         let kept = match rec {
             Some(rec)
-                if (recent(Bucket::Layers, &key) || image_layers.contains(&rec.digest))
-                    && store.has_blob(&rec.digest) =>
+                if (recent(Bucket::Layers, &key)
+                    || image_layers.contains(&rec.descriptor.digest))
+                    && store.has_blob(&rec.descriptor.digest) =>
             {
-                keep.insert(rec.digest.clone());
+                keep.insert(rec.descriptor.digest.clone());
                 keep.extend(rec.inputs.iter().cloned());
                 true
             }

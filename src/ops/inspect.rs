@@ -23,7 +23,7 @@ pub fn inspect(project: &Project, name: &str, json: bool) -> Result<()> {
     println!("manifest   {}", rec.manifest_digest);
     println!("config     {}", rec.config_digest);
     println!("tarball    {}", rec.tarball);
-    let total: u64 = rec.layers.iter().map(|l| l.size).sum();
+    let total: u64 = rec.layers.iter().map(|l| l.descriptor.size).sum();
     println!(
         "layers     {} ({} compressed)",
         rec.layers.len(),
@@ -33,8 +33,8 @@ pub fn inspect(project: &Project, name: &str, json: bool) -> Result<()> {
         println!(
             "  {:>2}. {} {:>9}  {}  {}",
             i + 1,
-            l.digest,
-            human(l.size),
+            l.descriptor.digest,
+            human(l.descriptor.size),
             if l.cached { "cached" } else { "built " },
             l.description
         );

@@ -47,11 +47,7 @@ pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
         }
     }
     for img in images {
-        let desc = Descriptor {
-            media_type: MEDIA_MANIFEST,
-            digest: img.manifest.clone(),
-            size: img.manifest_size,
-        };
+        let desc = Descriptor::new(MEDIA_MANIFEST, img.manifest.clone(), img.manifest_size);
         let ann = BTreeMap::from([
             (REF_NAME.to_owned(), img.name.clone()),
             ("io.containerd.image.name".to_owned(), img.reference.clone()),

@@ -222,11 +222,7 @@ fn remember(
 
 /// The three small documents of the tarball.
 fn documents(img: &ImageOut) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let desc = Descriptor {
-        media_type: MEDIA_MANIFEST,
-        digest: img.manifest.clone(),
-        size: img.manifest_size,
-    };
+    let desc = Descriptor::new(MEDIA_MANIFEST, img.manifest.clone(), img.manifest_size);
     let ann = BTreeMap::from([
         // podman names the loaded image after ref.name; a full reference keeps it
         // from being guessed. containerd and Docker 25+ read io.containerd.image.name.

@@ -166,10 +166,11 @@ pub fn load(
     for (l, diff_id) in mlayers.iter().zip(diff_ids) {
         let digest: Digest = l["digest"].as_str().unwrap_or_default().parse()?;
         let media_type = l["mediaType"].as_str().unwrap_or_default();
+        // Docker's gzip layer type becomes OCI's: the manifest imgbuild writes is OCI
         let media_type = if media_type.contains("zstd") {
-            Some(crate::oci::MEDIA_LAYER_ZSTD.to_owned())
+            crate::oci::MEDIA_LAYER_ZSTD
         } else if media_type.ends_with("tar+gzip") || media_type.ends_with("tar.gzip") {
-            None
+            crate::oci::MEDIA_LAYER_GZIP
         } else {
             bail!(
                 "{at}: base image layer {digest} has media type `{media_type}`, which imgbuild cannot build on"
@@ -177,13 +178,15 @@ pub fn load(
         };
         blobs.push(digest.clone());
         layers.push(LayerReport {
-            digest,
+            descriptor: crate::oci::Descriptor::new(
+                media_type,
+                digest,
+                l["size"].as_u64().unwrap_or(0),
+            ),
             diff_id,
-            size: l["size"].as_u64().unwrap_or(0),
             cached: true,
             description: format!("from {raw}"),
             notes: vec![],
-            media_type,
             fingerprint: None,
             reason: vec![],
         });
@@ -199,7 +202,7 @@ pub fn load(
                 .collect()
         })
         .unwrap_or_default();
-    let layer_blobs: Vec<Digest> = layers.iter().map(|l| l.digest.clone()).collect();
+    let layer_blobs: Vec<Digest> = layers.iter().map(|l| l.descriptor.digest.clone()).collect();
     let contents = contents(session, &manifest_digest, &layer_blobs)
         .with_context(|| format!("{at}: reading the filesystem of base image {raw}"))?;
     Ok(Some(BaseImage {

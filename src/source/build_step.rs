@@ -581,7 +581,11 @@ fn builder_root(store: &Store, builder: &ImageRecord) -> Result<PathBuf> {
         store.touch_entry(Bucket::BuildRoots, &key);
         return Ok(dest);
     }
-    let layers: Vec<Digest> = builder.layers.iter().map(|l| l.digest.clone()).collect();
+    let layers: Vec<Digest> = builder
+        .layers
+        .iter()
+        .map(|l| l.descriptor.digest.clone())
+        .collect();
     let files = ImageFiles::from_layers(store, &layers)?;
     let tmp = TempDir(store.temp_dir()?);
     let mut plan = BTreeMap::new();

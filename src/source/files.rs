@@ -542,7 +542,11 @@ fn read_image(cx: &mut LayerCx, name: &str, pos: &Pos) -> Result<ImageFiles> {
         format!("image {name}"),
         record.manifest_digest.to_string(),
     ));
-    let digests: Vec<_> = record.layers.iter().map(|l| l.digest.clone()).collect();
+    let digests: Vec<_> = record
+        .layers
+        .iter()
+        .map(|l| l.descriptor.digest.clone())
+        .collect();
     ImageFiles::from_layers(&cx.session.store, &digests).with_context(|| {
         format!(
             "{}: reading the layers of image `{name}` ({})",

@@ -107,7 +107,11 @@ impl LayerSource for LinkageSource {
         Ok(Box::new(LinkagePlan {
             source: self,
             session: cx.session,
-            lower: cx.lower_layers.iter().map(|l| l.digest.clone()).collect(),
+            lower: cx
+                .lower_layers
+                .iter()
+                .map(|l| l.descriptor.digest.clone())
+                .collect(),
             label: cx.label(),
         }))
     }

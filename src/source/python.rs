@@ -108,7 +108,7 @@ impl LayerSource for PythonSource {
         let lower: Vec<(Digest, Digest)> = cx
             .lower_layers
             .iter()
-            .map(|l| (l.digest.clone(), l.diff_id.clone()))
+            .map(|l| (l.descriptor.digest.clone(), l.diff_id.clone()))
             .collect();
         // A venv writes anywhere under its root: the whole lower view matters.
         cx.depends_on_whole_lower_view();

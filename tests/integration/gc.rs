@@ -143,7 +143,7 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         std::fs::write(&p, bytes).unwrap();
         p
     };
-    let images_dir = s.join("records/images-v1");
+    let images_dir = s.join("records/images-v2");
     let own_image = std::fs::read_dir(&images_dir)
         .unwrap()
         .next()
@@ -151,7 +151,7 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         .unwrap()
         .path();
     let other_image = w(
-        "records/images-v1/00000000000000ff-gone",
+        "records/images-v2/00000000000000ff-gone",
         &std::fs::read(&own_image).unwrap(),
     );
     age(&other_image, 30);
@@ -231,7 +231,7 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
     let stray_blob = w(&format!("blobs/sha256/{}", sha256_hex(stray)), stray);
 
     let expected: BTreeMap<String, u64> = [
-        ("images-v1", 1),
+        ("images-v2", 1),
         ("layers-v2", 1),
         ("bases-v1", 1),
         ("base-contents-v1", 1),

@@ -99,7 +99,11 @@ fn allow_missing_accepts_a_library_the_runtime_provides() {
 #[test]
 fn allow_missing_takes_sonames() {
     let f = fixture();
-    edit_recipe(&f, "files = [", "allow_missing = [\"lib/libx.so\"]\nfiles = [");
+    edit_recipe(
+        &f,
+        "files = [",
+        "allow_missing = [\"lib/libx.so\"]\nfiles = [",
+    );
     let out = f.run(&["plan"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

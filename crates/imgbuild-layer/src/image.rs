@@ -720,8 +720,8 @@ mod tests {
         file(&mut two, "usr/share/opaque/.wh..wh..opq", b"");
         file(&mut two, "usr/share/opaque/upper", b"upper");
         file(&mut two, "usr/share/replaced", b"now a file");
-        let l1 = write_layer(&one, &opts, &store).unwrap().digest;
-        let l2 = write_layer(&two, &opts, &store).unwrap().digest;
+        let l1 = write_layer(&one, &opts, &store).unwrap().descriptor.digest;
+        let l2 = write_layer(&two, &opts, &store).unwrap().descriptor.digest;
 
         let img = ImageFiles::from_layers(&store, &[l1.clone(), l2.clone()]).unwrap();
         assert_eq!(
@@ -820,8 +820,8 @@ mod tests {
             "lib/b.so",
             b"replaced by a text file of some length",
         );
-        let l1 = write_layer(&one, &opts, &store).unwrap().digest;
-        let l2 = write_layer(&two, &opts, &store).unwrap().digest;
+        let l1 = write_layer(&one, &opts, &store).unwrap().descriptor.digest;
+        let l2 = write_layer(&two, &opts, &store).unwrap().descriptor.digest;
         let img = ImageFiles::from_layers(&store, &[l1, l2]).unwrap();
         assert_eq!(img.elf_head("lib/a.so").unwrap()[..], elf[..ELF_HEAD]);
         assert_eq!(img.elf_head("lib/c.so"), img.elf_head("lib/a.so"));

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use imgbuild_store::{Digest, HashingWriter, Store, StoreError};
+use imgbuild_store::{Descriptor, Digest, HashingWriter, Store, StoreError, media};
 
 use crate::file_hash::HashingFileReader;
 use crate::gzip::GzWriter;
@@ -50,12 +50,10 @@ impl WriteOptions {
 /// A finished layer in the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerBlob {
-    /// sha256 of the compressed blob (the manifest's layer digest).
-    pub digest: Digest,
+    /// The compressed blob as the manifest names it (gzip media type).
+    pub descriptor: Descriptor,
     /// sha256 of the uncompressed tar (the config's `rootfs.diff_ids`).
     pub diff_id: Digest,
-    /// Compressed size.
-    pub size: u64,
     /// Uncompressed size.
     pub tar_size: u64,
 }
@@ -108,9 +106,8 @@ pub fn write_layer(
     let (blob, _) = gz.finish()?;
     let (stored, stored_size) = blob.commit()?;
     Ok(LayerBlob {
-        digest: stored,
+        descriptor: Descriptor::new(media::LAYER_GZIP, stored, stored_size),
         diff_id,
-        size: stored_size,
         tar_size,
     })
 }
@@ -362,10 +359,10 @@ mod tests {
             &store,
         )
         .unwrap();
-        assert_ne!(a.digest, c.digest);
+        assert_ne!(a.descriptor.digest, c.descriptor.digest);
 
         // read it back with the tar crate
-        let f = store.open_verified(&a.digest).unwrap();
+        let f = store.open_verified(&a.descriptor.digest).unwrap();
         let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
         let mut seen = vec![];
         for e in ar.entries().unwrap() {

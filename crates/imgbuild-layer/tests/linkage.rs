@@ -139,7 +139,12 @@ impl Env {
         };
         layers
             .iter()
-            .map(|t| write_layer(t, &opts, &self.store).unwrap().digest)
+            .map(|t| {
+                write_layer(t, &opts, &self.store)
+                    .unwrap()
+                    .descriptor
+                    .digest
+            })
             .collect()
     }
 

@@ -939,6 +939,7 @@ fn bytecode_without_the_image_interpreter_is_an_error() {
     };
     let scratch = imgbuild_layer::write_layer(&other, &opts, &store)
         .unwrap()
+        .descriptor
         .digest;
     let image = ImageFiles::from_layers(&store, std::slice::from_ref(&scratch)).unwrap();
     let err =
@@ -1002,6 +1003,7 @@ fn bytecode_without_the_image_interpreter_is_an_error() {
     .unwrap();
     let whiteout = imgbuild_layer::write_layer(&gone, &opts, &store)
         .unwrap()
+        .descriptor
         .digest;
     let image = ImageFiles::from_layers(&store, &[layer.clone(), whiteout]).unwrap();
     assert!(matches!(

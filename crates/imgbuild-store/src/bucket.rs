@@ -88,7 +88,7 @@ impl Bucket {
     pub const fn name(self) -> &'static str {
         match self {
             Bucket::Layers => "layers-v2",
-            Bucket::Images => "images-v1",
+            Bucket::Images => "images-v2",
             Bucket::Bases => "bases-v1",
             Bucket::BaseContents => "base-contents-v1",
             Bucket::StatCache => "statcache-v3",

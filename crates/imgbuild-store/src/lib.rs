@@ -33,8 +33,10 @@ use sha2::{Digest as _, Sha256};
 
 pub mod atomic;
 mod bucket;
+mod descriptor;
 pub use atomic::{AtomicFile, TempOwner, write_atomic};
 pub use bucket::{Bucket, BucketKind, disk_bytes, remove_path};
+pub use descriptor::{Descriptor, media};
 
 /// Errors of the store. Each names the path or digest involved.
 #[derive(Debug, thiserror::Error)]

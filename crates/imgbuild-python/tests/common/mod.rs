@@ -331,6 +331,7 @@ pub fn debian_python_layer(store: &imgbuild_store::Store) -> imgbuild_store::Dig
     };
     imgbuild_layer::write_layer(&tree, &opts, store)
         .unwrap()
+        .descriptor
         .digest
 }
 
