@@ -353,7 +353,7 @@ fn bad_input_gives_clear_errors_and_writes_nothing() {
         (
             "an unknown layer key",
             "[[layers]]\nfilez = []\n",
-            "unknown field `filez`, expected one of `debian`, `python`, `archive`, `files`, `dirs`, `symlinks`, `users`, `groups`, `allow_missing`",
+            "unknown field `filez`, expected one of `debian`, `python`, `build`, `archive`, `files`, `dirs`, `symlinks`, `users`, `groups`, `allow_missing`",
         ),
     ];
     for (what, recipe, expected) in cases {
