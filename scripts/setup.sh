@@ -5,7 +5,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
-for pkg in skopeo umoci podman runc docker-registry uidmap gcc libc6-dev curl ca-certificates bubblewrap; do
+for pkg in skopeo umoci podman runc docker-registry uidmap gcc libc6-dev curl ca-certificates bubblewrap qemu-user-static binfmt-support; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,6 +21,15 @@ if ! grep -q '^default_ulimits = \[\]' "$conf" 2>/dev/null; then
   mkdir -p /etc/containers
   printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n' > "$conf"
 fi
+
+# arm64 under emulation (tests run arm64 images and foreign-architecture
+# interpreters): binfmt_misc mounted and qemu-aarch64 enabled. imgbuild itself never
+# needs this to build; only running a foreign image or build step does.
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { echo "setup: could not enable qemu-aarch64 in binfmt_misc" >&2; exit 1; }
 
 # The Debian docker-registry package starts a service on :5000 on some systems;
 # the tests start their own registries on free loopback ports and need nothing else.
