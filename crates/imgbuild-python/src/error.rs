@@ -96,6 +96,8 @@ pub enum Error {
          set `bytecode = false` to build without them"
     )]
     Interpreter { path: String, msg: String },
+    #[error("the venv's target is read from the image's interpreter `{path}`: {msg}")]
+    Target { path: String, msg: String },
     #[error("lower layer: {0}")]
     Image(#[from] imgbuild_layer::image::ImageError),
     #[error(

@@ -27,6 +27,7 @@
 pub mod bytecode;
 pub mod error;
 pub mod fetch;
+pub mod image_target;
 pub mod index;
 pub mod install;
 pub mod interpreter;
@@ -42,6 +43,7 @@ use sha2::Digest as _;
 
 pub use error::{Error, Result};
 pub use fetch::{SelectedWheel, fetch_wheels};
+pub use image_target::{ImageTarget, read_target};
 pub use imgbuild_layer::image::ImageFiles;
 pub use index::IndexConfig;
 pub use install::{InstallReport, check_closure, install};
