@@ -335,7 +335,11 @@ impl LayerSource for DebianSource {
                 "format": "debian-v2",
                 "remove_paths": spec.remove_paths,
                 "base": spec.base,
-                "stdlib_bytecode": stdlib_bytecode.then_some("image-python3.11"),
+                "stdlib_bytecode": (!stdlib_bytecode.is_empty()).then(|| stdlib_bytecode
+                    .iter()
+                    .map(|v| format!("image-python{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")),
             })
             .to_string(),
         ));
@@ -361,8 +365,9 @@ struct DebianPlan<'a> {
     suite: Suite,
     arch: Arch,
     label: String,
-    /// Whether the layer's own python3 byte-compiles its standard library.
-    stdlib_bytecode: bool,
+    /// The CPython versions (`3.13`) whose standard library the layer's own
+    /// interpreter byte-compiles.
+    stdlib_bytecode: Vec<String>,
 }
 
 impl SourcePlan for DebianPlan<'_> {
@@ -407,15 +412,16 @@ impl SourcePlan for DebianPlan<'_> {
         }
         imgbuild_debian::remove_paths(tree, &self.spec.remove_paths)?;
         let mut notes = imgbuild_debian::deb::notes(&reports, tree);
-        if self.stdlib_bytecode {
+        for version in &self.stdlib_bytecode {
             progress.status(format!(
-                "{label}: byte-compiling the Python standard library"
+                "{label}: byte-compiling the Python {version} standard library"
             ));
             notes.extend(super::stdlib_pyc::compile(
                 &inputs.store,
                 tree,
                 inputs.jobs,
                 self.arch,
+                version,
             )?);
         }
         Ok(Contribution { blobs, notes })

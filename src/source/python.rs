@@ -1,21 +1,27 @@
 //! The `python` layer source (`python = { requirements, venv, interpreter, bytecode }`):
-//! a venv built by `imgbuild-python` from a pinned,
-//! hashed requirements file, for the image's interpreter (CPython 3.11.2 on
-//! bookworm), never the build host's.
+//! a venv built by `imgbuild-python` from a pinned, hashed requirements file, for the
+//! image's interpreter, never the build host's.
+//!
+//! The target (CPython version, ABI, glibc version, architecture) is read from the
+//! image at build time (`imgbuild_python::image_target`): the layers below this one
+//! and what this layer's Debian packages wrote. `interpreter` names any CPython 3 the
+//! image has; without it, the image's own (`/usr/local/bin/python3`, then
+//! `/usr/bin/python3`, then its only `python3.Y`).
 //!
 //! The fingerprint reads only the requirements file (no network, no wheels, no
-//! Python process). With bytecode on, the `.pyc` files are written by the image's
-//! own interpreter, copied out of the layers below this one (and of what this
-//! layer's Debian packages wrote) and run through the image's loader
-//! (`imgbuild_python::interpreter`), so the fingerprint also names those layers
-//! (their diff_ids; this layer's packages are in its fingerprint already): they
-//! decide the interpreter, the build host does not.
+//! Python process, no layer blob): what decides the target and the interpreter that
+//! writes the `.pyc` files is the image below, so the fingerprint names those layers
+//! (their diff_ids; this layer's packages are in its fingerprint already), with
+//! bytecode on or off. Reading the target itself at plan time would cost a pass over
+//! every layer below on every build, cached or not; the layers decide it, so naming
+//! them is the same contract at no cost (a change below that leaves the target alone
+//! rebuilds the venv, which a change below does with bytecode on anyway).
 
 use anyhow::{Context, Result};
 use imgbuild_layer::Tree;
 use imgbuild_python::{
-    ImageFiles, ImageInterpreter, Requirements, VenvSpec, fetch_wheels, fingerprint, install,
-    parse_requirements,
+    ImageFiles, ImageInterpreter, Requirements, VenvSpec, fetch_wheels, install,
+    parse_requirements, read_target, request_fingerprint, validate_paths,
 };
 use imgbuild_store::{Digest, Store};
 
@@ -32,17 +38,14 @@ pub struct RawPython {
     pub requirements: Spanned<String>,
     #[serde(default = "default_venv")]
     pub venv: String,
-    #[serde(default = "default_interpreter")]
-    pub interpreter: String,
+    /// The image's interpreter (absolute in-image path); default: the one it has.
+    pub interpreter: Option<String>,
     /// Precompile `.pyc` (unchecked-hash) with the image's own interpreter.
     pub bytecode: Option<bool>,
 }
 
 fn default_venv() -> String {
     "/opt/venv".into()
-}
-fn default_interpreter() -> String {
-    "/usr/bin/python3.11".into()
 }
 
 crate::single_key_table!(RawPythonTable, "python", RawPython);
@@ -52,7 +55,8 @@ pub struct PythonSpec {
     pub requirements: std::path::PathBuf,
     pub requirements_rel: std::path::PathBuf,
     pub venv: String,
-    pub interpreter: String,
+    /// `None`: the image's own (see the module docs).
+    pub interpreter: Option<String>,
     pub bytecode: bool,
     pub pos: Pos,
 }
@@ -99,11 +103,8 @@ impl LayerSource for PythonSource {
 
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
         let p = &self.spec;
-        let mut spec = VenvSpec::bookworm(&p.requirements, &p.venv);
-        spec.interpreter = p.interpreter.clone();
-        spec.bytecode = p.bytecode;
         let at = cx.at(&p.pos);
-        spec.validate().with_context(|| at.clone())?;
+        validate_paths(&p.venv, p.interpreter.as_deref()).with_context(|| at.clone())?;
         let reqs = parse_requirements(&p.requirements).with_context(|| at.clone())?;
         let lower: Vec<(Digest, Digest)> = cx
             .lower_layers
@@ -125,21 +126,20 @@ impl LayerSource for PythonSource {
         }
         cx.input(Input::hash(
             format!(
-                "{} (venv, interpreter, target, options)",
+                "{} (venv, interpreter, options)",
                 p.requirements_rel.display()
             ),
-            fingerprint(&spec, &reqs),
+            request_fingerprint(&p.venv, p.interpreter.as_deref(), p.bytecode, &reqs),
         ));
-        // the interpreter that writes the .pyc files is the one of the layers below
-        if spec.bytecode {
-            let diff_ids: Vec<&Digest> = lower.iter().map(|(_, d)| d).collect();
-            cx.input(Input::hash(
-                "lower layers (the interpreter that writes .pyc files)",
-                Input::digest_of(&diff_ids),
-            ));
-        }
+        // the layers below decide the target (interpreter version, C library,
+        // architecture) and the interpreter that writes the .pyc files
+        let diff_ids: Vec<&Digest> = lower.iter().map(|(_, d)| d).collect();
+        cx.input(Input::hash(
+            "lower layers (the Python target and the interpreter that writes .pyc files)",
+            Input::digest_of(&diff_ids),
+        ));
         Ok(Box::new(PythonPlan {
-            spec,
+            source: p.clone(),
             reqs,
             lower,
             store: cx.session.store.clone(),
@@ -153,7 +153,7 @@ impl LayerSource for PythonSource {
 }
 
 struct PythonPlan {
-    spec: VenvSpec,
+    source: PythonSpec,
     reqs: Requirements,
     /// The image's layers below this one: (blob digest, diff_id).
     lower: Vec<(Digest, Digest)>,
@@ -168,36 +168,46 @@ struct PythonPlan {
 
 impl SourcePlan for PythonPlan {
     fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
-        // the image's interpreter first: a missing one fails before any download
-        let interpreter = if self.spec.bytecode {
+        // the target first, from the image: a missing interpreter fails before any download
+        self.progress.status(format!(
+            "{}: reading the Python target from the layers below",
+            self.label
+        ));
+        let digests: Vec<Digest> = self.lower.iter().map(|(d, _)| d.clone()).collect();
+        let mut image = ImageFiles::from_layers(&self.store, &digests)
+            .with_context(|| format!("{}: reading the layers below", self.at))?;
+        // what this layer's other sources wrote (Debian packages) counts too
+        image.overlay(tree);
+        let found = read_target(&image, self.source.interpreter.as_deref())
+            .with_context(|| format!("{}: python layer", self.at))?;
+        let spec = VenvSpec::for_image(
+            &self.source.requirements,
+            &self.source.venv,
+            self.source.bytecode,
+            &found,
+        );
+        spec.validate()
+            .with_context(|| format!("{}: python layer", self.at))?;
+        let interpreter = if spec.bytecode {
             self.progress.status(format!(
                 "{}: copying the image's {} out of the layers below",
-                self.label, self.spec.interpreter
+                self.label, spec.interpreter
             ));
-            let digests: Vec<Digest> = self.lower.iter().map(|(d, _)| d.clone()).collect();
-            let mut image = ImageFiles::from_layers(&self.store, &digests)
-                .with_context(|| format!("{}: reading the layers below", self.at))?;
-            // what this layer's other sources wrote (Debian packages) counts too
-            image.overlay(tree);
             Some(
-                ImageInterpreter::materialise(
-                    &image,
-                    &self.spec.interpreter,
-                    &self.spec.target,
-                    &self.store,
-                )
-                .with_context(|| format!("{}: python layer", self.at))?,
+                ImageInterpreter::materialise(&image, &spec.interpreter, &spec.target, &self.store)
+                    .with_context(|| format!("{}: python layer", self.at))?,
             )
         } else {
             None
         };
+        drop(image);
         self.progress.status(format!(
             "{}: fetching {} wheel(s)",
             self.label,
             self.reqs.requirements.len()
         ));
         let wheels = fetch_wheels(
-            &self.spec,
+            &spec,
             &self.reqs,
             &self.store,
             self.http.client()?,
@@ -207,7 +217,7 @@ impl SourcePlan for PythonPlan {
             "{}: installing {} wheel(s) into {}{}",
             self.label,
             wheels.len(),
-            self.spec.venv,
+            spec.venv,
             if interpreter.is_some() {
                 " and byte-compiling them"
             } else {
@@ -215,7 +225,7 @@ impl SourcePlan for PythonPlan {
             }
         ));
         let report = install(
-            &self.spec,
+            &spec,
             &self.reqs,
             &wheels,
             &self.store,
@@ -227,13 +237,19 @@ impl SourcePlan for PythonPlan {
         for w in &report.warnings {
             self.progress.warn(format!("{}: {w}", self.label));
         }
-        let mut notes = vec![format!(
-            "{} package(s), {} file(s), {} .pyc, scripts: {}",
-            report.packages.len(),
-            report.files,
-            report.pyc_files,
-            report.scripts.join(" ")
-        )];
+        let mut notes = vec![
+            format!(
+                "target: {} ({}; version from {}, glibc from {})",
+                spec.target, spec.interpreter, found.version_from, found.libc_from
+            ),
+            format!(
+                "{} package(s), {} file(s), {} .pyc, scripts: {}",
+                report.packages.len(),
+                report.files,
+                report.pyc_files,
+                report.scripts.join(" ")
+            ),
+        ];
         if let Some(i) = &interpreter {
             notes.push(format!(".pyc files written by {}", i.describe()));
         }

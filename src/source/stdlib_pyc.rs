@@ -1,9 +1,10 @@
-//! Byte-compiling Debian's Python standard library, as the python3.11 package's
+//! Byte-compiling Debian's Python standard library, as the python3.Y package's
 //! postinst (`py3compile`) would: without it, every start of a Python image
 //! compiles each stdlib module it imports again (the stack's app and workers spent
-//! ~1.4 s on it per start, and every health check too).
+//! ~1.4 s on it per start, and every health check too). Any CPython 3.Y Debian ships
+//! (bookworm's 3.11, trixie's 3.13): the version comes from the layer's packages.
 //!
-//! The compiler is the layer's own `/usr/bin/python3.11`: the interpreter, its
+//! The compiler is the layer's own `/usr/bin/python3.Y`: the interpreter, its
 //! standard library and shared libraries are copied out of the layer being built
 //! and run through the layer's own loader (`imgbuild_python::interpreter`), so the
 //! build host's Python (if any) takes no part and the locked packages alone decide
@@ -13,76 +14,87 @@
 //! package set.
 //!
 //! When: `bytecode` of the `debian` source; by default whenever the layer ships the
-//! standard library *and* the interpreter (`python3.11-minimal`). A layer with only
-//! the standard library (an embedded interpreter, as PL/Python's `libpython3.11`)
-//! has nothing to compile with and gets no `.pyc` files, on every machine alike;
-//! `bytecode = true` there is an error.
+//! standard library (`libpython3.Y-stdlib`) *and* the interpreter
+//! (`python3.Y-minimal`). A layer with only the standard library (an embedded
+//! interpreter, as PL/Python's `libpython3.Y`) has nothing to compile with and gets no
+//! `.pyc` files, on every machine alike; `bytecode = true` there is an error.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
 use imgbuild_python::bytecode::compile_sources;
-use imgbuild_python::{ImageFiles, ImageInterpreter, Target};
+use imgbuild_python::{ImageFiles, ImageInterpreter, read_target};
 use imgbuild_store::{Digest, Store};
 
-const STDLIB: &str = "usr/lib/python3.11";
-const INTERPRETER: &str = "/usr/bin/python3.11";
-/// The packages that ship the standard library, and the one with the interpreter.
-const STDLIB_PACKAGES: [&str; 2] = ["libpython3.11-stdlib", "libpython3.11-minimal"];
-const INTERPRETER_PACKAGE: &str = "python3.11-minimal";
-
-/// The interpreter's target: bookworm's CPython 3.11 on the layer's architecture (the
-/// architecture picks the loader and the triplet, `aarch64-linux-gnu` for arm64).
-fn target(arch: imgbuild_debian::Arch) -> Target {
-    Target {
-        arch: match arch {
-            imgbuild_debian::Arch::Amd64 => "x86_64",
-            imgbuild_debian::Arch::Arm64 => "aarch64",
-        }
-        .into(),
-        ..Target::bookworm_cpython311()
-    }
+/// The `3.Y` of Debian's packages of CPython 3.Y: `libpython3.13-stdlib` ->
+/// (`3.13`, stdlib), `python3.13-minimal` -> (`3.13`, interpreter).
+fn python_package(name: &str) -> Option<(String, bool)> {
+    let (v, interpreter) = if let Some(rest) = name.strip_prefix("libpython") {
+        (
+            rest.strip_suffix("-stdlib")
+                .or_else(|| rest.strip_suffix("-minimal"))?,
+            false,
+        )
+    } else {
+        (name.strip_prefix("python")?.strip_suffix("-minimal")?, true)
+    };
+    let (ma, mi) = v.split_once('.')?;
+    (ma == "3" && !mi.is_empty() && mi.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| (v.to_owned(), interpreter))
 }
 
 /// Whether a Debian layer with these packages gets a byte-compiled standard library,
-/// given the recipe's `bytecode` (`None`: not set). `Err`: `bytecode = true` on a
-/// layer that cannot have it.
+/// given the recipe's `bytecode` (`None`: not set): the `3.Y` of each CPython whose
+/// standard library (`libpython3.Y-stdlib` or `-minimal`) and interpreter
+/// (`python3.Y-minimal`) the layer ships (bookworm's 3.11, trixie's 3.13). `Err`:
+/// `bytecode = true` on a layer that cannot have it.
 pub fn wanted(
     option: Option<bool>,
     package_names: impl IntoIterator<Item = impl AsRef<str>>,
-) -> std::result::Result<bool, String> {
-    let names: Vec<String> = package_names
-        .into_iter()
-        .map(|n| n.as_ref().to_owned())
-        .collect();
-    let stdlib = names.iter().any(|n| STDLIB_PACKAGES.contains(&n.as_str()));
-    let interpreter = names.iter().any(|n| n == INTERPRETER_PACKAGE);
-    match option {
-        Some(false) => Ok(false),
-        None => Ok(stdlib && interpreter),
-        Some(true) if stdlib && interpreter => Ok(true),
-        Some(true) => Err(format!(
-            "`bytecode = true`, but the layer does not ship {}: the standard library is byte-compiled by the layer's own {INTERPRETER} ({INTERPRETER_PACKAGE})",
-            if stdlib {
-                "the interpreter"
+) -> std::result::Result<Vec<String>, String> {
+    let mut stdlib = std::collections::BTreeSet::new();
+    let mut interpreter = std::collections::BTreeSet::new();
+    for n in package_names {
+        if let Some((v, is_interpreter)) = python_package(n.as_ref()) {
+            if is_interpreter {
+                interpreter.insert(v);
             } else {
-                "CPython 3.11"
+                stdlib.insert(v);
             }
-        )),
+        }
+    }
+    let both: Vec<String> = stdlib.intersection(&interpreter).cloned().collect();
+    match option {
+        Some(false) => Ok(vec![]),
+        None => Ok(both),
+        Some(true) if !both.is_empty() => Ok(both),
+        Some(true) => Err(match stdlib.iter().next() {
+            Some(v) => format!(
+                "`bytecode = true`, but the layer does not ship the interpreter: the standard library is \
+                 byte-compiled by the layer's own /usr/bin/python{v} (python{v}-minimal)"
+            ),
+            None => "`bytecode = true`, but the layer does not ship CPython 3 (libpython3.Y-stdlib and \
+                     python3.Y-minimal): the standard library is byte-compiled by the layer's own interpreter"
+                .into(),
+        }),
     }
 }
 
-/// Adds `__pycache__/*.cpython-311.pyc` for the stdlib in `tree`; returns notes.
-/// `arch` is the layer's architecture: its interpreter runs through that
-/// architecture's loader, from its multiarch library directory.
+/// Adds `__pycache__/*.cpython-3Y.pyc` for the standard library of CPython `version`
+/// (`3.13`, from [`wanted`]) in `tree`; returns notes. `arch` is the layer's
+/// architecture: its interpreter runs through that architecture's loader, from its
+/// multiarch library directory.
 pub fn compile(
     store: &Store,
     tree: &mut Tree,
     jobs: usize,
     arch: imgbuild_debian::Arch,
+    version: &str,
 ) -> Result<Vec<String>> {
-    let prefix = format!("{STDLIB}/");
+    let stdlib_dir = format!("usr/lib/python{version}");
+    let interpreter = format!("/usr/bin/python{version}");
+    let prefix = format!("{stdlib_dir}/");
     let sources: Vec<(String, Content)> = tree
         .iter()
         .filter_map(|(p, n)| match n {
@@ -95,19 +107,23 @@ pub fn compile(
         })
         .collect();
     if sources.is_empty() {
-        bail!("the layer has no standard library in /{STDLIB} to byte-compile");
+        bail!("the layer has no standard library in /{stdlib_dir} to byte-compile");
     }
-    let python = ImageInterpreter::materialise(
-        &ImageFiles::from_tree(tree),
-        INTERPRETER,
-        &target(arch),
-        store,
-    )
+    let image = ImageFiles::from_tree(tree);
+    let found = read_target(&image, Some(&interpreter))
+        .context("byte-compiling the layer's Python standard library (`debian = { ..., bytecode = false }` turns it off)")?;
+    if found.target.arch != arch_machine(arch) {
+        bail!(
+            "the layer is for {arch}, but its {interpreter} is for {}",
+            found.target.arch
+        );
+    }
+    let python = ImageInterpreter::materialise(&image, &interpreter, &found.target, store)
     .context("byte-compiling the layer's Python standard library (`debian = { ..., bytecode = false }` turns it off)")?;
     let (stdlib, host_dir) = python.stdlib();
-    if stdlib != STDLIB {
+    if stdlib != stdlib_dir {
         bail!(
-            "{} found its standard library in /{stdlib}, not /{STDLIB}",
+            "{} found its standard library in /{stdlib}, not /{stdlib_dir}",
             python.describe()
         );
     }
@@ -137,10 +153,10 @@ pub fn compile(
         .map(|(rel, _)| (rel.clone(), host_dir.join(rel)))
         .collect();
     host.sort();
-    let compiled = compile_sources(store, &python, &key, &format!("/{STDLIB}"), &host, jobs)
+    let compiled = compile_sources(store, &python, &key, &format!("/{stdlib_dir}"), &host, jobs)
         .context("byte-compiling the Python standard library")?;
     for f in &compiled.files {
-        let path = TreePath::new(&format!("{STDLIB}/{}", f.path))?;
+        let path = TreePath::new(&format!("{stdlib_dir}/{}", f.path))?;
         tree.insert(
             path,
             Node::File {
@@ -167,6 +183,14 @@ pub fn compile(
     Ok(notes)
 }
 
+/// The machine name of a Debian architecture (as an ELF header gives it).
+fn arch_machine(arch: imgbuild_debian::Arch) -> &'static str {
+    match arch {
+        imgbuild_debian::Arch::Amd64 => "x86_64",
+        imgbuild_debian::Arch::Arm64 => "aarch64",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,23 +198,30 @@ mod tests {
     #[test]
     fn when_the_standard_library_is_compiled() {
         let full = ["libc6", "libpython3.11-stdlib", "python3.11-minimal"];
+        let trixie = [
+            "libc6",
+            "libpython3.13-minimal",
+            "libpython3.13-stdlib",
+            "python3.13-minimal",
+            "python3-minimal",
+        ];
         let embedded = ["libc6", "libpython3.11", "libpython3.11-stdlib"];
         let none = ["nginx", "libc6"];
-        assert_eq!(wanted(None, full), Ok(true));
-        assert_eq!(wanted(Some(true), full), Ok(true));
-        assert_eq!(wanted(Some(false), full), Ok(false));
-        assert_eq!(wanted(None, embedded), Ok(false));
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(wanted(None, full), Ok(v(&["3.11"])));
+        assert_eq!(wanted(None, trixie), Ok(v(&["3.13"])));
+        assert_eq!(wanted(Some(true), full), Ok(v(&["3.11"])));
+        assert_eq!(wanted(Some(false), full), Ok(vec![]));
+        assert_eq!(wanted(None, embedded), Ok(vec![]));
+        let e = wanted(Some(true), embedded).unwrap_err();
         assert!(
-            wanted(Some(true), embedded)
-                .unwrap_err()
-                .contains("interpreter")
+            e.contains("interpreter") && e.contains("python3.11-minimal"),
+            "{e}"
         );
-        assert_eq!(wanted(Some(false), embedded), Ok(false));
-        assert_eq!(wanted(None, none), Ok(false));
-        assert!(
-            wanted(Some(true), none)
-                .unwrap_err()
-                .contains("CPython 3.11")
-        );
+        assert_eq!(wanted(Some(false), embedded), Ok(vec![]));
+        assert_eq!(wanted(None, none), Ok(vec![]));
+        assert!(wanted(Some(true), none).unwrap_err().contains("CPython 3"));
+        assert_eq!(python_package("python3-minimal"), None);
+        assert_eq!(python_package("libpython3.13t-stdlib"), None);
     }
 }

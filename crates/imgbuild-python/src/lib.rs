@@ -81,27 +81,26 @@ impl VenvSpec {
         }
     }
 
+    /// The spec of a venv over an image whose target was read by
+    /// [`image_target::read_target`].
+    pub fn for_image(
+        requirements: impl Into<PathBuf>,
+        venv: &str,
+        bytecode: bool,
+        image: &ImageTarget,
+    ) -> VenvSpec {
+        VenvSpec {
+            requirements: requirements.into(),
+            venv: venv.to_owned(),
+            interpreter: image.interpreter.clone(),
+            bytecode,
+            target: image.target.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.target.validate().map_err(Error::Spec)?;
-        for (what, p) in [("venv", &self.venv), ("interpreter", &self.interpreter)] {
-            if !p.starts_with('/')
-                || p.split('/').any(|c| c == ".." || c == ".")
-                || p.contains(['\n', '\0'])
-            {
-                return Err(Error::Spec(format!(
-                    "{what} `{p}` must be an absolute in-image path without `.` or `..`"
-                )));
-            }
-        }
-        if self.venv.trim_end_matches('/').is_empty() {
-            return Err(Error::Spec("venv cannot be `/`".into()));
-        }
-        if self.interpreter.ends_with('/') {
-            return Err(Error::Spec(format!(
-                "interpreter `{}` must name a file",
-                self.interpreter
-            )));
-        }
+        validate_paths(&self.venv, Some(&self.interpreter))?;
         // the venv is laid out for the target (lib/python3.Y, cp3Y wheels): an
         // interpreter named for another version would not find any of it
         let (major, minor) = self.target.python_major_minor();
@@ -126,6 +125,50 @@ impl VenvSpec {
     }
 }
 
+/// Checks the in-image paths of a venv request (the interpreter: when named), before the
+/// target is known.
+pub fn validate_paths(venv: &str, interpreter: Option<&str>) -> Result<()> {
+    for (what, p) in [("venv", Some(venv)), ("interpreter", interpreter)] {
+        let Some(p) = p else { continue };
+        if !p.starts_with('/')
+            || p.split('/').any(|c| c == ".." || c == ".")
+            || p.contains(['\n', '\0'])
+        {
+            return Err(Error::Spec(format!(
+                "{what} `{p}` must be an absolute in-image path without `.` or `..`"
+            )));
+        }
+    }
+    if venv.trim_end_matches('/').is_empty() {
+        return Err(Error::Spec("venv cannot be `/`".into()));
+    }
+    if let Some(i) = interpreter
+        && i.ends_with('/')
+    {
+        return Err(Error::Spec(format!("interpreter `{i}` must name a file")));
+    }
+    Ok(())
+}
+
+/// A stable fingerprint (hex sha256) of a venv request whose target is not known yet:
+/// [`fingerprint`] without the target, with the interpreter as the recipe names it
+/// (`None`: the image's default). The target is read from the image at build time
+/// ([`image_target`]): the caller makes what decides it (the layers below, the
+/// layer's own packages) an input of its key.
+pub fn request_fingerprint(
+    venv: &str,
+    interpreter: Option<&str>,
+    bytecode: bool,
+    reqs: &Requirements,
+) -> String {
+    let head = format!(
+        "{FORMAT_VERSION}\ntarget from the image\nvenv={}\ninterpreter={}\nbytecode={bytecode}\n",
+        venv.trim_end_matches('/'),
+        interpreter.unwrap_or("(the image's default)")
+    );
+    hash_with_requirements(head, reqs)
+}
+
 /// A stable fingerprint (hex sha256) of everything that determines the layer: format
 /// version, target, venv, interpreter, options, and every requirement (normalised name,
 /// version, extras, marker, hashes), sorted. No network, no wheel reads. The index URL
@@ -143,6 +186,12 @@ pub fn fingerprint(spec: &VenvSpec, reqs: &Requirements) -> String {
     text.push_str(&format!("venv={}\n", spec.venv.trim_end_matches('/')));
     text.push_str(&format!("interpreter={}\n", spec.interpreter));
     text.push_str(&format!("bytecode={}\n", spec.bytecode));
+    hash_with_requirements(text, reqs)
+}
+
+/// `head` and every requirement (normalised name, version, extras, marker, hashes),
+/// sorted, hashed.
+fn hash_with_requirements(mut text: String, reqs: &Requirements) -> String {
     let mut rs: Vec<&Requirement> = reqs.requirements.iter().collect();
     rs.sort_by(|a, b| a.key.cmp(&b.key));
     for r in rs {
