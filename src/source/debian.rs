@@ -89,6 +89,46 @@ impl DebianInputs {
         }
     }
 
+    /// Whether `suite`'s index for `arch` has `name` at exactly `version`.
+    pub fn has_version(&self, suite: Suite, arch: Arch, name: &str, version: &str) -> Result<bool> {
+        let index = self.index(suite, arch)?;
+        Ok(index.versions(name).iter().any(|e| e.version == version))
+    }
+
+    /// Resolves `roots` (`name` or `name=version`) in `suite`'s index for `arch`, fetches
+    /// (verified, cached) and unpacks them into `tree`; returns the packages. Outside
+    /// any lock: `native_python` uses it for the build machine's build of a foreign
+    /// image's interpreter, pinned to the image's own package versions.
+    pub fn unpack_into(
+        &self,
+        suite: Suite,
+        arch: Arch,
+        roots: &[String],
+        tree: &mut Tree,
+    ) -> Result<Vec<LockedPackage>> {
+        let index = self.index(suite, arch)?;
+        let packages = resolve(&index, roots, &[])?.packages;
+        let progress = &self.progress;
+        let fetcher = Fetcher {
+            mirror: &self.mirror,
+            store: &self.store,
+            http: self.http.client()?,
+            in_flight: &self.in_flight,
+            jobs: self.jobs.max(4),
+        };
+        fetcher
+            .fetch(&packages, &|msg: &str| progress.status(msg.to_owned()))
+            .context("fetching .deb files")?;
+        Unpacker::for_arch(arch).unpack_all(
+            &self.store,
+            &packages,
+            tree,
+            self.jobs,
+            &|p: &LockedPackage| progress.status(format!("unpacking {} {}", p.name, p.version)),
+        )?;
+        Ok(packages)
+    }
+
     /// The index of one release for one architecture: the release's suites and the
     /// repositories that belong to it ([`repository_release`]).
     fn index(&self, suite: Suite, arch: Arch) -> Result<Arc<Index>> {
@@ -417,6 +457,7 @@ impl SourcePlan for DebianPlan<'_> {
                 "{label}: byte-compiling the Python {version} standard library"
             ));
             notes.extend(super::stdlib_pyc::compile(
+                inputs,
                 &inputs.store,
                 tree,
                 inputs.jobs,

@@ -33,6 +33,7 @@ pub mod build_step;
 pub mod debian;
 pub mod files;
 pub mod linkage;
+pub mod native_python;
 pub mod python;
 pub mod stdlib_pyc;
 pub mod walk;

@@ -20,8 +20,8 @@
 use anyhow::{Context, Result};
 use imgbuild_layer::Tree;
 use imgbuild_python::{
-    ImageFiles, ImageInterpreter, Requirements, VenvSpec, fetch_wheels, install,
-    parse_requirements, read_target, request_fingerprint, validate_paths,
+    ImageFiles, Requirements, VenvSpec, fetch_wheels, install, parse_requirements, read_target,
+    request_fingerprint, validate_paths,
 };
 use imgbuild_store::{Digest, Store};
 
@@ -139,6 +139,7 @@ impl LayerSource for PythonSource {
             Input::digest_of(&diff_ids),
         ));
         Ok(Box::new(PythonPlan {
+            debian: &cx.session.debian,
             source: p.clone(),
             reqs,
             lower,
@@ -152,7 +153,9 @@ impl LayerSource for PythonSource {
     }
 }
 
-struct PythonPlan {
+struct PythonPlan<'s> {
+    /// For the build machine's build of a foreign image's interpreter.
+    debian: &'s super::debian::DebianInputs,
     source: PythonSpec,
     reqs: Requirements,
     /// The image's layers below this one: (blob digest, diff_id).
@@ -166,7 +169,7 @@ struct PythonPlan {
     at: String,
 }
 
-impl SourcePlan for PythonPlan {
+impl SourcePlan for PythonPlan<'_> {
     fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
         // the target first, from the image: a missing interpreter fails before any download
         self.progress.status(format!(
@@ -194,7 +197,7 @@ impl SourcePlan for PythonPlan {
                 self.label, spec.interpreter
             ));
             Some(
-                ImageInterpreter::materialise(&image, &spec.interpreter, &spec.target, &self.store)
+                super::native_python::pyc_writer(self.debian, &image, &found, &self.store)
                     .with_context(|| format!("{}: python layer", self.at))?,
             )
         } else {

@@ -22,9 +22,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use imgbuild_layer::image::FileSource;
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
 use imgbuild_python::bytecode::compile_sources;
-use imgbuild_python::{ImageFiles, ImageInterpreter, read_target};
+use imgbuild_python::{ImageFiles, read_target};
 use imgbuild_store::{Digest, Store};
 
 /// The `3.Y` of Debian's packages of CPython 3.Y: `libpython3.13-stdlib` ->
@@ -86,6 +87,7 @@ pub fn wanted(
 /// architecture: its interpreter runs through that architecture's loader, from its
 /// multiarch library directory.
 pub fn compile(
+    debian: &super::debian::DebianInputs,
     store: &Store,
     tree: &mut Tree,
     jobs: usize,
@@ -118,9 +120,31 @@ pub fn compile(
             found.target.arch
         );
     }
-    let python = ImageInterpreter::materialise(&image, &interpreter, &found.target, store)
+    let python = super::native_python::pyc_writer(debian, &image, &found, store)
     .context("byte-compiling the layer's Python standard library (`debian = { ..., bytecode = false }` turns it off)")?;
-    let (stdlib, host_dir) = python.stdlib();
+    let (stdlib, mut host_dir) = python.stdlib();
+    // this machine's build of a foreign interpreter has its own copy of the standard
+    // library, not the layer's (`_sysconfigdata__linux_aarch64-linux-gnu.py` is not in
+    // the amd64 build): the layer's sources are copied out for it
+    let _sources_copy = if found.target.arch != super::native_python::build_machine() {
+        let root = store.temp_dir()?;
+        let plan = sources
+            .iter()
+            .map(|(rel, c)| {
+                (
+                    format!("{stdlib_dir}/{rel}"),
+                    (FileSource::Content(c.clone()), 0o644),
+                )
+            })
+            .collect();
+        image
+            .copy_out(&plan, &root)
+            .context("copying the layer's standard library out for byte-compiling")?;
+        host_dir = root.join(&stdlib_dir);
+        Some(TempDir(root))
+    } else {
+        None
+    };
     if stdlib != stdlib_dir {
         bail!(
             "{} found its standard library in /{stdlib}, not /{stdlib_dir}",
@@ -181,6 +205,15 @@ pub fn compile(
             .map(|w| format!("standard library: {w}")),
     );
     Ok(notes)
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The machine name of a Debian architecture (as an ELF header gives it).

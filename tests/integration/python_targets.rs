@@ -139,7 +139,7 @@ fn a_venv_on_a_registry_base_with_its_own_python_in_usr_local() {
                     r#"repository = "{}/bases/localpy"
 
 [[layers]]
-debian = {{ packages = ["libpython3.13-stdlib"], bytecode = false }}
+debian = {{ packages = ["libpython3.13-stdlib", "libexpat1"], bytecode = false }}
 
 [[layers]]
 files = [

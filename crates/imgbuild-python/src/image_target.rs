@@ -162,6 +162,19 @@ pub fn read_target(image: &ImageFiles, interpreter: Option<&str>) -> Result<Imag
     })
 }
 
+/// The bytes of the image's file at `path` (symlinks followed), `None` if there is no
+/// such file.
+fn read_file(image: &ImageFiles, path: &str) -> std::result::Result<Option<Vec<u8>>, String> {
+    let Some((real, _, _)) = image.file(path) else {
+        return Ok(None);
+    };
+    Ok(image
+        .read_files(&[real.as_str()], MAX_READ)
+        .map_err(|e| format!("reading `/{path}`: {e}"))?
+        .pop()
+        .flatten())
+}
+
 fn join(dir: &str, rel: &str) -> String {
     if dir.is_empty() {
         rel.to_owned()
@@ -439,12 +452,7 @@ fn read_libc(image: &ImageFiles, arch: &str) -> std::result::Result<(Libc, Strin
             ),
         });
     };
-    let bytes = image
-        .read_files(&[libc.as_str()], MAX_READ)
-        .map_err(|e| format!("reading `/{libc}`: {e}"))?
-        .pop()
-        .flatten()
-        .ok_or_else(|| format!("`/{libc}` could not be read"))?;
+    let bytes = read_file(image, &libc)?.ok_or_else(|| format!("`/{libc}` could not be read"))?;
     let (a, b) = glibc_version(&bytes).map_err(|e| format!("`/{libc}`: {e}"))?;
     Ok((Libc::Glibc(a, b), format!("/{libc}")))
 }
@@ -510,12 +518,11 @@ fn full_version(
     if exe == format!("usr/bin/python{mm}") {
         let package = format!("python{mm}-minimal");
         let status_d = format!("var/lib/dpkg/status.d/{package}");
-        let read = image
-            .read_files(&[status_d.as_str(), "var/lib/dpkg/status"], MAX_READ)
-            .map_err(|e| format!("reading Debian's package records: {e}"))?;
-        for (bytes, from) in read.iter().zip([status_d.as_str(), "var/lib/dpkg/status"]) {
-            let Some(bytes) = bytes else { continue };
-            let text = String::from_utf8_lossy(bytes);
+        for from in [status_d.as_str(), "var/lib/dpkg/status"] {
+            let Some(bytes) = read_file(image, from)? else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes);
             if let Some(v) = debian_package_version(&text, &package)
                 && let Some(v) = check(&upstream_version(&v))
             {
@@ -525,11 +532,7 @@ fn full_version(
     }
     // (2) the header `make install` writes
     let patchlevel = join(prefix, &format!("include/python{mm}/patchlevel.h"));
-    if let Some(Some(bytes)) = image
-        .read_files(&[patchlevel.as_str()], MAX_READ)
-        .map_err(|e| format!("reading `/{patchlevel}`: {e}"))?
-        .pop()
-    {
+    if let Some(bytes) = read_file(image, &patchlevel)? {
         let text = String::from_utf8_lossy(&bytes);
         if let Some(v) = text.lines().find_map(|l| {
             let l = l.trim_start().strip_prefix("#define")?.trim_start();
@@ -549,11 +552,7 @@ fn full_version(
         }
     }
     for b in &binaries {
-        let Some(Some(bytes)) = image
-            .read_files(&[b.as_str()], MAX_READ)
-            .map_err(|e| format!("reading `/{b}`: {e}"))?
-            .pop()
-        else {
+        let Some(bytes) = read_file(image, b)? else {
             continue;
         };
         if let Some(v) = version_string_in(&bytes, &mm) {
@@ -607,7 +606,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// `Version:` of `package` in a deb822 status text (one record, or many).
-fn debian_package_version(text: &str, package: &str) -> Option<String> {
+pub fn debian_package_version(text: &str, package: &str) -> Option<String> {
     for para in text.split("\n\n") {
         let mut name = None;
         let mut version = None;
@@ -627,7 +626,7 @@ fn debian_package_version(text: &str, package: &str) -> Option<String> {
 
 /// The upstream part of a Debian version: `1:3.11.2-6+deb12u6` -> `3.11.2`;
 /// `3.13.0~rc1-1` -> `3.13.0rc1`.
-fn upstream_version(v: &str) -> String {
+pub fn upstream_version(v: &str) -> String {
     let v = v.split_once(':').map(|(_, r)| r).unwrap_or(v);
     let v = v.rsplit_once('-').map(|(u, _)| u).unwrap_or(v);
     v.replace('~', "")

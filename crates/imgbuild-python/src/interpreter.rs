@@ -64,6 +64,8 @@ pub struct ImageInterpreter {
     home: PathBuf,
     /// The in-image standard library directory (`usr/lib/python3.11`).
     stdlib: String,
+    /// What it is, for messages, when not the image's own ([`ImageInterpreter::with_origin`]).
+    origin: Option<String>,
 }
 
 /// The dynamic loader and multiarch triplet of a glibc target architecture.
@@ -192,6 +194,7 @@ impl ImageInterpreter {
             home: root.join(&home),
             stdlib,
             root,
+            origin: None,
         };
         image.copy_out(&plan, &me.root)?;
         fs::create_dir_all(me.root.join("cwd"))
@@ -280,7 +283,17 @@ impl ImageInterpreter {
 
     /// `the image's /usr/bin/python3.11 (CPython 3.11.2)`, for messages.
     pub fn describe(&self) -> String {
-        format!("the image's {} (CPython {})", self.path, self.version)
+        match &self.origin {
+            Some(o) => format!("{o} (CPython {})", self.version),
+            None => format!("the image's {} (CPython {})", self.path, self.version),
+        }
+    }
+
+    /// Names what this interpreter is in messages, when it is not the image's own (the
+    /// build machine's build of the image's interpreter).
+    pub fn with_origin(mut self, origin: String) -> ImageInterpreter {
+        self.origin = Some(origin);
+        self
     }
 }
 
