@@ -3,6 +3,8 @@
 //! Python inside the image.
 //!
 //! The flow, all blocking:
+//! 0. [`read_target`]: the target (interpreter, version, ABI, glibc, architecture) read
+//!    from the image's files ([`image_target`]), never constants; [`VenvSpec::for_image`].
 //! 1. [`parse_requirements`]: every line pinned (`==`) and hashed (`--hash=sha256:`).
 //! 2. [`fingerprint`]: a stable key of everything that determines the layer, computed
 //!    without network or wheel reads, so a caller can skip the whole layer.
@@ -16,11 +18,11 @@
 //!
 //! ```toml
 //! [[layers]]
-//! python = { requirements = "layers/venv/requirements.txt", venv = "/opt/venv", interpreter = "/usr/bin/python3.11" }
+//! python = { requirements = "layers/venv/requirements.txt", venv = "/opt/venv" }  # interpreter: the image's
 //! ```
 //!
 //! Modules: [`version`] (PEP 440), [`marker`] (PEP 508), [`target`] (target, tags, wheel
-//! names), [`requirements`], [`index`] (pip config, simple API), [`fetch`], [`unpack`]
+//! names), [`image_target`] (the target read from an image), [`requirements`], [`index`] (pip config, simple API), [`fetch`], [`unpack`]
 //! (unpacked-wheel cache), [`install`],
 //! [`interpreter`] (the image's interpreter, run on the host), [`bytecode`], [`error`].
 
