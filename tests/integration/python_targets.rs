@@ -207,3 +207,51 @@ symlinks = [ {{ path = "/usr/local/bin/python3", target = "python3.13" }} ]
     );
     assert!(cfg.contains("home = /usr/local/bin"), "{cfg}");
 }
+
+/// An image whose C library is musl (Alpine's layout: `/lib/ld-musl-x86_64.so.1`, no
+/// glibc) is refused before anything is downloaded, in an error that says why. The
+/// interpreter is an ELF header only (the target is read, never run).
+#[test]
+fn a_musl_image_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    project(
+        p,
+        &[(
+            "alpine",
+            r#"[[layers]]
+files = [
+  { src = "python3.12", dest = "/usr/local/bin/python3.12", mode = "0755" },
+  { dest = "/usr/local/lib/python3.12/os.py", content = "" },
+  { dest = "/lib/ld-musl-x86_64.so.1", content = "musl\n" },
+]
+symlinks = [ { path = "/usr/local/bin/python3", target = "python3.12" } ]
+
+[[layers]]
+python = { requirements = "requirements.txt" }
+"#
+            .into(),
+        )],
+    );
+    // e_ident of a 64-bit little-endian ELF, e_type 0, e_machine EM_X86_64
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(16, 0);
+    elf.extend_from_slice(&[0, 0, 62, 0]);
+    std::fs::write(p.join("python3.12"), elf).unwrap();
+    let out = imgbuild(p, store.path())
+        .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+        .args(["build", "alpine"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("recipes/alpine.toml:")
+            && err.contains("`/usr/local/bin/python3.12`")
+            && err.contains("the image's C library is musl (`ld-musl-x86_64.so.1`), which imgbuild does not support")
+            && err.contains("glibc-based image"),
+        "{err}"
+    );
+    assert!(!err.contains("127.0.0.1:9"), "nothing was fetched: {err}");
+}

@@ -72,7 +72,8 @@ pub struct VenvSpec {
 }
 
 impl VenvSpec {
-    /// The usual spec for Debian bookworm.
+    /// A spec for Debian bookworm's python3.11, for tests and examples; builds use
+    /// [`VenvSpec::for_image`] with the target read from the image.
     pub fn bookworm(requirements: impl Into<PathBuf>, venv: &str) -> VenvSpec {
         VenvSpec {
             requirements: requirements.into(),

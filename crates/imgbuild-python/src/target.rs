@@ -28,7 +28,9 @@ pub struct Target {
 }
 
 impl Target {
-    /// Debian bookworm's python3.11 (3.11.2) on x86_64 with glibc 2.36.
+    /// Debian bookworm's python3.11 (3.11.2) on x86_64 with glibc 2.36: a fixed target
+    /// for tests and examples. Builds read theirs from the image
+    /// ([`crate::image_target::read_target`]).
     pub fn bookworm_cpython311() -> Target {
         Target {
             python_full_version: "3.11.2".into(),
