@@ -153,9 +153,15 @@ impl DebianInputs {
         };
         if self.locked {
             bail!(
-                "{}: layer {} ({arch}) {}; run `imgbuild lock` and commit the lockfile, or build without --locked",
+                "{}: layer {}{} {}; run `imgbuild lock` and commit the lockfile, or build without --locked",
                 recipe.file.display(),
                 layer + 1,
+                // amd64, the one architecture before platforms, keeps its message
+                if arch == Arch::default() {
+                    String::new()
+                } else {
+                    format!(" ({arch})")
+                },
                 mismatch.unwrap_or_default()
             );
         }
