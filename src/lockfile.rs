@@ -278,13 +278,15 @@ packages = [
             "{resaved}"
         );
 
-        let entry = lock
+        // (an entry is keyed by its architecture)
+        let mut entry = lock
             .debian
-            .get_mut(&("nginx".into(), 1, Arch::Amd64))
+            .remove(&("nginx".into(), 1, Arch::Amd64))
             .unwrap();
         entry.suite = Suite::Trixie;
         entry.arch = Arch::Arm64;
         entry.packages[0].repository = "pgdg".into();
+        lock.debian.insert(("nginx".into(), 1, Arch::Arm64), entry);
         lock.save(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert!(
