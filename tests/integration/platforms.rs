@@ -345,6 +345,50 @@ fn push_sends_the_index_and_skopeo_copies_the_arm64_image() {
     assert_eq!(config["architecture"], "arm64", "{config:#}");
     assert_eq!(config["variant"], "v8");
 
+    // a registry base with an index is resolved per platform: a project built
+    // `from` the pushed index gets each platform's own layers below its own
+    let proj = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(proj.path().join("recipes")).unwrap();
+    std::fs::write(
+        proj.path().join("imgbuild.toml"),
+        "[build]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.path().join("recipes/onbase.toml"),
+        format!(
+            "from = \"{prefix}/tiny:latest\"\n\n[[layers]]\nfiles = [ {{ dest = \"/etc/on-base\", content = \"yes\\n\" }} ]\n"
+        ),
+    )
+    .unwrap();
+    let on_base: Value = serde_json::from_str(&run_ok(
+        Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .arg("-C")
+            .arg(proj.path())
+            .arg("--store")
+            .arg(store.path())
+            .args(["--json", "all"]),
+    ))
+    .unwrap();
+    let per = platforms_of(&on_base, "onbase");
+    let tiny = platforms_of(json, "tiny");
+    for ((p, entry), (tp, tiny_entry)) in per.iter().zip(&tiny) {
+        assert_eq!(p, tp);
+        let layers = layer_digests(entry);
+        assert_eq!(
+            layers[..2],
+            layer_digests(tiny_entry)[..],
+            "{p}: {on_base:#}"
+        );
+    }
+    assert_eq!(layer_digests(&per[0].1)[2], layer_digests(&per[1].1)[2]);
+    let lock = std::fs::read_to_string(proj.path().join("imgbuild.lock")).unwrap();
+    assert!(
+        lock.contains(image(json, "tiny")["index_digest"].as_str().unwrap()),
+        "the tag is locked to the index: {lock}"
+    );
+
     // an unchanged push sends nothing
     let again: Value = serde_json::from_str(&run_ok(f.cmd().args([
         "--json",
