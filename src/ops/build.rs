@@ -22,6 +22,9 @@ use crate::settings::Settings;
 use crate::sink::{self, ImageOut};
 use crate::source::{Session, walk::StatCache};
 
+/// One image of one platform: (recipe name, platform).
+type ImageKey = (String, Platform);
+
 pub struct BuildOptions {
     /// `None`: every recipe.
     pub names: Option<Vec<String>>,
@@ -129,7 +132,7 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
             ));
         }
         let queue = Mutex::new(ready.iter().rev().copied().collect::<Vec<_>>());
-        let results: Mutex<Vec<((String, Platform), Result<Built>)>> = Mutex::new(vec![]);
+        let results: Mutex<Vec<(ImageKey, Result<Built>)>> = Mutex::new(vec![]);
         let workers = project.jobs.min(ready.len()).max(1);
         // Images built side by side share the --jobs budget for compression: jobs
         // threads (and about 4 x jobs 1 MiB blocks in flight) in all, not jobs per image.
