@@ -404,8 +404,18 @@ fn push_sends_the_index_and_skopeo_copies_the_arm64_image() {
 #[test]
 fn platform_subsets_and_bad_platforms() {
     let f = Fixture::new("platforms");
+    // `imgbuild lock` pins every platform's packages
+    run_ok(f.cmd().arg("lock"));
+    let lock_path = f.path().join("imgbuild.lock");
+    let locked = std::fs::read_to_string(&lock_path).unwrap();
+    assert!(
+        locked.contains("architecture = \"amd64\"") && locked.contains("arch = \"arm64\""),
+        "{locked}"
+    );
     // --platform: arm64 only, for every recipe
-    let json = f.build_json(&["all", "--platform", "linux/arm64"]);
+    let json = f.build_json(&["all", "--locked", "--platform", "linux/arm64"]);
+    // (a build of some platforms keeps the others' pins)
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), locked);
     for name in ["tiny", "armonly"] {
         let ps: Vec<String> = platforms_of(&json, name)
             .into_iter()
