@@ -103,6 +103,8 @@ impl LayerSource for PythonSource {
 
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
         let p = &self.spec;
+        // the platform being built: the image's interpreter must be of its architecture
+        let platform_arch = cx.arch();
         let at = cx.at(&p.pos);
         validate_paths(&p.venv, p.interpreter.as_deref()).with_context(|| at.clone())?;
         let reqs = parse_requirements(&p.requirements).with_context(|| at.clone())?;
@@ -139,6 +141,7 @@ impl LayerSource for PythonSource {
             Input::digest_of(&diff_ids),
         ));
         Ok(Box::new(PythonPlan {
+            platform_arch,
             debian: &cx.session.debian,
             source: p.clone(),
             reqs,
@@ -154,6 +157,8 @@ impl LayerSource for PythonSource {
 }
 
 struct PythonPlan<'s> {
+    /// The architecture of the platform being built.
+    platform_arch: imgbuild_debian::Arch,
     /// For the build machine's build of a foreign image's interpreter.
     debian: &'s super::debian::DebianInputs,
     source: PythonSpec,
@@ -183,6 +188,16 @@ impl SourcePlan for PythonPlan<'_> {
         image.overlay(tree);
         let found = read_target(&image, self.source.interpreter.as_deref())
             .with_context(|| format!("{}: python layer", self.at))?;
+        let want = super::stdlib_pyc::arch_machine(self.platform_arch);
+        if found.target.arch != want {
+            anyhow::bail!(
+                "{}: python layer: the image's {} is for {}, but this image is built for {} ({want})",
+                self.at,
+                found.interpreter,
+                found.target.arch,
+                self.platform_arch
+            );
+        }
         let spec = VenvSpec::for_image(
             &self.source.requirements,
             &self.source.venv,

@@ -217,7 +217,7 @@ impl Drop for TempDir {
 }
 
 /// The machine name of a Debian architecture (as an ELF header gives it).
-fn arch_machine(arch: imgbuild_debian::Arch) -> &'static str {
+pub fn arch_machine(arch: imgbuild_debian::Arch) -> &'static str {
     match arch {
         imgbuild_debian::Arch::Amd64 => "x86_64",
         imgbuild_debian::Arch::Arm64 => "aarch64",
