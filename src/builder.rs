@@ -279,13 +279,41 @@ pub(crate) fn build_image(
         project
             .progress
             .status(format!("{label}: checking inputs ({})", spec.describe()));
+        let remote = session.remote_cache.as_deref();
+        // An image this layer reads (files copied out of it, a build step's builder)
+        // must have its bytes here, also when it came from the registry cache.
+        if let Some(rc) = remote {
+            for (dep, _) in spec.sources.iter().flat_map(|s| s.depends_on()) {
+                let image = session.images.lock().expect("images").get(&dep).cloned();
+                if let Some(image) = image {
+                    rc.ensure_local(&project.store, &image.layers)?;
+                }
+            }
+        }
         let planned =
             source::plan_layer(session, stat, r, i, &view, &layers, &accounts, &contract)?;
         let fingerprint = planned.fingerprint.clone();
         let next_accounts = planned.accounts_after.clone();
-        let cached_record = LayerRecord::lookup(&project.store, &fingerprint)?;
+        let mut cached_record = LayerRecord::lookup(&project.store, &fingerprint)?;
+        // `--cache-verify`: a registry hit picked to be built again and compared.
+        let mut verify_against: Option<LayerRecord> = None;
+        if cached_record.is_none()
+            && let Some(rc) = remote
+        {
+            // out/ needs the bytes of every layer: a hit is downloaded (and verified) now
+            let bytes = mode == Mode::Build && rc.want_bytes;
+            match rc.find(&project.store, &fingerprint, bytes) {
+                Some(hit) if mode == Mode::Build && rc.verify_this(&fingerprint) => {
+                    verify_against = Some(hit)
+                }
+                hit => cached_record = hit,
+            }
+        }
         let reason = match &cached_record {
             Some(_) => vec![],
+            None if verify_against.is_some() => {
+                vec!["--cache-verify: built again to compare with the registry cache".into()]
+            }
             None => reason_for(
                 project,
                 previous.as_ref(),
@@ -335,6 +363,11 @@ pub(crate) fn build_image(
                 project
                     .progress
                     .status(format!("{label}: building ({})", spec.describe()));
+                if let Some(rc) = remote
+                    && spec.sources.iter().any(|s| s.reads_lower_layers())
+                {
+                    rc.ensure_local(&project.store, &layers)?;
+                }
                 let description = planned.description.clone();
                 let fingerprint_inputs = planned.inputs.clone();
                 let built = planned
@@ -363,10 +396,38 @@ pub(crate) fn build_image(
                     human(rec.descriptor.size),
                     t.elapsed().as_secs_f64()
                 ));
-                rebuilt_below.get_or_insert(i + 1);
-                (rec, false)
+                if let Some(entry) = &verify_against {
+                    if entry.descriptor.digest != rec.descriptor.digest {
+                        let what = format!(
+                            "{} layer {} ({})",
+                            r.file.display(),
+                            i + 1,
+                            rec.description
+                        );
+                        let rc = remote.expect("verify needs the cache");
+                        return Err(rc.mismatch(
+                            &project.store,
+                            &what,
+                            &fingerprint,
+                            entry,
+                            &rec.descriptor.digest,
+                        ));
+                    }
+                    remote.expect("verify needs the cache").verified();
+                } else {
+                    rebuilt_below.get_or_insert(i + 1);
+                }
+                let cached = verify_against.is_some();
+                (rec, cached)
             }
         };
+        if let Some(rc) = remote
+            && mode == Mode::Build
+        {
+            if project.store.has_blob(&record.descriptor.digest) {
+                rc.record_local(&fingerprint, &record);
+            }
+        }
         if mode == Mode::Build {
             project.progress.line(format!(
                 "{label} {} {} {:>9}  {}{}",
@@ -426,7 +487,12 @@ pub(crate) fn build_image(
         manifest_size: manifest.len() as u64,
         config_digest,
         config_size: config.len() as u64,
-        tarball: tarball.display().to_string(),
+        // (--no-out: none written)
+        tarball: if project.write_out {
+            tarball.display().to_string()
+        } else {
+            String::new()
+        },
         reference: reference_for(r),
         repository: r.repository.clone(),
         tags: r.tags.clone(),
@@ -439,7 +505,7 @@ pub(crate) fn build_image(
         layers,
         inputs,
     };
-    if mode == Mode::Build {
+    if mode == Mode::Build && project.write_out {
         project
             .progress
             .status(format!("[{}] writing {}", r.name, tarball.display()));

@@ -16,6 +16,7 @@ mod plan;
 mod progress;
 mod project;
 mod recipe;
+mod remote_cache;
 mod report;
 mod settings;
 mod sink;
@@ -63,7 +64,7 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         Verbosity::Normal
     };
-    let project = Project::open(
+    let mut project = Project::open(
         &g.dir,
         g.store.clone(),
         g.out.clone(),
@@ -76,6 +77,13 @@ fn run(cli: Cli) -> Result<()> {
                 Command::Build { names, .. } => Some(names.clone()),
                 _ => None,
             };
+            project.write_out = !build.cache.no_out;
+            project.remote_cache = remote_cache::RemoteCache::open(
+                &project,
+                build.cache.repository.as_deref(),
+                build.cache.mode,
+                build.cache.verify,
+            )?;
             let records = ops::build::build(
                 &project,
                 &ops::build::BuildOptions {
@@ -96,13 +104,43 @@ fn run(cli: Cli) -> Result<()> {
                     &push_options(names, &build.push_args),
                 )?);
             }
+            if let Some(rc) = &project.remote_cache {
+                let pushed: Vec<String> = report
+                    .push
+                    .iter()
+                    .flat_map(|p| p.images.iter().map(|i| i.reference.clone()))
+                    .collect();
+                rc.write_entries(&project.store, &pushed);
+                let r = rc.report();
+                project.progress.line(format!(
+                    "registry cache {} ({}): {} hit(s) of {} lookup(s), {} downloaded, {} entr(ies) written",
+                    r.repository,
+                    serde_json::to_value(r.mode)?.as_str().unwrap_or(""),
+                    r.hits,
+                    r.lookups,
+                    r.downloads,
+                    r.written
+                ));
+                report.cache = Some(r);
+            }
+            report.set_requests(&project);
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
             Ok(())
         }
-        Command::Plan { names, locked } => {
+        Command::Plan {
+            names,
+            locked,
+            cache,
+        } => {
             let names = (!names.is_empty()).then(|| names.clone());
+            project.remote_cache = remote_cache::RemoteCache::open(
+                &project,
+                cache.as_deref(),
+                Some(remote_cache::CacheMode::Read),
+                0,
+            )?;
             let (plan, _) = builder::plan(&project, names.as_deref(), *locked, false)?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -115,13 +153,12 @@ fn run(cli: Cli) -> Result<()> {
             let names = (!names.is_empty()).then(|| names.clone());
             let report = ops::push::push(&project, &push_options(names, push_args))?;
             if g.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report::BuildReport {
-                        push: Some(report),
-                        ..Default::default()
-                    })?
-                );
+                let mut doc = report::BuildReport {
+                    push: Some(report),
+                    ..Default::default()
+                };
+                doc.set_requests(&project);
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             }
             Ok(())
         }

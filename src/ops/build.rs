@@ -130,7 +130,7 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
 
     let records: Vec<ImageRecord> = order.iter().map(|r| done[&r.name].record.clone()).collect();
     let outs: Vec<ImageOut> = records.iter().map(image_out).collect();
-    {
+    if project.write_out {
         let _out = sink::lock_out(&project.out)?;
         sink::remove_stale_temps(&project.out);
         sink::layout::write(&project.out.join("oci"), &project.store, &outs)?;

@@ -100,6 +100,10 @@ impl LayerSource for LinkageSource {
         None
     }
 
+    fn reads_lower_layers(&self) -> bool {
+        true
+    }
+
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
         if !self.allow_missing.is_empty() {
             cx.input(Input::shown("allow_missing", self.allow_missing.join(" ")));
