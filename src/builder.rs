@@ -387,6 +387,7 @@ pub(crate) fn build_image(
                     inputs: built.blobs,
                     notes: built.notes,
                     fingerprint_inputs,
+                    in_caches: vec![],
                 };
                 rec.save(&project.store, &fingerprint)?;
                 project.progress.detail(format!(
@@ -398,12 +399,8 @@ pub(crate) fn build_image(
                 ));
                 if let Some(entry) = &verify_against {
                     if entry.descriptor.digest != rec.descriptor.digest {
-                        let what = format!(
-                            "{} layer {} ({})",
-                            r.file.display(),
-                            i + 1,
-                            rec.description
-                        );
+                        let what =
+                            format!("{} layer {} ({})", r.file.display(), i + 1, rec.description);
                         let rc = remote.expect("verify needs the cache");
                         return Err(rc.mismatch(
                             &project.store,

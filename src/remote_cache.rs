@@ -272,7 +272,9 @@ impl RemoteCache {
         };
         let fetched = match self.client.fetch_manifest(&reference) {
             Ok(f) => f,
-            Err(RegistryError::ManifestUnknown { .. } | RegistryError::RepositoryUnknown { .. }) => {
+            Err(
+                RegistryError::ManifestUnknown { .. } | RegistryError::RepositoryUnknown { .. },
+            ) => {
                 self.misses
                     .lock()
                     .expect("misses")
@@ -343,6 +345,8 @@ impl RemoteCache {
         if !had {
             self.report.lock().expect("report").downloads += 1;
         }
+        let mut rec = rec.clone();
+        rec.in_caches = vec![self.target.name()];
         rec.save(store, fingerprint)?;
         Ok(())
     }
@@ -375,10 +379,30 @@ impl RemoteCache {
         Ok(())
     }
 
+    /// [`RemoteCache::ensure_local`] for blobs named by digest.
+    pub fn ensure_blobs(&self, store: &Store, blobs: &[Digest]) -> Result<()> {
+        let wanted: Vec<(Digest, LayerRecord)> = self
+            .hits
+            .lock()
+            .expect("hits")
+            .iter()
+            .filter(|(_, r)| {
+                blobs.contains(&r.descriptor.digest) && !store.has_blob(&r.descriptor.digest)
+            })
+            .map(|(f, r)| (f.clone(), r.clone()))
+            .collect();
+        for (fp, rec) in wanted {
+            self.fetch(store, &fp, &rec)?;
+        }
+        Ok(())
+    }
+
     /// A layer this run has in its store (built, or found locally): written at the end
     /// unless the cache has it.
     pub fn record_local(&self, fingerprint: &Digest, rec: &LayerRecord) {
-        if self.hits.lock().expect("hits").contains_key(fingerprint) {
+        if rec.in_caches.contains(&self.target.name())
+            || self.hits.lock().expect("hits").contains_key(fingerprint)
+        {
             return;
         }
         self.local
@@ -419,7 +443,10 @@ impl RemoteCache {
         ) {
             return anyhow::anyhow!("{head}; the entry's blob cannot be fetched: {e}");
         }
-        match (tar_listing(store, &entry.descriptor.digest), tar_listing(store, rebuilt)) {
+        match (
+            tar_listing(store, &entry.descriptor.digest),
+            tar_listing(store, rebuilt),
+        ) {
             (Ok(a), Ok(b)) => {
                 let mut differ: Vec<String> = vec![];
                 for (p, x) in &a {
@@ -469,7 +496,9 @@ impl RemoteCache {
         let mut mount_from: Vec<String> = pushed
             .iter()
             .filter_map(|r| r.split('@').next()?.parse::<Reference>().ok())
-            .filter(|r| r.registry == self.target.registry && r.repository != self.target.repository)
+            .filter(|r| {
+                r.registry == self.target.registry && r.repository != self.target.repository
+            })
             .map(|r| r.repository)
             .collect();
         mount_from.sort();
@@ -487,6 +516,12 @@ impl RemoteCache {
                 images.push(img);
             }
             let report = self.client.push(store, &images)?;
+            // the store remembers that the cache has them: the next build asks nothing
+            for (fp, rec) in &local {
+                let mut rec = rec.clone();
+                rec.in_caches.push(self.target.name());
+                rec.save(store, fp)?;
+            }
             Ok(report.images.iter().filter(|i| !i.manifest_existed).count())
         })();
         match result {
@@ -499,8 +534,11 @@ impl RemoteCache {
                     )
                 }) || {
                     let m = format!("{e:#}");
-                    m.contains("denied") || m.contains("DENIED") || m.contains("403")
-                        || m.contains("401") || m.contains("unauthorized")
+                    m.contains("denied")
+                        || m.contains("DENIED")
+                        || m.contains("403")
+                        || m.contains("401")
+                        || m.contains("unauthorized")
                 };
                 self.read_only.store(true, Ordering::Relaxed);
                 if refused {
@@ -565,7 +603,8 @@ fn parse_entry(manifest: &[u8], fingerprint: &Digest) -> Result<LayerRecord> {
             m.artifact_type
         );
     }
-    let [descriptor] = <[_; 1]>::try_from(m.layers).map_err(|_| anyhow::anyhow!("not one layer"))?;
+    let [descriptor] =
+        <[_; 1]>::try_from(m.layers).map_err(|_| anyhow::anyhow!("not one layer"))?;
     let entry: Entry = serde_json::from_str(
         m.annotations
             .get(ENTRY_ANNOTATION)
@@ -576,7 +615,10 @@ fn parse_entry(manifest: &[u8], fingerprint: &Digest) -> Result<LayerRecord> {
         bail!("entry format {}, not {ENTRY_FORMAT}", entry.format);
     }
     if entry.fingerprint != *fingerprint {
-        bail!("its fingerprint is {}, not the one looked up", entry.fingerprint);
+        bail!(
+            "its fingerprint is {}, not the one looked up",
+            entry.fingerprint
+        );
     }
     Ok(LayerRecord {
         descriptor,
@@ -587,6 +629,7 @@ fn parse_entry(manifest: &[u8], fingerprint: &Digest) -> Result<LayerRecord> {
         inputs: vec![],
         notes: entry.notes,
         fingerprint_inputs: vec![],
+        in_caches: vec![],
     })
 }
 
@@ -607,7 +650,10 @@ fn tar_listing(store: &Store, blob: &Digest) -> Result<BTreeMap<String, String>>
     let gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(reader));
     let mut archive = tar::Archive::new(gz);
     let mut out = BTreeMap::new();
-    for e in archive.entries().with_context(|| format!("reading blob {blob}"))? {
+    for e in archive
+        .entries()
+        .with_context(|| format!("reading blob {blob}"))?
+    {
         let mut e = e.with_context(|| format!("reading blob {blob}"))?;
         let path = format!("/{}", e.path()?.display());
         let h = e.header().clone();

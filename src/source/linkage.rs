@@ -100,10 +100,6 @@ impl LayerSource for LinkageSource {
         None
     }
 
-    fn reads_lower_layers(&self) -> bool {
-        true
-    }
-
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
         if !self.allow_missing.is_empty() {
             cx.input(Input::shown("allow_missing", self.allow_missing.join(" ")));
@@ -139,6 +135,10 @@ impl SourcePlan for LinkagePlan<'_> {
         let lower = if self.lower.is_empty() {
             ImageFiles::default()
         } else {
+            // only a layer that adds ELF files reads those below (maybe from the registry cache)
+            if let Some(rc) = &self.session.remote_cache {
+                rc.ensure_blobs(&self.session.store, &self.lower)?;
+            }
             ImageFiles::from_layers(&self.session.store, &self.lower)
                 .context("linkage check: reading the layers below")?
         };

@@ -450,7 +450,11 @@ impl Session {
                 .headers()
                 .get(reqwest::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
-                .or_else(|| req.body().and_then(|b| b.as_bytes()).map(|b| b.len() as u64))
+                .or_else(|| {
+                    req.body()
+                        .and_then(|b| b.as_bytes())
+                        .map(|b| b.len() as u64)
+                })
                 .unwrap_or(0);
             let resp = http
                 .execute(req)
