@@ -420,10 +420,9 @@ pub(crate) fn build_image(
         };
         if let Some(rc) = remote
             && mode == Mode::Build
+            && project.store.has_blob(&record.descriptor.digest)
         {
-            if project.store.has_blob(&record.descriptor.digest) {
-                rc.record_local(&fingerprint, &record);
-            }
+            rc.record_local(&fingerprint, &record);
         }
         if mode == Mode::Build {
             project.progress.line(format!(

@@ -65,7 +65,7 @@ const EMPTY_CONFIG: &[u8] = b"{}";
 /// costs less than the default five minutes of retries).
 const CACHE_RETRY: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheMode {
     /// Look layers up, never write entries.
@@ -73,6 +73,7 @@ pub enum CacheMode {
     /// Write entries, never look up.
     Write,
     /// Both (the default; degrades to read when the registry refuses writes).
+    #[default]
     Readwrite,
 }
 
@@ -106,12 +107,6 @@ pub struct CacheReport {
     /// Entries written.
     pub written: u64,
     pub warnings: Vec<String>,
-}
-
-impl Default for CacheMode {
-    fn default() -> Self {
-        CacheMode::Readwrite
-    }
 }
 
 /// Settings of the cache for one run.

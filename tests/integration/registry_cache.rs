@@ -257,6 +257,12 @@ fn fresh_runner_builds_nothing_and_moves_no_blob() {
     // one manifest GET per layer (3 fingerprints), for the plan and the build together
     assert_eq!(manifest_gets(&log), 3, "{log:#?}");
     assert!(!b.path().join("out").exists(), "--no-out wrote out/");
+    // no .deb and no layer in B's store: only the image configs and manifests it made
+    for e in std::fs::read_dir(b.store.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let len = e.metadata().unwrap().len();
+        assert!(len < 4096, "{} ({len} bytes) was fetched", e.path().display());
+    }
     // the report counts the same
     let counts = &vb["requests"][&proxy.addr];
     assert_eq!(counts["blob_gets"].as_u64(), Some(0), "{vb}");
