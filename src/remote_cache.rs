@@ -674,3 +674,49 @@ fn tar_listing(store: &Store, blob: &Digest) -> Result<BTreeMap<String, String>>
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> LayerRecord {
+        LayerRecord {
+            descriptor: imgbuild_store::Descriptor::new(
+                imgbuild_store::media::LAYER_GZIP,
+                Digest::of_bytes(b"blob"),
+                4,
+            ),
+            diff_id: Digest::of_bytes(b"tar"),
+            tar_size: 1024,
+            description: "files: /app".into(),
+            view: LowerView::default(),
+            inputs: vec![Digest::of_bytes(b"a .deb")],
+            notes: vec!["a note".into()],
+            fingerprint_inputs: vec![],
+            in_caches: vec![],
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_as_its_layer_and_only_under_its_fingerprint() {
+        let fp = Digest::of_bytes(b"fingerprint");
+        let config = Digest::of_bytes(EMPTY_CONFIG);
+        let m = entry_manifest(&fp, &record(), &config).unwrap();
+        // canonical and stable: the same entry is the same manifest
+        assert_eq!(m, entry_manifest(&fp, &record(), &config).unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["artifactType"], ARTIFACT_TYPE);
+        assert_eq!(v["config"]["mediaType"], EMPTY_MEDIA_TYPE);
+        let back = parse_entry(&m, &fp).unwrap();
+        assert_eq!(back.descriptor, record().descriptor);
+        assert_eq!(back.diff_id, record().diff_id);
+        assert_eq!(back.notes, record().notes);
+        // local store references are not shared
+        assert!(back.inputs.is_empty());
+        let other = Digest::of_bytes(b"other");
+        assert!(parse_entry(&m, &other).is_err());
+        let mut v2 = v.clone();
+        v2["artifactType"] = "application/vnd.imgbuild.layer-cache.v2+json".into();
+        assert!(parse_entry(&serde_json::to_vec(&v2).unwrap(), &fp).is_err());
+    }
+}

@@ -261,7 +261,11 @@ fn fresh_runner_builds_nothing_and_moves_no_blob() {
     for e in std::fs::read_dir(b.store.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
         let len = e.metadata().unwrap().len();
-        assert!(len < 4096, "{} ({len} bytes) was fetched", e.path().display());
+        assert!(
+            len < 4096,
+            "{} ({len} bytes) was fetched",
+            e.path().display()
+        );
     }
     // the report counts the same
     let counts = &vb["requests"][&proxy.addr];
