@@ -151,6 +151,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Push { names, push_args } => {
             let names = (!names.is_empty()).then(|| names.clone());
+            // `[cache] repository` on the same registry: blobs of cache hits never
+            // downloaded are mounted from it
+            project.remote_cache = remote_cache::RemoteCache::open(
+                &project,
+                None,
+                Some(remote_cache::CacheMode::Read),
+                0,
+            )?;
             let report = ops::push::push(&project, &push_options(names, push_args))?;
             if g.json {
                 let mut doc = report::BuildReport {

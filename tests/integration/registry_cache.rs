@@ -514,3 +514,24 @@ fn two_runners_at_once_agree() {
     assert!(all_cached(&vc), "{vc}");
     assert_eq!(image_digests(&vc), image_digests(&results[0]));
 }
+
+#[test]
+fn an_image_read_by_another_is_downloaded_only_for_that() {
+    let reg = Registry::start();
+    let cache = format!("{}/cache", reg.addr);
+    let a = Fixture::new("copy");
+    let (va, _) = ok_json(&a, &["all", "--cache", &cache]);
+    // A fresh runner that writes no out/: image `a` is a hit, and `b` copies files out of
+    // it, so a's one layer is downloaded (verified) to be read; b's layer is a hit too.
+    let b = Fixture::new("copy");
+    let (vb, _) = ok_json(&b, &["all", "--no-out", "--cache", &cache]);
+    assert!(all_cached(&vb), "{vb}");
+    assert_eq!(image_digests(&vb), image_digests(&va));
+    assert_eq!(vb["cache"]["hits"].as_u64(), Some(2), "{vb}");
+    assert_eq!(vb["cache"]["downloads"].as_u64(), Some(1), "{vb}");
+    assert_eq!(
+        vb["requests"][&reg.addr]["blob_gets"].as_u64(),
+        Some(1),
+        "{vb}"
+    );
+}
