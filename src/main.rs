@@ -113,7 +113,7 @@ fn run(cli: Cli) -> Result<()> {
                 rc.write_entries(&project.store, &pushed);
                 let r = rc.report();
                 project.progress.line(format!(
-                    "registry cache {} ({}): {} hit(s) of {} lookup(s), {} downloaded, {} entr(ies) written",
+                    "registry cache {} ({}): {} hit(s) of {} lookup(s), {} downloaded, {} entries written",
                     r.repository,
                     serde_json::to_value(r.mode)?.as_str().unwrap_or(""),
                     r.hits,
@@ -124,6 +124,20 @@ fn run(cli: Cli) -> Result<()> {
                 report.cache = Some(r);
             }
             report.set_requests(&project);
+            if project.remote_cache.is_some() {
+                for (registry, c) in &report.requests {
+                    project.progress.line(format!(
+                        "registry {registry}: {} manifest GET(s), {} HEAD(s), {} blob download(s) ({}), {} upload(s) ({} up), {} mount(s)",
+                        c.manifest_gets,
+                        c.heads,
+                        c.blob_gets,
+                        progress::human(c.bytes_down),
+                        c.blob_uploads,
+                        progress::human(c.bytes_up),
+                        c.blob_mounts
+                    ));
+                }
+            }
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }

@@ -20,7 +20,8 @@ pub struct RegistryCounts {
     pub blob_gets: u64,
     /// Blob uploads completed (`PUT` that closes an upload session).
     pub blob_uploads: u64,
-    /// Blobs mounted from another repository (no bytes sent).
+    /// Mount requests (`POST ...?mount=`; no bytes sent): a registry that lacks the
+    /// blob in the source repository answers with an upload session instead.
     pub blob_mounts: u64,
     /// `PUT` of a manifest (by digest or by tag).
     pub manifest_puts: u64,
