@@ -280,16 +280,21 @@ pub(crate) fn build_image(
             .progress
             .status(format!("{label}: checking inputs ({})", spec.describe()));
         let remote = session.remote_cache.as_deref();
-        // An image this layer reads (files copied out of it, a build step's builder)
-        // must have its bytes here, also when it came from the registry cache.
-        if let Some(rc) = remote {
-            for (dep, _) in spec.sources.iter().flat_map(|s| s.depends_on()) {
-                let image = session.images.lock().expect("images").get(&dep).cloned();
-                if let Some(image) = image {
-                    rc.ensure_local(&project.store, &image.layers)?;
+        // The images a layer reads must have their bytes here, also when they came from
+        // the registry cache: files copied out of an image are read while planning (their
+        // metadata is an input), a build step's builder image only when the step runs.
+        let ensure_images = |sources: &mut dyn Iterator<Item = &Box<dyn source::LayerSource>>| {
+            if let Some(rc) = remote {
+                for (dep, _) in sources.flat_map(|s| s.depends_on()) {
+                    let image = session.images.lock().expect("images").get(&dep).cloned();
+                    if let Some(image) = image {
+                        rc.ensure_local(&project.store, &image.layers)?;
+                    }
                 }
             }
-        }
+            anyhow::Ok(())
+        };
+        ensure_images(&mut spec.sources.iter().filter(|s| s.kind() == "files"))?;
         let planned =
             source::plan_layer(session, stat, r, i, &view, &layers, &accounts, &contract)?;
         let fingerprint = planned.fingerprint.clone();
@@ -368,6 +373,7 @@ pub(crate) fn build_image(
                 {
                     rc.ensure_local(&project.store, &layers)?;
                 }
+                ensure_images(&mut spec.sources.iter())?;
                 let description = planned.description.clone();
                 let fingerprint_inputs = planned.inputs.clone();
                 let built = planned
