@@ -15,6 +15,7 @@ mod gc;
 mod linkage;
 mod load_pin;
 mod plan;
+mod platforms;
 mod push;
 mod registry_cache;
 mod setup_cmd;
