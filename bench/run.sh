@@ -15,6 +15,11 @@
 #           skopeo copy and podman push of the same two images.
 #   stack   one app file changed on the running compose stack: imgbuild all --load +
 #           docker-compose up vs docker build + docker-compose up (bench/stack.sh).
+#   cache   the registry layer cache: a fresh runner (empty store) pushing the whole
+#           stack to a local docker-registry, nothing changed, with --cache against
+#           without it (target: under 2 s); one app file changed on a fresh runner with
+#           --cache against the warm local one-file rebuild + push (target: <= 1.5x).
+#           Results: $W/results/cache.md (BENCHMARKS.md is not rewritten by it).
 #   platforms  the redis image for linux/amd64 alone against linux/amd64 + linux/arm64
 #           (`[build] platforms`), each from a cold store (downloads included); target:
 #           both platforms at most 1.3x amd64 alone (no emulation on the build path).
@@ -39,7 +44,7 @@ export LC_ALL=C
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${IMGBUILD_BENCH_DIR:-/var/tmp/imgbuild-bench}
 RUNS=${BENCH_RUNS:-8}
-ALL_SECTIONS=core,memory,debian,push,stack,platforms
+ALL_SECTIONS=core,memory,debian,push,stack,platforms,cache
 SECTIONS=${BENCH_SECTIONS:-$ALL_SECTIONS}
 if (($#)); then SECTIONS=$(IFS=,; echo "$*"); fi
 for s in ${SECTIONS//,/ }; do
@@ -546,6 +551,71 @@ RESTART_SCRIPT
   } >> "$RES/push.env"
   stop_registry
   rm -rf "$G/data"
+fi
+
+if want cache; then
+  # Runner A (a kept store) builds the whole stack and fills the cache repository of a
+  # local registry; each timed run is a fresh runner: an empty store under $W/cache/b.
+  # Fresh runners without the cache fetch every .deb and wheel (Debian archive, PyPI):
+  # fewer rounds (BENCH_CACHE_RUNS, default 3).
+  K=$W/cache KP=$W/cache/proj KG=$W/cache/registry
+  say "cache: the stack, runner A"
+  rm -rf "$KP" "$KG" "$K/b"; mkdir -p "$KP" "$KG"
+  cp -r "$REPO/recipes" "$REPO/layers" "$REPO/imgbuild.lock" "$KP/"
+  if [[ -f "$REPO/imgbuild.toml" ]]; then cp "$REPO/imgbuild.toml" "$KP/"; fi
+  KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  KREG=127.0.0.1:$KPORT
+  cat > "$KG/config.yml" <<REGISTRY_CONFIG
+version: 0.1
+log: { level: error, accesslog: { disabled: true } }
+storage: { filesystem: { rootdirectory: $KG/data }, delete: { enabled: true } }
+http: { addr: $KREG }
+REGISTRY_CONFIG
+  docker-registry serve "$KG/config.yml" > "$KG/log" 2>&1 &
+  KPID=$!
+  for _ in $(seq 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://$KREG/v2/')" 2>/dev/null && break
+    sleep 0.1
+  done
+  KA="$IB -q -C $KP --store $K/a/store --out $K/a/out"
+  KB="$IB -q -C $KP --store $K/b/store --out $K/b/out"
+  FRESH="rm -rf $K/b"
+  $KA all --locked --push --registry "$KREG/ib" --cache "$KREG/cache"
+  KEDIT="echo \"# \$(date +%s%N)\" >> $KP/layers/app/app.py"
+  cp -p "$KP/layers/app/app.py" "$K/app.py.orig"
+  RUNS=${BENCH_CACHE_RUNS:-3} hf cache-fresh \
+    -n "fresh runner, nothing changed: imgbuild all --push --no-out --cache" --prepare "$FRESH" \
+    "$KB all --locked --push --no-out --registry $KREG/ib --cache $KREG/cache" \
+    -n "fresh runner, nothing changed: imgbuild all --push (no cache)" --prepare "$FRESH" \
+    "$KB all --locked --push --registry $KREG/ib"
+  RUNS=${BENCH_CACHE_RUNS:-3} hf cache-onefile \
+    -n "fresh runner, 1 app file changed: imgbuild all --push --no-out --cache" --prepare "$KEDIT && $FRESH" \
+    "$KB all --locked --push --no-out --registry $KREG/ib --cache $KREG/cache" \
+    -n "warm local store, 1 app file changed: imgbuild all --push" --prepare "$KEDIT" \
+    "$KA all --locked --push --registry $KREG/ib"
+  cp -p "$K/app.py.orig" "$KP/layers/app/app.py"
+  # the request counts of one fresh cached run (what Docker Hub would count)
+  rm -rf "$K/b"
+  $KB --json all --locked --push --no-out --registry "$KREG/ib" --cache "$KREG/cache" > "$RES/cache-requests.json"
+  kill "$KPID"; wait "$KPID" 2>/dev/null || true
+  python3 - "$RES" > "$RES/cache.md" <<'CACHE_REPORT'
+import json, statistics, sys
+res = sys.argv[1]
+def medians(name):
+    return [(r["command"], statistics.median(r["times"])) for r in json.load(open(f"{res}/{name}.json"))["results"]]
+out = ["## Registry cache (fresh runner, whole stack, local registry)", ""]
+for name, target in (("cache-fresh", "cached < 2 s"), ("cache-onefile", "cached <= 1.5 x warm local")):
+    m = medians(name)
+    out.append(f"#### {name}: target {target}")
+    out.append("| command | median (s) |\n|---|---|")
+    out += [f"| {c} | {t:.2f} |" for c, t in m]
+    out.append(f"ratio first/second: {m[0][1] / m[1][1]:.2f}")
+    out.append("")
+req = json.load(open(f"{res}/cache-requests.json"))
+out.append("Requests of one fresh cached run: `" + json.dumps(req.get("requests", {})) + "`")
+print("\n".join(out))
+CACHE_REPORT
+  cat "$RES/cache.md" >&2
 fi
 
 want stack && stack_bench

@@ -330,14 +330,52 @@ pub(crate) fn build_image(
         project
             .progress
             .status(format!("{label}: checking inputs ({})", spec.describe()));
+        let remote = session.remote_cache.as_deref();
+        // The images a layer reads must have their bytes here, also when they came from
+        // the registry cache: files copied out of an image are read while planning (their
+        // metadata is an input), a build step's builder image only when the step runs.
+        let ensure_images = |sources: &mut dyn Iterator<Item = &Box<dyn source::LayerSource>>| {
+            if let Some(rc) = remote {
+                for (dep, _) in sources.flat_map(|s| s.depends_on()) {
+                    let image = session
+                        .images
+                        .lock()
+                        .expect("images")
+                        .get(&(dep, platform))
+                        .cloned();
+                    if let Some(image) = image {
+                        rc.ensure_local(&project.store, &image.layers)?;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        };
+        ensure_images(&mut spec.sources.iter().filter(|s| s.kind() == "files"))?;
         let planned = source::plan_layer(
             session, stat, r, i, &view, &layers, &accounts, &contract, platform,
         )?;
         let fingerprint = planned.fingerprint.clone();
         let next_accounts = planned.accounts_after.clone();
-        let cached_record = LayerRecord::lookup(&project.store, &fingerprint)?;
+        let mut cached_record = LayerRecord::lookup(&project.store, &fingerprint)?;
+        // `--cache-verify`: a registry hit picked to be built again and compared.
+        let mut verify_against: Option<LayerRecord> = None;
+        if cached_record.is_none()
+            && let Some(rc) = remote
+        {
+            // out/ needs the bytes of every layer: a hit is downloaded (and verified) now
+            let bytes = mode == Mode::Build && rc.want_bytes;
+            match rc.find(&project.store, &fingerprint, bytes) {
+                Some(hit) if mode == Mode::Build && rc.verify_this(&fingerprint) => {
+                    verify_against = Some(hit)
+                }
+                hit => cached_record = hit,
+            }
+        }
         let reason = match &cached_record {
             Some(_) => vec![],
+            None if verify_against.is_some() => {
+                vec!["--cache-verify: built again to compare with the registry cache".into()]
+            }
             None => reason_for(
                 project,
                 previous.as_ref(),
@@ -387,6 +425,12 @@ pub(crate) fn build_image(
                 project
                     .progress
                     .status(format!("{label}: building ({})", spec.describe()));
+                if let Some(rc) = remote
+                    && spec.sources.iter().any(|s| s.reads_lower_layers())
+                {
+                    rc.ensure_local(&project.store, &layers)?;
+                }
+                ensure_images(&mut spec.sources.iter())?;
                 let description = planned.description.clone();
                 let fingerprint_inputs = planned.inputs.clone();
                 let built = planned
@@ -406,6 +450,7 @@ pub(crate) fn build_image(
                     inputs: built.blobs,
                     notes: built.notes,
                     fingerprint_inputs,
+                    in_caches: vec![],
                 };
                 rec.save(&project.store, &fingerprint)?;
                 project.progress.detail(format!(
@@ -415,10 +460,33 @@ pub(crate) fn build_image(
                     human(rec.descriptor.size),
                     t.elapsed().as_secs_f64()
                 ));
-                rebuilt_below.get_or_insert(i + 1);
-                (rec, false)
+                if let Some(entry) = &verify_against {
+                    if entry.descriptor.digest != rec.descriptor.digest {
+                        let what =
+                            format!("{} layer {} ({})", r.file.display(), i + 1, rec.description);
+                        let rc = remote.expect("verify needs the cache");
+                        return Err(rc.mismatch(
+                            &project.store,
+                            &what,
+                            &fingerprint,
+                            entry,
+                            &rec.descriptor.digest,
+                        ));
+                    }
+                    remote.expect("verify needs the cache").verified();
+                } else {
+                    rebuilt_below.get_or_insert(i + 1);
+                }
+                let cached = verify_against.is_some();
+                (rec, cached)
             }
         };
+        if let Some(rc) = remote
+            && mode == Mode::Build
+            && project.store.has_blob(&record.descriptor.digest)
+        {
+            rc.record_local(&fingerprint, &record);
+        }
         if mode == Mode::Build {
             project.progress.line(format!(
                 "{label} {} {} {:>9}  {}{}",
@@ -478,7 +546,12 @@ pub(crate) fn build_image(
         manifest_size: manifest.len() as u64,
         config_digest,
         config_size: config.len() as u64,
-        tarball: tarball.display().to_string(),
+        // (--no-out: none written)
+        tarball: if project.write_out {
+            tarball.display().to_string()
+        } else {
+            String::new()
+        },
         reference: reference_for(r),
         repository: r.repository.clone(),
         tags: r.tags.clone(),
@@ -494,7 +567,7 @@ pub(crate) fn build_image(
         index: None,
         platforms: vec![],
     };
-    if mode == Mode::Build && !indexed {
+    if mode == Mode::Build && !indexed && project.write_out {
         project
             .progress
             .status(format!("[{}] writing {}", r.name, tarball.display()));

@@ -30,6 +30,10 @@ pub struct LayerRecord {
     /// What the fingerprint was made of, to explain the next cache miss.
     #[serde(default)]
     pub fingerprint_inputs: Vec<crate::source::Input>,
+    /// Registry cache repositories known to hold this layer's entry (it came from
+    /// there, or this store wrote it): a warm build asks them nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_caches: Vec<String>,
 }
 
 impl LayerRecord {

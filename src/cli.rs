@@ -71,6 +71,10 @@ pub enum Command {
         /// Fail if a recipe no longer matches imgbuild.lock (instead of resolving).
         #[arg(long)]
         locked: bool,
+        /// Look layers up in this registry cache too (REGISTRY/REPO) [default: `[cache]
+        /// repository` of imgbuild.toml].
+        #[arg(long = "cache", value_name = "REGISTRY/REPO")]
+        cache: Option<String>,
         /// Plan only for these of the project's platforms (repeatable or comma list).
         #[arg(long = "platform", value_name = "PLATFORM")]
         platforms: Vec<String>,
@@ -183,6 +187,27 @@ pub struct BuildArgs {
     pub push_args: PushArgs,
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: crate::engine::Engine,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The registry layer cache (options of `all`, `build` and `plan`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// Share layers through this registry repository (REGISTRY/REPO) [default: `[cache]
+    /// repository` of imgbuild.toml].
+    #[arg(long = "cache", value_name = "REGISTRY/REPO")]
+    pub repository: Option<String>,
+    /// Look layers up, write them, or both [default: `[cache] mode`, else readwrite].
+    #[arg(long = "cache-mode", value_enum, value_name = "MODE")]
+    pub mode: Option<crate::remote_cache::CacheMode>,
+    /// Build again this percentage of registry cache hits and fail on any difference.
+    #[arg(long = "cache-verify", value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100), default_value_t = 0)]
+    pub verify: u8,
+    /// Write nothing to out/ (no tarballs, no out/oci): with --push, cache hits are
+    /// never downloaded.
+    #[arg(long = "no-out", conflicts_with = "load")]
+    pub no_out: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]

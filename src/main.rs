@@ -17,6 +17,7 @@ mod platform;
 mod progress;
 mod project;
 mod recipe;
+mod remote_cache;
 mod report;
 mod settings;
 mod sink;
@@ -64,7 +65,7 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         Verbosity::Normal
     };
-    let project = Project::open(
+    let mut project = Project::open(
         &g.dir,
         g.store.clone(),
         g.out.clone(),
@@ -77,6 +78,13 @@ fn run(cli: Cli) -> Result<()> {
                 Command::Build { names, .. } => Some(names.clone()),
                 _ => None,
             };
+            project.write_out = !build.cache.no_out;
+            project.remote_cache = remote_cache::RemoteCache::open(
+                &project,
+                build.cache.repository.as_deref(),
+                build.cache.mode,
+                build.cache.verify,
+            )?;
             let records = ops::build::build(
                 &project,
                 &ops::build::BuildOptions {
@@ -103,6 +111,40 @@ fn run(cli: Cli) -> Result<()> {
                     &push_options(names, &build.push_args),
                 )?);
             }
+            if let Some(rc) = &project.remote_cache {
+                let pushed: Vec<String> = report
+                    .push
+                    .iter()
+                    .flat_map(|p| p.images.iter().map(|i| i.reference.clone()))
+                    .collect();
+                rc.write_entries(&project.store, &pushed);
+                let r = rc.report();
+                project.progress.line(format!(
+                    "registry cache {} ({}): {} hit(s) of {} lookup(s), {} downloaded, {} entries written",
+                    r.repository,
+                    serde_json::to_value(r.mode)?.as_str().unwrap_or(""),
+                    r.hits,
+                    r.lookups,
+                    r.downloads,
+                    r.written
+                ));
+                report.cache = Some(r);
+            }
+            report.set_requests(&project);
+            if project.remote_cache.is_some() {
+                for (registry, c) in &report.requests {
+                    project.progress.line(format!(
+                        "registry {registry}: {} manifest GET(s), {} HEAD(s), {} blob download(s) ({}), {} upload(s) ({} up), {} mount(s)",
+                        c.manifest_gets,
+                        c.heads,
+                        c.blob_gets,
+                        progress::human(c.bytes_down),
+                        c.blob_uploads,
+                        progress::human(c.bytes_up),
+                        c.blob_mounts
+                    ));
+                }
+            }
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
@@ -111,9 +153,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plan {
             names,
             locked,
+            cache,
             platforms,
         } => {
             let names = (!names.is_empty()).then(|| names.clone());
+            project.remote_cache = remote_cache::RemoteCache::open(
+                &project,
+                cache.as_deref(),
+                Some(remote_cache::CacheMode::Read),
+                0,
+            )?;
             let platforms =
                 platform::Selection::new(&settings::Settings::load(&project.root)?, platforms)?;
             let (plan, _) = builder::plan(&project, names.as_deref(), *locked, false, &platforms)?;
@@ -126,15 +175,22 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Push { names, push_args } => {
             let names = (!names.is_empty()).then(|| names.clone());
+            // `[cache] repository` on the same registry: blobs of cache hits never
+            // downloaded are mounted from it
+            project.remote_cache = remote_cache::RemoteCache::open(
+                &project,
+                None,
+                Some(remote_cache::CacheMode::Read),
+                0,
+            )?;
             let report = ops::push::push(&project, &push_options(names, push_args))?;
             if g.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report::BuildReport {
-                        push: Some(report),
-                        ..Default::default()
-                    })?
-                );
+                let mut doc = report::BuildReport {
+                    push: Some(report),
+                    ..Default::default()
+                };
+                doc.set_requests(&project);
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             }
             Ok(())
         }

@@ -21,6 +21,12 @@ pub struct Project {
     /// Identifies this checkout in the store's per-project records.
     pub key: String,
     pub progress: Progress,
+    /// The registry layer cache of this run (`--cache`, `[cache] repository`).
+    pub remote_cache: Option<std::sync::Arc<crate::remote_cache::RemoteCache>>,
+    /// Whether builds write `out/` (tarballs, `out/oci`); `--no-out` turns it off.
+    pub write_out: bool,
+    /// The requests every registry client of this command sent, by registry.
+    pub registry_counts: std::sync::Arc<imgbuild_registry::RequestCounts>,
 }
 
 impl Project {
@@ -62,6 +68,9 @@ impl Project {
             jobs,
             key,
             progress,
+            remote_cache: None,
+            write_out: true,
+            registry_counts: imgbuild_registry::RequestCounts::new(),
         })
     }
 

@@ -15,6 +15,19 @@ pub struct BuildReport {
     pub load: Option<Vec<crate::ops::load::LoadOutcome>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push: Option<imgbuild_registry::PushReport>,
+    /// What the registry layer cache did (`--cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::remote_cache::CacheReport>,
+    /// Requests sent to each registry (cache, push, base pulls), by registry.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub requests: std::collections::BTreeMap<String, imgbuild_registry::RegistryCounts>,
+}
+
+impl BuildReport {
+    /// The request counts of every registry client of the command.
+    pub fn set_requests(&mut self, project: &crate::project::Project) {
+        self.requests = project.registry_counts.snapshot();
+    }
 }
 
 #[derive(serde::Serialize)]

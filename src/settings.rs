@@ -47,6 +47,13 @@
 //! `IMGBUILD_INSECURE_REGISTRIES` (comma-separated) adds to the list;
 //! `IMGBUILD_CERTS_D` replaces the Docker-style CA directories (`/etc/docker/certs.d`,
 //! `/etc/containers/certs.d`) with one directory.
+//!
+//! ```toml
+//! [cache]
+//! repository = "registry.example.com/team/imgbuild-cache"   # the registry layer cache
+//! mode = "readwrite"                                         # read | write | readwrite
+//! ```
+//! `--cache` and `--cache-mode` win over these (see `remote_cache.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +68,8 @@ pub struct Settings {
     pub debian: DebianSettings,
     #[serde(default)]
     pub registry: RegistrySettings,
+    #[serde(default)]
+    pub cache: CacheSettings,
     #[serde(default)]
     pub build: BuildSettings,
     /// The project root (key paths are relative to it).
@@ -77,6 +86,15 @@ pub struct RegistrySettings {
     /// Seconds a failing registry request keeps being retried (`IMGBUILD_RETRY_TIMEOUT`
     /// overrides it); default [`imgbuild_registry::DEFAULT_RETRY_TIMEOUT`].
     pub retry_timeout: Option<u64>,
+}
+
+/// `[cache]`: the registry layer cache (`--cache`, `--cache-mode` win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// `REGISTRY/REPOSITORY` holding the cache entries.
+    pub repository: Option<String>,
+    pub mode: Option<crate::remote_cache::CacheMode>,
 }
 
 /// `[build]`: what every image is built for.

@@ -213,27 +213,30 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
                 .map(|p| done[&(r.name.clone(), *p)].record.clone())
                 .collect();
             let rec = index_record(project, per)?;
-            project
-                .progress
-                .status(format!("[{}] writing {}", r.name, rec.tarball));
-            let wrote = sink::tarball::write(
-                std::path::Path::new(&rec.tarball),
-                &project.store,
-                &image_out(&rec),
-                project.epoch,
-            )?;
-            project.progress.line(format!(
-                "[{}] image index {} ({}) -> {}{}",
-                r.name,
-                crate::progress::short(&rec.index.as_ref().expect("an index").digest),
-                rec.platforms
-                    .iter()
-                    .filter_map(|p| p.platform.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                rec.tarball,
-                if wrote { "" } else { " (unchanged)" }
-            ));
+            // (--no-out: no tarball)
+            if project.write_out {
+                project
+                    .progress
+                    .status(format!("[{}] writing {}", r.name, rec.tarball));
+                let wrote = sink::tarball::write(
+                    std::path::Path::new(&rec.tarball),
+                    &project.store,
+                    &image_out(&rec),
+                    project.epoch,
+                )?;
+                project.progress.line(format!(
+                    "[{}] image index {} ({}) -> {}{}",
+                    r.name,
+                    crate::progress::short(&rec.index.as_ref().expect("an index").digest),
+                    rec.platforms
+                        .iter()
+                        .filter_map(|p| p.platform.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    rec.tarball,
+                    if wrote { "" } else { " (unchanged)" }
+                ));
+            }
             records.push(rec);
         }
         records
@@ -244,7 +247,7 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
             .collect()
     };
     let outs: Vec<ImageOut> = records.iter().map(image_out).collect();
-    {
+    if project.write_out {
         let _out = sink::lock_out(&project.out)?;
         sink::remove_stale_temps(&project.out);
         sink::layout::write(&project.out.join("oci"), &project.store, &outs)?;

@@ -138,6 +138,15 @@ pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
             {
                 img.mount_from.push(b.repository);
             }
+            // Registry cache hits: on the cache's registry they are mounted from the cache
+            // repository; elsewhere their blobs are downloaded first, to be uploaded.
+            if let Some(rc) = &project.remote_cache {
+                if rc.registry() == target.registry {
+                    img.mount_from.push(rc.repository().to_owned());
+                } else {
+                    rc.ensure_local(&project.store, &m.layers)?;
+                }
+            }
             images.push(img);
         }
     }
@@ -145,7 +154,10 @@ pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
     let client = Client::new(
         // Uploads wait on the network, not the CPU: as many as docker runs at once
         // (5) even on a small CI runner, more with more cores, never more than 8.
-        settings.registry_options(&opts.insecure, project.jobs.clamp(5, 8)),
+        imgbuild_registry::ClientOptions {
+            counts: project.registry_counts.clone(),
+            ..settings.registry_options(&opts.insecure, project.jobs.clamp(5, 8))
+        },
         Credentials::from_process_env(),
     )?;
     project

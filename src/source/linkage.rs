@@ -138,6 +138,10 @@ impl SourcePlan for LinkagePlan<'_> {
         let lower = if self.lower.is_empty() {
             ImageFiles::default()
         } else {
+            // only a layer that adds ELF files reads those below (maybe from the registry cache)
+            if let Some(rc) = &self.session.remote_cache {
+                rc.ensure_blobs(&self.session.store, &self.lower)?;
+            }
             ImageFiles::from_layers(&self.session.store, &self.lower)
                 .context("linkage check: reading the layers below")?
         };

@@ -86,6 +86,12 @@ pub trait LayerSource: Send + Sync + Debug {
     fn lock(&self, _cx: &LockCx) -> Result<()> {
         Ok(())
     }
+    /// Whether building this source reads the bytes of the layers below (a Python
+    /// venv's `.pyc` by the image's interpreter, the linkage check): a registry cache
+    /// hit below is then downloaded first.
+    fn reads_lower_layers(&self) -> bool {
+        false
+    }
     /// The recipes whose images this source reads (a builder image, files copied out
     /// of another image), with where the recipe names them: they are built first.
     fn depends_on(&self) -> Vec<(String, Pos)> {
@@ -572,6 +578,8 @@ pub struct Session {
         std::sync::Mutex<BTreeMap<(String, crate::platform::Platform), crate::cache::ImageRecord>>,
     /// `--check-reproducible`: build steps run twice and compare their outputs.
     pub check_reproducible: bool,
+    /// The registry layer cache, looked up after the store (see `remote_cache.rs`).
+    pub remote_cache: Option<std::sync::Arc<crate::remote_cache::RemoteCache>>,
 }
 
 impl Session {
@@ -595,9 +603,13 @@ impl Session {
             store: project.store.clone(),
             jobs: project.jobs,
             progress: project.progress.clone(),
-            registry: settings.registry_options(&[], project.jobs.clamp(2, 8)),
+            registry: imgbuild_registry::ClientOptions {
+                counts: project.registry_counts.clone(),
+                ..settings.registry_options(&[], project.jobs.clamp(2, 8))
+            },
             images: Default::default(),
             check_reproducible: false,
+            remote_cache: project.remote_cache.clone(),
         })
     }
 }

@@ -101,6 +101,10 @@ impl LayerSource for PythonSource {
         Some(format!("python: {}", self.spec.requirements_rel.display()))
     }
 
+    fn reads_lower_layers(&self) -> bool {
+        self.spec.bytecode
+    }
+
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
         let p = &self.spec;
         // the platform being built: the image's interpreter must be of its architecture

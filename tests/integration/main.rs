@@ -18,6 +18,7 @@ mod plan;
 mod platforms;
 mod push;
 mod python_targets;
+mod registry_cache;
 mod setup_cmd;
 mod sources;
 mod stack_images;

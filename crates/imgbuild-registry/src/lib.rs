@@ -21,6 +21,7 @@
 // failure path, where an allocation more or less does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod counts;
 pub mod credentials;
 pub mod error;
 pub mod pull;
@@ -36,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+pub use counts::{RegistryCounts, RequestCounts};
 pub use credentials::{AuthEnv, Credential, Credentials, Secret, StoredIn};
 pub use error::{RegistryError, Result};
 pub use pull::PulledImage;
@@ -89,6 +91,9 @@ pub struct ClientOptions {
     /// loopback registry with such a directory is reached over HTTPS. Default:
     /// `/etc/docker/certs.d`, then `/etc/containers/certs.d`.
     pub certs_dirs: Vec<PathBuf>,
+    /// Where the requests of this client are counted, by registry; share one between
+    /// clients for one report of a whole command. Default: a table of its own.
+    pub counts: Arc<RequestCounts>,
 }
 
 impl Default for ClientOptions {
@@ -106,6 +111,7 @@ impl Default for ClientOptions {
                 PathBuf::from("/etc/docker/certs.d"),
                 PathBuf::from("/etc/containers/certs.d"),
             ],
+            counts: RequestCounts::new(),
         }
     }
 }
@@ -249,14 +255,22 @@ impl Client {
             .iter()
             .any(|r| normalize_registry(r) == registry);
         let (http, plain) = self.http_for(registry, insecure)?;
-        Session::new(
+        let mut session = Session::new(
             registry,
             http,
             credential,
             self.options.retry.clone(),
             plain,
             insecure,
-        )
+        )?;
+        session.counts = self.options.counts.clone();
+        Ok(session)
+    }
+
+    /// The requests this client (and every client sharing its [`ClientOptions::counts`])
+    /// sent, by registry.
+    pub fn request_counts(&self) -> BTreeMap<String, RegistryCounts> {
+        self.options.counts.snapshot()
     }
 
     /// Checks `username`/`password` against the registry (as `docker login` does: `/v2/` with

@@ -169,6 +169,23 @@ impl Client {
         })
     }
 
+    /// Downloads one blob of `repository` into the store, verified against its digest and
+    /// size while streaming (a blob already in the store is not fetched again).
+    pub fn download_blob(
+        &self,
+        store: &Store,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        if store.has_blob(digest) {
+            return Ok(());
+        }
+        let sess = self.session(registry)?;
+        download_blob(&sess, store, repository, digest, size)
+    }
+
     fn choose_platform(
         &self,
         sess: &Session,

@@ -149,6 +149,8 @@ pub(crate) struct Session {
     insecure_explicit: bool,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<BTreeMap<String, CachedToken>>,
+    /// Where every request sent is counted (shared by the client's sessions).
+    pub counts: std::sync::Arc<crate::counts::RequestCounts>,
 }
 
 impl std::fmt::Debug for Session {
@@ -192,6 +194,7 @@ impl Session {
             insecure_explicit: insecure,
             challenge: Mutex::new(None),
             tokens: Mutex::new(BTreeMap::new()),
+            counts: Default::default(),
         })
     }
 
@@ -440,7 +443,35 @@ impl Session {
             if let Some(a) = auth.clone() {
                 rb = rb.header(AUTHORIZATION, a);
             }
-            let resp = rb.send().map_err(|e| self.transport_failure(what, e))?;
+            let (http, req) = rb.build_split();
+            let req = req.map_err(|e| self.transport_failure(what, e))?;
+            let (method, url) = (req.method().clone(), req.url().clone());
+            let bytes_up = req
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .or_else(|| {
+                    req.body()
+                        .and_then(|b| b.as_bytes())
+                        .map(|b| b.len() as u64)
+                })
+                .unwrap_or(0);
+            let resp = http
+                .execute(req)
+                .map_err(|e| self.transport_failure(what, e))?;
+            let bytes_down = if resp.status().is_success() && method != reqwest::Method::HEAD {
+                resp.content_length().unwrap_or(0)
+            } else {
+                0
+            };
+            self.counts.record(
+                &self.registry,
+                &method,
+                url.path(),
+                url.query(),
+                bytes_up,
+                bytes_down,
+            );
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }

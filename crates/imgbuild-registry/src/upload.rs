@@ -206,6 +206,8 @@ pub(crate) fn upload_blob(
                     c.patch(url.clone())
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header(CONTENT_RANGE, format!("{offset}-{}", end - 1))
+                        // stated, so that the request counts see the bytes sent
+                        .header(CONTENT_LENGTH, end - offset)
                         .body(body)
                 });
                 match result {
@@ -302,6 +304,7 @@ pub(crate) fn upload_blob(
                     if whole {
                         c.put(put.clone())
                             .header(CONTENT_TYPE, "application/octet-stream")
+                            .header(CONTENT_LENGTH, size)
                             .body(Body::sized(FileRange::new(&path, 0, size), size))
                     } else {
                         c.put(put.clone()).header(CONTENT_LENGTH, 0)
