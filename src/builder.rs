@@ -343,6 +343,10 @@ pub(crate) fn build_image(
                 project
                     .progress
                     .status(format!("{label}: writing {} entries", built.tree.len()));
+                let mut contents = built.contents;
+                contents
+                    .complete(&built.tree, &project.root)
+                    .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
                 let blob = write_layer(&built.tree, &write, &project.store)
                     .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
                 let rec = LayerRecord {
@@ -354,6 +358,7 @@ pub(crate) fn build_image(
                     inputs: built.blobs,
                     notes: built.notes,
                     fingerprint_inputs,
+                    contents,
                 };
                 rec.save(&project.store, &fingerprint)?;
                 project.progress.detail(format!(

@@ -30,6 +30,9 @@ pub struct LayerRecord {
     /// What the fingerprint was made of, to explain the next cache miss.
     #[serde(default)]
     pub fingerprint_inputs: Vec<crate::source::Input>,
+    /// What the layer holds, as its SBOM names it (packages, distributions, files).
+    #[serde(default, skip_serializing_if = "crate::supply::contents::LayerContents::is_empty")]
+    pub contents: crate::supply::contents::LayerContents,
 }
 
 impl LayerRecord {
