@@ -430,6 +430,7 @@ impl SourcePlan for DebianPlan<'_> {
                     sha256: p.sha256.clone(),
                     filename: p.filename.clone(),
                     repository: p.repository.clone(),
+                    archive: p.base.as_str().to_owned(),
                     release: self.suite.version().to_owned(),
                     licenses: vec![],
                 })

@@ -32,6 +32,8 @@ pub struct DebianPackage {
     pub filename: String,
     /// `debian` or a `[[debian.repositories]]` name.
     pub repository: String,
+    /// The archive of a `debian` package: `debian` or `debian-security`.
+    pub archive: String,
     /// The Debian release's version (`12`, `13`), for the purl's `distro`.
     pub release: String,
     /// The distinct `License:` names of its DEP-5 copyright file, in file order;

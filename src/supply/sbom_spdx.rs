@@ -54,6 +54,10 @@ const NAMES: &[(&str, &str)] = &[
     ("mpl-2.0", "MPL-2.0"),
     ("cc0-1.0", "CC0-1.0"),
     ("cc0", "CC0-1.0"),
+    ("cc-by-3.0", "CC-BY-3.0"),
+    ("cc-by-4.0", "CC-BY-4.0"),
+    ("cc-by-sa-3.0", "CC-BY-SA-3.0"),
+    ("cc-by-sa-4.0", "CC-BY-SA-4.0"),
     ("psf-2.0", "PSF-2.0"),
     ("python-2.0", "Python-2.0"),
     ("unlicense", "Unlicense"),
@@ -257,7 +261,7 @@ pub fn document(f: &ImageFacts) -> Vec<u8> {
                 "name": p.name,
                 "versionInfo": p.version,
                 "downloadLocation": if p.repository == "debian" {
-                    format!("https://deb.debian.org/debian/{}", p.filename)
+                    format!("https://deb.debian.org/{}/{}", p.archive, p.filename)
                 } else {
                     "NOASSERTION".to_owned()
                 },

@@ -19,4 +19,5 @@ mod push;
 mod setup_cmd;
 mod sources;
 mod stack_images;
+mod supply_chain;
 mod temps;
