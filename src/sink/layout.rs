@@ -60,7 +60,7 @@ pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
 }
 
 /// Removes blobs that no manifest of the index refers to (left by earlier builds).
-fn prune<'a>(blobs: &Path, entries: impl Iterator<Item = &'a Value>) -> Result<()> {
+pub fn prune<'a>(blobs: &Path, entries: impl Iterator<Item = &'a Value>) -> Result<()> {
     let mut live = std::collections::BTreeSet::new();
     for e in entries {
         let Some(m) = e["digest"]

@@ -100,12 +100,15 @@ pub fn add_to_layout(
         });
         entries.insert(ref_name, e);
     }
+    let entries: Vec<Value> = entries.into_values().collect();
     let bytes = canonical(&json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_INDEX,
-        "manifests": entries.into_values().collect::<Vec<_>>(),
+        "manifests": entries,
     }));
-    crate::sink::write_atomic(&index_path, &bytes)
+    crate::sink::write_atomic(&index_path, &bytes)?;
+    // the documents of the image's earlier builds were kept until now
+    crate::sink::layout::prune(&blobs, entries.iter())
 }
 
 /// What attaching did on one registry.
