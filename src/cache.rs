@@ -31,7 +31,10 @@ pub struct LayerRecord {
     #[serde(default)]
     pub fingerprint_inputs: Vec<crate::source::Input>,
     /// What the layer holds, as its SBOM names it (packages, distributions, files).
-    #[serde(default, skip_serializing_if = "crate::supply::contents::LayerContents::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::supply::contents::LayerContents::is_empty"
+    )]
     pub contents: crate::supply::contents::LayerContents,
 }
 

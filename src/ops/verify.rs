@@ -212,8 +212,14 @@ pub fn verify(project: &Project, opts: &VerifyOptions) -> Result<VerifyReport> {
         )
     };
 
-    // Rebuild.
-    let records = crate::ops::build::build(
+    // Rebuild. In the project's store the build replaces the records of the images'
+    // last builds (what `push`, `inspect` and `verify NAME` read): they are put back.
+    let saved = if opts.fresh {
+        vec![]
+    } else {
+        last_build_records(project, &recipe)?
+    };
+    let rebuilt_records = crate::ops::build::build(
         &scratch,
         &crate::ops::build::BuildOptions {
             names: Some(vec![recipe.clone()]),
@@ -223,8 +229,14 @@ pub fn verify(project: &Project, opts: &VerifyOptions) -> Result<VerifyReport> {
             sbom_format: crate::supply::SbomFormat::Spdx,
         },
     )
-    .with_context(|| format!("rebuilding `{recipe}` from this checkout"))?;
-    let rebuilt = records
+    .with_context(|| format!("rebuilding `{recipe}` from this checkout"));
+    for (bucket, key, bytes) in &saved {
+        match bytes {
+            Some(b) => project.store.write_record(*bucket, key, b)?,
+            None => project.store.remove_entry(*bucket, key)?,
+        }
+    }
+    let rebuilt = rebuilt_records?
         .into_iter()
         .find(|r| r.name == recipe)
         .context("internal error: the recipe was not rebuilt")?;
@@ -249,7 +261,8 @@ pub fn verify(project: &Project, opts: &VerifyOptions) -> Result<VerifyReport> {
     let given_layers: Vec<Descriptor> = serde_json::from_value(m["layers"].clone())
         .context("the image's manifest has no layers")?;
     if given_config.digest != rebuilt.config_digest {
-        let a: serde_json::Value = serde_json::from_slice(&store.read_bytes(&given_config.digest)?)?;
+        let a: serde_json::Value =
+            serde_json::from_slice(&store.read_bytes(&given_config.digest)?)?;
         let b: serde_json::Value =
             serde_json::from_slice(&store.read_bytes(&rebuilt.config_digest)?)?;
         report.config = json_diff("", &a, &b);
@@ -283,12 +296,38 @@ pub fn verify(project: &Project, opts: &VerifyOptions) -> Result<VerifyReport> {
                     LayerRecord::read_unverified(store, fr),
                 )
             {
-                diff.why = crate::source::explain(Some(&old.fingerprint_inputs), &new.fingerprint_inputs);
+                diff.why =
+                    crate::source::explain(Some(&old.fingerprint_inputs), &new.fingerprint_inputs);
             }
         }
         report.layers.push(diff);
     }
     Ok(report)
+}
+
+/// The store records a build of `recipe` (and what it is built from) replaces: the
+/// image records and SBOM pointers of the project's last builds, as they are now.
+#[allow(clippy::type_complexity)]
+fn last_build_records(
+    project: &Project,
+    recipe: &str,
+) -> Result<Vec<(imgbuild_store::Bucket, String, Option<Vec<u8>>)>> {
+    use imgbuild_store::Bucket;
+    let set = crate::recipe::RecipeSet::load(&project.root)?;
+    let mut out = vec![];
+    for r in set.closure(Some(&[recipe.to_owned()]))? {
+        for (bucket, key) in [
+            (Bucket::Images, ImageRecord::key(&project.key, &r.name)),
+            (
+                Bucket::Attestations,
+                crate::supply::Attestations::key(&project.key, &r.name),
+            ),
+        ] {
+            let bytes = project.store.read_record(bucket, &key)?;
+            out.push((bucket, key, bytes));
+        }
+    }
+    Ok(out)
 }
 
 fn copy_blob_between(from: &Store, to: &Store, d: &Digest) -> Result<()> {
@@ -357,7 +396,11 @@ fn entries(store: &Store, d: &Descriptor) -> Result<BTreeMap<String, Entry>> {
     let mut out = BTreeMap::new();
     for e in archive.entries()? {
         let mut e = e?;
-        let path = e.path()?.to_string_lossy().trim_start_matches("./").to_owned();
+        let path = e
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
         let h = e.header();
         let kind = match h.entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => 'f',
@@ -373,9 +416,7 @@ fn entries(store: &Store, d: &Descriptor) -> Result<BTreeMap<String, Entry>> {
         let owner = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
         let mtime = h.mtime().unwrap_or(0);
         let size = h.size().unwrap_or(0);
-        let link = e
-            .link_name()?
-            .map(|l| l.to_string_lossy().into_owned());
+        let link = e.link_name()?.map(|l| l.to_string_lossy().into_owned());
         let content = if kind == 'f' {
             let mut hasher = sha2::Sha256::new();
             let mut buf = vec![0u8; 64 * 1024];
@@ -415,7 +456,11 @@ fn compare(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> Vec<File
     };
     for (p, x) in a {
         let Some(y) = b.get(p) else {
-            out.push(diff(p, "removed", Some("only in the expected image".into())));
+            out.push(diff(
+                p,
+                "removed",
+                Some("only in the expected image".into()),
+            ));
             continue;
         };
         if x.kind != y.kind {
@@ -430,7 +475,11 @@ fn compare(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> Vec<File
             ));
         }
         if x.mode != y.mode {
-            out.push(diff(p, "mode", Some(format!("{:04o} -> {:04o}", x.mode, y.mode))));
+            out.push(diff(
+                p,
+                "mode",
+                Some(format!("{:04o} -> {:04o}", x.mode, y.mode)),
+            ));
         }
         if x.owner != y.owner {
             out.push(diff(
@@ -454,7 +503,11 @@ fn compare(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> Vec<File
             ));
         }
         if x.mtime != y.mtime {
-            out.push(diff(p, "mtime", Some(format!("{} -> {}", x.mtime, y.mtime))));
+            out.push(diff(
+                p,
+                "mtime",
+                Some(format!("{} -> {}", x.mtime, y.mtime)),
+            ));
         }
     }
     for p in b.keys() {

@@ -125,9 +125,8 @@ impl LayerContents {
                 let Node::File { content, .. } = node else {
                     continue;
                 };
-                let (sha256, sha1) = checksums(content).map_err(|e| {
-                    anyhow::anyhow!("reading /{} for the SBOM: {e}", path.as_str())
-                })?;
+                let (sha256, sha1) = checksums(content)
+                    .map_err(|e| anyhow::anyhow!("reading /{} for the SBOM: {e}", path.as_str()))?;
                 let source = match content {
                     Content::Host { path: host, .. } => host
                         .strip_prefix(project_root)
@@ -144,7 +143,8 @@ impl LayerContents {
             }
         }
         self.debian.sort_by(|a, b| a.name.cmp(&b.name));
-        self.python.sort_by(|a, b| pep503(&a.name).cmp(&pep503(&b.name)));
+        self.python
+            .sort_by(|a, b| pep503(&a.name).cmp(&pep503(&b.name)));
         self.files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(())
     }

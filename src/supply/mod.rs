@@ -112,7 +112,8 @@ pub struct Attestations {
 }
 
 impl Attestations {
-    fn key(project_key: &str, name: &str) -> String {
+    /// The key of a project's last documents of an image.
+    pub fn key(project_key: &str, name: &str) -> String {
         format!("image-{project_key}-{name}")
     }
     /// The documents of the last build of `name` in this project.
@@ -179,7 +180,11 @@ pub fn attest(
     };
     let pointer = Attestations::key(&project.key, &record.name);
     let bytes = serde_json::to_vec(&att)?;
-    if store.read_record(Bucket::Attestations, &pointer)?.as_deref() != Some(&bytes[..]) {
+    if store
+        .read_record(Bucket::Attestations, &pointer)?
+        .as_deref()
+        != Some(&bytes[..])
+    {
         store.write_record(Bucket::Attestations, &pointer, &bytes)?;
     }
     Ok(att)

@@ -217,9 +217,7 @@ pub fn document(f: &ImageFacts) -> Vec<u8> {
         "relatedSpdxElement": image_id,
     })];
     let mut extracted: BTreeMap<String, String> = BTreeMap::new();
-    let contains = |a: &str, b: &str| {
-        json!({"spdxElementId": a, "relationshipType": "CONTAINS", "relatedSpdxElement": b})
-    };
+    let contains = |a: &str, b: &str| json!({"spdxElementId": a, "relationshipType": "CONTAINS", "relatedSpdxElement": b});
     for (i, layer) in f.layers.iter().enumerate() {
         let n = i + 1;
         let layer_id = spdx_id(&["Layer", &n.to_string()]);

@@ -66,8 +66,8 @@ pub fn load_private_key(
 ) -> Result<SigningKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read the key `{}`", path.display()))?;
-    let (label, body) = pem_block(&text)
-        .ok_or_else(|| anyhow!("`{}` is not a PEM key file", path.display()))?;
+    let (label, body) =
+        pem_block(&text).ok_or_else(|| anyhow!("`{}` is not a PEM key file", path.display()))?;
     let pkcs8 = match label.as_str() {
         "ENCRYPTED SIGSTORE PRIVATE KEY" | "ENCRYPTED COSIGN PRIVATE KEY" => {
             let password = password().ok_or_else(|| {
@@ -103,7 +103,8 @@ fn decrypt_cosign_key(json_bytes: &[u8], password: &[u8]) -> Result<Vec<u8>> {
             .pointer(p)
             .and_then(|s| s.as_str())
             .ok_or_else(|| anyhow!("the key has no {p}"))?;
-        B64.decode(s).map_err(|e| anyhow!("the key's {p} is not base64: {e}"))
+        B64.decode(s)
+            .map_err(|e| anyhow!("the key's {p} is not base64: {e}"))
     };
     if v.pointer("/kdf/name").and_then(|s| s.as_str()) != Some("scrypt")
         || v.pointer("/cipher/name").and_then(|s| s.as_str()) != Some("nacl/secretbox")
@@ -114,8 +115,14 @@ fn decrypt_cosign_key(json_bytes: &[u8], password: &[u8]) -> Result<Vec<u8>> {
         .pointer("/kdf/params/N")
         .and_then(|x| x.as_u64())
         .unwrap_or(32768);
-    let r = v.pointer("/kdf/params/r").and_then(|x| x.as_u64()).unwrap_or(8) as u32;
-    let p = v.pointer("/kdf/params/p").and_then(|x| x.as_u64()).unwrap_or(1) as u32;
+    let r = v
+        .pointer("/kdf/params/r")
+        .and_then(|x| x.as_u64())
+        .unwrap_or(8) as u32;
+    let p = v
+        .pointer("/kdf/params/p")
+        .and_then(|x| x.as_u64())
+        .unwrap_or(1) as u32;
     if !n.is_power_of_two() {
         bail!("the key's scrypt N ({n}) is not a power of two");
     }
@@ -173,7 +180,13 @@ pub fn sign(
     key: &SigningKey,
 ) -> Result<Signed> {
     let repo = target.name();
-    let payload = payload(&repo, image);
+    // the repository as cosign (go-containerregistry) names it: Docker Hub is
+    // `index.docker.io`
+    let identity = match repo.strip_prefix("docker.io/") {
+        Some(rest) => format!("index.docker.io/{rest}"),
+        None => repo.clone(),
+    };
+    let payload = payload(&identity, image);
     let sig: Signature = key.sign(&payload);
     let der: DerSignature = sig.to_der();
     let sig_b64 = B64.encode(der.as_bytes());

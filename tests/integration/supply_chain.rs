@@ -52,7 +52,8 @@ fn curl(args: &[&str]) -> Vec<u8> {
     o.stdout
 }
 
-const ACCEPT_ALL: &str = "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+const ACCEPT_ALL: &str =
+    "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
 
 fn json_file(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
@@ -137,7 +138,10 @@ fn sboms_list_the_lock_and_the_requirements_and_pass_the_validators() {
     // netbase's copyright file is machine-readable: GPL-2
     assert_eq!(netbase["licenseDeclared"], "GPL-2.0-only", "{netbase}");
     let libc = debs.iter().find(|p| p["name"] == "libc6").unwrap();
-    assert!(libc["sourceInfo"].as_str().unwrap().contains("glibc"), "{libc}");
+    assert!(
+        libc["sourceInfo"].as_str().unwrap().contains("glibc"),
+        "{libc}"
+    );
     assert_eq!(libc["checksums"][0]["algorithm"], "SHA256");
 
     // Python: every requirement, with its wheel's sha256 and license
@@ -170,7 +174,10 @@ fn sboms_list_the_lock_and_the_requirements_and_pass_the_validators() {
     assert_eq!(blinker["licenseDeclared"], "MIT", "{blinker}");
     // the wheel's sha256: one of the requirement's hashes
     let wheel = blinker["checksums"][0]["checksumValue"].as_str().unwrap();
-    assert!(reqs.contains(&format!("--hash=sha256:{wheel}")), "{blinker}");
+    assert!(
+        reqs.contains(&format!("--hash=sha256:{wheel}")),
+        "{blinker}"
+    );
 
     // Files: the files layer's files with the project files' sha256
     let motd = spdx["files"]
@@ -180,7 +187,13 @@ fn sboms_list_the_lock_and_the_requirements_and_pass_the_validators() {
         .find(|x| x["fileName"] == "./etc/motd")
         .expect("/etc/motd in the SBOM");
     let want = sha256_hex(&std::fs::read(f.path().join("layers/motd")).unwrap());
-    assert!(motd["checksums"].as_array().unwrap().iter().any(|c| c["checksumValue"] == want));
+    assert!(
+        motd["checksums"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["checksumValue"] == want)
+    );
     // relationships: image CONTAINS layer CONTAINS package
     let rel = |a: &str, b: &str| {
         spdx["relationships"].as_array().unwrap().iter().any(|r| {
@@ -213,7 +226,10 @@ fn sboms_list_the_lock_and_the_requirements_and_pass_the_validators() {
     let noop = f.build_json(&["build", "sbom"]);
     assert!(layers_of(&noop, "sbom").iter().all(|(_, c)| *c));
     assert_eq!(std::fs::read(&spdx_path).unwrap(), before);
-    assert_eq!(std::fs::metadata(&spdx_path).unwrap().modified().unwrap(), mtime);
+    assert_eq!(
+        std::fs::metadata(&spdx_path).unwrap().modified().unwrap(),
+        mtime
+    );
     // the OCI layout carries both documents as referrers of the image
     let index = json_file(&out.join("oci/index.json"));
     let image = digests(&noop)[0].1.clone();
@@ -228,27 +244,35 @@ fn sboms_list_the_lock_and_the_requirements_and_pass_the_validators() {
             .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
             .unwrap_or_else(|| panic!("{name} not in {index}"));
         assert_eq!(e["artifactType"], t);
-        let m = json_file(&out.join("oci/blobs/sha256").join(
-            e["digest"].as_str().unwrap().trim_start_matches("sha256:"),
-        ));
+        let m = json_file(
+            &out.join("oci/blobs/sha256")
+                .join(e["digest"].as_str().unwrap().trim_start_matches("sha256:")),
+        );
         assert_eq!(m["subject"]["digest"], image);
     }
     // provenance: the lock and the recipe by digest
     let prov = json_file(&out.join("sbom.provenance.json"));
     assert_eq!(prov["predicateType"], "https://slsa.dev/provenance/v1");
-    assert_eq!(prov["subject"][0]["digest"]["sha256"], image.trim_start_matches("sha256:"));
+    assert_eq!(
+        prov["subject"][0]["digest"]["sha256"],
+        image.trim_start_matches("sha256:")
+    );
     let deps = prov["predicate"]["buildDefinition"]["resolvedDependencies"]
         .as_array()
         .unwrap();
     let lock_hex = sha256_hex(&std::fs::read(f.path().join("imgbuild.lock")).unwrap());
     assert!(
-        deps.iter().any(|d| d["name"] == "imgbuild.lock" && d["digest"]["sha256"] == lock_hex),
+        deps.iter()
+            .any(|d| d["name"] == "imgbuild.lock" && d["digest"]["sha256"] == lock_hex),
         "{prov}"
     );
     assert!(deps.iter().any(|d| d["name"] == "recipes/sbom.toml"));
 
     // CycloneDX: valid, the same packages
-    run_ok(f.cmd().args(["build", "sbom", "--sbom-format", "cyclonedx"]));
+    run_ok(
+        f.cmd()
+            .args(["build", "sbom", "--sbom-format", "cyclonedx"]),
+    );
     let cdx_path = out.join("sbom.cdx.json");
     let o = python(CDX_VALIDATE, &[cdx_path.to_str().unwrap()]);
     assert!(
@@ -286,7 +310,11 @@ fn fallback_referrers(addr: &str, repo: &str, image: &str) -> Vec<(String, Vec<u
     let mut docs = vec![];
     for e in index["manifests"].as_array().unwrap() {
         let d = e["digest"].as_str().unwrap();
-        let raw = curl(&["-H", ACCEPT_ALL, &format!("http://{addr}/v2/{repo}/manifests/{d}")]);
+        let raw = curl(&[
+            "-H",
+            ACCEPT_ALL,
+            &format!("http://{addr}/v2/{repo}/manifests/{d}"),
+        ]);
         assert_eq!(format!("sha256:{}", sha256_hex(&raw)), d);
         let m: Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(m["subject"]["digest"], image, "{m}");
@@ -418,7 +446,12 @@ fn a_signature_verifies_independently_and_fails_once_the_image_changed() {
             .arg(&key),
     );
     let base = format!("http://{}", reg.addr);
-    let check = |tag: &str| python(VERIFY_COSIGN, &[&base, "sig/hello", tag, public.to_str().unwrap()]);
+    let check = |tag: &str| {
+        python(
+            VERIFY_COSIGN,
+            &[&base, "sig/hello", tag, public.to_str().unwrap()],
+        )
+    };
     let o = check("latest");
     assert!(
         o.status.success(),
@@ -446,7 +479,11 @@ fn a_signature_verifies_independently_and_fails_once_the_image_changed() {
     run_ok(f.cmd().args(["build", "hello"]));
     run_ok(f.cmd().args(["push", "hello", "--registry", &prefix]));
     let o = check("latest");
-    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let out = f
         .cmd()
         .args(["verify-signature", "hello", "--registry", &prefix, "--key"])
@@ -511,12 +548,13 @@ fn verify_passes_on_the_pushed_image_and_names_the_tampered_layer_and_file() {
         .1;
     let prefix = format!("{}/v", reg.addr);
     run_ok(f.cmd().args(["push", "hello", "--registry", &prefix]));
+    let original_index = std::fs::read(f.path().join("layers/site/index.html")).unwrap();
 
     // the local build, then the pushed image (pulled, rebuilt from this checkout)
     run_ok(f.cmd().args(["verify", "hello"]));
     let pushed = format!("{prefix}/hello@{image}");
-    let v: Value = serde_json::from_str(&run_ok(f.cmd().args(["--json", "verify", &pushed])))
-        .unwrap();
+    let v: Value =
+        serde_json::from_str(&run_ok(f.cmd().args(["--json", "verify", &pushed]))).unwrap();
     assert_eq!(v["matches"], true, "{v}");
 
     // one file changed in the image's own layer (the last), re-pushed
@@ -561,5 +599,28 @@ fn verify_passes_on_the_pushed_image_and_names_the_tampered_layer_and_file() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("layer {}", index + 1)) && text.contains("content /etc/motd"), "{text}");
+    assert!(
+        text.contains(&format!("layer {}", index + 1)) && text.contains("content /etc/motd"),
+        "{text}"
+    );
+
+    // a checkout that changed no longer reproduces the local build, which says why;
+    // verify leaves the last build as it was (a second run says the same)
+    std::fs::write(f.path().join("layers/site/index.html"), "changed\n").unwrap();
+    for _ in 0..2 {
+        let out = f
+            .cmd()
+            .args(["--json", "verify", "hello"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["expected"], image.as_str(), "{v}");
+        let l = &v["layers"][0];
+        assert_eq!(l["files"][0]["path"], "/srv/index.html", "{v}");
+        assert_eq!(l["why"][0], "layers/site/index.html changed", "{v}");
+    }
+    // --fresh: nothing from the store is trusted; the original checkout reproduces
+    std::fs::write(f.path().join("layers/site/index.html"), &original_index).unwrap();
+    run_ok(f.cmd().args(["verify", "--fresh", "hello"]));
 }

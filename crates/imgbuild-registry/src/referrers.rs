@@ -115,4 +115,3 @@ impl Client {
         crate::pull::download_blob(&sess, store, &target.repository, digest, size)
     }
 }
-
