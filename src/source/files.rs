@@ -719,14 +719,15 @@ impl FilesPlan<'_> {
             let i = match image_index.get(&c.image) {
                 Some(i) => *i,
                 None => {
-                    let files = ImageFiles::from_layers(&self.store, &c.layers).with_context(|| {
-                        format!(
-                            "{}: reading the layers of image `{}` ({})",
-                            self.place.at(&f.pos),
-                            c.image,
-                            c.manifest
-                        )
-                    })?;
+                    let files =
+                        ImageFiles::from_layers(&self.store, &c.layers).with_context(|| {
+                            format!(
+                                "{}: reading the layers of image `{}` ({})",
+                                self.place.at(&f.pos),
+                                c.image,
+                                c.manifest
+                            )
+                        })?;
                     self.images.push(files);
                     image_index.insert(c.image.clone(), self.images.len() - 1);
                     self.images.len() - 1

@@ -81,10 +81,6 @@ pub struct LayerContents {
 }
 
 impl LayerContents {
-    pub fn is_empty(&self) -> bool {
-        self.debian.is_empty() && self.python.is_empty() && self.files.is_empty()
-    }
-
     pub fn extend(&mut self, other: LayerContents) {
         self.debian.extend(other.debian);
         self.python.extend(other.python);

@@ -90,7 +90,7 @@ impl<'a> ImageFacts<'a> {
                     .fingerprint
                     .as_ref()
                     .and_then(|f| LayerRecord::read_unverified(store, f))
-                    .map(|r| r.contents)
+                    .and_then(|r| r.contents)
                     .unwrap_or_default(),
             })
             .collect();
