@@ -15,6 +15,10 @@
 #           skopeo copy and podman push of the same two images.
 #   stack   one app file changed on the running compose stack: imgbuild all --load +
 #           docker-compose up vs docker build + docker-compose up (bench/stack.sh).
+#   platforms  the redis image for linux/amd64 alone against linux/amd64 + linux/arm64
+#           (`[build] platforms`), each from a cold store (downloads included); target:
+#           both platforms at most 1.3x amd64 alone (no emulation on the build path).
+#           The ratio is printed and written to $W/results/platforms.env.
 #
 # usage: bench/run.sh [SECTION...]      e.g. `bench/run.sh push` runs only the push part
 #
@@ -35,7 +39,7 @@ export LC_ALL=C
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${IMGBUILD_BENCH_DIR:-/var/tmp/imgbuild-bench}
 RUNS=${BENCH_RUNS:-8}
-ALL_SECTIONS=core,memory,debian,push,stack
+ALL_SECTIONS=core,memory,debian,push,stack,platforms
 SECTIONS=${BENCH_SECTIONS:-$ALL_SECTIONS}
 if (($#)); then SECTIONS=$(IFS=,; echo "$*"); fi
 for s in ${SECTIONS//,/ }; do
@@ -412,6 +416,30 @@ EOF
     echo "debs_opened=$(grep -cFf <(cut -d' ' -f1 "$D/debs.txt") "$RES/debian-noop.strace" || true)"
   } >> "$RES/debian.env"
   rm -rf "$D/hand" "$D/out"
+fi
+
+# ---------------------------------------------------------------- platforms
+if want platforms; then
+  PL=$W/plat PLP=$W/plat/proj
+  say "platforms: redis for amd64 alone vs amd64 + arm64, cold store"
+  rm -rf "$PLP" "$PL/store" "$PL/out"; mkdir -p "$PLP/recipes"
+  cp "$REPO/recipes/redis.toml" "$PLP/recipes/"
+  cp -r "$REPO/layers" "$PLP/"
+  { cat "$REPO/imgbuild.toml" 2>/dev/null || true
+    printf '\n[build]\nplatforms = ["linux/amd64", "linux/arm64"]\n'; } > "$PLP/imgbuild.toml"
+  # both architectures pinned once (the timed builds read no index: --locked)
+  $IB -q -C "$PLP" --store "$PL/seed" lock
+  IBP="$IB -q -C $PLP --store $PL/store --out $PL/out"
+  hf platforms \
+    -n "imgbuild build redis --platform linux/amd64 (cold store)" --prepare "rm -rf $PL/store $PL/out" "$IBP build --locked --platform linux/amd64 redis" \
+    -n "imgbuild build redis, linux/amd64 + linux/arm64 (cold store)" --prepare "rm -rf $PL/store $PL/out" "$IBP build --locked redis"
+  python3 - "$RES/platforms.json" > "$RES/platforms.env" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+one, both = (x["median"] for x in r)
+print(f"amd64_s={one:.3f}\nboth_s={both:.3f}\nratio={both / one:.2f}\ntarget=1.30")
+EOF
+  cat "$RES/platforms.env" >&2
 fi
 
 # ---------------------------------------------------------------- push

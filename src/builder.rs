@@ -23,6 +23,7 @@ use crate::lower::LowerView;
 use crate::naming::{image_out, reference_for};
 use crate::oci::{self, Descriptor, HistoryEntry, MEDIA_CONFIG};
 use crate::plan::{ImagePlan, LayerPlan, LayerState, Plan};
+use crate::platform::{Platform, Selection};
 use crate::progress::{human, short};
 use crate::project::Project;
 use crate::recipe::{ConfigSpec, From, Recipe, RecipeSet};
@@ -61,9 +62,19 @@ pub fn plan(
     names: Option<&[String]>,
     locked: bool,
     relock: bool,
+    platforms: &Selection,
 ) -> Result<(Plan, crate::lockfile::Lockfile)> {
     let set = RecipeSet::load(&project.root)?;
     let order = set.closure(names)?;
+    // every (recipe, platform), each platform in the project's order
+    let mut work: Vec<(&Recipe, Platform)> = vec![];
+    for p in &platforms.project {
+        for r in &order {
+            if platforms.for_recipe(r)?.contains(p) {
+                work.push((r, *p));
+            }
+        }
+    }
     let _lock = project.lock_shared()?;
     let stat = StatCache::load(&project.store, &project.key, project.jobs);
     let session = Session::new(project, locked, relock)?;
@@ -72,17 +83,18 @@ pub fn plan(
         // registry bases given by tag are resolved afresh too
         session.debian.lock.lock().expect("lock").bases.clear();
     }
-    let mut done: BTreeMap<String, Option<Built>> = BTreeMap::new();
+    let mut done: BTreeMap<(String, Platform), Option<Built>> = BTreeMap::new();
     let mut images = vec![];
-    for r in &order {
+    for (r, platform) in work {
+        let platform_shown = platforms.indexed().then(|| platform.to_string());
         // an image another image's layers read must be built first
         let pending_dep = r
             .dependencies()
             .into_iter()
             .map(|(d, _)| d)
-            .find(|d| !matches!(done.get(d), Some(Some(_))));
+            .find(|d| !matches!(done.get(&(d.clone(), platform)), Some(Some(_))));
         let base = match (&r.from.value, pending_dep) {
-            (From::Recipe(p), None) => done.get(p).and_then(Option::as_ref),
+            (From::Recipe(p), None) => done.get(&(p.clone(), platform)).and_then(Option::as_ref),
             (_, None) => None,
             (from, Some(dep)) => {
                 {
@@ -92,24 +104,39 @@ pub fn plan(
                     } else {
                         format!("image `{dep}` changes")
                     };
-                    let plan = waiting_plan(r, &why, 0);
+                    let mut plan = waiting_plan(r, &why, 0);
+                    plan.platform = platform_shown;
                     // its Debian layers still resolve, for the lock
                     for i in 0..r.layers.len() {
-                        source::lock_layer(&session, r, i)?;
+                        source::lock_layer(&session, r, i, platform)?;
                     }
-                    done.insert(r.name.clone(), None);
+                    done.insert((r.name.clone(), platform), None);
                     images.push(plan);
                     continue;
                 }
             }
         };
-        let out = build_image(project, &session, r, base, &stat, 1, Mode::Plan)?;
-        done.insert(r.name.clone(), out.built);
-        images.push(out.plan);
+        let out = build_image(
+            project,
+            &session,
+            r,
+            base,
+            &stat,
+            1,
+            Mode::Plan,
+            platform,
+            platforms.indexed(),
+        )?;
+        done.insert((r.name.clone(), platform), out.built);
+        let mut plan = out.plan;
+        plan.platform = platform_shown;
+        images.push(plan);
     }
     project.progress.clear();
-    if names.is_none() {
-        session.debian.prune_lock(&live_debian_layers(&set));
+    if names.is_none() && platforms.only.is_none() {
+        session
+            .debian
+            .prune_lock(&live_debian_layers(&set, platforms));
     }
     let lock_after = session.debian.lock.lock().expect("lock").clone();
     let plan = Plan {
@@ -148,6 +175,7 @@ fn waiting_plan(r: &Recipe, why: &str, from: usize) -> ImagePlan {
     ImagePlan {
         name: r.name.clone(),
         recipe: r.file.display().to_string(),
+        platform: None,
         layers: r.layers[from..]
             .iter()
             .enumerate()
@@ -156,13 +184,19 @@ fn waiting_plan(r: &Recipe, why: &str, from: usize) -> ImagePlan {
     }
 }
 
-/// (recipe, layer number) of every Debian layer, to drop stale lock entries.
-pub fn live_debian_layers(set: &RecipeSet) -> BTreeMap<(String, usize), ()> {
+/// (recipe, layer number, architecture) of every Debian layer of every platform
+/// its recipe is built for (whatever `--platform` says), to drop stale lock entries.
+pub fn live_debian_layers(
+    set: &RecipeSet,
+    platforms: &Selection,
+) -> BTreeMap<(String, usize, imgbuild_debian::Arch), ()> {
     let mut live = BTreeMap::new();
     for r in set.recipes.values() {
-        for (i, l) in r.layers.iter().enumerate() {
-            if l.sources.iter().any(|s| s.kind() == "debian") {
-                live.insert((r.name.clone(), i + 1), ());
+        for p in platforms.all_for_recipe(r) {
+            for (i, l) in r.layers.iter().enumerate() {
+                if l.sources.iter().any(|s| s.kind() == "debian") {
+                    live.insert((r.name.clone(), i + 1, p.arch), ());
+                }
             }
         }
     }
@@ -202,6 +236,10 @@ fn reason_for(
     reasons
 }
 
+/// Builds (or plans) one image for one platform. `indexed`: the image becomes an
+/// image index over its platforms' manifests (assembled by the caller, which
+/// writes the tarball then); else its tarball is written here.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build_image(
     project: &Project,
     session: &Session,
@@ -210,19 +248,22 @@ pub(crate) fn build_image(
     stat: &StatCache,
     threads: usize,
     mode: Mode,
+    platform: Platform,
+    indexed: bool,
 ) -> Result<ImageOutcome> {
     let mut plan = ImagePlan {
         name: r.name.clone(),
         recipe: r.file.display().to_string(),
+        platform: None,
         layers: vec![],
     };
     let registry_base = match &r.from.value {
         From::Registry(reference) => {
-            match source::base::load(session, r, reference, mode == Mode::Build)? {
+            match source::base::load(session, r, reference, mode == Mode::Build, platform)? {
                 Some(b) => Some(b),
                 None => {
                     for i in 0..r.layers.len() {
-                        source::lock_layer(session, r, i)?;
+                        source::lock_layer(session, r, i, platform)?;
                     }
                     plan.layers = waiting_plan(
                         r,
@@ -253,6 +294,9 @@ pub(crate) fn build_image(
             base_layers: 0,
             layers: b.layers,
             inputs: b.blobs,
+            platform: None,
+            index: None,
+            platforms: vec![],
         },
         view: b.view,
         accounts: b.accounts,
@@ -265,7 +309,8 @@ pub(crate) fn build_image(
         threads,
     };
     let contract = write.contract();
-    let previous = ImageRecord::load(&project.store, &project.key, &r.name)?;
+    let previous = ImageRecord::load(&project.store, &project.key, &r.name)?
+        .and_then(|p| p.for_platform(platform).cloned());
     let mut layers: Vec<LayerReport> = base.map(|b| b.record.layers.clone()).unwrap_or_default();
     let base_layers = layers.len();
     let mut view = base.map(|b| b.view.clone()).unwrap_or_default();
@@ -274,13 +319,20 @@ pub(crate) fn build_image(
     let mut inputs: Vec<Digest> = base.map(|b| b.record.inputs.clone()).unwrap_or_default();
     let mut rebuilt_below: Option<usize> = None;
     let n = r.layers.len();
+    // `[app]`, or `[app linux/arm64]` for an image built for several platforms
+    let tag = if indexed {
+        format!("{} {platform}", r.name)
+    } else {
+        r.name.clone()
+    };
     for (i, spec) in r.layers.iter().enumerate() {
-        let label = format!("[{}] layer {}/{n}", r.name, i + 1);
+        let label = format!("[{tag}] layer {}/{n}", i + 1);
         project
             .progress
             .status(format!("{label}: checking inputs ({})", spec.describe()));
-        let planned =
-            source::plan_layer(session, stat, r, i, &view, &layers, &accounts, &contract)?;
+        let planned = source::plan_layer(
+            session, stat, r, i, &view, &layers, &accounts, &contract, platform,
+        )?;
         let fingerprint = planned.fingerprint.clone();
         let next_accounts = planned.accounts_after.clone();
         let cached_record = LayerRecord::lookup(&project.store, &fingerprint)?;
@@ -321,7 +373,7 @@ pub(crate) fn build_image(
             None if mode == Mode::Plan => {
                 // what is above depends on the bytes of this layer
                 for (j, l) in r.layers.iter().enumerate().skip(i + 1) {
-                    source::lock_layer(session, r, j)?;
+                    source::lock_layer(session, r, j, platform)?;
                     plan.layers.push(waiting_layer(
                         j + 1,
                         l,
@@ -419,7 +471,7 @@ pub(crate) fn build_image(
     }
     let config_spec = oci::merge_config(base.map(|b| &b.config), &r.config);
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let config = oci::image_config(&config_spec, &diff_ids, &history, project.epoch);
+    let config = oci::image_config(&config_spec, &diff_ids, &history, project.epoch, platform);
     let layer_desc: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
     let config_digest = Digest::of_bytes(&config);
     let manifest = oci::image_manifest(
@@ -452,8 +504,11 @@ pub(crate) fn build_image(
         base_layers,
         layers,
         inputs,
+        platform: indexed.then(|| platform.to_string()),
+        index: None,
+        platforms: vec![],
     };
-    if mode == Mode::Build {
+    if mode == Mode::Build && !indexed {
         project
             .progress
             .status(format!("[{}] writing {}", r.name, tarball.display()));
@@ -471,7 +526,7 @@ pub(crate) fn build_image(
         .images
         .lock()
         .expect("images")
-        .insert(r.name.clone(), record.clone());
+        .insert((r.name.clone(), platform), record.clone());
     Ok(ImageOutcome {
         built: Some(Built {
             record,

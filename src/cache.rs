@@ -134,9 +134,47 @@ pub struct ImageRecord {
     pub layers: Vec<LayerReport>,
     #[serde(default)]
     pub inputs: Vec<Digest>,
+    /// The platform of this manifest (`linux/arm64`), on the records of an image
+    /// built as an image index; absent for a single-platform project's images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The image index over every platform's manifest, when the project names its
+    /// platforms (`[build] platforms`); the fields above are then those of the
+    /// build machine's platform (or the first one built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<imgbuild_store::Descriptor>,
+    /// Every platform's record, in the order of the index (an image index only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<ImageRecord>,
 }
 
 impl ImageRecord {
+    /// This image's record for one platform: the platform's own record of an image
+    /// index, else this one when it is of that platform (a single-platform image is
+    /// the build machine's).
+    pub fn for_platform(&self, platform: crate::platform::Platform) -> Option<&ImageRecord> {
+        let name = platform.to_string();
+        if self.platforms.is_empty() {
+            let mine = self
+                .platform
+                .clone()
+                .unwrap_or_else(|| crate::platform::Platform::native().to_string());
+            return (mine == name).then_some(self);
+        }
+        self.platforms
+            .iter()
+            .find(|r| r.platform.as_deref() == Some(&name))
+    }
+
+    /// Every manifest's record: each platform's of an image index, else this one.
+    pub fn manifests(&self) -> Vec<&ImageRecord> {
+        if self.platforms.is_empty() {
+            vec![self]
+        } else {
+            self.platforms.iter().collect()
+        }
+    }
+
     pub fn key(project_key: &str, name: &str) -> String {
         format!("{project_key}-{name}")
     }

@@ -71,6 +71,9 @@ pub enum Command {
         /// Fail if a recipe no longer matches imgbuild.lock (instead of resolving).
         #[arg(long)]
         locked: bool,
+        /// Plan only for these of the project's platforms (repeatable or comma list).
+        #[arg(long = "platform", value_name = "PLATFORM")]
+        platforms: Vec<String>,
     },
     /// Resolve every recipe afresh and write imgbuild.lock.
     Lock,
@@ -99,6 +102,10 @@ pub enum Command {
         names: Vec<String>,
         #[arg(long, value_enum, default_value = "auto")]
         engine: crate::engine::Engine,
+        /// Load this platform's image of an image built for several (default: the
+        /// build machine's, what `docker load` of out/NAME.tar gets).
+        #[arg(long = "platform", value_name = "PLATFORM")]
+        platform: Option<String>,
     },
     /// Pin images by digest in the stack's env file (IMGBUILD_<NAME>_IMAGE=...).
     Pin {
@@ -206,6 +213,10 @@ pub struct BuildArgs {
     /// the output files whose bytes differ.
     #[arg(long)]
     pub check_reproducible: bool,
+    /// Build only these of the project's platforms (`[build] platforms` in
+    /// imgbuild.toml); repeatable or a comma list, e.g. linux/arm64.
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    pub platforms: Vec<String>,
     /// Then push the images built (see `imgbuild push`).
     #[arg(long)]
     pub push: bool,

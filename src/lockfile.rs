@@ -67,7 +67,9 @@ struct Raw {
 pub struct Lockfile {
     /// Registry base images given by tag: reference -> the digest it resolved to.
     pub bases: BTreeMap<String, Digest>,
-    pub debian: BTreeMap<(String, usize), DebianLock>,
+    /// Keyed by (recipe, layer number, architecture): an image built for several
+    /// platforms has one entry per architecture for each Debian layer.
+    pub debian: BTreeMap<(String, usize, Arch), DebianLock>,
 }
 
 /// The request digest of a Debian layer: what the lock entry was resolved for.
@@ -112,7 +114,7 @@ impl Lockfile {
             debian: raw
                 .debian
                 .into_iter()
-                .map(|d| ((d.recipe.clone(), d.layer), d))
+                .map(|d| ((d.recipe.clone(), d.layer, d.arch), d))
                 .collect(),
         })
     }
@@ -216,7 +218,10 @@ packages = [
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), OLD).unwrap();
         let mut lock = Lockfile::load(dir.path()).unwrap();
-        let entry = lock.debian.get_mut(&("nginx".into(), 1)).unwrap();
+        let entry = lock
+            .debian
+            .get_mut(&("nginx".into(), 1, Arch::Amd64))
+            .unwrap();
         assert!(entry.index_dates.is_empty());
         assert_eq!(entry.packages[0].name, "netbase");
         // an old lock saved again keeps its layout: no dates line appears
@@ -225,7 +230,10 @@ packages = [
         assert!(!resaved.contains("index_dates"), "{resaved}");
         assert_eq!(Lockfile::load(dir.path()).unwrap(), lock);
 
-        let entry = lock.debian.get_mut(&("nginx".into(), 1)).unwrap();
+        let entry = lock
+            .debian
+            .get_mut(&("nginx".into(), 1, Arch::Amd64))
+            .unwrap();
         entry.index_dates = BTreeMap::from([
             ("bookworm".to_owned(), "2026-07-11T10:16:37Z".to_owned()),
             (
@@ -257,7 +265,10 @@ packages = [
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), OLD).unwrap();
         let mut lock = Lockfile::load(dir.path()).unwrap();
-        let entry = lock.debian.get_mut(&("nginx".into(), 1)).unwrap();
+        let entry = lock
+            .debian
+            .get_mut(&("nginx".into(), 1, Arch::Amd64))
+            .unwrap();
         assert_eq!((entry.suite, entry.arch), (Suite::Bookworm, Arch::Amd64));
         // bookworm/amd64 and Debian packages are written as before: the old lock's bytes
         lock.save(dir.path()).unwrap();
@@ -267,10 +278,15 @@ packages = [
             "{resaved}"
         );
 
-        let entry = lock.debian.get_mut(&("nginx".into(), 1)).unwrap();
+        // (an entry is keyed by its architecture)
+        let mut entry = lock
+            .debian
+            .remove(&("nginx".into(), 1, Arch::Amd64))
+            .unwrap();
         entry.suite = Suite::Trixie;
         entry.arch = Arch::Arm64;
         entry.packages[0].repository = "pgdg".into();
+        lock.debian.insert(("nginx".into(), 1, Arch::Arm64), entry);
         lock.save(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert!(

@@ -13,6 +13,7 @@ mod naming;
 mod oci;
 mod ops;
 mod plan;
+mod platform;
 mod progress;
 mod project;
 mod recipe;
@@ -86,12 +87,18 @@ fn run(cli: Cli) -> Result<()> {
                     expect_cached: build.expect_cached,
                     check_reproducible: build.check_reproducible,
                     sbom_format: build.sbom_format,
+                    platforms: build.platforms.clone(),
                 },
             )?;
             // One JSON document: the build, plus what --load and --push did.
             let mut report = report::BuildReport::new(&records);
             if build.load {
-                report.load = Some(ops::load::load(&project, names.as_deref(), build.engine)?);
+                report.load = Some(ops::load::load(
+                    &project,
+                    names.as_deref(),
+                    build.engine,
+                    None,
+                )?);
             }
             if build.push {
                 report.push = Some(ops::push::push(
@@ -104,9 +111,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Plan { names, locked } => {
+        Command::Plan {
+            names,
+            locked,
+            platforms,
+        } => {
             let names = (!names.is_empty()).then(|| names.clone());
-            let (plan, _) = builder::plan(&project, names.as_deref(), *locked, false)?;
+            let platforms =
+                platform::Selection::new(&settings::Settings::load(&project.root)?, platforms)?;
+            let (plan, _) = builder::plan(&project, names.as_deref(), *locked, false, &platforms)?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
@@ -153,9 +166,18 @@ fn run(cli: Cli) -> Result<()> {
             )?);
             Ok(())
         }
-        Command::Load { names, engine } => {
+        Command::Load {
+            names,
+            engine,
+            platform,
+        } => {
             let names = (!names.is_empty()).then(|| names.clone());
-            let loaded = ops::load::load(&project, names.as_deref(), *engine)?;
+            let platform = platform
+                .as_deref()
+                .map(platform::Platform::parse)
+                .transpose()
+                .map_err(|e| e.context("--platform"))?;
+            let loaded = ops::load::load(&project, names.as_deref(), *engine, platform)?;
             if g.json {
                 println!(
                     "{}",

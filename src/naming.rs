@@ -28,6 +28,11 @@ pub fn image_out(rec: &ImageRecord) -> ImageOut {
             .iter()
             .map(|l| l.descriptor.digest.clone())
             .collect(),
+        index: rec.index.as_ref().map(|i| crate::sink::IndexOut {
+            digest: i.digest.clone(),
+            size: i.size,
+            manifests: rec.platforms.iter().map(image_out).collect(),
+        }),
     }
 }
 

@@ -109,6 +109,7 @@ pub fn image_config(
     diff_ids: &[Digest],
     history: &[HistoryEntry],
     epoch: u64,
+    platform: crate::platform::Platform,
 ) -> Vec<u8> {
     let created = rfc3339(epoch);
     let mut env: BTreeMap<String, String> = cfg.env.clone();
@@ -153,8 +154,8 @@ pub fn image_config(
     if let Some(s) = &cfg.stop_signal {
         c.insert("StopSignal".into(), json!(s));
     }
-    let v = json!({
-        "architecture": "amd64",
+    let mut v = json!({
+        "architecture": platform.architecture(),
         "os": "linux",
         "created": created,
         "config": Value::Object(c),
@@ -167,6 +168,9 @@ pub fn image_config(
             e
         }).collect::<Vec<_>>(),
     });
+    if let Some(variant) = platform.variant() {
+        v["variant"] = json!(variant);
+    }
     canonical(&v)
 }
 
@@ -190,6 +194,13 @@ pub fn index_entry(manifest: &Descriptor, annotations: &BTreeMap<String, String>
     if !annotations.is_empty() {
         v["annotations"] = json!(annotations);
     }
+    v
+}
+
+/// An image index entry naming one platform's manifest.
+pub fn platform_entry(manifest: &Descriptor, platform: crate::platform::Platform) -> Value {
+    let mut v = descriptor_json(manifest);
+    v["platform"] = platform.index_json();
     v
 }
 

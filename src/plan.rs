@@ -26,6 +26,9 @@ pub struct ImagePlan {
     pub name: String,
     /// The recipe file, relative to the project.
     pub recipe: String,
+    /// The platform, for an image built for several (`[build] platforms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// The recipe's own layers (a base recipe's layers are in its own plan).
     pub layers: Vec<LayerPlan>,
 }
@@ -70,8 +73,12 @@ impl Plan {
                     .filter(|l| l.state == LayerState::Build)
                     .map(move |l| {
                         format!(
-                            "{} layer {} ({}): {}",
+                            "{}{} layer {} ({}): {}",
                             i.recipe,
+                            i.platform
+                                .as_ref()
+                                .map(|p| format!(" [{p}]"))
+                                .unwrap_or_default(),
                             l.layer,
                             l.description,
                             l.reason.join("; ")
@@ -85,7 +92,10 @@ impl Plan {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for i in &self.images {
-            out.push_str(&format!("{} ({})\n", i.name, i.recipe));
+            match &i.platform {
+                Some(p) => out.push_str(&format!("{} {p} ({})\n", i.name, i.recipe)),
+                None => out.push_str(&format!("{} ({})\n", i.name, i.recipe)),
+            }
             for l in &i.layers {
                 let state = match l.state {
                     LayerState::Cached => "cached".to_owned(),
@@ -113,12 +123,22 @@ impl Plan {
     }
 }
 
+/// `recipe NAME layer N`, with the architecture when it is not amd64 (the one
+/// architecture of locks written before platforms could be chosen).
+fn layer_at(key: &(String, usize, imgbuild_debian::Arch)) -> String {
+    if key.2 == imgbuild_debian::Arch::default() {
+        format!("recipe {} layer {}", key.0, key.1)
+    } else {
+        format!("recipe {} layer {} ({})", key.0, key.1, key.2)
+    }
+}
+
 /// The differences between two locks, one line each: a package's version, a
 /// package added or removed, a base image's digest, a layer's entry added or dropped.
 pub fn lock_changes(before: &Lockfile, after: &Lockfile) -> Vec<String> {
     let mut out = vec![];
     for (key, a) in &after.debian {
-        let at = format!("recipe {} layer {}", key.0, key.1);
+        let at = layer_at(key);
         match before.debian.get(key) {
             None => out.push(format!("{at}: {} package(s) pinned", a.packages.len())),
             Some(b) if b.packages == a.packages => {
@@ -155,8 +175,8 @@ pub fn lock_changes(before: &Lockfile, after: &Lockfile) -> Vec<String> {
     for key in before.debian.keys() {
         if !after.debian.contains_key(key) {
             out.push(format!(
-                "recipe {} layer {}: entry dropped (no such Debian layer)",
-                key.0, key.1
+                "{}: entry dropped (no such Debian layer)",
+                layer_at(key)
             ));
         }
     }

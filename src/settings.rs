@@ -32,6 +32,13 @@
 //! path component), which is not checked.
 //!
 //! ```toml
+//! [build]
+//! platforms = ["linux/amd64", "linux/arm64"]   # default: the build machine's
+//! ```
+//! Every image is built for each platform (a recipe's `platforms` narrows it) and
+//! becomes an OCI image index over one manifest per platform (see `crate::platform`).
+//!
+//! ```toml
 //! [registry]
 //! insecure = ["registry.lan:5000"]   # plain HTTP for push, base pulls and lock
 //! ```
@@ -54,6 +61,8 @@ pub struct Settings {
     pub debian: DebianSettings,
     #[serde(default)]
     pub registry: RegistrySettings,
+    #[serde(default)]
+    pub build: BuildSettings,
     /// The project root (key paths are relative to it).
     #[serde(skip)]
     root: PathBuf,
@@ -68,6 +77,40 @@ pub struct RegistrySettings {
     /// Seconds a failing registry request keeps being retried (`IMGBUILD_RETRY_TIMEOUT`
     /// overrides it); default [`imgbuild_registry::DEFAULT_RETRY_TIMEOUT`].
     pub retry_timeout: Option<u64>,
+}
+
+/// `[build]`: what every image is built for.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSettings {
+    /// `platforms = ["linux/amd64", "linux/arm64"]` (default: the build machine's);
+    /// checked by [`Settings::load`].
+    pub platforms: Option<Vec<Spanned<String>>>,
+}
+
+impl BuildSettings {
+    /// Every platform is one imgbuild builds for, named once. `Err((offset, message))`.
+    fn check(&self) -> Result<(), (usize, String)> {
+        let mut seen = vec![];
+        for p in self.platforms.iter().flatten() {
+            let parsed = crate::platform::Platform::parse(p.get_ref())
+                .map_err(|e| (p.span().start, format!("`[build] platforms`: {e}")))?;
+            if seen.contains(&parsed) {
+                return Err((
+                    p.span().start,
+                    format!("`[build] platforms` names {parsed} twice"),
+                ));
+            }
+            seen.push(parsed);
+        }
+        if self.platforms.as_ref().is_some_and(|p| p.is_empty()) {
+            return Err((
+                0,
+                "`[build] platforms` is empty: name at least one platform (e.g. \"linux/amd64\"), or remove it to build for this machine's".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +245,9 @@ impl Settings {
                 s.debian
                     .check(root)
                     .map_err(|(at, msg)| anyhow::anyhow!("imgbuild.toml:{}: {msg}", line(at)))?;
+                s.build
+                    .check()
+                    .map_err(|(at, msg)| anyhow::anyhow!("imgbuild.toml:{}: {msg}", line(at)))?;
                 s
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settings::default(),
@@ -217,6 +263,20 @@ impl Settings {
             })?);
         }
         Ok(s)
+    }
+
+    /// The project's platforms (`[build] platforms`, checked by [`Settings::load`]), and
+    /// whether the file names them; by default the build machine's.
+    pub fn platforms(&self) -> Result<(Vec<crate::platform::Platform>, bool)> {
+        match &self.build.platforms {
+            None => Ok((vec![crate::platform::Platform::native()], false)),
+            Some(list) => Ok((
+                list.iter()
+                    .map(|p| crate::platform::Platform::parse(p.get_ref()))
+                    .collect::<Result<_>>()?,
+                true,
+            )),
+        }
     }
 
     /// The project's Debian release (`[debian] suite`, default bookworm).

@@ -181,11 +181,17 @@ fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> 
             .and_then(|b| serde_json::from_slice::<ImageRecord>(&b).ok());
         let kept = match rec {
             Some(rec) if recent(Bucket::Images, &key) => {
-                keep.insert(rec.manifest_digest.clone());
-                keep.insert(rec.config_digest.clone());
-                keep.extend(rec.layers.iter().map(|l| l.descriptor.digest.clone()));
-                image_layers.extend(rec.layers.iter().map(|l| l.descriptor.digest.clone()));
-                keep.extend(rec.inputs.iter().cloned());
+                // an image index: the index and every platform's manifest
+                if let Some(index) = &rec.index {
+                    keep.insert(index.digest.clone());
+                }
+                for m in std::iter::once(&rec).chain(rec.platforms.iter()) {
+                    keep.insert(m.manifest_digest.clone());
+                    keep.insert(m.config_digest.clone());
+                    keep.extend(m.layers.iter().map(|l| l.descriptor.digest.clone()));
+                    image_layers.extend(m.layers.iter().map(|l| l.descriptor.digest.clone()));
+                    keep.extend(m.inputs.iter().cloned());
+                }
                 // the key is `<project key>-<image name>`; project keys have no `-`
                 if let Some((project, _)) = key.split_once('-') {
                     projects.insert(project.to_owned());

@@ -1,6 +1,7 @@
 //! `imgbuild inspect NAME`: the last build of an image in this project: its
 //! layers, sizes, digests, whether each came from the cache, and per-source notes
-//! (for Debian layers, the maintainer scripts that did not run).
+//! (for Debian layers, the maintainer scripts that did not run). An image built for
+//! several platforms shows its index, then each platform's manifest and layers.
 
 use anyhow::{Result, bail};
 
@@ -20,9 +21,41 @@ pub fn inspect(project: &Project, name: &str, json: bool) -> Result<()> {
     }
     println!("image      {}", rec.name);
     println!("reference  {}", rec.reference);
+    if let Some(index) = &rec.index {
+        println!("index      {}", index.digest);
+        println!(
+            "platforms  {}",
+            rec.platforms
+                .iter()
+                .filter_map(|p| p.platform.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("tarball    {}", rec.tarball);
+        for p in &rec.platforms {
+            println!();
+            println!("platform   {}", p.platform.as_deref().unwrap_or_default());
+            manifest(p);
+        }
+        return Ok(());
+    }
+    manifest(&rec);
+    println!("tarball    {}", rec.tarball);
+    layers(&rec);
+    Ok(())
+}
+
+/// The manifest and config digests of one manifest.
+fn manifest(rec: &ImageRecord) {
     println!("manifest   {}", rec.manifest_digest);
     println!("config     {}", rec.config_digest);
-    println!("tarball    {}", rec.tarball);
+    if rec.platform.is_some() {
+        layers(rec);
+    }
+}
+
+/// The layers of one manifest, with their notes.
+fn layers(rec: &ImageRecord) {
     let total: u64 = rec.layers.iter().map(|l| l.descriptor.size).sum();
     println!(
         "layers     {} ({} compressed)",
@@ -43,5 +76,4 @@ pub fn inspect(project: &Project, name: &str, json: bool) -> Result<()> {
             println!("      {n}");
         }
     }
-    Ok(())
 }

@@ -5,6 +5,10 @@
 //! loads in no time; when only some tags do, the missing ones are added with
 //! `tag`; otherwise `load -i out/NAME.tar` puts it in, and every tag the engine
 //! did not give it (Podman takes only the first, from the OCI index) is added.
+//!
+//! `--platform linux/arm64` loads that platform's image of an image built for several
+//! (through a tarball of that platform alone, `out/NAME.linux-arm64.tar`); the engine
+//! runs it with `docker run --platform linux/arm64` (under emulation on amd64).
 
 use std::process::Command;
 
@@ -13,8 +17,57 @@ use anyhow::{Context, Result, bail};
 use crate::cache::ImageRecord;
 use crate::engine::{Engine, engine_image_id, engine_name, is_this_build, pick};
 use crate::naming::image_out;
+use crate::platform::Platform;
 use crate::project::Project;
 use crate::recipe::RecipeSet;
+
+/// One platform's image of a built image, with a tarball that holds it alone: the
+/// build's `out/NAME.tar` when that is the platform's (what `docker load` reads),
+/// else `out/NAME.PLATFORM.tar` (`out/app.linux-arm64.tar`), written now from the
+/// store (and left unchanged when it already holds this image).
+fn platform_image(project: &Project, rec: &ImageRecord, p: Platform) -> Result<ImageRecord> {
+    let Some(own) = rec.for_platform(p) else {
+        let built: Vec<String> = rec
+            .manifests()
+            .iter()
+            .map(|m| {
+                m.platform
+                    .clone()
+                    .unwrap_or_else(|| Platform::native().to_string())
+            })
+            .collect();
+        bail!(
+            "`{}` was not built for {p} (its last build: {}); build it with `imgbuild build {} --platform {p}` (the platform must be in `[build] platforms`)",
+            rec.name,
+            built.join(", "),
+            rec.name
+        );
+    };
+    if own.manifest_digest == rec.manifest_digest {
+        let mut top = rec.clone();
+        top.platforms.clear();
+        top.index = None;
+        return Ok(top);
+    }
+    let mut own = own.clone();
+    own.tarball = project
+        .out
+        .join(format!(
+            "{}.{}.tar",
+            own.name,
+            p.to_string().replace('/', "-")
+        ))
+        .display()
+        .to_string();
+    let _out = crate::sink::lock_out(&project.out)?;
+    crate::sink::tarball::write(
+        std::path::Path::new(&own.tarball),
+        &project.store,
+        &image_out(&own),
+        project.epoch,
+    )?;
+    Ok(own)
+}
 
 /// The names among `references` that do not name this build in the engine.
 fn missing_names(bin: &str, rec: &ImageRecord, references: &[String]) -> Vec<String> {
@@ -75,10 +128,14 @@ pub struct LoadOutcome {
     pub action: LoadAction,
 }
 
+/// Loads the images (every recipe's when `names` is `None`); `platform`: that
+/// platform's image of each (an image built for several platforms), else the one
+/// `out/NAME.tar` gives `docker load`.
 pub fn load(
     project: &Project,
     names: Option<&[String]>,
     engine: Engine,
+    platform: Option<Platform>,
 ) -> Result<Vec<LoadOutcome>> {
     let bin = pick(engine)?;
     let set = RecipeSet::load(&project.root)?;
@@ -90,6 +147,10 @@ pub fn load(
                 r.name,
                 r.name
             );
+        };
+        let rec = match platform {
+            None => rec,
+            Some(p) => platform_image(project, &rec, p)?,
         };
         let out = image_out(&rec);
         let references: Vec<String> = out.repo_tags.iter().map(|t| engine_name(bin, t)).collect();

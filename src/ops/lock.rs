@@ -7,7 +7,10 @@ use anyhow::Result;
 use crate::project::Project;
 
 pub fn lock(project: &Project) -> Result<()> {
-    let (plan, lock) = crate::builder::plan(project, None, false, true)?;
+    // every platform of the project: the lock pins each architecture's packages
+    let platforms =
+        crate::platform::Selection::new(&crate::settings::Settings::load(&project.root)?, &[])?;
+    let (plan, lock) = crate::builder::plan(project, None, false, true, &platforms)?;
     lock.save(&project.root)?;
     for c in &plan.lock_changes {
         project.progress.line(format!("lock: {c}"));

@@ -131,7 +131,13 @@ pub fn pin(project: &Project, opts: &PinOptions) -> Result<Vec<Pin>> {
                 let repo = target_repository(&rec, opts.registry_prefix.as_deref());
                 repo.parse::<Reference>()
                     .with_context(|| format!("image `{name}`: invalid repository `{repo}`"))?;
-                format!("{repo}@{}", rec.manifest_digest)
+                // an image built for several platforms is pinned by its index: each
+                // host pulls its own platform
+                let digest = rec
+                    .index
+                    .as_ref()
+                    .map_or(&rec.manifest_digest, |i| &i.digest);
+                format!("{repo}@{digest}")
             }
         };
         pins.push(Pin {

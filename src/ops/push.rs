@@ -9,11 +9,15 @@
 //! Tags: the recipe's `tags` (default `latest`) plus every `--tag`. Only missing
 //! blobs are sent; shared blobs go up once and are mounted elsewhere; tags move
 //! only after every manifest is pushed by digest (see `imgbuild-registry`).
+//!
+//! An image built for several platforms (`[build] platforms`): every platform's
+//! manifest goes up (untagged) with the rest of the release, then every image index
+//! by digest, and only then do the tags move, to the indexes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
-use imgbuild_registry::{Client, Credentials, PushImage, PushReport, Reference};
+use imgbuild_registry::{Client, Credentials, PushImage, PushIndex, PushReport, Reference};
 
 use crate::cache::ImageRecord;
 use crate::naming::target_repository;
@@ -68,53 +72,77 @@ pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
     }
     let mut images = vec![];
     let mut targets: Vec<(ImageRecord, Reference)> = vec![];
+    let mut indexes: Vec<PushIndex> = vec![];
     for r in &order {
         let rec = &records[&r.name];
         let repo = target_repository(rec, opts.registry_prefix.as_deref());
         let target: Reference = repo
             .parse()
             .with_context(|| format!("image `{}`: invalid repository `{repo}`", rec.name))?;
-        let mut img = PushImage::from_store(&project.store, target.clone(), &rec.manifest_digest)
-            .with_context(|| {
-            format!(
-                "image `{}`: the built manifest is not in the store; build it again",
-                rec.name
-            )
-        })?;
         let mut tags: BTreeSet<String> = if rec.tags.is_empty() {
             ["latest".to_owned()].into()
         } else {
             rec.tags.iter().cloned().collect()
         };
         tags.extend(opts.extra_tags.iter().cloned());
-        img.tags = tags.into_iter().collect();
-        // The base image's repository on the same registry (pushed now or before): its
-        // blobs can be mounted.
-        let base = match rec.base.as_ref() {
-            Some(b) => match records.get(b) {
-                Some(r) => Some(r.clone()),
-                None => ImageRecord::load(&project.store, &project.key, b)?,
-            },
-            None => None,
-        };
-        if let Some(base) = base {
-            let base_ref: Reference =
-                target_repository(&base, opts.registry_prefix.as_deref()).parse()?;
-            if base_ref.registry == target.registry && base_ref.repository != target.repository {
-                img.mount_from.push(base_ref.repository);
+        // An image index: every platform's manifest without tags, then the index,
+        // which the tags name.
+        if let Some(index) = &rec.index {
+            let bytes = project.store.read_bytes(&index.digest).with_context(|| {
+                format!(
+                    "image `{}`: the built image index is not in the store; build it again",
+                    rec.name
+                )
+            })?;
+            indexes.push(PushIndex {
+                target: target.clone(),
+                index: bytes,
+                tags: tags.iter().cloned().collect(),
+            });
+        }
+        let manifests: Vec<&ImageRecord> = rec.manifests();
+        for m in manifests {
+            let mut img = PushImage::from_store(&project.store, target.clone(), &m.manifest_digest)
+                .with_context(|| {
+                    format!(
+                        "image `{}`: the built manifest is not in the store; build it again",
+                        rec.name
+                    )
+                })?;
+            img.tags = if rec.index.is_some() {
+                vec![]
+            } else {
+                tags.iter().cloned().collect()
+            };
+            // The base image's repository on the same registry (pushed now or before): its
+            // blobs can be mounted.
+            let base = match rec.base.as_ref() {
+                Some(b) => match records.get(b) {
+                    Some(r) => Some(r.clone()),
+                    None => ImageRecord::load(&project.store, &project.key, b)?,
+                },
+                None => None,
+            };
+            if let Some(base) = base {
+                let base_ref: Reference =
+                    target_repository(&base, opts.registry_prefix.as_deref()).parse()?;
+                if base_ref.registry == target.registry && base_ref.repository != target.repository
+                {
+                    img.mount_from.push(base_ref.repository);
+                }
             }
+            // A registry base on the same registry: its layers are mounted, not uploaded.
+            if let Some(b) = rec
+                .base_image
+                .as_ref()
+                .and_then(|b| b.parse::<Reference>().ok())
+                && b.registry == target.registry
+                && b.repository != target.repository
+            {
+                img.mount_from.push(b.repository);
+            }
+            images.push(img);
         }
-        // A registry base on the same registry: its layers are mounted, not uploaded.
-        if let Some(b) = rec
-            .base_image
-            .as_ref()
-            .and_then(|b| b.parse::<Reference>().ok())
-            && b.registry == target.registry
-            && b.repository != target.repository
-        {
-            img.mount_from.push(b.repository);
-        }
-        images.push(img);
         targets.push((rec.clone(), target));
     }
     // the key opens (or its password is missing) before anything is sent
@@ -134,16 +162,33 @@ pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
     project
         .progress
         .status(format!("pushing {} image(s)", images.len()));
-    let report = client.push(&project.store, &images)?;
+    let mut report = client.push(&project.store, &images)?;
+    if !indexes.is_empty() {
+        project
+            .progress
+            .status(format!("pushing {} image index(es)", indexes.len()));
+        report.indexes = client.push_indexes(&indexes)?;
+    }
     project.progress.clear();
     for i in &report.images {
         project.progress.line(format!(
-            "pushed {} (tags: {}): {} uploaded, {} mounted, {} already there",
+            "pushed {} ({}): {} uploaded, {} mounted, {} already there",
             i.reference,
-            i.tags.join(", "),
+            if i.tags.is_empty() {
+                "a platform's manifest; the index is tagged".to_owned()
+            } else {
+                format!("tags: {}", i.tags.join(", "))
+            },
             human(i.bytes_uploaded),
             human(i.bytes_mounted),
             human(i.bytes_skipped)
+        ));
+    }
+    for i in &report.indexes {
+        project.progress.line(format!(
+            "pushed image index {} (tags: {})",
+            i.reference,
+            i.tags.join(", ")
         ));
     }
     attach_supply_chain(project, &client, &targets, signing_key.as_ref())?;
@@ -213,7 +258,13 @@ fn attach_supply_chain(
             )),
         }
         if let Some(key) = key {
-            let s = sign::sign(client, &project.store, target, &rec.manifest_digest, key)?;
+            // what the tags name: the image index of a multi-platform image
+            let digest = rec
+                .index
+                .as_ref()
+                .map(|i| i.digest.clone())
+                .unwrap_or_else(|| rec.manifest_digest.clone());
+            let s = sign::sign(client, &project.store, target, &digest, key)?;
             project
                 .progress
                 .line(format!("signed {} (tag {})", s.reference, s.tag));

@@ -227,6 +227,9 @@ pub fn verify(project: &Project, opts: &VerifyOptions) -> Result<VerifyReport> {
             expect_cached: false,
             check_reproducible: false,
             sbom_format: crate::supply::SbomFormat::Spdx,
+            // every platform of the project; the build machine's is compared (a
+            // pulled index resolves to it too)
+            platforms: vec![],
         },
     )
     .with_context(|| format!("rebuilding `{recipe}` from this checkout"));

@@ -38,6 +38,10 @@ pub struct Recipe {
     pub from: At<From>,
     pub repository: Option<String>,
     pub tags: Vec<String>,
+    /// `platforms = [...]`: the project's platforms this image is built for, each with
+    /// where it is named (checked against `[build] platforms` by
+    /// [`crate::platform::Selection::for_recipe`]); `None`: all of them.
+    pub platforms: Option<At<Vec<(crate::platform::Platform, Pos)>>>,
     pub config: ConfigSpec,
     pub layers: Vec<LayerSpec>,
 }
@@ -346,12 +350,34 @@ pub(crate) fn parse(root: &Path, src: &SourceFile) -> Result<Recipe, RecipeError
             Some(v.clone())
         }
     };
+    let platforms = match &raw.platforms {
+        None => None,
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                return Err(cx.err(
+                    list,
+                    "`platforms` is empty: name at least one platform, or remove it to build for all of the project's",
+                ));
+            }
+            let mut value = vec![];
+            for p in list.get_ref() {
+                let parsed = crate::platform::Platform::parse(p.get_ref())
+                    .map_err(|e| cx.err(p, format!("`platforms`: {e}")))?;
+                value.push((parsed, cx.pos(p)));
+            }
+            Some(At {
+                value,
+                pos: cx.pos(list),
+            })
+        }
+    };
     Ok(Recipe {
         name,
         file: src.display.clone(),
         from,
         repository,
         tags,
+        platforms,
         config,
         layers,
     })

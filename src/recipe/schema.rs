@@ -17,6 +17,8 @@ pub struct RawRecipe {
     /// Where `imgbuild push` sends the image, e.g. `docker.io/ORG/NAME`.
     pub repository: Option<Spanned<String>>,
     pub tags: Option<Vec<Spanned<String>>>,
+    /// The project's platforms this image is built for (default: all of them).
+    pub platforms: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub config: RawConfig,
     #[serde(default)]

@@ -2,7 +2,10 @@
 //! `index.json` naming each image by its recipe name
 //! (`org.opencontainers.image.ref.name`), so `skopeo copy oci:out/oci:NAME` and
 //! `umoci unpack --image out/oci:NAME` find it. Images built earlier and not in this
-//! run stay in the index.
+//! run stay in the index. An image built for several platforms (`[build] platforms`)
+//! is named the same way, its entry pointing to its image index (one manifest per
+//! platform, each with its `platform`): `skopeo copy --override-arch arm64
+//! oci:out/oci:NAME ...` picks one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,7 +15,7 @@ use imgbuild_store::Store;
 use serde_json::Value;
 
 use super::{ImageOut, copy_blob, write_atomic};
-use crate::oci::{self, Descriptor, MEDIA_MANIFEST};
+use crate::oci;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -47,7 +50,7 @@ pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
         }
     }
     for img in images {
-        let desc = Descriptor::new(MEDIA_MANIFEST, img.manifest.clone(), img.manifest_size);
+        let desc = img.top();
         let ann = BTreeMap::from([
             (REF_NAME.to_owned(), img.name.clone()),
             ("io.containerd.image.name".to_owned(), img.reference.clone()),
@@ -59,10 +62,12 @@ pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
     prune(&blobs, entries.values())
 }
 
-/// Removes blobs that no manifest of the index refers to (left by earlier builds).
+/// Removes blobs that no manifest of the index refers to (left by earlier builds);
+/// an entry naming an image index keeps the index and every manifest in it.
 pub fn prune<'a>(blobs: &Path, entries: impl Iterator<Item = &'a Value>) -> Result<()> {
     let mut live = std::collections::BTreeSet::new();
-    for e in entries {
+    let mut todo: Vec<Value> = entries.cloned().collect();
+    while let Some(e) = todo.pop() {
         let Some(m) = e["digest"]
             .as_str()
             .map(|d| d.trim_start_matches("sha256:").to_owned())
@@ -75,7 +80,10 @@ pub fn prune<'a>(blobs: &Path, entries: impl Iterator<Item = &'a Value>) -> Resu
         let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
             continue;
         };
-        live.insert(m);
+        if !live.insert(m) {
+            continue;
+        }
+        todo.extend(v["manifests"].as_array().into_iter().flatten().cloned());
         for d in std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten()) {
             if let Some(d) = d["digest"].as_str() {
                 live.insert(d.trim_start_matches("sha256:").to_owned());

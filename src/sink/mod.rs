@@ -27,15 +27,53 @@ pub struct ImageOut {
     pub manifest_size: u64,
     pub config: Digest,
     pub layers: Vec<Digest>,
+    /// An image built for several platforms: the image index over their manifests
+    /// (the fields above are the build machine's platform's, what Docker's
+    /// `manifest.json` names).
+    pub index: Option<IndexOut>,
+}
+
+/// An image index and every platform's image.
+#[derive(Clone, Debug)]
+pub struct IndexOut {
+    pub digest: Digest,
+    pub size: u64,
+    pub manifests: Vec<ImageOut>,
 }
 
 impl ImageOut {
-    /// The blobs of the image: config, layers, manifest.
+    /// The blobs of the image: config, layers, manifest (of every platform, each
+    /// once), then the index.
     pub fn blobs(&self) -> Vec<&Digest> {
         let mut v = vec![&self.config];
         v.extend(self.layers.iter());
         v.push(&self.manifest);
+        if let Some(index) = &self.index {
+            for m in &index.manifests {
+                for d in m.blobs() {
+                    if !v.contains(&d) {
+                        v.push(d);
+                    }
+                }
+            }
+            v.push(&index.digest);
+        }
         v
+    }
+
+    /// What the image's name points at in an OCI layout: the index of an image
+    /// built for several platforms, else the manifest.
+    pub fn top(&self) -> crate::oci::Descriptor {
+        match &self.index {
+            Some(i) => {
+                crate::oci::Descriptor::new(crate::oci::MEDIA_INDEX, i.digest.clone(), i.size)
+            }
+            None => crate::oci::Descriptor::new(
+                crate::oci::MEDIA_MANIFEST,
+                self.manifest.clone(),
+                self.manifest_size,
+            ),
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! It is an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/...`) plus
 //! Docker's `manifest.json`, whose `Config` and `Layers` paths point into
-//! `blobs/sha256/`, the way Docker 25+ writes `docker save` output. Docker 20.10
+//! `blobs/sha256/`, the way Docker 25+ writes `docker save` output. An image built for
+//! several platforms holds every platform's blobs; its `index.json` names the image
+//! index and `manifest.json` the build machine's platform's image. Docker 20.10
 //! reads only `manifest.json`; podman and `skopeo copy oci-archive:` read the OCI
 //! index; `skopeo copy docker-archive:` reads `manifest.json`.
 //!
@@ -29,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ImageOut;
-use crate::oci::{self, Descriptor, MEDIA_MANIFEST};
+use crate::oci;
 
 pub fn write(dest: &Path, store: &Store, img: &ImageOut, mtime: u64) -> Result<bool> {
     let (oci_layout, index, manifest_json) = documents(img);
@@ -222,7 +224,9 @@ fn remember(
 
 /// The three small documents of the tarball.
 fn documents(img: &ImageOut) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let desc = Descriptor::new(MEDIA_MANIFEST, img.manifest.clone(), img.manifest_size);
+    // an image built for several platforms: the index (podman and skopeo pick the
+    // platform); Docker 20.10 reads manifest.json, the build machine's platform
+    let desc = img.top();
     let ann = BTreeMap::from([
         // podman names the loaded image after ref.name; a full reference keeps it
         // from being guessed. containerd and Docker 25+ read io.containerd.image.name.

@@ -1,7 +1,8 @@
 //! Base images from a registry: `from = "REGISTRY/REPO@sha256:..."`, or a tag whose
 //! digest is recorded in `imgbuild.lock`.
 //!
-//! The image is pulled once into the store (an index resolved to linux/amd64, every
+//! The image is pulled once into the store (an index resolved to the platform being
+//! built, linux/amd64 by default; every
 //! blob verified while it streams in) and found there afterwards without network
 //! (its blobs are hashed again only when they changed on disk since the last check).
 //! Its layers come first in the new image, byte for byte; its config is the config
@@ -66,6 +67,7 @@ pub fn load(
     recipe: &Recipe,
     raw: &str,
     pull: bool,
+    platform: crate::platform::Platform,
 ) -> Result<Option<BaseImage>> {
     let at = format!(
         "{}:{}:{}",
@@ -77,7 +79,10 @@ pub fn load(
         .parse()
         .with_context(|| format!("{at}: `from = \"{raw}\"` is not an image reference"))?;
     let store = &session.store;
-    let client = || Client::new(session.registry.clone(), Credentials::from_process_env());
+    // a multi-platform base is resolved to the platform being built
+    let mut options = session.registry.clone();
+    options.platform = platform.registry();
+    let client = || Client::new(options.clone(), Credentials::from_process_env());
     // (bound first: a guard in the match scrutinee would live through the arms)
     let locked_digest = session
         .debian
@@ -113,7 +118,8 @@ pub fn load(
             }
         },
     };
-    let manifest_digest = match cached(store, &pinned)? {
+    let record_key = base_record_key(&pinned, platform);
+    let manifest_digest = match cached(store, &record_key)? {
         Some(m) => m,
         None if !pull => return Ok(None),
         None => {
@@ -125,7 +131,7 @@ pub fn load(
                 .with_context(|| format!("{at}: pulling {raw}"))?;
             store.write_record(
                 Bucket::Bases,
-                pinned.hex(),
+                &record_key,
                 &serde_json::to_vec(&BaseRecord {
                     manifest: pulled.manifest_digest.clone(),
                 })?,
@@ -266,14 +272,25 @@ fn read_contents(store: &Store, layers: &[Digest]) -> Result<BaseContents> {
 /// The manifest digest of a base pulled before, if all its blobs are intact. A blob is
 /// hashed again only if its inode changed since the record was written or last
 /// checked (the record's mtime moves forward after a full check).
-fn cached(store: &Store, pinned: &Digest) -> Result<Option<Digest>> {
-    let Some(bytes) = store.read_record(Bucket::Bases, pinned.hex())? else {
+/// The key of a pulled base's record: its pinned digest (an index or a manifest),
+/// with the platform for any but amd64 (the one platform of records written before
+/// platforms could be chosen; the same key keeps them).
+fn base_record_key(pinned: &Digest, platform: crate::platform::Platform) -> String {
+    if platform.arch == imgbuild_debian::Arch::Amd64 {
+        pinned.hex().to_owned()
+    } else {
+        format!("{}-{}", pinned.hex(), platform.architecture())
+    }
+}
+
+fn cached(store: &Store, key: &str) -> Result<Option<Digest>> {
+    let Some(bytes) = store.read_record(Bucket::Bases, key)? else {
         return Ok(None);
     };
     let Ok(rec) = serde_json::from_slice::<BaseRecord>(&bytes) else {
         return Ok(None);
     };
-    let record = store.record_path(Bucket::Bases, pinned.hex());
+    let record = store.record_path(Bucket::Bases, key);
     let checked = std::fs::metadata(&record)
         .and_then(|m| m.modified())
         .unwrap_or(std::time::UNIX_EPOCH);

@@ -43,9 +43,6 @@ pub struct DebianInputs {
     pub mirror: Mirror,
     /// The project's release (`[debian] suite`); a layer's `suite` overrides it.
     pub suite: Suite,
-    /// The architecture every Debian layer is built for: the build machine's (the
-    /// standard library is byte-compiled by running the image's interpreter).
-    pub arch: Arch,
     pub lock: Mutex<Lockfile>,
     /// `--locked`: a recipe that no longer matches the lock is an error.
     pub locked: bool,
@@ -76,7 +73,6 @@ impl DebianInputs {
         DebianInputs {
             mirror,
             suite,
-            arch: Arch::native().unwrap_or_default(),
             lock: Mutex::new(lock),
             locked,
             relock,
@@ -127,20 +123,21 @@ impl DebianInputs {
         spec.suite.unwrap_or(self.suite)
     }
 
-    /// The packages of a layer, with the Release dates of the index they were resolved
-    /// from (empty for a lock written before dates were recorded): from the lock when it
-    /// matches (same request, release and architecture), else resolved (and the lock
-    /// updated).
+    /// The packages of a layer for one architecture, with the Release dates of the
+    /// index they were resolved from (empty for a lock written before dates were
+    /// recorded): from the lock when it matches (same request, release and
+    /// architecture), else resolved (and the lock updated). Each architecture has its
+    /// own lock entry: arm64's packages come from the arm64 index.
     pub fn packages_for(
         &self,
         recipe: &Recipe,
         layer: usize,
         spec: &DebianSpec,
+        arch: Arch,
     ) -> Result<(Vec<LockedPackage>, BTreeMap<String, String>)> {
         let request = debian_request(&spec.packages, &spec.exclude);
         let suite = self.suite_of(spec);
-        let arch = self.arch;
-        let key = (recipe.name.clone(), layer + 1);
+        let key = (recipe.name.clone(), layer + 1, arch);
         let mismatch = match self.lock.lock().expect("lock").debian.get(&key) {
             _ if self.relock => None,
             None => Some(format!("is not in {}", crate::lockfile::FILE)),
@@ -148,7 +145,7 @@ impl DebianInputs {
                 "no longer matches {} (packages or exclude changed)",
                 crate::lockfile::FILE
             )),
-            Some(l) if l.suite != suite || l.arch != arch => Some(format!(
+            Some(l) if l.suite != suite => Some(format!(
                 "was locked for {} {}, the recipe asks for {suite} {arch}",
                 l.suite, l.arch
             )),
@@ -156,9 +153,15 @@ impl DebianInputs {
         };
         if self.locked {
             bail!(
-                "{}: layer {} {}; run `imgbuild lock` and commit the lockfile, or build without --locked",
+                "{}: layer {}{} {}; run `imgbuild lock` and commit the lockfile, or build without --locked",
                 recipe.file.display(),
                 layer + 1,
+                // amd64, the one architecture before platforms, keeps its message
+                if arch == Arch::default() {
+                    String::new()
+                } else {
+                    format!(" ({arch})")
+                },
                 mismatch.unwrap_or_default()
             );
         }
@@ -179,11 +182,17 @@ impl DebianInputs {
             ));
         }
         self.progress.line(format!(
-            "[{}] layer {}: resolved {} package(s) for {}{}",
+            "[{}] layer {}: resolved {} package(s) for {}{}{}",
             recipe.name,
             layer + 1,
             res.packages.len(),
             spec.packages.join(" "),
+            // amd64, the one architecture before platforms, keeps its line
+            if arch == Arch::default() {
+                String::new()
+            } else {
+                format!(" ({arch})")
+            },
             if res.excluded_dropped.is_empty() {
                 String::new()
             } else {
@@ -206,8 +215,8 @@ impl DebianInputs {
         Ok((res.packages, dates))
     }
 
-    /// Drops lock entries of recipes/layers that no longer exist.
-    pub fn prune_lock(&self, live: &BTreeMap<(String, usize), ()>) {
+    /// Drops lock entries of recipes/layers/architectures that are no longer built.
+    pub fn prune_lock(&self, live: &BTreeMap<(String, usize, Arch), ()>) {
         self.lock
             .lock()
             .expect("lock")
@@ -300,16 +309,16 @@ impl LayerSource for DebianSource {
     fn lock(&self, cx: &LockCx) -> Result<()> {
         cx.session
             .debian
-            .packages_for(cx.recipe, cx.index, &self.spec)?;
+            .packages_for(cx.recipe, cx.index, &self.spec, cx.platform.arch)?;
         Ok(())
     }
 
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
         let spec = &self.spec;
         let inputs = &cx.session.debian;
-        let (packages, index_dates) = inputs.packages_for(cx.recipe, cx.index, spec)?;
+        let arch = cx.arch();
+        let (packages, index_dates) = inputs.packages_for(cx.recipe, cx.index, spec, arch)?;
         let suite = inputs.suite_of(spec);
-        let arch = inputs.arch;
         let stdlib_bytecode =
             super::stdlib_pyc::wanted(spec.bytecode, packages.iter().map(|p| &p.name))
                 .map_err(|e| anyhow!("{}: {e}", cx.at(&spec.pos)))?;

@@ -113,6 +113,7 @@ impl LayerSource for LinkageSource {
                 .map(|l| l.descriptor.digest.clone())
                 .collect(),
             label: cx.label(),
+            arch: cx.arch(),
         }))
     }
 }
@@ -123,6 +124,8 @@ struct LinkagePlan<'s> {
     /// The blobs of the image's layers below, bottom first.
     lower: Vec<Digest>,
     label: String,
+    /// The image's architecture: the index a missing library's package is named from.
+    arch: imgbuild_debian::Arch,
 }
 
 impl SourcePlan for LinkagePlan<'_> {
@@ -146,7 +149,7 @@ impl SourcePlan for LinkagePlan<'_> {
             ));
         }
         if !report.is_ok() {
-            let index = debian_index(self.session);
+            let index = debian_index(self.session, self.arch);
             let msg = report
                 .error_message(|so| match &index {
                     Some(i) => imgbuild_debian::soname::packages_for_soname(i, so),
@@ -166,13 +169,13 @@ impl SourcePlan for LinkagePlan<'_> {
 /// path): the project's mirror, release (`[debian] suite`) and architecture, the index
 /// the layers' packages come from.
 /// `None` (no suggestion, the error still names the soname) when it cannot be read.
-fn debian_index(session: &Session) -> Option<imgbuild_debian::Index> {
+fn debian_index(session: &Session, arch: imgbuild_debian::Arch) -> Option<imgbuild_debian::Index> {
     let d = &session.debian;
     session
         .progress
         .status("linkage check: reading the Debian index for the package to suggest");
     let fetched = session.http.client().and_then(|http| {
-        imgbuild_debian::Index::fetch_for(&d.mirror, d.suite, d.arch, &session.store, http)
+        imgbuild_debian::Index::fetch_for(&d.mirror, d.suite, arch, &session.store, http)
             .map_err(Into::into)
     });
     match fetched {

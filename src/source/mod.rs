@@ -204,6 +204,8 @@ pub struct LockCx<'a> {
     pub recipe: &'a Recipe,
     /// 0-based index of the layer in its recipe.
     pub index: usize,
+    /// The platform the layer is locked for (Debian pins are per architecture).
+    pub platform: crate::platform::Platform,
 }
 
 /// What a source sees while planning one layer.
@@ -223,6 +225,10 @@ pub struct LayerCx<'c, 's> {
     /// Whether this layer writes `/etc/passwd` & co. (declared accounts, or a
     /// Debian base fix-up).
     pub write_accounts: bool,
+    /// The platform of the image being built. Only a source whose bytes depend on
+    /// the architecture makes it an input (Debian packages, a venv's wheels): a layer
+    /// of files is the same layer, byte for byte, on every platform.
+    platform: crate::platform::Platform,
     inputs: Vec<Input>,
     context: AncestorContext,
     whole_lower_view: bool,
@@ -237,6 +243,16 @@ impl LayerCx<'_, '_> {
     pub fn label(&self) -> String {
         format!("[{}] layer {}", self.recipe.name, self.index + 1)
     }
+    /// The platform of the image being built (see the field's doc: make it an input
+    /// only if the source's bytes depend on it).
+    #[allow(dead_code)] // for the sources to come (a base's platform-specific files)
+    pub fn platform(&self) -> crate::platform::Platform {
+        self.platform
+    }
+    /// The Debian architecture of the image being built.
+    pub fn arch(&self) -> imgbuild_debian::Arch {
+        self.platform.arch
+    }
     pub fn input(&mut self, input: Input) {
         self.inputs.push(input);
     }
@@ -250,12 +266,13 @@ impl LayerCx<'_, '_> {
     /// The last build of another recipe's image this command has made (or found
     /// entirely cached); only recipes named by [`LayerSource::depends_on`] are
     /// guaranteed to be there.
+    /// (Of the same platform as the image being built.)
     pub fn image(&self, name: &str) -> Option<crate::cache::ImageRecord> {
         self.session
             .images
             .lock()
             .expect("images")
-            .get(name)
+            .get(&(name.to_owned(), self.platform))
             .cloned()
     }
     /// The source writes anywhere (packages, a venv): the whole lower view is an input.
@@ -285,11 +302,17 @@ pub fn describe(sources: &[Box<dyn LayerSource>]) -> String {
 }
 
 /// Pins every source's unpinned inputs of one layer in the session's lock.
-pub fn lock_layer(session: &Session, recipe: &Recipe, index: usize) -> Result<()> {
+pub fn lock_layer(
+    session: &Session,
+    recipe: &Recipe,
+    index: usize,
+    platform: crate::platform::Platform,
+) -> Result<()> {
     let cx = LockCx {
         session,
         recipe,
         index,
+        platform,
     };
     for s in &recipe.layers[index].sources {
         s.lock(&cx)?;
@@ -308,8 +331,9 @@ pub fn plan_layer<'s>(
     lower_layers: &[LayerReport],
     accounts_before: &Option<Accounts>,
     write_contract: &str,
+    platform: crate::platform::Platform,
 ) -> Result<PlannedLayer<'s>> {
-    lock_layer(session, recipe, index)?;
+    lock_layer(session, recipe, index, platform)?;
     let spec = &recipe.layers[index];
     let mut cx = LayerCx {
         session,
@@ -324,6 +348,7 @@ pub fn plan_layer<'s>(
             .clone()
             .unwrap_or_else(Accounts::debian_base),
         write_accounts: false,
+        platform,
         inputs: vec![Input::shown(
             "imgbuild layer format",
             format!("{FINGERPRINT_VERSION} {write_contract}"),
@@ -551,9 +576,10 @@ pub struct Session {
     pub progress: crate::progress::Progress,
     /// Registry client options for base images (insecure registries, CA directories).
     pub registry: imgbuild_registry::ClientOptions,
-    /// The images this command has built (or found cached), by recipe name, for
-    /// the sources that read another image.
-    pub images: std::sync::Mutex<BTreeMap<String, crate::cache::ImageRecord>>,
+    /// The images this command has built (or found cached), by recipe name and
+    /// platform, for the sources that read another image.
+    pub images:
+        std::sync::Mutex<BTreeMap<(String, crate::platform::Platform), crate::cache::ImageRecord>>,
     /// `--check-reproducible`: build steps run twice and compare their outputs.
     pub check_reproducible: bool,
 }

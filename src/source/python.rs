@@ -102,6 +102,15 @@ impl LayerSource for PythonSource {
         let mut spec = VenvSpec::bookworm(&p.requirements, &p.venv);
         spec.interpreter = p.interpreter.clone();
         spec.bytecode = p.bytecode;
+        // wheels for the image's architecture (x86_64, aarch64): the machine word of
+        // its multiarch triplet; part of the target, so of the fingerprint
+        spec.target.arch = cx
+            .arch()
+            .triplet()
+            .split('-')
+            .next()
+            .unwrap_or("x86_64")
+            .into();
         let at = cx.at(&p.pos);
         spec.validate().with_context(|| at.clone())?;
         let reqs = parse_requirements(&p.requirements).with_context(|| at.clone())?;

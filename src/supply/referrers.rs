@@ -185,7 +185,7 @@ pub fn push(
             "manifests": entries,
         }));
         client
-            .put_manifest_bytes(target, &tag, &index, MEDIA_INDEX)
+            .put_raw_manifest(target, &tag, &index, MEDIA_INDEX)
             .with_context(|| format!("writing the referrers tag {tag} of {}", target.name()))?;
     }
     attached.fallback_tag = Some(tag);

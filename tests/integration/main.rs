@@ -15,6 +15,7 @@ mod gc;
 mod linkage;
 mod load_pin;
 mod plan;
+mod platforms;
 mod push;
 mod setup_cmd;
 mod sources;

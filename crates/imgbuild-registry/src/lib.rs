@@ -40,7 +40,9 @@ use std::time::Duration;
 pub use credentials::{AuthEnv, Credential, Credentials, Secret, StoredIn};
 pub use error::{RegistryError, Result};
 pub use pull::PulledImage;
-pub use push::{BlobOutcome, BlobReport, ImageReport, PushImage, PushReport};
+pub use push::{
+    BlobOutcome, BlobReport, ImageReport, IndexReport, PushImage, PushIndex, PushReport,
+};
 pub use reference::Reference;
 pub use transport::{DEFAULT_RETRY_TIMEOUT, RetryPolicy};
 

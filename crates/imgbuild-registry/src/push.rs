@@ -16,6 +16,10 @@
 //!    the registry is the local one);
 //! 5. only when all manifests are in, the tags are moved (`PUT` of the manifest by tag).
 //!
+//! An image built for several platforms goes up as its platforms' manifests (pushed as
+//! above, without tags) and then its image index ([`Client::push_indexes`]: every index
+//! by digest, then every tag).
+//!
 //! The report says, per image, which blobs were uploaded, mounted or already there, with byte
 //! totals; it serialises to JSON for `--json`.
 
@@ -31,6 +35,30 @@ use crate::error::{RegistryError, Result};
 use crate::reference::{Reference, check_tag};
 use crate::upload::{Mount, blob_exists, cancel_upload, mount, upload_blob};
 use crate::{Client, parallel_map};
+
+/// The OCI image index media type.
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// An image index of a release (an image built for several platforms): its
+/// manifests are pushed as [`PushImage`]s without tags, then the index.
+#[derive(Clone, Debug)]
+pub struct PushIndex {
+    /// Registry and repository (the same as its manifests').
+    pub target: Reference,
+    /// The index exactly as stored locally; pushed byte for byte.
+    pub index: Vec<u8>,
+    /// Tags to point at the index once every index of the release is pushed.
+    pub tags: Vec<String>,
+}
+
+/// What a push did with one image index.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IndexReport {
+    /// `registry/repository@sha256:...` of the index.
+    pub reference: String,
+    pub digest: Digest,
+    pub tags: Vec<String>,
+}
 
 /// One image of a release.
 #[derive(Clone, Debug)]
@@ -210,6 +238,9 @@ pub struct ImageReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PushReport {
     pub images: Vec<ImageReport>,
+    /// The image indexes pushed after the images (images built for several platforms).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexReport>,
     pub bytes_uploaded: u64,
     pub bytes_mounted: u64,
     pub bytes_skipped: u64,
@@ -499,13 +530,56 @@ impl Client {
 
     /// `PUT` of the manifest by digest or by tag.
     fn put_manifest(&self, img: &PushImage, tag: Option<&str>) -> Result<()> {
-        let sess = self.session(&img.target.registry)?;
-        let repository = &img.target.repository;
-        let digest = img.digest();
+        self.put_manifest_bytes(&img.target, &img.media_type(), &img.manifest, tag)
+    }
+
+    /// Pushes image indexes (see [`PushIndex`]) whose manifests [`Client::push`] has
+    /// already put in their repositories: every index by digest, then, only when all
+    /// are in, every tag (a tag never names an index whose manifests are missing).
+    pub fn push_indexes(&self, indexes: &[PushIndex]) -> Result<Vec<IndexReport>> {
+        let parallelism = self.options.parallelism;
+        parallel_map(indexes, parallelism, |i| {
+            self.put_manifest_bytes(&i.target, INDEX_MEDIA_TYPE, &i.index, None)
+        })?;
+        let tags: Vec<(&PushIndex, &String)> = indexes
+            .iter()
+            .flat_map(|i| i.tags.iter().map(move |t| (i, t)))
+            .collect();
+        for (_, t) in &tags {
+            check_tag(t)?;
+        }
+        parallel_map(&tags, parallelism, |(i, t)| {
+            self.put_manifest_bytes(&i.target, INDEX_MEDIA_TYPE, &i.index, Some(t))
+        })?;
+        Ok(indexes
+            .iter()
+            .map(|i| {
+                let digest = Digest::of_bytes(&i.index);
+                IndexReport {
+                    reference: format!("{}@{digest}", i.target.name()),
+                    digest,
+                    tags: i.tags.clone(),
+                }
+            })
+            .collect())
+    }
+
+    /// `PUT` of manifest bytes (an image manifest or an index) by digest or by tag.
+    fn put_manifest_bytes(
+        &self,
+        target: &Reference,
+        media_type: &str,
+        manifest: &[u8],
+        tag: Option<&str>,
+    ) -> Result<()> {
+        let sess = self.session(&target.registry)?;
+        let repository = &target.repository;
+        let digest = Digest::of_bytes(manifest);
         let reference = tag.map(str::to_owned).unwrap_or_else(|| digest.to_string());
         let scopes = [repo_scope(repository, true)];
         let url = sess.url(&format!("/v2/{repository}/manifests/{reference}"));
-        let media_type = img.media_type();
+        let media_type = media_type.to_owned();
+        let body = manifest.to_vec();
         let what = match tag {
             Some(t) => format!("tagging {repository}:{t} (manifest {digest})"),
             None => format!("push of manifest {digest} to {repository}"),
@@ -513,7 +587,7 @@ impl Client {
         let resp = sess.send(&scopes, &what, &|c| {
             c.put(url.clone())
                 .header(CONTENT_TYPE, media_type.clone())
-                .body(img.manifest.clone())
+                .body(body.clone())
         })?;
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
             // MANIFEST_BLOB_UNKNOWN, MANIFEST_INVALID...: `what` names the manifest.

@@ -31,7 +31,7 @@ impl Client {
 
     /// `PUT` of manifest bytes (byte for byte) at `reference` (a tag or the bytes'
     /// digest) in `target`'s repository; its blobs must be there already.
-    pub fn put_manifest_bytes(
+    pub fn put_raw_manifest(
         &self,
         target: &Reference,
         reference: &str,
