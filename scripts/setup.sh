@@ -31,6 +31,22 @@ fi
 update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { echo "setup: could not enable qemu-aarch64 in binfmt_misc" >&2; exit 1; }
 
+# Independent checkers of the supply-chain tests: the SPDX validator, the CycloneDX
+# library (JSON schema validation), and cosign's formats re-implemented with
+# `cryptography` and PyNaCl. Pinned, installed only when missing.
+pip_want=("spdx-tools==0.8.5" "cyclonedx-python-lib[json-validation]==11.12.0" "cryptography==48.0.0" "pynacl==1.5.0")
+pip_need=()
+for req in "${pip_want[@]}"; do
+  name=${req%%[=[]*}
+  version=${req##*==}
+  [ "$(python3 -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')" = "$version" ] || pip_need+=("$req")
+done
+if [ ${#pip_need[@]} -gt 0 ]; then
+  echo "setup: pip installing ${pip_need[*]}"
+  python3 -m pip install -q "${pip_need[@]}"
+fi
+command -v pyspdxtools >/dev/null 2>&1 || { echo "setup: pyspdxtools is not on PATH after installing spdx-tools" >&2; exit 1; }
+
 # The Debian docker-registry package starts a service on :5000 on some systems;
 # the tests start their own registries on free loopback ports and need nothing else.
 

@@ -439,8 +439,21 @@ pub(crate) fn build_image(
                 project
                     .progress
                     .status(format!("{label}: writing {} entries", built.tree.len()));
-                let blob = write_layer(&built.tree, &write, &project.store)
-                    .with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
+                // What the SBOM says of the layer (licenses, file checksums) is read
+                // from the tree beside the writer, off the compression's critical path.
+                let mut contents = built.contents;
+                let tree = &built.tree;
+                let (blob, completed) = std::thread::scope(|s| {
+                    let sbom = s.spawn(|| contents.complete(tree, &project.root));
+                    let blob = write_layer(tree, &write, &project.store);
+                    (
+                        blob,
+                        sbom.join().expect("the SBOM contents thread panicked"),
+                    )
+                });
+                let blob =
+                    blob.with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
+                completed.with_context(|| format!("{}: layer {}", r.file.display(), i + 1))?;
                 let rec = LayerRecord {
                     descriptor: blob.descriptor,
                     diff_id: blob.diff_id,
@@ -451,6 +464,7 @@ pub(crate) fn build_image(
                     notes: built.notes,
                     fingerprint_inputs,
                     in_caches: vec![],
+                    contents: Some(contents),
                 };
                 rec.save(&project.store, &fingerprint)?;
                 project.progress.detail(format!(

@@ -34,6 +34,11 @@ pub struct LayerRecord {
     /// there, or this store wrote it): a warm build asks them nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_caches: Vec<String>,
+    /// What the layer holds, as its SBOM names it (packages, distributions, files);
+    /// `None` in a record written before imgbuild recorded it: such a record is a
+    /// miss, so that no SBOM silently lacks a layer's packages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<crate::supply::contents::LayerContents>,
 }
 
 impl LayerRecord {
@@ -54,6 +59,9 @@ impl LayerRecord {
         let Ok(rec) = serde_json::from_slice::<LayerRecord>(&bytes) else {
             return Ok(None); // a record from an incompatible version: rebuild
         };
+        if rec.contents.is_none() {
+            return Ok(None); // made before contents were recorded: rebuild (same bytes)
+        }
         // The blob was complete and verified when the record was written; it is
         // hashed again only if its inode changed since (a write, or a new hard
         // link from out/oci). After a full check passes, the record's time moves

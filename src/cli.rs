@@ -147,6 +147,50 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_kv)]
         set: Vec<(String, String)>,
     },
+    /// Sign a pushed image in cosign's format (the `sha256-<digest>.sig` tag).
+    Sign {
+        /// A recipe name (its last build, where `push` sends it) or REPO@sha256:...
+        #[arg(value_name = "NAME|REF")]
+        image: String,
+        /// cosign private key (`cosign generate-key-pair`; password in $COSIGN_PASSWORD),
+        /// or an unencrypted PKCS#8 EC P-256 key.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Where NAME was pushed with `push --registry PREFIX`.
+        #[arg(long = "registry", value_name = "PREFIX")]
+        registry: Option<String>,
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
+    /// Check an image's cosign signature against a public key.
+    VerifySignature {
+        /// A recipe name (its last build, where `push` sends it) or REPO@sha256:... / REPO:TAG
+        #[arg(value_name = "NAME|REF")]
+        image: String,
+        /// The public key (`cosign.pub`).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(long = "registry", value_name = "PREFIX")]
+        registry: Option<String>,
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
+    /// Rebuild an image from this checkout's recipes and lock and compare it with a
+    /// built or pushed one: manifest, config, each layer, each differing file.
+    Verify {
+        /// A recipe name (its last build) or REPO@sha256:... (pulled); the image is
+        /// rebuilt from the recipe of the same name (`--recipe` to name another).
+        #[arg(value_name = "NAME|REF")]
+        image: String,
+        /// The recipe to rebuild [default: NAME, or the last path component of REF].
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Rebuild everything in a new, empty store (no cache entry is trusted).
+        #[arg(long)]
+        fresh: bool,
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+    },
     /// Show the last build of an image: layers, sizes, digests, cache hits.
     Inspect { name: String },
     /// Remove store content that no recent build references.
@@ -187,6 +231,10 @@ pub struct BuildArgs {
     pub push_args: PushArgs,
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: crate::engine::Engine,
+    /// The SBOM written beside each image (out/NAME.spdx.json or out/NAME.cdx.json)
+    /// and attached to it.
+    #[arg(long, value_enum, default_value = "spdx")]
+    pub sbom_format: crate::supply::SbomFormat,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -221,6 +269,9 @@ pub struct PushArgs {
     /// Reach this registry (host[:port]) over plain HTTP (loopback always may).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure: Vec<String>,
+    /// Sign each pushed image with this cosign key (password in $COSIGN_PASSWORD).
+    #[arg(long = "sign", value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

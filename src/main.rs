@@ -22,6 +22,7 @@ mod report;
 mod settings;
 mod sink;
 mod source;
+mod supply;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,7 @@ fn push_options(names: Option<Vec<String>>, a: &cli::PushArgs) -> ops::push::Pus
         extra_tags: a.tags.clone(),
         registry_prefix: a.registry.clone(),
         insecure: a.insecure.clone(),
+        sign: a.sign.clone(),
     }
 }
 
@@ -92,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
                     locked: build.locked,
                     expect_cached: build.expect_cached,
                     check_reproducible: build.check_reproducible,
+                    sbom_format: build.sbom_format,
                     platforms: build.platforms.clone(),
                 },
             )?;
@@ -295,6 +298,53 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             project.progress.line(msg);
             Ok(())
+        }
+        Command::Sign {
+            image,
+            key,
+            registry,
+            insecure,
+        } => {
+            let signed = ops::sign::sign(&project, image, key, registry.as_deref(), insecure)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&signed)?);
+            }
+            Ok(())
+        }
+        Command::VerifySignature {
+            image,
+            key,
+            registry,
+            insecure,
+        } => ops::sign::verify_signature(&project, image, key, registry.as_deref(), insecure),
+        Command::Verify {
+            image,
+            recipe,
+            fresh,
+            insecure,
+        } => {
+            let report = ops::verify::verify(
+                &project,
+                &ops::verify::VerifyOptions {
+                    image: image.clone(),
+                    recipe: recipe.clone(),
+                    fresh: *fresh,
+                    insecure: insecure.clone(),
+                },
+            )?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if report.matches {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "`{}` does not reproduce from this checkout",
+                    report.image
+                ))
+            }
         }
         Command::Lock => ops::lock::lock(&project),
         Command::Inspect { name } => ops::inspect::inspect(&project, name, g.json),

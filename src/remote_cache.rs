@@ -88,6 +88,10 @@ struct Entry {
     view: LowerView,
     #[serde(default)]
     notes: Vec<String>,
+    /// What the layer holds, for SBOMs (absent: the entry is a miss, as a local record
+    /// without contents is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    contents: Option<crate::supply::contents::LayerContents>,
 }
 
 /// What the cache did in one run (the report's `cache`).
@@ -567,6 +571,7 @@ fn entry_manifest(fingerprint: &Digest, rec: &LayerRecord, config: &Digest) -> R
         description: rec.description.clone(),
         view: rec.view.clone(),
         notes: rec.notes.clone(),
+        contents: rec.contents.clone(),
     };
     let entry = serde_json::to_value(&entry)?.to_string();
     let manifest = serde_json::json!({
@@ -625,6 +630,7 @@ fn parse_entry(manifest: &[u8], fingerprint: &Digest) -> Result<LayerRecord> {
         notes: entry.notes,
         fingerprint_inputs: vec![],
         in_caches: vec![],
+        contents: entry.contents,
     })
 }
 
@@ -694,6 +700,7 @@ mod tests {
             notes: vec!["a note".into()],
             fingerprint_inputs: vec![],
             in_caches: vec![],
+            contents: None,
         }
     }
 

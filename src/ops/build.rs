@@ -34,6 +34,8 @@ pub struct BuildOptions {
     pub expect_cached: bool,
     /// Run each build step twice and compare its outputs.
     pub check_reproducible: bool,
+    /// The SBOM format written beside each image (and attached on push).
+    pub sbom_format: crate::supply::SbomFormat,
     /// `--platform`: build only these of the project's platforms (empty: all).
     pub platforms: Vec<String>,
 }
@@ -251,6 +253,8 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
         let _out = sink::lock_out(&project.out)?;
         sink::remove_stale_temps(&project.out);
         sink::layout::write(&project.out.join("oci"), &project.store, &outs)?;
+        // SBOM and provenance per image record: from the store when made before
+        write_attestations(project, &records, opts.sbom_format)?;
     }
     for rec in &records {
         rec.save(&project.store, &project.key)?;
@@ -273,6 +277,30 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
         project.out.display()
     ));
     Ok(records)
+}
+
+/// The SBOM and provenance of each image: made (or found in the store), written to
+/// `out/` and attached to the image in `out/oci/` (the caller holds the out lock).
+fn write_attestations(
+    project: &Project,
+    records: &[ImageRecord],
+    format: crate::supply::SbomFormat,
+) -> Result<()> {
+    let git = crate::supply::provenance::GitState::read(&project.root);
+    for rec in records {
+        let att = crate::supply::attest(project, rec, format, &git)
+            .with_context(|| format!("the SBOM and provenance of `{}`", rec.name))?;
+        crate::supply::write_out(&project.store, &project.out, &rec.name, format, &att)?;
+        let arts = crate::supply::referrers::artifacts(&project.store, &att)?;
+        crate::supply::referrers::add_to_layout(
+            &project.out.join("oci"),
+            &project.store,
+            &rec.name,
+            &arts,
+            &rec.manifest_digest,
+        )?;
+    }
+    Ok(())
 }
 
 /// The record of an image index over one image's platform records (in the

@@ -18,6 +18,7 @@
 //! | pywheel-select | the wheel it chose is a kept blob |
 //! | wheels (unpacked) | the wheel it was unpacked from is a kept blob |
 //! | pyc | used within keep-days (only its key names it) |
+//! | attestations | the image manifest its SBOM and provenance describe is a kept blob (and so are they) |
 //!
 //! Directories of buckets this version does not know (older format versions) go
 //! whole, and so do temp files of processes that are gone. So a build of V0 then V1
@@ -221,6 +222,19 @@ fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> 
         layers.push(Entry::of(store, Bucket::Layers, &key, kept));
     }
 
+    // SBOM and provenance documents: kept while the image they describe is.
+    let mut attestations = BTreeSet::new();
+    for key in store.list_entries(Bucket::Attestations)? {
+        if let Some(a) = read(Bucket::Attestations, &key)?
+            .and_then(|b| serde_json::from_slice::<crate::supply::Attestations>(&b).ok())
+            && keep.contains(&a.subject.digest)
+        {
+            keep.insert(a.sbom.digest);
+            keep.insert(a.provenance.digest);
+            attestations.insert(key);
+        }
+    }
+
     // Everything else is kept by what the roots keep.
     let digest_of_key = |key: &str| Digest::from_hex(key).ok();
     let mut out = vec![];
@@ -258,6 +272,7 @@ fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> 
                             .and_then(|b| imgbuild_python::fetch::selection_wheel(&b))
                             .is_some_and(|d| keep.contains(&d)),
                         Bucket::PythonBytecode | Bucket::Tarballs => recent(bucket, &key),
+                        Bucket::Attestations => attestations.contains(&key),
                         // a builder image's root: kept while the builder image is
                         Bucket::BuildRoots => {
                             recent(bucket, &key)

@@ -8,3 +8,5 @@ pub mod lock;
 pub mod pin;
 pub mod push;
 pub mod setup;
+pub mod sign;
+pub mod verify;

@@ -32,6 +32,8 @@ pub struct PushOptions {
     pub extra_tags: Vec<String>,
     pub registry_prefix: Option<String>,
     pub insecure: Vec<String>,
+    /// Sign each pushed image with this cosign key.
+    pub sign: Option<std::path::PathBuf>,
 }
 
 /// Pushes the images and prints a line per image; returns the report (`--json`).
@@ -69,6 +71,7 @@ pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
         }
     }
     let mut images = vec![];
+    let mut targets: Vec<(ImageRecord, Reference)> = vec![];
     let mut indexes: Vec<PushIndex> = vec![];
     for r in &order {
         let rec = &records[&r.name];
@@ -149,7 +152,15 @@ pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
             }
             images.push(img);
         }
+        targets.push((rec.clone(), target));
     }
+    // the key opens (or its password is missing) before anything is sent
+    let signing_key = match &opts.sign {
+        Some(k) => Some(crate::supply::sign::load_private_key(k, || {
+            std::env::var(crate::supply::sign::PASSWORD_VAR).ok()
+        })?),
+        None => None,
+    };
     let settings = Settings::load(&project.root)?;
     let client = Client::new(
         // Uploads wait on the network, not the CPU: as many as docker runs at once
@@ -192,6 +203,7 @@ pub fn push(project: &Project, opts: &PushOptions) -> Result<PushReport> {
             i.tags.join(", ")
         ));
     }
+    attach_supply_chain(project, &client, &targets, signing_key.as_ref())?;
     project.progress.line(format!(
         "push done: {} uploaded, {} mounted, {} skipped",
         human(report.bytes_uploaded),
@@ -226,4 +238,49 @@ pub fn login(
             format!("login succeeded; credentials stored with {helper}")
         }
     })
+}
+
+/// Attaches each pushed image's SBOM and provenance (OCI referrers, or the
+/// `sha256-<hex>` tag index) and, with `--sign`, its cosign signature.
+fn attach_supply_chain(
+    project: &Project,
+    client: &Client,
+    targets: &[(ImageRecord, Reference)],
+    key: Option<&p256::ecdsa::SigningKey>,
+) -> Result<()> {
+    use crate::supply::{Attestations, referrers, sign};
+    for (rec, target) in targets {
+        match Attestations::load(&project.store, &project.key, &rec.name)? {
+            Some(att) if att.subject.digest == rec.manifest_digest => {
+                let arts = referrers::artifacts(&project.store, &att)?;
+                let a = referrers::push(client, &project.store, target, &rec.manifest_digest, &arts)?;
+                project.progress.line(format!(
+                    "attached SBOM and provenance to {}@{}{}",
+                    a.repository,
+                    a.subject,
+                    match &a.fallback_tag {
+                        Some(t) => format!(" (referrers tag {t})"),
+                        None => String::new(),
+                    }
+                ));
+            }
+            _ => project.progress.warn(format!(
+                "`{}`: no SBOM of this build in the store (build it again to make one); pushed without",
+                rec.name
+            )),
+        }
+        if let Some(key) = key {
+            // what the tags name: the image index of a multi-platform image
+            let digest = rec
+                .index
+                .as_ref()
+                .map(|i| i.digest.clone())
+                .unwrap_or_else(|| rec.manifest_digest.clone());
+            let s = sign::sign(client, &project.store, target, &digest, key)?;
+            project
+                .progress
+                .line(format!("signed {} (tag {})", s.reference, s.tag));
+        }
+    }
+    Ok(())
 }

@@ -64,7 +64,7 @@ pub fn write(dir: &Path, store: &Store, images: &[ImageOut]) -> Result<()> {
 
 /// Removes blobs that no manifest of the index refers to (left by earlier builds);
 /// an entry naming an image index keeps the index and every manifest in it.
-fn prune<'a>(blobs: &Path, entries: impl Iterator<Item = &'a Value>) -> Result<()> {
+pub fn prune<'a>(blobs: &Path, entries: impl Iterator<Item = &'a Value>) -> Result<()> {
     let mut live = std::collections::BTreeSet::new();
     let mut todo: Vec<Value> = entries.cloned().collect();
     while let Some(e) = todo.pop() {

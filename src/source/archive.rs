@@ -279,7 +279,7 @@ impl SourcePlan for ArchivePlan {
         }
         Ok(Contribution {
             blobs: vec![digest],
-            notes: vec![],
+            ..Default::default()
         })
     }
 }

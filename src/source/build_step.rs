@@ -432,7 +432,7 @@ impl SourcePlan for StepPlan<'_> {
         }
         Ok(Contribution {
             blobs: vec![digest],
-            notes: vec![],
+            ..Default::default()
         })
     }
 }

@@ -474,7 +474,30 @@ impl SourcePlan for DebianPlan<'_> {
                 version,
             )?);
         }
-        Ok(Contribution { blobs, notes })
+        let contents = crate::supply::contents::LayerContents {
+            debian: self
+                .packages
+                .iter()
+                .map(|p| crate::supply::contents::DebianPackage {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    architecture: p.architecture.clone(),
+                    source: crate::supply::contents::source_package(&p.filename, &p.name),
+                    sha256: p.sha256.clone(),
+                    filename: p.filename.clone(),
+                    repository: p.repository.clone(),
+                    archive: p.base.as_str().to_owned(),
+                    release: self.suite.version().to_owned(),
+                    licenses: vec![],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Ok(Contribution {
+            blobs,
+            notes,
+            contents,
+        })
     }
 }
 

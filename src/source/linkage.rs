@@ -163,8 +163,8 @@ impl SourcePlan for LinkagePlan<'_> {
             bail!("linkage check: {msg}");
         }
         Ok(Contribution {
-            blobs: vec![],
             notes: notes(&report),
+            ..Default::default()
         })
     }
 }

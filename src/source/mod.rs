@@ -113,6 +113,8 @@ pub struct Contribution {
     pub blobs: Vec<Digest>,
     /// Notes for `inspect` (e.g. maintainer scripts that did not run).
     pub notes: Vec<String>,
+    /// What it installed, as the SBOM names it (packages, distributions).
+    pub contents: crate::supply::contents::LayerContents,
 }
 
 /// One input of a layer, as its record keeps it and a reason names it.
@@ -410,6 +412,8 @@ pub struct Built {
     pub tree: Tree,
     pub blobs: Vec<Digest>,
     pub notes: Vec<String>,
+    /// What the sources installed (completed from the tree by the builder).
+    pub contents: crate::supply::contents::LayerContents,
 }
 
 impl PlannedLayer<'_> {
@@ -418,13 +422,20 @@ impl PlannedLayer<'_> {
         let mut tree = Tree::new();
         let mut blobs = vec![];
         let mut notes = vec![];
+        let mut contents = crate::supply::contents::LayerContents::default();
         for p in self.plans {
             let c = p.build(&mut tree)?;
             blobs.extend(c.blobs);
             notes.extend(c.notes);
+            contents.extend(c.contents);
         }
         tree.adopt_lower_dirs(|p| lower.dir_meta(p.as_str()));
-        Ok(Built { tree, blobs, notes })
+        Ok(Built {
+            tree,
+            blobs,
+            notes,
+            contents,
+        })
     }
 }
 

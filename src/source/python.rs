@@ -275,9 +275,23 @@ impl SourcePlan for PythonPlan<'_> {
         if let Some(i) = &interpreter {
             notes.push(format!(".pyc files written by {}", i.describe()));
         }
+        let contents = crate::supply::contents::LayerContents {
+            python: wheels
+                .iter()
+                .map(|w| crate::supply::contents::PythonDist {
+                    name: w.name.clone(),
+                    version: w.version.clone(),
+                    wheel: w.filename.clone(),
+                    sha256: w.digest.clone(),
+                    license: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
         Ok(Contribution {
             blobs: wheels.iter().map(|w| w.digest.clone()).collect(),
             notes,
+            contents,
         })
     }
 }

@@ -211,7 +211,22 @@ fn two_processes_on_one_store_both_succeed() {
             })
             .collect();
         names.sort();
-        assert_eq!(names, ["base", "hello", "other"], "{index}");
+        // each image, and its SBOM and provenance (OCI artifacts naming it as subject)
+        assert_eq!(
+            names,
+            [
+                "base",
+                "base.provenance",
+                "base.sbom",
+                "hello",
+                "hello.provenance",
+                "hello.sbom",
+                "other",
+                "other.provenance",
+                "other.sbom"
+            ],
+            "{index}"
+        );
         // skopeo copy reads and verifies every blob of each image
         for name in names {
             let to = tempfile::tempdir().unwrap();
@@ -405,11 +420,13 @@ fn the_oci_layout_keeps_only_blobs_its_images_use() {
         std::fs::write(f.path().join("layers/site/index.html"), v).unwrap();
         f.build_json(&["all"]);
     }
-    // base: config, layer, manifest; hello: config, 2 layers (one shared), manifest
+    // base: config, layer, manifest; hello: config, 2 layers (one shared), manifest;
+    // per image an SBOM and a provenance document, each with its artifact manifest,
+    // and the empty config the artifacts share
     let n = std::fs::read_dir(f.path().join("out/oci/blobs/sha256"))
         .unwrap()
         .count();
-    assert_eq!(n, 6, "stale blobs left in out/oci");
+    assert_eq!(n, 6 + 2 * 4 + 1, "stale blobs left in out/oci");
     require("skopeo");
     for name in ["base", "hello"] {
         run_ok(

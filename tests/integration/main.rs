@@ -22,4 +22,5 @@ mod registry_cache;
 mod setup_cmd;
 mod sources;
 mod stack_images;
+mod supply_chain;
 mod temps;

@@ -27,6 +27,7 @@ pub mod error;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod referrers;
 
 mod auth;
 mod transport;

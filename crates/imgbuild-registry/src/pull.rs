@@ -339,7 +339,7 @@ pub(crate) fn fetch_manifest(
 }
 
 /// Streams one blob into the store, verified; retried from the start on transient failures.
-fn download_blob(
+pub(crate) fn download_blob(
     sess: &Session,
     store: &Store,
     repository: &str,

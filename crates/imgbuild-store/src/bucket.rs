@@ -52,6 +52,9 @@ pub enum Bucket {
     /// Manifest digest of a build step's builder image (hex) -> its filesystem
     /// unpacked (whiteouts applied, modes kept), the read-only root of its sandboxes.
     BuildRoots,
+    /// Hash of an image's SBOM and provenance inputs (hex) -> the documents' blobs;
+    /// `image-<project key>-<image name>` -> those of the image's last build.
+    Attestations,
 }
 
 /// How a bucket keeps its entries.
@@ -69,7 +72,7 @@ const DIRECTORIES: &str = "unpacked";
 
 impl Bucket {
     /// Every bucket, in the order `gc` reports them.
-    pub const ALL: [Bucket; 11] = [
+    pub const ALL: [Bucket; 12] = [
         Bucket::Images,
         Bucket::Layers,
         Bucket::Bases,
@@ -81,6 +84,7 @@ impl Bucket {
         Bucket::PythonBytecode,
         Bucket::Tarballs,
         Bucket::BuildRoots,
+        Bucket::Attestations,
     ];
 
     /// The directory name: the kind of entry and its format version. These names are
@@ -98,6 +102,7 @@ impl Bucket {
             Bucket::PythonBytecode => "pyc-v2",
             Bucket::Tarballs => "tarballs-v1",
             Bucket::BuildRoots => "build-roots-v1",
+            Bucket::Attestations => "attestations-v1",
         }
     }
 
