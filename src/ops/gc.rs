@@ -248,7 +248,7 @@ fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> 
                         Bucket::DebianUnpack => read(bucket, &key)?
                             .and_then(|b| imgbuild_debian::deb::unpack_record_spool(&b))
                             .is_some_and(|d| keep.contains(&d)),
-                        Bucket::PythonSelect => read(bucket, &key)?
+                        Bucket::PythonSelect | Bucket::PythonBuilt => read(bucket, &key)?
                             .and_then(|b| imgbuild_python::fetch::selection_wheel(&b))
                             .is_some_and(|d| keep.contains(&d)),
                         Bucket::PythonBytecode | Bucket::Tarballs => recent(bucket, &key),

@@ -34,6 +34,8 @@ pub mod debian;
 pub mod files;
 pub mod linkage;
 pub mod python;
+pub mod python_build;
+pub mod sandbox;
 pub mod stdlib_pyc;
 pub mod walk;
 

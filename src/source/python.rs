@@ -1,7 +1,8 @@
-//! The `python` layer source (`python = { requirements, venv, interpreter, bytecode }`):
+//! The `python` layer source (`python = { requirements, venv, interpreter, bytecode, build }`):
 //! a venv built by `imgbuild-python` from a pinned,
 //! hashed requirements file, for the image's interpreter (CPython 3.11.2 on
-//! bookworm), never the build host's.
+//! bookworm), never the build host's. With `build`, requirements without a wheel are
+//! built from their sdist ([`super::python_build`]).
 //!
 //! The fingerprint reads only the requirements file (no network, no wheels, no
 //! Python process). With bytecode on, the `.pyc` files are written by the image's
@@ -11,17 +12,18 @@
 //! (their diff_ids; this layer's packages are in its fingerprint already): they
 //! decide the interpreter, the build host does not.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use imgbuild_layer::Tree;
 use imgbuild_python::{
-    ImageFiles, ImageInterpreter, Requirements, VenvSpec, fetch_wheels, fingerprint, install,
-    parse_requirements,
+    ImageFiles, ImageInterpreter, Requirements, VenvSpec, WheelBuilder, fetch_wheels,
+    fetch_wheels_building, fingerprint, install, parse_requirements,
 };
 use imgbuild_store::{Digest, Store};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::python_build::{self, PythonBuildSpec, SdistBuilder};
 use super::{Contribution, Input, LayerCx, LayerSource, SourceKind, SourcePlan};
 use crate::progress::Progress;
 use crate::recipe::{Pos, RecipeCx, RecipeError};
@@ -36,6 +38,8 @@ pub struct RawPython {
     pub interpreter: String,
     /// Precompile `.pyc` (unchecked-hash) with the image's own interpreter.
     pub bytecode: Option<bool>,
+    /// Build requirements without a wheel from their sdist ([`python_build`]).
+    pub build: Option<Spanned<python_build::RawPythonBuild>>,
 }
 
 fn default_venv() -> String {
@@ -54,6 +58,7 @@ pub struct PythonSpec {
     pub venv: String,
     pub interpreter: String,
     pub bytecode: bool,
+    pub build: Option<python_build::PythonBuildSpec>,
     pub pos: Pos,
 }
 
@@ -82,6 +87,11 @@ impl SourceKind for PythonSource {
                 venv: rp.venv.clone(),
                 interpreter: rp.interpreter.clone(),
                 bytecode: rp.bytecode.unwrap_or(true),
+                build: rp
+                    .build
+                    .as_ref()
+                    .map(|b| PythonBuildSpec::parse(cx, b.get_ref()))
+                    .transpose()?,
                 pos: cx.pos(p),
             },
         }))
@@ -95,6 +105,14 @@ impl LayerSource for PythonSource {
 
     fn describe(&self) -> Option<String> {
         Some(format!("python: {}", self.spec.requirements_rel.display()))
+    }
+
+    fn depends_on(&self) -> Vec<(String, Pos)> {
+        self.spec
+            .build
+            .iter()
+            .map(|b| (b.image.clone(), b.image_pos.clone()))
+            .collect()
     }
 
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
@@ -138,7 +156,41 @@ impl LayerSource for PythonSource {
                 Input::digest_of(&diff_ids),
             ));
         }
+        // sdists built in a builder: its image and the build requirements decide the wheels
+        let build = match &p.build {
+            Some(b) => {
+                let Some(builder) = cx.image(&b.image) else {
+                    bail!(
+                        "{}: builder image `{}` has not been built (it should be built before this recipe)",
+                        cx.at(&b.image_pos),
+                        b.image
+                    );
+                };
+                let breqs = parse_requirements(&b.requirements).with_context(|| at.clone())?;
+                let bspec = python_build::build_requirements_spec(&spec, b);
+                cx.input(Input::shown(
+                    format!("sdist builder image {}", b.image),
+                    builder.manifest_digest.to_string(),
+                ));
+                cx.input(Input::hash(
+                    format!("{} (build requirements)", b.requirements_rel.display()),
+                    fingerprint(&bspec, &breqs),
+                ));
+                cx.input(Input::shown(
+                    "sdist build timeout_secs",
+                    b.timeout_secs.to_string(),
+                ));
+                cx.input(Input::shown(
+                    "sdist build SOURCE_DATE_EPOCH",
+                    super::sandbox::epoch().to_string(),
+                ));
+                Some((b.clone(), builder, breqs))
+            }
+            None => None,
+        };
         Ok(Box::new(PythonPlan {
+            build,
+            check_reproducible: cx.session.check_reproducible,
             spec,
             reqs,
             lower,
@@ -153,6 +205,9 @@ impl LayerSource for PythonSource {
 }
 
 struct PythonPlan {
+    /// `build = {...}`: its spec, the builder image, the build requirements.
+    build: Option<(PythonBuildSpec, crate::cache::ImageRecord, Requirements)>,
+    check_reproducible: bool,
     spec: VenvSpec,
     reqs: Requirements,
     /// The image's layers below this one: (blob digest, diff_id).
@@ -196,13 +251,39 @@ impl SourcePlan for PythonPlan {
             self.label,
             self.reqs.requirements.len()
         ));
-        let wheels = fetch_wheels(
+        let sdist_builder = match &self.build {
+            Some((b, builder, breqs)) => {
+                let backends = fetch_wheels(
+                    &python_build::build_requirements_spec(&self.spec, b),
+                    breqs,
+                    &self.store,
+                    self.http.client()?,
+                    self.jobs,
+                )
+                .with_context(|| format!("{}: build requirements", self.at))?;
+                Some(SdistBuilder::new_for(
+                    self.at.clone(),
+                    b,
+                    builder.clone(),
+                    self.store.clone(),
+                    self.progress.clone(),
+                    &self.spec,
+                    breqs,
+                    backends,
+                    self.check_reproducible,
+                ))
+            }
+            None => None,
+        };
+        let wheels = fetch_wheels_building(
             &self.spec,
             &self.reqs,
             &self.store,
             self.http.client()?,
             self.jobs,
-        )?;
+            sdist_builder.as_ref().map(|b| b as &dyn WheelBuilder),
+        )
+        .with_context(|| format!("{}: python layer", self.at))?;
         self.progress.status(format!(
             "{}: installing {} wheel(s) into {}{}",
             self.label,
@@ -237,9 +318,17 @@ impl SourcePlan for PythonPlan {
         if let Some(i) = &interpreter {
             notes.push(format!(".pyc files written by {}", i.describe()));
         }
-        Ok(Contribution {
-            blobs: wheels.iter().map(|w| w.digest.clone()).collect(),
-            notes,
-        })
+        let mut blobs: Vec<Digest> = wheels.iter().map(|w| w.digest.clone()).collect();
+        if let Some(b) = &sdist_builder {
+            let used = b.used.lock().expect("used sdists");
+            notes.push(format!(
+                "{} wheel(s) built from their sdist in `{}`",
+                used.len(),
+                b.image
+            ));
+            blobs.extend(used.iter().cloned());
+            blobs.extend(b.backends.iter().map(|w| w.digest.clone()));
+        }
+        Ok(Contribution { blobs, notes })
     }
 }

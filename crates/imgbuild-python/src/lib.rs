@@ -21,7 +21,7 @@
 //!
 //! Modules: [`version`] (PEP 440), [`marker`] (PEP 508), [`target`] (target, tags, wheel
 //! names), [`requirements`], [`index`] (pip config, simple API), [`fetch`], [`unpack`]
-//! (unpacked-wheel cache), [`install`],
+//! (unpacked-wheel cache), [`sdist`] (requirements built from their sdist), [`install`],
 //! [`interpreter`] (the image's interpreter, run on the host), [`bytecode`], [`error`].
 
 pub mod bytecode;
@@ -32,6 +32,7 @@ pub mod install;
 pub mod interpreter;
 pub mod marker;
 pub mod requirements;
+pub mod sdist;
 pub mod target;
 pub mod unpack;
 pub mod version;
@@ -41,12 +42,13 @@ use std::path::PathBuf;
 use sha2::Digest as _;
 
 pub use error::{Error, Result};
-pub use fetch::{SelectedWheel, fetch_wheels};
+pub use fetch::{SelectedWheel, fetch_wheels, fetch_wheels_building};
 pub use imgbuild_layer::image::ImageFiles;
 pub use index::IndexConfig;
 pub use install::{InstallReport, check_closure, install};
 pub use interpreter::ImageInterpreter;
 pub use requirements::{Requirement, Requirements, parse_requirements};
+pub use sdist::{Sdist, WheelBuilder};
 pub use target::{Libc, Target};
 
 /// Bumped whenever the layer this crate produces for the same inputs changes.
