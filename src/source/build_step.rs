@@ -558,4 +558,3 @@ fn append_dir_contents<W: std::io::Write>(
     }
     Ok(())
 }
-

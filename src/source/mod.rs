@@ -32,6 +32,7 @@ pub mod base;
 pub mod build_step;
 pub mod debian;
 pub mod files;
+pub mod git;
 pub mod linkage;
 pub mod python;
 pub mod python_build;

@@ -246,7 +246,8 @@ impl SdistBuilder {
             filename: filename.clone(),
             digest: digest.clone(),
         })?;
-        self.store.write_record(Bucket::PythonBuilt, &key, &record)?;
+        self.store
+            .write_record(Bucket::PythonBuilt, &key, &record)?;
         Ok((filename, digest))
     }
 
@@ -306,10 +307,35 @@ impl SdistBuilder {
 }
 
 impl WheelBuilder for SdistBuilder {
+    fn fetch_git(
+        &self,
+        r: &imgbuild_python::Requirement,
+        pin: &imgbuild_python::GitPin,
+    ) -> Result<(String, Digest), String> {
+        self.progress.status(format!(
+            "{}: {} from {} at {}",
+            self.label, r.name, pin.url, pin.commit
+        ));
+        let a = super::git::archive(&self.store, &pin.url, &pin.commit, &r.key)
+            .map_err(|e| format!("{e:#}"))?;
+        self.used
+            .lock()
+            .expect("used sdists")
+            .push(a.digest.clone());
+        self.progress.status(format!(
+            "{}: {} {} is tree {}",
+            self.label, r.name, pin.commit, a.tree
+        ));
+        Ok((a.filename, a.digest))
+    }
+
     fn build_wheel(&self, sdist: &imgbuild_python::Sdist) -> Result<(String, Digest), String> {
         let r = self.build(sdist).map_err(|e| format!("{e:#}"));
         if r.is_ok() {
-            self.used.lock().expect("used sdists").push(sdist.digest.clone());
+            self.used
+                .lock()
+                .expect("used sdists")
+                .push(sdist.digest.clone());
         }
         r
     }

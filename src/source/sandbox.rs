@@ -81,7 +81,6 @@ fn make_writable(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-
 /// The builder image's filesystem, unpacked once per manifest digest into the store:
 /// layers applied with their whiteouts, modes kept, owned by whoever builds. Made in a
 /// temp dir and renamed into place whole.
@@ -149,161 +148,160 @@ pub fn builder_path(store: &Store, builder: &ImageRecord) -> String {
         .unwrap_or_else(|| DEFAULT_PATH.to_owned())
 }
 
-
 impl Sandbox<'_> {
-/// Runs the command in bubblewrap; its stdout and stderr go to `log`.
-pub fn run(&self, log: &Path) -> Result<()> {
-    let (plan, step, root) = (self, self, self.root);
-    let mut args: Vec<std::ffi::OsString> = vec![];
-    let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
-    for a in [
-        "--unshare-all",
-        // a user namespace always (not only "try"): uid 0 inside it, as root or not
-        "--unshare-user",
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--die-with-parent",
-        "--new-session",
-        "--clearenv",
-    ] {
-        arg(&a);
-    }
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    env.insert("PATH".into(), self.path.clone());
-    env.insert("HOME".into(), "/tmp".into());
-    env.insert("LANG".into(), "C.UTF-8".into());
-    env.insert("TZ".into(), "UTC".into());
-    env.insert("SOURCE_DATE_EPOCH".into(), epoch().to_string());
-    env.extend(step.env.clone());
-    for (k, v) in &env {
-        arg(&"--setenv");
-        arg(k);
-        arg(v);
-    }
-    // the root: an empty tmpfs with the builder's top-level entries bound read-only
-    // (so that mount points can be made in it), remounted read-only at the end
-    let mut names: Vec<_> = std::fs::read_dir(root)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::io::Result<_>>()?;
-    names.sort();
-    let top_mounts: Vec<String> = step
-        .inputs
-        .iter()
-        .chain(&step.outputs)
-        .map(|(_, dest)| dest.clone())
-        .collect();
-    for name in names {
-        let Some(n) = name.to_str() else { continue };
-        let image_path = format!("/{n}");
-        if RESERVED.contains(&image_path.as_str()) || top_mounts.contains(&image_path) {
-            continue;
+    /// Runs the command in bubblewrap; its stdout and stderr go to `log`.
+    pub fn run(&self, log: &Path) -> Result<()> {
+        let (plan, step, root) = (self, self, self.root);
+        let mut args: Vec<std::ffi::OsString> = vec![];
+        let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
+        for a in [
+            "--unshare-all",
+            // a user namespace always (not only "try"): uid 0 inside it, as root or not
+            "--unshare-user",
+            "--uid",
+            "0",
+            "--gid",
+            "0",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+        ] {
+            arg(&a);
         }
-        let host = root.join(&name);
-        let m = std::fs::symlink_metadata(&host)?;
-        if m.file_type().is_symlink() {
-            arg(&"--symlink");
-            arg(&std::fs::read_link(&host)?);
-            arg(&image_path);
-        } else {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), self.path.clone());
+        env.insert("HOME".into(), "/tmp".into());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        env.insert("TZ".into(), "UTC".into());
+        env.insert("SOURCE_DATE_EPOCH".into(), epoch().to_string());
+        env.extend(step.env.clone());
+        for (k, v) in &env {
+            arg(&"--setenv");
+            arg(k);
+            arg(v);
+        }
+        // the root: an empty tmpfs with the builder's top-level entries bound read-only
+        // (so that mount points can be made in it), remounted read-only at the end
+        let mut names: Vec<_> = std::fs::read_dir(root)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        let top_mounts: Vec<String> = step
+            .inputs
+            .iter()
+            .chain(&step.outputs)
+            .map(|(_, dest)| dest.clone())
+            .collect();
+        for name in names {
+            let Some(n) = name.to_str() else { continue };
+            let image_path = format!("/{n}");
+            if RESERVED.contains(&image_path.as_str()) || top_mounts.contains(&image_path) {
+                continue;
+            }
+            let host = root.join(&name);
+            let m = std::fs::symlink_metadata(&host)?;
+            if m.file_type().is_symlink() {
+                arg(&"--symlink");
+                arg(&std::fs::read_link(&host)?);
+                arg(&image_path);
+            } else {
+                arg(&"--ro-bind");
+                arg(&host);
+                arg(&image_path);
+            }
+        }
+        for (kind, target) in [("--proc", "/proc"), ("--dev", "/dev"), ("--tmpfs", "/tmp")] {
+            arg(&kind);
+            arg(&target);
+        }
+        for m in &top_mounts {
+            check_mount_point(root, m, &plan.label)?;
+        }
+        for (host, dest) in &step.inputs {
             arg(&"--ro-bind");
-            arg(&host);
-            arg(&image_path);
+            arg(host);
+            arg(dest);
         }
-    }
-    for (kind, target) in [("--proc", "/proc"), ("--dev", "/dev"), ("--tmpfs", "/tmp")] {
-        arg(&kind);
-        arg(&target);
-    }
-    for m in &top_mounts {
-        check_mount_point(root, m, &plan.label)?;
-    }
-    for (host, dest) in &step.inputs {
-        arg(&"--ro-bind");
-        arg(host);
-        arg(dest);
-    }
-    for (host, dest) in &step.outputs {
-        arg(&"--bind");
-        arg(host);
-        arg(dest);
-    }
-    arg(&"--remount-ro");
-    arg(&"/");
-    arg(&"--chdir");
-    arg(&step.workdir);
-    arg(&"--");
-    for c in &step.command {
-        arg(c);
-    }
-    let out = std::fs::File::create(log)?;
-    let err = out.try_clone()?;
-    // found on imgbuild's own PATH: the child's environment is cleared, and exec
-    // with no PATH would search a default one instead
-    let Some(bwrap) = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("bwrap"))
-        .find(|p| p.is_file())
-    else {
-        bail!(
-            "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
-            plan.label
-        );
-    };
-    let mut child = match Command::new(bwrap)
-        .args(&args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
-            plan.label
-        ),
-        Err(e) => return Err(e).context(format!("{}: failed to start bwrap", plan.label)),
-    };
-    let deadline = Instant::now() + Duration::from_secs(step.timeout_secs);
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break Some(s);
+        for (host, dest) in &step.outputs {
+            arg(&"--bind");
+            arg(host);
+            arg(dest);
         }
-        if Instant::now() >= deadline {
-            // --die-with-parent: the sandbox's init, and with it every process in
-            // the sandbox's pid namespace, dies with bwrap
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
+        arg(&"--remount-ro");
+        arg(&"/");
+        arg(&"--chdir");
+        arg(&step.workdir);
+        arg(&"--");
+        for c in &step.command {
+            arg(c);
         }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let tail = log_tail(log);
-    let Some(status) = status else {
-        bail!(
-            "{}: killed after timeout_secs = {} (raise it in the recipe if the step needs longer){tail}",
-            plan.label,
-            step.timeout_secs
-        );
-    };
-    if !status.success() {
-        let code = status
-            .code()
-            .map(|c| format!("exit code {c}"))
-            .unwrap_or_else(|| "killed by a signal".into());
-        let hint = if tail.contains("bwrap:") {
-            "\n(bwrap could not set up the sandbox: it needs root or unprivileged user namespaces, \
-             e.g. sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)"
-        } else {
-            ""
+        let out = std::fs::File::create(log)?;
+        let err = out.try_clone()?;
+        // found on imgbuild's own PATH: the child's environment is cleared, and exec
+        // with no PATH would search a default one instead
+        let Some(bwrap) = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join("bwrap"))
+            .find(|p| p.is_file())
+        else {
+            bail!(
+                "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
+                plan.label
+            );
         };
-        bail!("{}: failed with {code}{tail}{hint}", plan.label);
+        let mut child = match Command::new(bwrap)
+            .args(&args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
+                plan.label
+            ),
+            Err(e) => return Err(e).context(format!("{}: failed to start bwrap", plan.label)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(step.timeout_secs);
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                // --die-with-parent: the sandbox's init, and with it every process in
+                // the sandbox's pid namespace, dies with bwrap
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let tail = log_tail(log);
+        let Some(status) = status else {
+            bail!(
+                "{}: killed after timeout_secs = {} (raise it in the recipe if the step needs longer){tail}",
+                plan.label,
+                step.timeout_secs
+            );
+        };
+        if !status.success() {
+            let code = status
+                .code()
+                .map(|c| format!("exit code {c}"))
+                .unwrap_or_else(|| "killed by a signal".into());
+            let hint = if tail.contains("bwrap:") {
+                "\n(bwrap could not set up the sandbox: it needs root or unprivileged user namespaces, \
+             e.g. sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)"
+            } else {
+                ""
+            };
+            bail!("{}: failed with {code}{tail}{hint}", plan.label);
+        }
+        Ok(())
     }
-    Ok(())
-}
 }
 
 /// A mount point nested in a read-only builder directory must already exist there

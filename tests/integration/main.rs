@@ -16,6 +16,7 @@ mod linkage;
 mod load_pin;
 mod plan;
 mod push;
+mod sdist_git;
 mod setup_cmd;
 mod sources;
 mod stack_images;

@@ -60,7 +60,9 @@ pub enum Error {
         files: Vec<String>,
         requires_python: Option<String>,
     },
-    #[error("{package} {version} (requirements line {line}): building a wheel from its sdist {sdist} failed: {msg}")]
+    #[error(
+        "{package} {version} (requirements line {line}): building a wheel from its sdist {sdist} failed: {msg}"
+    )]
     SdistBuild {
         package: String,
         version: String,

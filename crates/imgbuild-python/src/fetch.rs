@@ -130,8 +130,18 @@ pub fn fetch_wheels_building(
     // index configuration is read lazily: a fully cached build reads no config and no network
     let index: Mutex<Option<(IndexConfig, Option<reqwest::blocking::Client>)>> = Mutex::new(None);
     let connections = jobs.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS);
-    let selections = in_parallel(connections, &todo, |r| {
-        select_one(spec, reqs, r, store, http, &prio, &index, builder.is_some())
+    let selections = in_parallel(connections, &todo, |r| match (&r.git, builder) {
+        (Some(pin), Some(b)) => {
+            let (filename, digest) = b.fetch_git(r, pin).map_err(|msg| Error::SdistBuild {
+                package: r.name.clone(),
+                version: pin.commit.clone(),
+                line: r.line,
+                sdist: pin.url.clone(),
+                msg,
+            })?;
+            Ok(Selection { filename, digest })
+        }
+        _ => select_one(spec, reqs, r, store, http, &prio, &index, builder.is_some()),
     })?;
     let mut built = vec![];
     for (r, sel) in todo.iter().zip(selections) {
@@ -225,9 +235,14 @@ fn build_from_sdist(
     };
     let (filename, digest) = builder.build_wheel(&sdist).map_err(failed)?;
     let Some(w) = WheelName::parse(&filename) else {
-        return Err(failed(format!("the build wrote `{filename}`, which is not a wheel name")));
+        return Err(failed(format!(
+            "the build wrote `{filename}`, which is not a wheel name"
+        )));
     };
-    if w.key() != r.key || !Version::parse(&w.version).is_ok_and(|v| v == r.parsed_version()) {
+    // a git requirement's version is the one its source declares
+    if w.key() != r.key
+        || (r.git.is_none() && !Version::parse(&w.version).is_ok_and(|v| v == r.parsed_version()))
+    {
         return Err(failed(format!(
             "the build wrote `{filename}`, not a wheel of {} {}",
             r.key, r.version
@@ -254,6 +269,15 @@ fn select_one(
     index: &Mutex<Option<(IndexConfig, Option<reqwest::blocking::Client>)>>,
     allow_sdist: bool,
 ) -> Result<Selection> {
+    if let Some(pin) = &r.git {
+        return Err(Error::SdistBuild {
+            package: r.name.clone(),
+            version: pin.commit.clone(),
+            line: r.line,
+            sdist: pin.url.clone(),
+            msg: "a git requirement is built from source: add `build = { image = \"<builder recipe>\", requirements = \"<build-requirements.txt>\" }` to the python layer".into(),
+        });
+    }
     let key = selection_key(&spec.target, r, allow_sdist);
     let cached = store
         .read_record(Bucket::PythonSelect, &key)?

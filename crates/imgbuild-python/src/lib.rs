@@ -47,7 +47,7 @@ pub use imgbuild_layer::image::ImageFiles;
 pub use index::IndexConfig;
 pub use install::{InstallReport, check_closure, install};
 pub use interpreter::ImageInterpreter;
-pub use requirements::{Requirement, Requirements, parse_requirements};
+pub use requirements::{GitPin, Requirement, Requirements, parse_requirements};
 pub use sdist::{Sdist, WheelBuilder};
 pub use target::{Libc, Target};
 
@@ -155,6 +155,9 @@ pub fn fingerprint(spec: &VenvSpec, reqs: &Requirements) -> String {
         }
         for h in &r.hashes {
             text.push_str(&format!(" {h}"));
+        }
+        if let Some(g) = &r.git {
+            text.push_str(&format!(" git {} {}", g.url, g.commit));
         }
         text.push('\n');
     }

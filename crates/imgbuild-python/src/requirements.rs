@@ -6,7 +6,9 @@
 //! (`-i/--index-url`, `--extra-index-url`). Everything that would make the build depend on
 //! something other than the listed hashes (unpinned or unhashed lines, URLs, editables,
 //! nested `-r` files, `--find-links`), and `--no-binary` (only wheels are installed), is
-//! an error naming the file and line.
+//! an error naming the file and line. One kind of URL is accepted:
+//! `name @ git+https://host/org/repo.git@<40-hex commit>`, pinned by its commit
+//! (built from source by [`crate::sdist::WheelBuilder`]); a branch or tag is an error.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -34,6 +36,50 @@ pub struct Requirement {
     pub hashes: Vec<Digest>,
     /// 1-based line where the requirement starts.
     pub line: usize,
+    /// `name @ git+https://host/repo.git@<commit>`: built from that commit (then
+    /// `version` is `0+git.<commit>` and `hashes` is empty: the commit pins it).
+    pub git: Option<GitPin>,
+}
+
+/// A requirement's git source, pinned to a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitPin {
+    /// The repository URL without `git+` and without the `@<commit>`.
+    pub url: String,
+    /// 40 lowercase hex digits.
+    pub commit: String,
+}
+
+/// Parses `git+URL@REV` (the part after `name @ `); the error says what to write.
+pub fn parse_git_url(text: &str) -> Result<GitPin, String> {
+    let rest = text.strip_prefix("git+").ok_or_else(|| {
+        format!("`{text}`: only `git+https://…@<commit>` URLs are supported in requirements")
+    })?;
+    if !(rest.starts_with("https://") || rest.starts_with("http://")) {
+        return Err(format!(
+            "`{text}`: the git URL must be https:// (or http://)"
+        ));
+    }
+    let after_scheme = rest.find("://").map(|i| i + 3).unwrap_or(0);
+    let (url, rev) = match rest[after_scheme..].rsplit_once('@') {
+        Some((u, r)) if !r.contains('/') => (&rest[..after_scheme + u.len()], r),
+        _ => {
+            return Err(format!(
+                "`{text}` names no commit: append `@<40-hex commit>` (a branch can move)"
+            ));
+        }
+    };
+    let rev = rev.split('#').next().unwrap_or(rev);
+    if rev.len() != 40 || !rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`@{rev}` is not a commit: a branch or tag can move, so pin the 40-hex commit it points to \
+             (git ls-remote {url} {rev})"
+        ));
+    }
+    Ok(GitPin {
+        url: url.to_owned(),
+        commit: rev.to_ascii_lowercase(),
+    })
 }
 
 impl Requirement {
@@ -173,6 +219,42 @@ pub fn parse_requirements_str(text: &str, path: &Path) -> Result<Requirements, E
         }
         // requirement: the spec is everything before the first ` --` option
         let (spec_text, opts) = split_spec_options(l);
+        // `name[extras] @ git+URL@commit ; marker`
+        if let Some((name, url)) = spec_text.split_once(" @ ") {
+            let (url, marker) = match url.split_once(" ;").or_else(|| url.split_once("; ")) {
+                Some((u, m)) => (u.trim(), Some(m.trim())),
+                None => (url.trim(), None),
+            };
+            let pin = parse_git_url(url).map_err(|m| err(line, m))?;
+            if !opts.trim().is_empty() {
+                return Err(err(
+                    line,
+                    format!(
+                        "a git requirement takes no options (`{}`): the commit pins it",
+                        opts.trim()
+                    ),
+                ));
+            }
+            let text = match marker {
+                Some(m) => format!("{} ; {m}", name.trim()),
+                None => name.trim().to_owned(),
+            };
+            let dep = DepSpec::parse(&text).map_err(|e| err(line, e.to_string()))?;
+            if !seen.insert(dep.key.clone()) {
+                return Err(err(line, format!("`{}` is listed twice", dep.name)));
+            }
+            out.requirements.push(Requirement {
+                name: dep.name,
+                key: dep.key,
+                version: format!("0+git.{}", pin.commit),
+                extras: dep.extras,
+                marker: dep.marker,
+                hashes: vec![],
+                line,
+                git: Some(pin),
+            });
+            continue;
+        }
         let mut hashes = BTreeSet::new();
         let mut opt_words = split_words(opts);
         while !opt_words.is_empty() {
@@ -232,6 +314,7 @@ pub fn parse_requirements_str(text: &str, path: &Path) -> Result<Requirements, E
             marker: dep.marker,
             hashes: hashes.into_iter().collect(),
             line,
+            git: None,
         });
     }
     Ok(out)

@@ -9,6 +9,7 @@
 use imgbuild_store::Digest;
 
 use crate::index::IndexFile;
+use crate::requirements::{GitPin, Requirement};
 use crate::target::WheelName;
 
 /// A verified sdist in the store, chosen for a requirement with no suitable wheel.
@@ -33,6 +34,10 @@ pub trait WheelBuilder: Sync {
     /// must suit the target (the caller of [`crate::fetch::fetch_wheels_building`]
     /// checks it).
     fn build_wheel(&self, sdist: &Sdist) -> Result<(String, Digest), String>;
+
+    /// The source tree of a git requirement's commit, archived deterministically as
+    /// an sdist-like `.tar.gz` blob: (its file name, its sha256).
+    fn fetch_git(&self, r: &Requirement, pin: &GitPin) -> Result<(String, Digest), String>;
 }
 
 /// Whether `filename` is an sdist (not a wheel): `.tar.gz` or `.zip`.
