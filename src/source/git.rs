@@ -65,6 +65,8 @@ fn run(mut c: Command, what: &str) -> Result<String> {
 /// The archive of `commit` of `url`, named for `name` (a PEP 503 key), from the store
 /// or fetched once.
 pub fn archive(store: &Store, url: &str, commit: &str, name: &str) -> Result<GitArchive> {
+    // credentials in the URL go to git, never into a message
+    let shown = imgbuild_python::error::redact_url(url);
     let prefix = format!("{name}-0+git.{commit}");
     let key = hex::encode(sha2::Sha256::digest(format!(
         "{}\n{commit}\n{prefix}\n",
@@ -91,7 +93,8 @@ pub fn archive(store: &Store, url: &str, commit: &str, name: &str) -> Result<Git
         let mut c = git(&repo);
         c.args(["fetch", "--quiet", "--no-tags", "--", url]);
         c.args(refspecs);
-        run(c, &format!("fetch {url}"))
+        run(c, &format!("fetch {shown}"))
+            .map_err(|e| anyhow::anyhow!("{}", format!("{e:#}").replace(url, &shown)))
     };
     let by_id = fetch(&[&format!("{commit}:refs/imgbuild/pinned")]);
     if by_id.is_err() {
@@ -112,7 +115,7 @@ pub fn archive(store: &Store, url: &str, commit: &str, name: &str) -> Result<Git
     match found {
         Ok(id) if id == commit => {}
         _ => bail!(
-            "{url} has no commit {commit}: the requirement pins a commit the repository does not have \
+            "{shown} has no commit {commit}: the requirement pins a commit the repository does not have \
              (check the id, or whether it was force-pushed away)"
         ),
     }

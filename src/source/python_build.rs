@@ -314,7 +314,10 @@ impl WheelBuilder for SdistBuilder {
     ) -> Result<(String, Digest), String> {
         self.progress.status(format!(
             "{}: {} from {} at {}",
-            self.label, r.name, pin.url, pin.commit
+            self.label,
+            r.name,
+            imgbuild_python::error::redact_url(&pin.url),
+            pin.commit
         ));
         let a = super::git::archive(&self.store, &pin.url, &pin.commit, &r.key)
             .map_err(|e| format!("{e:#}"))?;

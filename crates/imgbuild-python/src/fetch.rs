@@ -136,7 +136,7 @@ pub fn fetch_wheels_building(
                 package: r.name.clone(),
                 version: pin.commit.clone(),
                 line: r.line,
-                sdist: pin.url.clone(),
+                sdist: redact_url(&pin.url),
                 msg,
             })?;
             Ok(Selection { filename, digest })
@@ -274,7 +274,7 @@ fn select_one(
             package: r.name.clone(),
             version: pin.commit.clone(),
             line: r.line,
-            sdist: pin.url.clone(),
+            sdist: redact_url(&pin.url),
             msg: "a git requirement is built from source: add `build = { image = \"<builder recipe>\", requirements = \"<build-requirements.txt>\" }` to the python layer".into(),
         });
     }

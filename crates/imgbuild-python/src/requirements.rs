@@ -52,8 +52,10 @@ pub struct GitPin {
 
 /// Parses `git+URL@REV` (the part after `name @ `); the error says what to write.
 pub fn parse_git_url(text: &str) -> Result<GitPin, String> {
+    // credentials in the URL are sent to the server, never shown
+    let shown = crate::error::redact_url(text);
     let rest = text.strip_prefix("git+").ok_or_else(|| {
-        format!("`{text}`: only `git+https://…@<commit>` URLs are supported in requirements")
+        format!("`{shown}`: only `git+https://…@<commit>` URLs are supported in requirements")
     })?;
     if !(rest.starts_with("https://") || rest.starts_with("http://")) {
         return Err(format!(
@@ -65,7 +67,7 @@ pub fn parse_git_url(text: &str) -> Result<GitPin, String> {
         Some((u, r)) if !r.contains('/') => (&rest[..after_scheme + u.len()], r),
         _ => {
             return Err(format!(
-                "`{text}` names no commit: append `@<40-hex commit>` (a branch can move)"
+                "`{shown}` names no commit: append `@<40-hex commit>` (a branch can move)"
             ));
         }
     };
@@ -73,7 +75,8 @@ pub fn parse_git_url(text: &str) -> Result<GitPin, String> {
     if rev.len() != 40 || !rev.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
             "`@{rev}` is not a commit: a branch or tag can move, so pin the 40-hex commit it points to \
-             (git ls-remote {url} {rev})"
+             (git ls-remote {} {rev})",
+            crate::error::redact_url(url)
         ));
     }
     Ok(GitPin {
@@ -397,6 +400,59 @@ mod tests {
 
     const H1: &str = "9362660c4a31150cf18e78cae2ce8aa1e929fc6c6739e69f6dd5dbea9c3edc82";
     const H2: &str = "e6e756b15c89c86818b48a4947a424706238afbf67d457428d3269bc4590db9e";
+
+    #[test]
+    fn git_requirements_are_pinned_to_a_commit() {
+        let c = "0123456789abcdef0123456789ABCDEF01234567";
+        let r = parse_requirements_str(
+            &format!(
+                "My_Pkg[x] @ git+https://user:tok@host/org/repo.git@{c} ; python_version >= \"3\"\nsix==1.16.0 --hash=sha256:{H1}\n"
+            ),
+            Path::new("r.txt"),
+        )
+        .unwrap();
+        let g = &r.requirements[0];
+        assert_eq!(g.key, "my-pkg");
+        assert_eq!(g.extras, vec!["x".to_owned()]);
+        assert!(g.marker.is_some() && g.hashes.is_empty());
+        assert_eq!(
+            g.git,
+            Some(GitPin {
+                url: "https://user:tok@host/org/repo.git".into(),
+                commit: c.to_ascii_lowercase()
+            })
+        );
+        assert_eq!(g.version, format!("0+git.{}", c.to_ascii_lowercase()));
+        assert!(r.requirements[1].git.is_none());
+        for (bad, says) in [
+            ("p @ git+https://host/r.git@main", "`@main` is not a commit"),
+            ("p @ git+https://host/r.git", "names no commit"),
+            ("p @ https://host/p-1.0.tar.gz", "only `git+https://"),
+            (
+                "p @ git+ssh://git@host/r.git@0123456789abcdef0123456789abcdef01234567",
+                "must be https",
+            ),
+        ] {
+            let e = parse_requirements_str(bad, Path::new("r.txt"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says) && e.contains("r.txt"), "{bad}: {e}");
+        }
+        let e = parse_requirements_str(
+            "p @ git+https://u:secret@host/r.git@main",
+            Path::new("r.txt"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("secret"), "{e}");
+        let e = parse_requirements_str(
+            &format!("p @ git+https://host/r.git@{c} --hash=sha256:{H2}"),
+            Path::new("r.txt"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("takes no options"), "{e}");
+    }
 
     fn parse(s: &str) -> Result<Requirements, Error> {
         parse_requirements_str(s, Path::new("layers/venv/requirements.txt"))
