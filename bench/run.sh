@@ -335,8 +335,19 @@ if want debian; then
   D=$W/deb DP=$W/deb/proj
   say "debian: nginx project copy and a warm download cache"
   rm -rf "$DP" "$D/out" "$D/hand"; mkdir -p "$DP/recipes" "$DP/layers"
-  cp "$REPO/recipes/nginx.toml" "$DP/recipes/"
-  cp -r "$REPO/layers/nginx" "$REPO/layers/static" "$DP/layers/"
+  # nginx alone: its Debian layer and site, with the static files from layers/app/static
+  # as a plain files source (the stack's recipe copies them out of the app image and
+  # bundles the web client in a build step, which would bring the venv and app in)
+  python3 - "$REPO/recipes/nginx.toml" > "$DP/recipes/nginx.toml" <<'EOF'
+import sys
+s = open(sys.argv[1]).read()
+s = s[: s.index("[[layers]]\n# the web client")]
+s = s.replace('{ image = "app", src = "/app/static", dest = "/var/www/static" }',
+              '{ src = "layers/static", dest = "/var/www/static", owner = "root:root" }')
+print(s)
+EOF
+  cp -r "$REPO/layers/nginx" "$DP/layers/"
+  cp -r "$REPO/layers/app/static" "$DP/layers/static"
   cp "$REPO/imgbuild.lock" "$DP/"
   IBD="$IB -q -C $DP --store $D/store --out $D/out"
   $IBD build --locked nginx # downloads the .debs once (kept across runs in $D/store)

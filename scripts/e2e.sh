@@ -484,15 +484,26 @@ else
     # -- static files, from the nginx image
     code=$(http GET /nginx-health)
     [ "$code" = 200 ] && pass "GET /nginx-health -> 200" || fail "GET /nginx-health -> $code"
-    for f in /:index.html /static/index.html:index.html /static/app.css:app.css /static/app.js:app.js; do
-        path=${f%%:*} src=$COPY/layers/static/${f#*:}
+    # the application's static files: copied out of the app image (/app/static)
+    for f in /:index.html /static/index.html:index.html /static/app.css:app.css; do
+        path=${f%%:*} src=$COPY/layers/app/static/${f#*:}
         code=$(http GET "$path")
         if [ "$code" = 200 ] && cmp -s "$TMP/body" "$src"; then
-            pass "GET $path -> 200, byte-identical to layers/static/${f#*:}"
+            pass "GET $path -> 200, byte-identical to layers/app/static/${f#*:} (copied out of the app image)"
         else
-            fail "GET $path -> $code, body differs from layers/static/${f#*:}: $(body_excerpt)"
+            fail "GET $path -> $code, body differs from layers/app/static/${f#*:}: $(body_excerpt)"
         fi
     done
+    # the web client: bundled from client/src by the nginx recipe's build step
+    code=$(http GET /client/app.js)
+    if [ "$code" = 200 ] && grep -q '/api/jobs' "$TMP/body" && ! grep -Eq '^(import|export) ' "$TMP/body" \
+        && [ "$(wc -l < "$TMP/body")" -le 2 ]; then
+        pass "GET /client/app.js -> 200: the client bundled from client/src (one minified file, no module statements left)"
+    else
+        fail "GET /client/app.js -> $code, not the bundled client: $(body_excerpt)"
+    fi
+    grep -q '<script src="/client/app.js">' "$COPY/layers/app/static/index.html" \
+        && pass "index.html loads the bundled client" || fail "index.html does not load /client/app.js"
     if grep -qi '^etag:' "$TMP/headers"; then
         fail "static files carry an ETag (constant mtimes make it stale across releases)"
     else

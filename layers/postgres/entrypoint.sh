@@ -1,5 +1,5 @@
 #!/bin/sh
-# PostgreSQL 15 + PL/Python entrypoint for the imgbuild "postgres-plpython" image.
+# PostgreSQL 17 + PL/Python entrypoint for the imgbuild "postgres-plpython" image.
 #
 # POSIX sh, using only shell builtins and the PostgreSQL binaries (initdb, pg_ctl,
 # psql, postgres): the image has dash but no coreutils. Runs as user postgres.

@@ -14,7 +14,10 @@
 //! ([`ImageFiles`], whiteouts applied, metadata only), and each file's bytes are
 //! streamed from the layer, decompressed once into a store spool, when the layer is
 //! written. Its inputs are the image's manifest digest (`image NAME`) and the entry's
-//! src, dest and owner: a change in the other image rebuilds the layer.
+//! src, dest and owner: a change in the other image rebuilds the layer. Planning
+//! states only those; the image's layers are read when the layer is built (a cache
+//! miss), so a no-op build or `imgbuild plan` never decompresses the other image,
+//! and a `src` missing from it is reported by the build.
 //!
 //! Inputs: every entry's destination (resolved through the lower layers' symlinks),
 //! mode, owner and content hash, named by its project path (`layers/app/app.py`),
@@ -309,11 +312,46 @@ struct Planned {
     from_image: Option<(usize, ImageSource)>,
 }
 
-struct FilesPlan {
+struct FilesPlan<'s> {
+    /// The recipe's `files` entries (copies name theirs by index).
+    source_files: &'s [FileSpec],
     planned: Vec<Planned>,
     accounts: Option<Accounts>,
-    /// The images files are copied out of, read once each.
+    /// Copies out of other images, read when the layer is built (planning states only
+    /// each image's manifest digest and the entry: reading an image's layers is for a
+    /// cache miss, never for a no-op build or `imgbuild plan`).
+    copies: Vec<DeferredCopy>,
+    /// The images files are copied out of, read once each (when built).
     images: Vec<ImageFiles>,
+    store: imgbuild_store::Store,
+    place: Place,
+}
+
+/// Where a layer's entries are declared, for errors raised when it is built.
+struct Place {
+    file: std::path::PathBuf,
+    layer: usize,
+}
+
+impl Place {
+    fn at(&self, pos: &Pos) -> String {
+        format!("{}:{}:{}", self.file.display(), pos.line, pos.column)
+    }
+}
+
+/// A `files` entry with `image`: planned without reading the image.
+struct DeferredCopy {
+    /// Index into the recipe's `files`.
+    file: usize,
+    image: String,
+    /// The image's layer blobs, bottom first.
+    layers: Vec<imgbuild_store::Digest>,
+    manifest: imgbuild_store::Digest,
+    src: String,
+    dest: TreePath,
+    owner: Option<(u32, u32)>,
+    /// Position in `planned` where its entries go (declaration order).
+    at: usize,
 }
 
 impl LayerSource for FilesSource {
@@ -345,10 +383,9 @@ impl LayerSource for FilesSource {
         self.declare(&mut cx.accounts)
             .with_context(|| format!("{}: in layer {}", cx.at(&pos), cx.index + 1))?;
         let mut planned: Vec<Planned> = vec![];
-        let mut images: Vec<ImageFiles> = vec![];
-        let mut image_index: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut link_ids: BTreeMap<(usize, usize, String), u64> = BTreeMap::new();
-        for f in &self.files {
+        let mut copies: Vec<DeferredCopy> = vec![];
+        let mut stated: BTreeMap<&str, ()> = BTreeMap::new();
+        for (file_index, f) in self.files.iter().enumerate() {
             let owner = match &f.owner {
                 Some(o) => resolve_owner(&cx.accounts, o).with_context(|| cx.at(&f.pos))?,
                 None => (0, 0),
@@ -373,30 +410,31 @@ impl LayerSource for FilesSource {
                     });
                 }
                 FileSource::Image { image, path, pos } => {
-                    let i = match image_index.get(image.as_str()) {
-                        Some(i) => *i,
-                        None => {
-                            let files = read_image(cx, image, pos)?;
-                            images.push(files);
-                            image_index.insert(image, images.len() - 1);
-                            images.len() - 1
-                        }
-                    };
+                    let record = built_image(cx, image, pos)?;
+                    if stated.insert(image, ()).is_none() {
+                        cx.input(Input::hash(
+                            format!("image {image}"),
+                            record.manifest_digest.to_string(),
+                        ));
+                    }
                     cx.input(Input::hash(
                         format!("{image}:{path}"),
                         format!("-> {} owner {:?}", f.dest, f.owner.as_ref().map(|_| owner)),
                     ));
-                    plan_image_copy(
-                        cx,
-                        &images[i],
-                        i,
-                        (image, path),
-                        f,
+                    copies.push(DeferredCopy {
+                        file: file_index,
+                        image: image.clone(),
+                        layers: record
+                            .layers
+                            .iter()
+                            .map(|l| l.descriptor.digest.clone())
+                            .collect(),
+                        manifest: record.manifest_digest.clone(),
+                        src: path.clone(),
                         dest,
-                        f.owner.as_ref().map(|_| owner),
-                        &mut planned,
-                        &mut link_ids,
-                    )?;
+                        owner: f.owner.as_ref().map(|_| owner),
+                        at: planned.len(),
+                    });
                 }
                 FileSource::Host { abs, rel } => {
                     let walked = walk::walk(abs, cx.stat)
@@ -485,7 +523,12 @@ impl LayerSource for FilesSource {
                 copied: false,
             });
         }
-        refuse_clashes(cx, &planned)?;
+        let place = Place {
+            file: cx.recipe.file.clone(),
+            layer: cx.index,
+        };
+        // again, with the copies' entries, when the layer is built
+        refuse_clashes(&place, &planned)?;
         link_hardlinks(&mut planned);
 
         let accounts = cx.write_accounts.then(|| cx.accounts.clone());
@@ -512,9 +555,13 @@ impl LayerSource for FilesSource {
             cx.input(Input::hash(p.what.clone(), hash));
         }
         Ok(Box::new(FilesPlan {
+            source_files: &self.files,
             planned,
             accounts,
-            images,
+            copies,
+            images: vec![],
+            store: cx.session.store.clone(),
+            place,
         }))
     }
 
@@ -529,29 +576,13 @@ impl LayerSource for FilesSource {
     }
 }
 
-/// The image of recipe `name`, read from its layer blobs (metadata only), and its
-/// manifest digest stated as the input `image NAME` (once per layer).
-fn read_image(cx: &mut LayerCx, name: &str, pos: &Pos) -> Result<ImageFiles> {
-    let Some(record) = cx.image(name) else {
-        bail!(
+/// The last build in this session of recipe `name` (built before the images that
+/// copy files out of it).
+fn built_image(cx: &LayerCx, name: &str, pos: &Pos) -> Result<crate::cache::ImageRecord> {
+    cx.image(name).ok_or_else(|| {
+        anyhow::anyhow!(
             "{}: image `{name}` has not been built in this session (it is built before the images that copy files out of it; build it with `imgbuild build {name}`)",
             cx.at(pos)
-        );
-    };
-    cx.input(Input::hash(
-        format!("image {name}"),
-        record.manifest_digest.to_string(),
-    ));
-    let digests: Vec<_> = record
-        .layers
-        .iter()
-        .map(|l| l.descriptor.digest.clone())
-        .collect();
-    ImageFiles::from_layers(&cx.session.store, &digests).with_context(|| {
-        format!(
-            "{}: reading the layers of image `{name}` ({})",
-            cx.at(pos),
-            record.manifest_digest
         )
     })
 }
@@ -561,7 +592,7 @@ fn read_image(cx: &mut LayerCx, name: &str, pos: &Pos) -> Result<ImageFiles> {
 /// when the entry sets one); files that share a layer member (hard links) stay linked.
 #[allow(clippy::too_many_arguments)]
 fn plan_image_copy(
-    cx: &LayerCx,
+    place: &Place,
     files: &ImageFiles,
     index: usize,
     (image, src): (&str, &str),
@@ -575,7 +606,7 @@ fn plan_image_copy(
     let missing = || {
         anyhow::anyhow!(
             "{}: src \"{src}\" is not in image `{image}` (no such path after its layers' whiteouts; `imgbuild inspect {image}` lists its layers)",
-            cx.at(&f.pos)
+            place.at(&f.pos)
         )
     };
     // `COPY --from` follows symlinks in `src` (the path itself included)
@@ -645,11 +676,12 @@ fn plan_image_copy(
     Ok(())
 }
 
-impl SourcePlan for FilesPlan {
+impl SourcePlan for FilesPlan<'_> {
     fn build(mut self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
         if let Some(a) = &self.accounts {
             a.render(tree)?;
         }
+        self.plan_copies()?;
         let blobs = self.fill_copied()?;
         for p in self.planned {
             if let (Node::Dir(m), Some(Node::Dir(_))) = (&p.node, tree.get(&p.path)) {
@@ -670,7 +702,59 @@ impl SourcePlan for FilesPlan {
     }
 }
 
-impl FilesPlan {
+impl FilesPlan<'_> {
+    /// Reads the images that files are copied out of (each once), expands every copy
+    /// into its entries at its place in declaration order, then refuses clashes and
+    /// links hard links over the whole layer, as planning does for a layer without
+    /// copies.
+    fn plan_copies(&mut self) -> Result<()> {
+        if self.copies.is_empty() {
+            return Ok(());
+        }
+        let mut image_index: BTreeMap<String, usize> = BTreeMap::new();
+        let mut link_ids: BTreeMap<(usize, usize, String), u64> = BTreeMap::new();
+        let mut expanded: Vec<(usize, Vec<Planned>)> = vec![];
+        for c in std::mem::take(&mut self.copies) {
+            let f = &self.source_files[c.file];
+            let i = match image_index.get(&c.image) {
+                Some(i) => *i,
+                None => {
+                    let files = ImageFiles::from_layers(&self.store, &c.layers).with_context(|| {
+                        format!(
+                            "{}: reading the layers of image `{}` ({})",
+                            self.place.at(&f.pos),
+                            c.image,
+                            c.manifest
+                        )
+                    })?;
+                    self.images.push(files);
+                    image_index.insert(c.image.clone(), self.images.len() - 1);
+                    self.images.len() - 1
+                }
+            };
+            let mut entries = vec![];
+            plan_image_copy(
+                &self.place,
+                &self.images[i],
+                i,
+                (&c.image, &c.src),
+                f,
+                c.dest.clone(),
+                c.owner,
+                &mut entries,
+                &mut link_ids,
+            )?;
+            expanded.push((c.at, entries));
+        }
+        // splice from the back, so the earlier positions stay valid
+        for (at, entries) in expanded.into_iter().rev() {
+            self.planned.splice(at..at, entries);
+        }
+        refuse_clashes(&self.place, &self.planned)?;
+        link_hardlinks(&mut self.planned);
+        Ok(())
+    }
+
     /// Points each file copied out of an image at its bytes: every layer that holds
     /// one is decompressed once into a store spool, and the file becomes a range of
     /// it (streamed when the layer is written). Returns the spools, for gc to keep.
@@ -791,7 +875,7 @@ fn resolve_owner(accounts: &Accounts, o: &OwnerSpec) -> Result<(u32, u32)> {
 /// Two entries at one destination (two files, a file and a directory, ...) would
 /// silently lose one: refused, naming both. Directories may be declared over a
 /// directory a tree writes (`dirs` sets its mode).
-fn refuse_clashes(cx: &LayerCx, planned: &[Planned]) -> Result<()> {
+fn refuse_clashes(place: &Place, planned: &[Planned]) -> Result<()> {
     let mut seen: BTreeMap<&str, &Planned> = BTreeMap::new();
     for p in planned {
         if let Some(first) = seen.get(p.path.as_str()) {
@@ -799,12 +883,12 @@ fn refuse_clashes(cx: &LayerCx, planned: &[Planned]) -> Result<()> {
             if !both_dirs {
                 bail!(
                     "{}: layer {} writes /{} twice: as a {} from {} ({}) and as a {} from {}; keep one",
-                    cx.at(&p.pos),
-                    cx.index + 1,
+                    place.at(&p.pos),
+                    place.layer + 1,
                     p.path.as_str(),
                     first.node.kind(),
                     first.what,
-                    cx.at(&first.pos),
+                    place.at(&first.pos),
                     p.node.kind(),
                     p.what
                 );

@@ -163,7 +163,8 @@ impl SourcePlan for LinkagePlan<'_> {
 }
 
 /// The Debian index a missing library's package is looked up in (only on the error
-/// path): the project's mirror and suite, the index the layers' packages come from.
+/// path): the project's mirror, release (`[debian] suite`) and architecture, the index
+/// the layers' packages come from.
 /// `None` (no suggestion, the error still names the soname) when it cannot be read.
 fn debian_index(session: &Session) -> Option<imgbuild_debian::Index> {
     let d = &session.debian;
@@ -171,7 +172,8 @@ fn debian_index(session: &Session) -> Option<imgbuild_debian::Index> {
         .progress
         .status("linkage check: reading the Debian index for the package to suggest");
     let fetched = session.http.client().and_then(|http| {
-        imgbuild_debian::Index::fetch(&d.mirror, &session.store, http).map_err(Into::into)
+        imgbuild_debian::Index::fetch_for(&d.mirror, d.suite, d.arch, &session.store, http)
+            .map_err(Into::into)
     });
     match fetched {
         Ok(i) => Some(i),

@@ -18,6 +18,53 @@ debian = { packages = [\"gcc-12\", \"libc6-dev\", \"bash\"] }\n";
 const HELLO_C: &str =
     "#include <stdio.h>\nint main(void) { puts(\"hello from a build step\"); return 0; }\n";
 
+/// Builds a new variant of `hello-c` as uid 65534 (a copy of the project and of the
+/// store, owned by it), then as root: the step really runs both times (its layer is
+/// not cached) and the two layers are the same bytes.
+fn as_ordinary_user_gives_roots_bytes(f: &Fixture) {
+    require("setpriv");
+    let user = tempfile::tempdir().unwrap();
+    let (project, store) = (user.path().join("project"), user.path().join("store"));
+    fs::create_dir_all(&project).unwrap();
+    fs::create_dir_all(&store).unwrap();
+    copy_tree(f.path(), &project);
+    copy_tree(&f.store, &store);
+    fs::write(
+        project.join("src/hello-c/hello.c"),
+        HELLO_C.replace("from a build step", "from an ordinary user"),
+    )
+    .unwrap();
+    run_ok(Command::new("chown").arg("-R").arg("65534:65534").arg(user.path()));
+    let mut as_user = Command::new("setpriv");
+    as_user
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("-C")
+        .arg(&project)
+        .arg("--store")
+        .arg(&store)
+        .args(["--json", "build", "hello-c"])
+        .env("HOME", user.path())
+        .env_remove("SOURCE_DATE_EPOCH");
+    let theirs: serde_json::Value = serde_json::from_str(&run_ok(&mut as_user)).unwrap();
+    let layer = &image(&theirs, "hello-c")["layers"][0];
+    assert_eq!(layer["cached"], false, "{theirs}");
+
+    fs::write(
+        f.path().join("src/hello-c/hello.c"),
+        HELLO_C.replace("from a build step", "from an ordinary user"),
+    )
+    .unwrap();
+    let ours = f.build_json(&["build", "hello-c"]);
+    assert_eq!(image(&ours, "hello-c")["layers"][0]["cached"], false, "{ours}");
+    assert_eq!(
+        image(&ours, "hello-c")["manifest_digest"],
+        image(&theirs, "hello-c")["manifest_digest"],
+        "root and uid 65534 built different bytes"
+    );
+    assert_eq!(run_image(&ours, "hello-c").trim(), "hello from an ordinary user");
+}
+
 fn step_recipe(command: &str, extra: &str) -> String {
     format!(
         "[[layers]]\nbuild = {{ image = \"c-builder\", inputs = [ {{ src = \"src/hello-c\", dest = \"/src\" }} ], workdir = \"/src\", command = {command}, outputs = [ {{ path = \"/out\", dest = \"/opt/out\" }} ]{extra} }}\n"
@@ -103,6 +150,10 @@ fn a_build_step_compiles_c_in_a_sandbox_is_cached_by_its_inputs_and_is_walled_in
         "{third}"
     );
     assert_eq!(run_image(&third, "hello-c").trim(), "hello again");
+
+    // (3b) as an ordinary user (uid 65534, unprivileged user namespaces, as on a
+    // developer's machine): the same step runs and gives the same bytes as root's
+    as_ordinary_user_gives_roots_bytes(&f);
 
     // (4) the walls. A control step: bash runs, writes its output, reads its input.
     fs::write(

@@ -40,7 +40,7 @@ fn nginx_serves_static_files_and_proxies_to_an_upstream() {
     assert_eq!(s, 200);
     assert_eq!(
         body,
-        std::fs::read_to_string(repo_root().join("layers/static/app.css")).unwrap()
+        std::fs::read_to_string(repo_root().join("layers/app/static/app.css")).unwrap()
     );
     let (s, body) = wait_for(30, "the proxied upstream", || {
         http_get(&format!("{base}/api/hello")).filter(|(s, _)| *s == 200)
@@ -111,8 +111,8 @@ fn postgres_initialises_with_plpython_and_backup_functions() {
         report["python_version"]
             .as_str()
             .unwrap()
-            .starts_with("3.11"),
-        "{report}"
+            .starts_with("3.13"),
+        "PL/Python is trixie's 3.13: {report}"
     );
     // backup_write: a JSON dump of public.jobs in the backups volume
     let written = psql("select backup_write('itest')::text")
