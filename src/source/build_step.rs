@@ -13,7 +13,7 @@
 //!           timeout_secs = 600 }
 //! ```
 //!
-//! The sandbox is bubblewrap (`bwrap`), never Docker: the builder image's filesystem,
+//! The sandbox ([`super::sandbox`], shared with sdist builds) is bubblewrap (`bwrap`), never Docker: the builder image's filesystem,
 //! unpacked once per manifest digest into the store ([`Bucket::BuildRoots`]) and
 //! mounted read-only (each top-level entry bound onto an empty root, which is then
 //! remounted read-only), the inputs read-only at their `dest`, a private `/tmp`,

@@ -14,11 +14,18 @@
 //! commit gives the same bytes. A record ([`Bucket::GitArchives`], keyed by commit
 //! and prefix) remembers the blob and the tree id, so a commit is fetched once per
 //! store.
+//!
+//! The same archive serves `files = [ { git, rev, dest } ]` ([`tree_nodes`]): its tar,
+//! decompressed once into a store spool, becomes the layer's entries below `dest`,
+//! each file a range of the spool (streamed when the layer is written).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use std::io::BufReader;
+
 use anyhow::{Context, Result, bail};
+use imgbuild_layer::{Content, Meta, Node};
 use imgbuild_store::{Bucket, Digest, Store};
 use sha2::Digest as _;
 
@@ -127,8 +134,9 @@ pub fn archive(store: &Store, url: &str, commit: &str, name: &str) -> Result<Git
         },
         "read the commit's tree",
     )?;
+    // modes 0644/0755 (git's default tar.umask 002 would make them group-writable)
     let mut child = git(&repo)
-        .args(["archive", "--format=tar"])
+        .args(["-c", "tar.umask=022", "archive", "--format=tar"])
         .arg(format!("--prefix={prefix}/"))
         .arg(commit)
         .stdout(Stdio::piped())
@@ -157,4 +165,70 @@ pub fn archive(store: &Store, url: &str, commit: &str, name: &str) -> Result<Git
     };
     store.write_record(Bucket::GitArchives, &key, &serde_json::to_vec(&a)?)?;
     Ok(a)
+}
+
+/// A commit's tree as layer entries.
+pub struct TreeNodes {
+    /// (path below the tree's root, `""` for the root itself; its node), in tar order.
+    pub nodes: Vec<(String, Node)>,
+    /// The archive and its decompressed spool, which the nodes point into.
+    pub blobs: Vec<Digest>,
+}
+
+/// The files of `commit` of `url`: modes as git keeps them (0644, 0755, symlinks),
+/// owned by `owner`.
+pub fn tree_nodes(store: &Store, url: &str, commit: &str, owner: (u32, u32)) -> Result<TreeNodes> {
+    let a = archive(store, url, commit, "tree")?;
+    let mut spool = store.writer()?;
+    std::io::copy(
+        &mut flate2::read::GzDecoder::new(BufReader::new(std::fs::File::open(
+            store.blob_path(&a.digest),
+        )?)),
+        &mut spool,
+    )
+    .context("decompressing the git archive")?;
+    let (spool, _) = spool.commit()?;
+    let path = store.blob_path(&spool);
+    let mut tar = tar::Archive::new(BufReader::new(std::fs::File::open(&path)?));
+    let (uid, gid) = owner;
+    let mut nodes = vec![];
+    for entry in tar.entries()? {
+        let entry = entry?;
+        let raw = entry.path()?.to_string_lossy().into_owned();
+        // below the archive's one top directory (`tree-0+git.<commit>/`)
+        let rel = match raw.trim_end_matches('/').split_once('/') {
+            Some((_, r)) => r.to_owned(),
+            None => String::new(),
+        };
+        let mode = entry.header().mode()? & 0o7777;
+        let kind = entry.header().entry_type();
+        let node = if kind.is_dir() {
+            Node::Dir(Meta::new(mode, uid, gid))
+        } else if kind.is_file() {
+            Node::File {
+                meta: Meta::new(mode, uid, gid),
+                content: Content::Range {
+                    path: path.clone(),
+                    offset: entry.raw_file_position(),
+                    size: entry.size(),
+                },
+            }
+        } else if kind.is_symlink() {
+            Node::Symlink {
+                meta: Meta::new(0o777, uid, gid),
+                target: entry
+                    .link_name()?
+                    .with_context(|| format!("symlink {raw} has no target"))?
+                    .to_string_lossy()
+                    .into_owned(),
+            }
+        } else {
+            continue; // pax headers (the commit id), which git archive writes
+        };
+        nodes.push((rel, node));
+    }
+    Ok(TreeNodes {
+        nodes,
+        blobs: vec![a.digest, spool],
+    })
 }

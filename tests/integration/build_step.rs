@@ -34,7 +34,12 @@ fn as_ordinary_user_gives_roots_bytes(f: &Fixture) {
         HELLO_C.replace("from a build step", "from an ordinary user"),
     )
     .unwrap();
-    run_ok(Command::new("chown").arg("-R").arg("65534:65534").arg(user.path()));
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg("65534:65534")
+            .arg(user.path()),
+    );
     let mut as_user = Command::new("setpriv");
     as_user
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -56,13 +61,20 @@ fn as_ordinary_user_gives_roots_bytes(f: &Fixture) {
     )
     .unwrap();
     let ours = f.build_json(&["build", "hello-c"]);
-    assert_eq!(image(&ours, "hello-c")["layers"][0]["cached"], false, "{ours}");
+    assert_eq!(
+        image(&ours, "hello-c")["layers"][0]["cached"],
+        false,
+        "{ours}"
+    );
     assert_eq!(
         image(&ours, "hello-c")["manifest_digest"],
         image(&theirs, "hello-c")["manifest_digest"],
         "root and uid 65534 built different bytes"
     );
-    assert_eq!(run_image(&ours, "hello-c").trim(), "hello from an ordinary user");
+    assert_eq!(
+        run_image(&ours, "hello-c").trim(),
+        "hello from an ordinary user"
+    );
 }
 
 fn step_recipe(command: &str, extra: &str) -> String {

@@ -6,7 +6,8 @@
 //! linkage error naming the package; without `build`, the clear error of today.
 //! A `name @ git+http://…@<commit>` requirement served by a local dumb-HTTP git
 //! server: the pinned commit is built although its branch has moved on; a commit the
-//! repository does not have, and a branch name, are refused.
+//! repository does not have, and a branch name, are refused. The same repository's
+//! tree at commit A copied by `files = [ { git, rev, dest } ]`.
 
 use std::fs;
 use std::path::Path;
@@ -258,7 +259,8 @@ fn a_c_extension_is_built_from_its_sdist_in_the_sandbox_and_works_in_an_engine()
             format!(
                 "[config]\nentrypoint = [\"/opt/venv/bin/python\", \"-c\", \"import gitpkg; print(gitpkg.VALUE)\"]\n\n\
                  [[layers]]\ndebian = {{ packages = [\"python3.11\"], bytecode = false }}\n\n\
-                 [[layers]]\npython = {{ requirements = \"{name}.txt\", build = {{ image = \"py-builder\", requirements = \"build-requirements.txt\" }} }}\n"
+                 [[layers]]\npython = {{ requirements = \"{name}.txt\", build = {{ image = \"py-builder\", requirements = \"build-requirements.txt\" }} }}\n\n\
+                 [[layers]]\nfiles = [ {{ git = \"{url}\", rev = \"{a}\", dest = \"/app\" }} ]\n"
             ),
         )
         .unwrap();
@@ -277,6 +279,33 @@ fn a_c_extension_is_built_from_its_sdist_in_the_sandbox_and_works_in_an_engine()
     let img = DockerImage::load(Path::new(&tar), "gitapp");
     let out = run_ok(Command::new("docker").args(["run", "--rm", &img.0]));
     assert_eq!(out.trim(), "first");
+    // the files layer: commit A's tree at /app, git's modes, root's files
+    let out = run_ok(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/opt/venv/bin/python",
+        &img.0,
+        "-c",
+        "import os; p = '/app/gitpkg/__init__.py'; s = os.stat(p); print(open(p).read().strip(), oct(s.st_mode & 0o777), s.st_uid, sorted(os.listdir('/app')))",
+    ]));
+    assert_eq!(
+        out.trim(),
+        "VALUE = \"first\" 0o644 0 ['gitpkg', 'pyproject.toml']"
+    );
+    // a branch as a files `rev` is a recipe error
+    fs::write(
+        f.path().join("recipes/gitfiles-branch.toml"),
+        format!("[[layers]]\nfiles = [ {{ git = \"{url}\", rev = \"main\", dest = \"/app\" }} ]\n"),
+    )
+    .unwrap();
+    let err = fails(&f, &["build", "gitfiles-branch"]);
+    assert!(
+        err.contains("gitfiles-branch.toml") && err.contains("rev \"main\" is not a commit"),
+        "{err}"
+    );
+    // (every recipe of the project is read by every build)
+    fs::remove_file(f.path().join("recipes/gitfiles-branch.toml")).unwrap();
 
     // (6) a commit the repository does not have is refused
     let wrong = "0123456789abcdef0123456789abcdef01234567";
