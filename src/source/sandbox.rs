@@ -151,7 +151,7 @@ pub fn builder_path(store: &Store, builder: &ImageRecord) -> String {
 impl Sandbox<'_> {
     /// Runs the command in bubblewrap; its stdout and stderr go to `log`.
     pub fn run(&self, log: &Path) -> Result<()> {
-        let (plan, step, root) = (self, self, self.root);
+        let root = self.root;
         let mut args: Vec<std::ffi::OsString> = vec![];
         let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
         for a in [
@@ -174,7 +174,7 @@ impl Sandbox<'_> {
         env.insert("LANG".into(), "C.UTF-8".into());
         env.insert("TZ".into(), "UTC".into());
         env.insert("SOURCE_DATE_EPOCH".into(), epoch().to_string());
-        env.extend(step.env.clone());
+        env.extend(self.env.clone());
         for (k, v) in &env {
             arg(&"--setenv");
             arg(k);
@@ -186,10 +186,10 @@ impl Sandbox<'_> {
             .map(|e| e.map(|e| e.file_name()))
             .collect::<std::io::Result<_>>()?;
         names.sort();
-        let top_mounts: Vec<String> = step
+        let top_mounts: Vec<String> = self
             .inputs
             .iter()
-            .chain(&step.outputs)
+            .chain(&self.outputs)
             .map(|(_, dest)| dest.clone())
             .collect();
         for name in names {
@@ -215,14 +215,14 @@ impl Sandbox<'_> {
             arg(&target);
         }
         for m in &top_mounts {
-            check_mount_point(root, m, &plan.label)?;
+            check_mount_point(root, m, self.label)?;
         }
-        for (host, dest) in &step.inputs {
+        for (host, dest) in &self.inputs {
             arg(&"--ro-bind");
             arg(host);
             arg(dest);
         }
-        for (host, dest) in &step.outputs {
+        for (host, dest) in &self.outputs {
             arg(&"--bind");
             arg(host);
             arg(dest);
@@ -230,9 +230,9 @@ impl Sandbox<'_> {
         arg(&"--remount-ro");
         arg(&"/");
         arg(&"--chdir");
-        arg(&step.workdir);
+        arg(&self.workdir);
         arg(&"--");
-        for c in &step.command {
+        for c in &self.command {
             arg(c);
         }
         let out = std::fs::File::create(log)?;
@@ -247,7 +247,7 @@ impl Sandbox<'_> {
         else {
             bail!(
                 "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
-                plan.label
+                self.label
             );
         };
         let mut child = match Command::new(bwrap)
@@ -261,11 +261,11 @@ impl Sandbox<'_> {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
                 "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
-                plan.label
+                self.label
             ),
-            Err(e) => return Err(e).context(format!("{}: failed to start bwrap", plan.label)),
+            Err(e) => return Err(e).context(format!("{}: failed to start bwrap", self.label)),
         };
-        let deadline = Instant::now() + Duration::from_secs(step.timeout_secs);
+        let deadline = Instant::now() + Duration::from_secs(self.timeout_secs);
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break Some(s);
@@ -283,8 +283,8 @@ impl Sandbox<'_> {
         let Some(status) = status else {
             bail!(
                 "{}: killed after timeout_secs = {} (raise it in the recipe if the step needs longer){tail}",
-                plan.label,
-                step.timeout_secs
+                self.label,
+                self.timeout_secs
             );
         };
         if !status.success() {
@@ -298,7 +298,7 @@ impl Sandbox<'_> {
             } else {
                 ""
             };
-            bail!("{}: failed with {code}{tail}{hint}", plan.label);
+            bail!("{}: failed with {code}{tail}{hint}", self.label);
         }
         Ok(())
     }
