@@ -8,6 +8,11 @@ need_apt=()
 for pkg in skopeo umoci podman runc docker-registry uidmap gcc libc6-dev curl ca-certificates bubblewrap qemu-user-static binfmt-support; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
+# git (git requirements are fetched with it) and python3 (the sdist/git tests serve
+# an index and a dumb-HTTP repository with `python3 -m http.server`), from anywhere
+for tool in git python3; do
+  command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -q

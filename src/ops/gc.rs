@@ -268,9 +268,12 @@ fn plan(store: &Store, cutoff: SystemTime) -> Result<Vec<(String, Vec<Entry>)>> 
                         Bucket::DebianUnpack => read(bucket, &key)?
                             .and_then(|b| imgbuild_debian::deb::unpack_record_spool(&b))
                             .is_some_and(|d| keep.contains(&d)),
-                        Bucket::PythonSelect => read(bucket, &key)?
-                            .and_then(|b| imgbuild_python::fetch::selection_wheel(&b))
-                            .is_some_and(|d| keep.contains(&d)),
+                        // records of the same {filename, digest} shape
+                        Bucket::PythonSelect | Bucket::PythonBuilt | Bucket::GitArchives => {
+                            read(bucket, &key)?
+                                .and_then(|b| imgbuild_python::fetch::selection_wheel(&b))
+                                .is_some_and(|d| keep.contains(&d))
+                        }
                         Bucket::PythonBytecode | Bucket::Tarballs => recent(bucket, &key),
                         Bucket::Attestations => attestations.contains(&key),
                         // a builder image's root: kept while the builder image is

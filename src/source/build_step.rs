@@ -13,7 +13,7 @@
 //!           timeout_secs = 600 }
 //! ```
 //!
-//! The sandbox is bubblewrap (`bwrap`), never Docker: the builder image's filesystem,
+//! The sandbox ([`super::sandbox`], shared with sdist builds) is bubblewrap (`bwrap`), never Docker: the builder image's filesystem,
 //! unpacked once per manifest digest into the store ([`Bucket::BuildRoots`]) and
 //! mounted read-only (each top-level entry bound onto an empty root, which is then
 //! remounted read-only), the inputs read-only at their `dest`, a private `/tmp`,
@@ -36,19 +36,17 @@
 //! into that blob, and the sandbox's temp dir is removed when the step is done.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::BufReader;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use imgbuild_layer::image::{Entry, ImageFiles};
 use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
-use imgbuild_store::{Bucket, Digest, Store};
+use imgbuild_store::Store;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::sandbox::{RESERVED, Sandbox, TempDir, builder_path, builder_root, epoch};
 use super::walk::{self, WalkedKind};
 use super::{Contribution, Input, LayerCx, LayerSource, SourceKind, SourcePlan};
 use crate::cache::ImageRecord;
@@ -56,12 +54,6 @@ use crate::recipe::{Pos, RecipeCx, RecipeError};
 
 /// A step runs at most this long unless `timeout_secs` says otherwise.
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
-/// How many lines of the step's output a failure shows.
-const TAIL_LINES: usize = 30;
-/// PATH when the builder image's config sets none (Docker's default).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Image paths the sandbox provides itself: no input or output may be mounted there.
-const RESERVED: &[&str] = &["/proc", "/dev", "/tmp"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,14 +208,6 @@ fn is_within(p: &str, dir: &str) -> bool {
     p == dir || p.starts_with(&format!("{}/", dir.trim_end_matches('/')))
 }
 
-/// `SOURCE_DATE_EPOCH` as the project reads it (default 0).
-fn epoch() -> u64 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 impl LayerSource for BuildStep {
     fn kind(&self) -> &'static str {
         "build"
@@ -329,28 +313,6 @@ struct StepPlan<'s> {
     check_reproducible: bool,
 }
 
-/// A store temp dir removed when dropped (the sandbox's outputs and log).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = make_writable(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A step may leave read-only directories; removing their contents needs `w`.
-fn make_writable(dir: &Path) -> std::io::Result<()> {
-    let m = std::fs::symlink_metadata(dir)?;
-    if m.is_dir() {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        for e in std::fs::read_dir(dir)? {
-            make_writable(&e?.path())?;
-        }
-    }
-    Ok(())
-}
-
 impl SourcePlan for StepPlan<'_> {
     fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
         let root = builder_root(&self.store, &self.builder).with_context(|| {
@@ -435,6 +397,32 @@ impl SourcePlan for StepPlan<'_> {
             ..Default::default()
         })
     }
+}
+
+/// Runs the step in the sandbox, its outputs bound to `out_dirs`; its stdout and
+/// stderr go to `log`.
+fn run_sandbox(plan: &StepPlan, root: &Path, out_dirs: &[PathBuf], log: &Path) -> Result<()> {
+    let step = plan.step;
+    Sandbox {
+        label: &plan.label,
+        root,
+        path: builder_path(&plan.store, &plan.builder),
+        env: step.env.clone(),
+        inputs: step
+            .inputs
+            .iter()
+            .map(|i| (i.abs.clone(), i.dest.clone()))
+            .collect(),
+        outputs: out_dirs
+            .iter()
+            .zip(&step.outputs)
+            .map(|(d, (path, _))| (d.clone(), path.clone()))
+            .collect(),
+        workdir: step.workdir.clone(),
+        command: step.command.clone(),
+        timeout_secs: step.timeout_secs,
+    }
+    .run(log)
 }
 
 impl StepPlan<'_> {
@@ -569,264 +557,4 @@ fn append_dir_contents<W: std::io::Write>(
         }
     }
     Ok(())
-}
-
-/// The builder image's filesystem, unpacked once per manifest digest into the store:
-/// layers applied with their whiteouts, modes kept, owned by whoever builds. Made in a
-/// temp dir and renamed into place whole.
-fn builder_root(store: &Store, builder: &ImageRecord) -> Result<PathBuf> {
-    let key = builder.manifest_digest.hex().to_owned();
-    let dest = store.entry_path(Bucket::BuildRoots, &key);
-    if dest.is_dir() {
-        store.touch_entry(Bucket::BuildRoots, &key);
-        return Ok(dest);
-    }
-    let layers: Vec<Digest> = builder
-        .layers
-        .iter()
-        .map(|l| l.descriptor.digest.clone())
-        .collect();
-    let files = ImageFiles::from_layers(store, &layers)?;
-    let tmp = TempDir(store.temp_dir()?);
-    let mut plan = BTreeMap::new();
-    let mut dirs = vec![];
-    for (p, e) in files.below("") {
-        let host = tmp.0.join(p);
-        match e {
-            Entry::Dir(m) => {
-                std::fs::create_dir_all(&host)
-                    .with_context(|| format!("failed to create {}", host.display()))?;
-                dirs.push((host, m.mode));
-            }
-            Entry::Symlink(target) => {
-                if let Some(parent) = host.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::os::unix::fs::symlink(target, &host)
-                    .with_context(|| format!("failed to create {}", host.display()))?;
-            }
-            Entry::File { mode, source } => {
-                plan.insert(p.to_owned(), (source.clone(), *mode));
-            }
-        }
-    }
-    files.copy_out(&plan, &tmp.0)?;
-    // deepest first, so that a read-only directory is made so after what is in it
-    for (d, mode) in dirs.iter().rev() {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(*mode))
-            .with_context(|| format!("failed to set the mode of {}", d.display()))?;
-    }
-    let path = tmp.0.clone();
-    std::mem::forget(tmp); // commit_dir moves it (or removes it on error)
-    Ok(store.commit_dir(Bucket::BuildRoots, &key, &path)?)
-}
-
-/// PATH from the builder image's config, or the default.
-fn builder_path(store: &Store, builder: &ImageRecord) -> String {
-    let config = std::fs::read(store.blob_path(&builder.config_digest))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    config
-        .as_ref()
-        .and_then(|c| c.pointer("/config/Env"))
-        .and_then(|e| e.as_array())
-        .and_then(|env| {
-            env.iter()
-                .filter_map(|v| v.as_str())
-                .find_map(|v| v.strip_prefix("PATH=").map(str::to_owned))
-        })
-        .unwrap_or_else(|| DEFAULT_PATH.to_owned())
-}
-
-/// Runs the step in bubblewrap; its stdout and stderr go to `log`.
-fn run_sandbox(plan: &StepPlan, root: &Path, out_dirs: &[PathBuf], log: &Path) -> Result<()> {
-    let step = plan.step;
-    let mut args: Vec<std::ffi::OsString> = vec![];
-    let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
-    for a in [
-        "--unshare-all",
-        // a user namespace always (not only "try"): uid 0 inside it, as root or not
-        "--unshare-user",
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--die-with-parent",
-        "--new-session",
-        "--clearenv",
-    ] {
-        arg(&a);
-    }
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    env.insert("PATH".into(), builder_path(&plan.store, &plan.builder));
-    env.insert("HOME".into(), "/tmp".into());
-    env.insert("LANG".into(), "C.UTF-8".into());
-    env.insert("TZ".into(), "UTC".into());
-    env.insert("SOURCE_DATE_EPOCH".into(), epoch().to_string());
-    env.extend(step.env.clone());
-    for (k, v) in &env {
-        arg(&"--setenv");
-        arg(k);
-        arg(v);
-    }
-    // the root: an empty tmpfs with the builder's top-level entries bound read-only
-    // (so that mount points can be made in it), remounted read-only at the end
-    let mut names: Vec<_> = std::fs::read_dir(root)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::io::Result<_>>()?;
-    names.sort();
-    let top_mounts: Vec<String> = step
-        .inputs
-        .iter()
-        .map(|i| i.dest.clone())
-        .chain(step.outputs.iter().map(|o| o.0.clone()))
-        .collect();
-    for name in names {
-        let Some(n) = name.to_str() else { continue };
-        let image_path = format!("/{n}");
-        if RESERVED.contains(&image_path.as_str()) || top_mounts.contains(&image_path) {
-            continue;
-        }
-        let host = root.join(&name);
-        let m = std::fs::symlink_metadata(&host)?;
-        if m.file_type().is_symlink() {
-            arg(&"--symlink");
-            arg(&std::fs::read_link(&host)?);
-            arg(&image_path);
-        } else {
-            arg(&"--ro-bind");
-            arg(&host);
-            arg(&image_path);
-        }
-    }
-    for (kind, target) in [("--proc", "/proc"), ("--dev", "/dev"), ("--tmpfs", "/tmp")] {
-        arg(&kind);
-        arg(&target);
-    }
-    for m in &top_mounts {
-        check_mount_point(root, m, &plan.label)?;
-    }
-    for i in &step.inputs {
-        arg(&"--ro-bind");
-        arg(&i.abs);
-        arg(&i.dest);
-    }
-    for ((path, _), dir) in step.outputs.iter().zip(out_dirs) {
-        arg(&"--bind");
-        arg(dir);
-        arg(path);
-    }
-    arg(&"--remount-ro");
-    arg(&"/");
-    arg(&"--chdir");
-    arg(&step.workdir);
-    arg(&"--");
-    for c in &step.command {
-        arg(c);
-    }
-    let out = std::fs::File::create(log)?;
-    let err = out.try_clone()?;
-    // found on imgbuild's own PATH: the child's environment is cleared, and exec
-    // with no PATH would search a default one instead
-    let Some(bwrap) = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("bwrap"))
-        .find(|p| p.is_file())
-    else {
-        bail!(
-            "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
-            plan.label
-        );
-    };
-    let mut child = match Command::new(bwrap)
-        .args(&args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "{}: `bwrap` is not installed: build steps run in bubblewrap; install it (apt-get install bubblewrap)",
-            plan.label
-        ),
-        Err(e) => return Err(e).context(format!("{}: failed to start bwrap", plan.label)),
-    };
-    let deadline = Instant::now() + Duration::from_secs(step.timeout_secs);
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break Some(s);
-        }
-        if Instant::now() >= deadline {
-            // --die-with-parent: the sandbox's init, and with it every process in
-            // the sandbox's pid namespace, dies with bwrap
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let tail = log_tail(log);
-    let Some(status) = status else {
-        bail!(
-            "{}: killed after timeout_secs = {} (raise it in the recipe if the step needs longer){tail}",
-            plan.label,
-            step.timeout_secs
-        );
-    };
-    if !status.success() {
-        let code = status
-            .code()
-            .map(|c| format!("exit code {c}"))
-            .unwrap_or_else(|| "killed by a signal".into());
-        let hint = if tail.contains("bwrap:") {
-            "\n(bwrap could not set up the sandbox: it needs root or unprivileged user namespaces, \
-             e.g. sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)"
-        } else {
-            ""
-        };
-        bail!("{}: failed with {code}{tail}{hint}", plan.label);
-    }
-    Ok(())
-}
-
-/// A mount point nested in a read-only builder directory must already exist there
-/// (bwrap cannot create it in a read-only mount).
-fn check_mount_point(root: &Path, image_path: &str, label: &str) -> Result<()> {
-    let rel = image_path.trim_start_matches('/');
-    if !rel.contains('/') {
-        return Ok(()); // made in the sandbox's own root
-    }
-    if !root.join(rel).is_dir() {
-        bail!(
-            "{label}: {image_path} is not a directory of the builder image: mount inputs and outputs at a new top-level path (e.g. /src, /out) or at an existing directory"
-        );
-    }
-    Ok(())
-}
-
-/// The last lines of the step's output, as an indented block (empty if none).
-fn log_tail(log: &Path) -> String {
-    let mut f = match std::fs::File::open(log) {
-        Ok(f) => f,
-        Err(_) => return String::new(),
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let mut bytes = vec![];
-    let _ = f.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.is_empty() {
-        return "\n  (no output)".into();
-    }
-    let from = lines.len().saturating_sub(TAIL_LINES);
-    let mut s = format!("\n  last {} lines of its output:", lines.len() - from);
-    for l in &lines[from..] {
-        s.push_str("\n  | ");
-        s.push_str(l);
-    }
-    s
 }

@@ -19,6 +19,10 @@
 //! miss), so a no-op build or `imgbuild plan` never decompresses the other image,
 //! and a `src` missing from it is reported by the build.
 //!
+//! A `files` entry with `git = "https://…", rev = "<commit>"` copies that commit's tree
+//! to `dest` ([`super::git::tree_nodes`]); its input is the URL and the commit, and
+//! the tree is fetched (once per store) only when the layer is built.
+//!
 //! Inputs: every entry's destination (resolved through the lower layers' symlinks),
 //! mode, owner and content hash, named by its project path (`layers/app/app.py`),
 //! and the accounts the layer writes. Project trees are walked through the stat cache
@@ -49,6 +53,9 @@ pub struct RawFile {
     pub content: Option<String>,
     /// Another recipe whose image `src` is copied out of.
     pub image: Option<Spanned<String>>,
+    /// A git repository whose tree at `rev` (a commit) is copied to `dest`.
+    pub git: Option<Spanned<String>>,
+    pub rev: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub owner: Option<Spanned<String>>,
 }
@@ -132,6 +139,11 @@ pub enum FileSource {
         path: String,
         pos: Pos,
     },
+    /// The tree of a git commit ([`super::git`]).
+    Git {
+        url: String,
+        commit: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -182,6 +194,37 @@ impl SourceKind for FilesSource {
             let rf = f.get_ref();
             let dest = cx.image_path(&rf.dest, "dest")?;
             let source = match (&rf.src, &rf.content) {
+                _ if rf.git.is_some() => {
+                    let git = rf.git.as_ref().expect("checked");
+                    if rf.src.is_some()
+                        || rf.content.is_some()
+                        || rf.image.is_some()
+                        || rf.mode.is_some()
+                    {
+                        return Err(cx.err(f, "a file with `git` takes `rev`, `dest` and `owner` only: the whole tree of the commit is copied, with its modes"));
+                    }
+                    let Some(rev) = &rf.rev else {
+                        return Err(cx.err(
+                            git,
+                            "a file with `git` needs `rev`, the 40-hex commit to copy",
+                        ));
+                    };
+                    let r = rev.get_ref();
+                    if r.len() != 40 || !r.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(cx.err(rev, format!("rev \"{r}\" is not a commit: a branch or tag can move, so pin the 40-hex commit it points to (git ls-remote <url> {r})")));
+                    }
+                    let url = git.get_ref();
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Err(cx.err(git, "`git` must be an https:// (or http://) URL"));
+                    }
+                    FileSource::Git {
+                        url: url.clone(),
+                        commit: r.to_ascii_lowercase(),
+                    }
+                }
+                _ if rf.rev.is_some() => {
+                    return Err(cx.err(rf.rev.as_ref().expect("checked"), "`rev` goes with `git`"));
+                }
                 (Some(src), None) if rf.image.is_some() => {
                     let image = rf.image.as_ref().expect("checked");
                     let name = image.get_ref();
@@ -321,6 +364,10 @@ struct FilesPlan<'s> {
     /// each image's manifest digest and the entry: reading an image's layers is for a
     /// cache miss, never for a no-op build or `imgbuild plan`).
     copies: Vec<DeferredCopy>,
+    /// Git trees, fetched when the layer is built.
+    git_copies: Vec<DeferredGit>,
+    /// Their archives and spools, for gc to keep with the layer.
+    git_blobs: Vec<imgbuild_store::Digest>,
     /// The images files are copied out of, read once each (when built).
     images: Vec<ImageFiles>,
     store: imgbuild_store::Store,
@@ -350,6 +397,18 @@ struct DeferredCopy {
     src: String,
     dest: TreePath,
     owner: Option<(u32, u32)>,
+    /// Position in `planned` where its entries go (declaration order).
+    at: usize,
+}
+
+/// A git tree to copy, fetched and expanded when the layer is built.
+struct DeferredGit {
+    /// Index into the recipe's `files`.
+    file: usize,
+    url: String,
+    commit: String,
+    dest: TreePath,
+    owner: (u32, u32),
     /// Position in `planned` where its entries go (declaration order).
     at: usize,
 }
@@ -384,6 +443,7 @@ impl LayerSource for FilesSource {
             .with_context(|| format!("{}: in layer {}", cx.at(&pos), cx.index + 1))?;
         let mut planned: Vec<Planned> = vec![];
         let mut copies: Vec<DeferredCopy> = vec![];
+        let mut git_copies: Vec<DeferredGit> = vec![];
         let mut stated: BTreeMap<&str, ()> = BTreeMap::new();
         for (file_index, f) in self.files.iter().enumerate() {
             let owner = match &f.owner {
@@ -407,6 +467,21 @@ impl LayerSource for FilesSource {
                         pos: f.pos.clone(),
                         from_image: None,
                         copied: false,
+                    });
+                }
+                FileSource::Git { url, commit } => {
+                    // the commit pins the tree: nothing is fetched to plan
+                    cx.input(Input::shown(
+                        format!("git {}", imgbuild_python::error::redact_url(url)),
+                        format!("{commit} -> {} owner {}:{}", f.dest, owner.0, owner.1),
+                    ));
+                    git_copies.push(DeferredGit {
+                        file: file_index,
+                        url: url.clone(),
+                        commit: commit.clone(),
+                        dest,
+                        owner,
+                        at: planned.len(),
                     });
                 }
                 FileSource::Image { image, path, pos } => {
@@ -559,6 +634,8 @@ impl LayerSource for FilesSource {
             planned,
             accounts,
             copies,
+            git_copies,
+            git_blobs: vec![],
             images: vec![],
             store: cx.session.store.clone(),
             place,
@@ -682,7 +759,8 @@ impl SourcePlan for FilesPlan<'_> {
             a.render(tree)?;
         }
         self.plan_copies()?;
-        let blobs = self.fill_copied()?;
+        let mut blobs = self.fill_copied()?;
+        blobs.append(&mut self.git_blobs);
         for p in self.planned {
             if let (Node::Dir(m), Some(Node::Dir(_))) = (&p.node, tree.get(&p.path)) {
                 tree.insert(p.path, Node::Dir(*m))?;
@@ -708,12 +786,12 @@ impl FilesPlan<'_> {
     /// links hard links over the whole layer, as planning does for a layer without
     /// copies.
     fn plan_copies(&mut self) -> Result<()> {
-        if self.copies.is_empty() {
+        if self.copies.is_empty() && self.git_copies.is_empty() {
             return Ok(());
         }
         let mut image_index: BTreeMap<String, usize> = BTreeMap::new();
         let mut link_ids: BTreeMap<(usize, usize, String), u64> = BTreeMap::new();
-        let mut expanded: Vec<(usize, Vec<Planned>)> = vec![];
+        let mut expanded: Vec<(usize, usize, Vec<Planned>)> = vec![];
         for c in std::mem::take(&mut self.copies) {
             let f = &self.source_files[c.file];
             let i = match image_index.get(&c.image) {
@@ -745,10 +823,37 @@ impl FilesPlan<'_> {
                 &mut entries,
                 &mut link_ids,
             )?;
-            expanded.push((c.at, entries));
+            expanded.push((c.at, c.file, entries));
         }
-        // splice from the back, so the earlier positions stay valid
-        for (at, entries) in expanded.into_iter().rev() {
+        for g in std::mem::take(&mut self.git_copies) {
+            let f = &self.source_files[g.file];
+            let shown = imgbuild_python::error::redact_url(&g.url);
+            let tree = super::git::tree_nodes(&self.store, &g.url, &g.commit, g.owner)
+                .with_context(|| format!("{}: git {shown} {}", self.place.at(&f.pos), g.commit))?;
+            self.git_blobs.extend(tree.blobs);
+            let mut entries = vec![];
+            for (rel, node) in tree.nodes {
+                entries.push(Planned {
+                    path: if rel.is_empty() {
+                        g.dest.clone()
+                    } else {
+                        g.dest.join(&rel)?
+                    },
+                    node,
+                    hash: None,
+                    link_key: None,
+                    what: format!("{shown}@{}:/{rel}", &g.commit[..12]),
+                    pos: f.pos.clone(),
+                    copied: true,
+                    from_image: None,
+                });
+            }
+            expanded.push((g.at, g.file, entries));
+        }
+        // splice from the back, so the earlier positions stay valid (declaration
+        // order among entries at one position)
+        expanded.sort_by_key(|(at, file, _)| (*at, *file));
+        for (at, _, entries) in expanded.into_iter().rev() {
             self.planned.splice(at..at, entries);
         }
         refuse_clashes(&self.place, &self.planned)?;
@@ -825,7 +930,7 @@ impl FilesSource {
             // what an image path is only shows at plan time (checked there)
             let is_dir = match &f.source {
                 FileSource::Host { abs, .. } => abs.is_dir(),
-                FileSource::Image { .. } => true,
+                FileSource::Image { .. } | FileSource::Git { .. } => true,
                 FileSource::Inline(_) => false,
             };
             check(&f.dest, is_dir, f.pos.clone(), &|m| {

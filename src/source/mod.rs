@@ -32,9 +32,12 @@ pub mod base;
 pub mod build_step;
 pub mod debian;
 pub mod files;
+pub mod git;
 pub mod linkage;
 pub mod native_python;
 pub mod python;
+pub mod python_build;
+pub mod sandbox;
 pub mod stdlib_pyc;
 pub mod walk;
 

@@ -1,6 +1,7 @@
-//! The `python` layer source (`python = { requirements, venv, interpreter, bytecode }`):
+//! The `python` layer source (`python = { requirements, venv, interpreter, bytecode, build }`):
 //! a venv built by `imgbuild-python` from a pinned, hashed requirements file, for the
-//! image's interpreter, never the build host's.
+//! image's interpreter, never the build host's. With `build`, requirements without a
+//! wheel are built from their sdist ([`super::python_build`]).
 //!
 //! The target (CPython version, ABI, glibc version, architecture) is read from the
 //! image at build time (`imgbuild_python::image_target`): the layers below this one
@@ -17,17 +18,18 @@
 //! them is the same contract at no cost (a change below that leaves the target alone
 //! rebuilds the venv, which a change below does with bytecode on anyway).
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use imgbuild_layer::Tree;
 use imgbuild_python::{
-    ImageFiles, Requirements, VenvSpec, fetch_wheels, install, parse_requirements, read_target,
-    request_fingerprint, validate_paths,
+    ImageFiles, Requirements, VenvSpec, WheelBuilder, fetch_wheels, fetch_wheels_building, install,
+    parse_requirements, read_target, request_fingerprint, validate_paths,
 };
 use imgbuild_store::{Digest, Store};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::python_build::{self, PythonBuildSpec, SdistBuilder};
 use super::{Contribution, Input, LayerCx, LayerSource, SourceKind, SourcePlan};
 use crate::progress::Progress;
 use crate::recipe::{Pos, RecipeCx, RecipeError};
@@ -42,6 +44,8 @@ pub struct RawPython {
     pub interpreter: Option<String>,
     /// Precompile `.pyc` (unchecked-hash) with the image's own interpreter.
     pub bytecode: Option<bool>,
+    /// Build requirements without a wheel from their sdist ([`python_build`]).
+    pub build: Option<Spanned<python_build::RawPythonBuild>>,
 }
 
 fn default_venv() -> String {
@@ -58,6 +62,7 @@ pub struct PythonSpec {
     /// `None`: the image's own (see the module docs).
     pub interpreter: Option<String>,
     pub bytecode: bool,
+    pub build: Option<python_build::PythonBuildSpec>,
     pub pos: Pos,
 }
 
@@ -86,6 +91,11 @@ impl SourceKind for PythonSource {
                 venv: rp.venv.clone(),
                 interpreter: rp.interpreter.clone(),
                 bytecode: rp.bytecode.unwrap_or(true),
+                build: rp
+                    .build
+                    .as_ref()
+                    .map(|b| PythonBuildSpec::parse(cx, b.get_ref()))
+                    .transpose()?,
                 pos: cx.pos(p),
             },
         }))
@@ -103,6 +113,14 @@ impl LayerSource for PythonSource {
 
     fn reads_lower_layers(&self) -> bool {
         self.spec.bytecode
+    }
+
+    fn depends_on(&self) -> Vec<(String, Pos)> {
+        self.spec
+            .build
+            .iter()
+            .map(|b| (b.image.clone(), b.image_pos.clone()))
+            .collect()
     }
 
     fn plan<'s>(&'s self, cx: &mut LayerCx<'_, 's>) -> Result<Box<dyn SourcePlan + 's>> {
@@ -144,7 +162,41 @@ impl LayerSource for PythonSource {
             "lower layers (the Python target and the interpreter that writes .pyc files)",
             Input::digest_of(&diff_ids),
         ));
+        // sdists built in a builder: its image and the build requirements decide the
+        // wheels (with the target, which the layers below decide)
+        let build = match &p.build {
+            Some(b) => {
+                let Some(builder) = cx.image(&b.image) else {
+                    bail!(
+                        "{}: builder image `{}` has not been built (it should be built before this recipe)",
+                        cx.at(&b.image_pos),
+                        b.image
+                    );
+                };
+                let breqs = parse_requirements(&b.requirements).with_context(|| at.clone())?;
+                cx.input(Input::shown(
+                    format!("sdist builder image {}", b.image),
+                    builder.manifest_digest.to_string(),
+                ));
+                cx.input(Input::hash(
+                    format!("{} (build requirements)", b.requirements_rel.display()),
+                    request_fingerprint(python_build::BUILD_VENV, None, false, &breqs),
+                ));
+                cx.input(Input::shown(
+                    "sdist build timeout_secs",
+                    b.timeout_secs.to_string(),
+                ));
+                cx.input(Input::shown(
+                    "sdist build SOURCE_DATE_EPOCH",
+                    super::sandbox::epoch().to_string(),
+                ));
+                Some((b.clone(), builder, breqs))
+            }
+            None => None,
+        };
         Ok(Box::new(PythonPlan {
+            build,
+            check_reproducible: cx.session.check_reproducible,
             platform_arch,
             debian: &cx.session.debian,
             source: p.clone(),
@@ -166,6 +218,9 @@ struct PythonPlan<'s> {
     /// For the build machine's build of a foreign image's interpreter.
     debian: &'s super::debian::DebianInputs,
     source: PythonSpec,
+    /// `build = {...}`: its spec, the builder image, the build requirements.
+    build: Option<(PythonBuildSpec, crate::cache::ImageRecord, Requirements)>,
+    check_reproducible: bool,
     reqs: Requirements,
     /// The image's layers below this one: (blob digest, diff_id).
     lower: Vec<(Digest, Digest)>,
@@ -228,13 +283,39 @@ impl SourcePlan for PythonPlan<'_> {
             self.label,
             self.reqs.requirements.len()
         ));
-        let wheels = fetch_wheels(
+        let sdist_builder = match &self.build {
+            Some((b, builder, breqs)) => {
+                let backends = fetch_wheels(
+                    &python_build::build_requirements_spec(&spec, b),
+                    breqs,
+                    &self.store,
+                    self.http.client()?,
+                    self.jobs,
+                )
+                .with_context(|| format!("{}: build requirements", self.at))?;
+                Some(SdistBuilder::new_for(
+                    self.at.clone(),
+                    b,
+                    builder.clone(),
+                    self.store.clone(),
+                    self.progress.clone(),
+                    &spec,
+                    breqs,
+                    backends,
+                    self.check_reproducible,
+                ))
+            }
+            None => None,
+        };
+        let wheels = fetch_wheels_building(
             &spec,
             &self.reqs,
             &self.store,
             self.http.client()?,
             self.jobs,
-        )?;
+            sdist_builder.as_ref().map(|b| b as &dyn WheelBuilder),
+        )
+        .with_context(|| format!("{}: python layer", self.at))?;
         self.progress.status(format!(
             "{}: installing {} wheel(s) into {}{}",
             self.label,
@@ -288,8 +369,19 @@ impl SourcePlan for PythonPlan<'_> {
                 .collect(),
             ..Default::default()
         };
+        let mut blobs: Vec<Digest> = wheels.iter().map(|w| w.digest.clone()).collect();
+        if let Some(b) = &sdist_builder {
+            let used = b.used.lock().expect("used sdists");
+            notes.push(format!(
+                "{} wheel(s) built from their sdist in `{}`",
+                used.len(),
+                b.image
+            ));
+            blobs.extend(used.iter().cloned());
+            blobs.extend(b.backends.iter().map(|w| w.digest.clone()));
+        }
         Ok(Contribution {
-            blobs: wheels.iter().map(|w| w.digest.clone()).collect(),
+            blobs,
             notes,
             contents,
         })

@@ -208,6 +208,17 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         s.join("unpacked/pyc-v2/old"),
     );
     age(&drop_pyc, 30);
+    // a wheel built from an sdist, and a git archive: kept while their blob is
+    for bucket in ["pywheel-built-v1", "git-archives-v1"] {
+        w(
+            &format!("records/{bucket}/{}", "05".repeat(32)),
+            sel(&v1_top).as_bytes(),
+        );
+        w(
+            &format!("records/{bucket}/{}", "06".repeat(32)),
+            sel(&format!("sha256:{gone_hex}")).as_bytes(),
+        );
+    }
     // a builder root: kept while the builder image (its key, a manifest digest) is kept
     let root_hex = v1_manifest.trim_start_matches("sha256:").to_owned();
     w(
@@ -238,6 +249,8 @@ fn gc_removes_the_unused_entries_of_every_bucket_and_dry_run_only_reports() {
         ("statcache-v3", 1),
         ("debian-unpack-v1", 1),
         ("pywheel-select-v1", 1),
+        ("pywheel-built-v1", 1),
+        ("git-archives-v1", 1),
         ("wheels-v1", 1),
         ("pyc-v2", 1),
         ("build-roots-v1", 1),

@@ -19,6 +19,7 @@ mod platforms;
 mod push;
 mod python_targets;
 mod registry_cache;
+mod sdist_git;
 mod setup_cmd;
 mod sources;
 mod stack_images;

@@ -47,8 +47,9 @@ pub enum Error {
     },
     #[error(
         "{package} {version}: no wheel is compatible with {target}{}; files of this version that match the hashes: [{}]. \
-         Nothing is compiled at build time: pin a version that ships a compatible wheel, or build one and serve it from \
-         your index",
+         pin a version that ships a compatible wheel, build one and serve it from your index, or build it from its \
+         sdist: add `build = {{ image = \"<builder recipe>\", requirements = \"<build-requirements.txt>\" }}` to the \
+         python layer",
         requires_python.as_deref().map(|r| format!(" (or its Requires-Python `{r}` excludes the target)")).unwrap_or_default(),
         files.join(", ")
     )]
@@ -58,6 +59,16 @@ pub enum Error {
         target: String,
         files: Vec<String>,
         requires_python: Option<String>,
+    },
+    #[error(
+        "{package} {version} (requirements line {line}): building a wheel from its sdist {sdist} failed: {msg}"
+    )]
+    SdistBuild {
+        package: String,
+        version: String,
+        line: usize,
+        sdist: String,
+        msg: String,
     },
     #[error(
         "{what}: downloaded content is {actual}, but {expected_from} says {expected}; nothing was stored"

@@ -9,6 +9,11 @@
 //! the target wins (pip's order; build tag breaks ties). The download streams into the
 //! store and is committed only if its sha256 is the expected one. Requirements are
 //! fetched in parallel on a few connections, then unpacked on `jobs` threads.
+//!
+//! With a [`WheelBuilder`] ([`fetch_wheels_building`]), a requirement with no suitable
+//! wheel falls back to its pinned sdist, which the builder turns into a wheel; the
+//! selection record then names the sdist (under another key, so a build without a
+//! builder never sees it) and the builder caches the wheel.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
@@ -22,6 +27,7 @@ use crate::VenvSpec;
 use crate::error::{Error, Result, io_err, redact_url};
 use crate::index::{IndexConfig, IndexFile, project_files};
 use crate::requirements::{Requirement, Requirements};
+use crate::sdist::{Sdist, WheelBuilder, choose_sdist, is_sdist};
 use crate::target::{TagPriorities, Target, WheelName};
 use crate::unpack::{Unpacked, unpack_cached};
 use crate::version::{SpecifierSet, Version};
@@ -68,8 +74,11 @@ pub fn applicable<'a>(reqs: &'a Requirements, target: &Target) -> Vec<&'a Requir
         .collect()
 }
 
-fn selection_key(target: &Target, r: &Requirement) -> String {
+fn selection_key(target: &Target, r: &Requirement, allow_sdist: bool) -> String {
     let mut h = sha2::Sha256::new();
+    if allow_sdist {
+        h.update("sdist allowed\n");
+    }
     h.update(format!(
         "{}\n{target:?}\n{}\n{}\n",
         Bucket::PythonSelect.name(),
@@ -102,15 +111,46 @@ pub fn fetch_wheels(
     http: &reqwest::blocking::Client,
     jobs: usize,
 ) -> Result<Vec<SelectedWheel>> {
+    fetch_wheels_building(spec, reqs, store, http, jobs, None)
+}
+
+/// [`fetch_wheels`], where a requirement with no suitable wheel is built by `builder`
+/// from its pinned sdist (one at a time: builds are CPU work of their own).
+pub fn fetch_wheels_building(
+    spec: &VenvSpec,
+    reqs: &Requirements,
+    store: &Store,
+    http: &reqwest::blocking::Client,
+    jobs: usize,
+    builder: Option<&dyn WheelBuilder>,
+) -> Result<Vec<SelectedWheel>> {
     spec.validate()?;
     let todo = applicable(reqs, &spec.target);
     let prio = TagPriorities::new(&spec.target);
     // index configuration is read lazily: a fully cached build reads no config and no network
     let index: Mutex<Option<(IndexConfig, Option<reqwest::blocking::Client>)>> = Mutex::new(None);
     let connections = jobs.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS);
-    let selections = in_parallel(connections, &todo, |r| {
-        select_one(spec, reqs, r, store, http, &prio, &index)
+    let selections = in_parallel(connections, &todo, |r| match (&r.git, builder) {
+        (Some(pin), Some(b)) => {
+            let (filename, digest) = b.fetch_git(r, pin).map_err(|msg| Error::SdistBuild {
+                package: r.name.clone(),
+                version: pin.commit.clone(),
+                line: r.line,
+                sdist: redact_url(&pin.url),
+                msg,
+            })?;
+            Ok(Selection { filename, digest })
+        }
+        _ => select_one(spec, reqs, r, store, http, &prio, &index, builder.is_some()),
     })?;
+    let mut built = vec![];
+    for (r, sel) in todo.iter().zip(selections) {
+        built.push(match builder {
+            Some(b) if is_sdist(&sel.filename) => build_from_sdist(spec, r, sel, b, &prio)?,
+            _ => sel,
+        });
+    }
+    let selections = built;
     let pairs: Vec<(&Requirement, Selection)> = todo.iter().copied().zip(selections).collect();
     let mut out = in_parallel(jobs.max(1), &pairs, |(r, sel)| {
         let size = store.blob_size(&sel.digest)?;
@@ -170,7 +210,55 @@ fn in_parallel<T: Sync, U: Send>(
     Ok(out)
 }
 
+/// The wheel `builder` builds from `r`'s sdist, checked to be `r`'s and the target's.
+fn build_from_sdist(
+    spec: &VenvSpec,
+    r: &Requirement,
+    sel: Selection,
+    builder: &dyn WheelBuilder,
+    prio: &TagPriorities,
+) -> Result<Selection> {
+    let failed = |msg: String| Error::SdistBuild {
+        package: r.name.clone(),
+        version: r.version.clone(),
+        line: r.line,
+        sdist: sel.filename.clone(),
+        msg,
+    };
+    let sdist = Sdist {
+        key: r.key.clone(),
+        name: r.name.clone(),
+        version: r.version.clone(),
+        line: r.line,
+        filename: sel.filename.clone(),
+        digest: sel.digest.clone(),
+    };
+    let (filename, digest) = builder.build_wheel(&sdist).map_err(failed)?;
+    let Some(w) = WheelName::parse(&filename) else {
+        return Err(failed(format!(
+            "the build wrote `{filename}`, which is not a wheel name"
+        )));
+    };
+    // a git requirement's version is the one its source declares
+    if w.key() != r.key
+        || (r.git.is_none() && !Version::parse(&w.version).is_ok_and(|v| v == r.parsed_version()))
+    {
+        return Err(failed(format!(
+            "the build wrote `{filename}`, not a wheel of {} {}",
+            r.key, r.version
+        )));
+    }
+    if prio.rank(&w).is_none() {
+        return Err(failed(format!(
+            "the built wheel `{filename}` is not compatible with {}: the builder image's interpreter is not the target's",
+            spec.target
+        )));
+    }
+    Ok(Selection { filename, digest })
+}
+
 /// The selection record of `r`, or (once) a query of the index and a verified download.
+#[allow(clippy::too_many_arguments)]
 fn select_one(
     spec: &VenvSpec,
     reqs: &Requirements,
@@ -179,8 +267,18 @@ fn select_one(
     http: &reqwest::blocking::Client,
     prio: &TagPriorities,
     index: &Mutex<Option<(IndexConfig, Option<reqwest::blocking::Client>)>>,
+    allow_sdist: bool,
 ) -> Result<Selection> {
-    let key = selection_key(&spec.target, r);
+    if let Some(pin) = &r.git {
+        return Err(Error::SdistBuild {
+            package: r.name.clone(),
+            version: pin.commit.clone(),
+            line: r.line,
+            sdist: redact_url(&pin.url),
+            msg: "a git requirement is built from source: add `build = { image = \"<builder recipe>\", requirements = \"<build-requirements.txt>\" }` to the python layer".into(),
+        });
+    }
+    let key = selection_key(&spec.target, r, allow_sdist);
     let cached = store
         .read_record(Bucket::PythonSelect, &key)?
         .and_then(|b| serde_json::from_slice::<Selection>(&b).ok())
@@ -203,7 +301,7 @@ fn select_one(
         g.clone().expect("set above")
     };
     let http = own_client.as_ref().unwrap_or(http);
-    let s = select_and_download(spec, r, store, http, prio, &cfg)?;
+    let s = select_and_download(spec, r, store, http, prio, &cfg, allow_sdist)?;
     let bytes = serde_json::to_vec(&s).expect("selection serialises");
     store.write_record(Bucket::PythonSelect, &key, &bytes)?;
     Ok(s)
@@ -311,6 +409,7 @@ fn select_and_download(
     http: &reqwest::blocking::Client,
     prio: &TagPriorities,
     cfg: &IndexConfig,
+    allow_sdist: bool,
 ) -> Result<Selection> {
     let mut files: Vec<IndexFile> = vec![];
     let mut found = false;
@@ -334,7 +433,24 @@ fn select_and_download(
             ),
         });
     }
-    let f = choose(&spec.target, r, &files, prio)?;
+    let f = match choose(&spec.target, r, &files, prio) {
+        Ok(f) => f,
+        Err(e @ Error::NoSuitableWheel { .. }) => {
+            let pin = r.parsed_version();
+            let pinned: Vec<&IndexFile> = files
+                .iter()
+                .filter(|f| {
+                    file_version_matches(&f.filename, &r.key, &pin)
+                        && f.sha256.as_ref().is_none_or(|d| r.hashes.contains(d))
+                })
+                .collect();
+            match choose_sdist(&pinned) {
+                Some(s) if allow_sdist => s,
+                _ => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let what = format!("{} from {}", f.filename, redact_url(&f.url));
     if let Some(d) = &f.sha256 {
         if !store.has_blob(d) || !store.verify(d)? {

@@ -220,7 +220,8 @@ pub fn check_closure(spec: &VenvSpec, reqs: &Requirements, wheels: &[SelectedWhe
                 },
                 Some(r) => {
                     let v = r.parsed_version();
-                    if !d.specifiers.contains(&v, &r.version) {
+                    // a git requirement's version is whatever its commit declares
+                    if r.git.is_none() && !d.specifiers.contains(&v, &r.version) {
                         problems.insert(format!(
                             "{who}{via} {who_version} requires {d} but {file_name} line {} pins {}=={}",
                             r.line, r.name, r.version

@@ -23,7 +23,7 @@
 //!
 //! Modules: [`version`] (PEP 440), [`marker`] (PEP 508), [`target`] (target, tags, wheel
 //! names), [`image_target`] (the target read from an image), [`requirements`], [`index`] (pip config, simple API), [`fetch`], [`unpack`]
-//! (unpacked-wheel cache), [`install`],
+//! (unpacked-wheel cache), [`sdist`] (requirements built from their sdist), [`install`],
 //! [`interpreter`] (the image's interpreter, run on the host), [`bytecode`], [`error`].
 
 pub mod bytecode;
@@ -35,6 +35,7 @@ pub mod install;
 pub mod interpreter;
 pub mod marker;
 pub mod requirements;
+pub mod sdist;
 pub mod target;
 pub mod unpack;
 pub mod version;
@@ -44,13 +45,14 @@ use std::path::PathBuf;
 use sha2::Digest as _;
 
 pub use error::{Error, Result};
-pub use fetch::{SelectedWheel, fetch_wheels};
+pub use fetch::{SelectedWheel, fetch_wheels, fetch_wheels_building};
 pub use image_target::{ImageTarget, read_target};
 pub use imgbuild_layer::image::ImageFiles;
 pub use index::IndexConfig;
 pub use install::{InstallReport, check_closure, install};
 pub use interpreter::ImageInterpreter;
-pub use requirements::{Requirement, Requirements, parse_requirements};
+pub use requirements::{GitPin, Requirement, Requirements, parse_requirements};
+pub use sdist::{Sdist, WheelBuilder};
 pub use target::{Libc, Target};
 
 /// Bumped whenever the layer this crate produces for the same inputs changes.
@@ -207,6 +209,9 @@ fn hash_with_requirements(mut text: String, reqs: &Requirements) -> String {
         }
         for h in &r.hashes {
             text.push_str(&format!(" {h}"));
+        }
+        if let Some(g) = &r.git {
+            text.push_str(&format!(" git {} {}", g.url, g.commit));
         }
         text.push('\n');
     }

@@ -6,7 +6,9 @@
 //! (`-i/--index-url`, `--extra-index-url`). Everything that would make the build depend on
 //! something other than the listed hashes (unpinned or unhashed lines, URLs, editables,
 //! nested `-r` files, `--find-links`), and `--no-binary` (only wheels are installed), is
-//! an error naming the file and line.
+//! an error naming the file and line. One kind of URL is accepted:
+//! `name @ git+https://host/org/repo.git@<40-hex commit>`, pinned by its commit
+//! (built from source by [`crate::sdist::WheelBuilder`]); a branch or tag is an error.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -34,6 +36,53 @@ pub struct Requirement {
     pub hashes: Vec<Digest>,
     /// 1-based line where the requirement starts.
     pub line: usize,
+    /// `name @ git+https://host/repo.git@<commit>`: built from that commit (then
+    /// `version` is `0+git.<commit>` and `hashes` is empty: the commit pins it).
+    pub git: Option<GitPin>,
+}
+
+/// A requirement's git source, pinned to a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitPin {
+    /// The repository URL without `git+` and without the `@<commit>`.
+    pub url: String,
+    /// 40 lowercase hex digits.
+    pub commit: String,
+}
+
+/// Parses `git+URL@REV` (the part after `name @ `); the error says what to write.
+pub fn parse_git_url(text: &str) -> Result<GitPin, String> {
+    // credentials in the URL are sent to the server, never shown
+    let shown = crate::error::redact_url(text);
+    let rest = text.strip_prefix("git+").ok_or_else(|| {
+        format!("`{shown}`: only `git+https://…@<commit>` URLs are supported in requirements")
+    })?;
+    if !(rest.starts_with("https://") || rest.starts_with("http://")) {
+        return Err(format!(
+            "`{text}`: the git URL must be https:// (or http://)"
+        ));
+    }
+    let after_scheme = rest.find("://").map(|i| i + 3).unwrap_or(0);
+    let (url, rev) = match rest[after_scheme..].rsplit_once('@') {
+        Some((u, r)) if !r.contains('/') => (&rest[..after_scheme + u.len()], r),
+        _ => {
+            return Err(format!(
+                "`{shown}` names no commit: append `@<40-hex commit>` (a branch can move)"
+            ));
+        }
+    };
+    let rev = rev.split('#').next().unwrap_or(rev);
+    if rev.len() != 40 || !rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`@{rev}` is not a commit: a branch or tag can move, so pin the 40-hex commit it points to \
+             (git ls-remote {} {rev})",
+            crate::error::redact_url(url)
+        ));
+    }
+    Ok(GitPin {
+        url: url.to_owned(),
+        commit: rev.to_ascii_lowercase(),
+    })
 }
 
 impl Requirement {
@@ -173,6 +222,42 @@ pub fn parse_requirements_str(text: &str, path: &Path) -> Result<Requirements, E
         }
         // requirement: the spec is everything before the first ` --` option
         let (spec_text, opts) = split_spec_options(l);
+        // `name[extras] @ git+URL@commit ; marker`
+        if let Some((name, url)) = spec_text.split_once(" @ ") {
+            let (url, marker) = match url.split_once(" ;").or_else(|| url.split_once("; ")) {
+                Some((u, m)) => (u.trim(), Some(m.trim())),
+                None => (url.trim(), None),
+            };
+            let pin = parse_git_url(url).map_err(|m| err(line, m))?;
+            if !opts.trim().is_empty() {
+                return Err(err(
+                    line,
+                    format!(
+                        "a git requirement takes no options (`{}`): the commit pins it",
+                        opts.trim()
+                    ),
+                ));
+            }
+            let text = match marker {
+                Some(m) => format!("{} ; {m}", name.trim()),
+                None => name.trim().to_owned(),
+            };
+            let dep = DepSpec::parse(&text).map_err(|e| err(line, e.to_string()))?;
+            if !seen.insert(dep.key.clone()) {
+                return Err(err(line, format!("`{}` is listed twice", dep.name)));
+            }
+            out.requirements.push(Requirement {
+                name: dep.name,
+                key: dep.key,
+                version: format!("0+git.{}", pin.commit),
+                extras: dep.extras,
+                marker: dep.marker,
+                hashes: vec![],
+                line,
+                git: Some(pin),
+            });
+            continue;
+        }
         let mut hashes = BTreeSet::new();
         let mut opt_words = split_words(opts);
         while !opt_words.is_empty() {
@@ -232,6 +317,7 @@ pub fn parse_requirements_str(text: &str, path: &Path) -> Result<Requirements, E
             marker: dep.marker,
             hashes: hashes.into_iter().collect(),
             line,
+            git: None,
         });
     }
     Ok(out)
@@ -314,6 +400,59 @@ mod tests {
 
     const H1: &str = "9362660c4a31150cf18e78cae2ce8aa1e929fc6c6739e69f6dd5dbea9c3edc82";
     const H2: &str = "e6e756b15c89c86818b48a4947a424706238afbf67d457428d3269bc4590db9e";
+
+    #[test]
+    fn git_requirements_are_pinned_to_a_commit() {
+        let c = "0123456789abcdef0123456789ABCDEF01234567";
+        let r = parse_requirements_str(
+            &format!(
+                "My_Pkg[x] @ git+https://user:tok@host/org/repo.git@{c} ; python_version >= \"3\"\nsix==1.16.0 --hash=sha256:{H1}\n"
+            ),
+            Path::new("r.txt"),
+        )
+        .unwrap();
+        let g = &r.requirements[0];
+        assert_eq!(g.key, "my-pkg");
+        assert_eq!(g.extras, vec!["x".to_owned()]);
+        assert!(g.marker.is_some() && g.hashes.is_empty());
+        assert_eq!(
+            g.git,
+            Some(GitPin {
+                url: "https://user:tok@host/org/repo.git".into(),
+                commit: c.to_ascii_lowercase()
+            })
+        );
+        assert_eq!(g.version, format!("0+git.{}", c.to_ascii_lowercase()));
+        assert!(r.requirements[1].git.is_none());
+        for (bad, says) in [
+            ("p @ git+https://host/r.git@main", "`@main` is not a commit"),
+            ("p @ git+https://host/r.git", "names no commit"),
+            ("p @ https://host/p-1.0.tar.gz", "only `git+https://"),
+            (
+                "p @ git+ssh://git@host/r.git@0123456789abcdef0123456789abcdef01234567",
+                "must be https",
+            ),
+        ] {
+            let e = parse_requirements_str(bad, Path::new("r.txt"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says) && e.contains("r.txt"), "{bad}: {e}");
+        }
+        let e = parse_requirements_str(
+            "p @ git+https://u:secret@host/r.git@main",
+            Path::new("r.txt"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("secret"), "{e}");
+        let e = parse_requirements_str(
+            &format!("p @ git+https://host/r.git@{c} --hash=sha256:{H2}"),
+            Path::new("r.txt"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("takes no options"), "{e}");
+    }
 
     fn parse(s: &str) -> Result<Requirements, Error> {
         parse_requirements_str(s, Path::new("layers/venv/requirements.txt"))

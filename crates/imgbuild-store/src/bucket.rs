@@ -42,6 +42,12 @@ pub enum Bucket {
     DebianUnpack,
     /// Hash of target + requirement -> the wheel chosen for it.
     PythonSelect,
+    /// Hash of sdist sha256 + builder image + build requirements + target -> the wheel
+    /// built from that sdist (the same record format as [`Bucket::PythonSelect`]).
+    PythonBuilt,
+    /// Hash of a git commit + archive prefix -> its tree archived (`filename`, blob
+    /// `digest`, `tree` id).
+    GitArchives,
     /// Wheel sha256 (hex) -> the wheel unpacked (`manifest.json`, `files/`).
     PythonWheels,
     /// Hash of sources + interpreter -> their `.pyc` files (`manifest.json`, `files/`).
@@ -72,7 +78,7 @@ const DIRECTORIES: &str = "unpacked";
 
 impl Bucket {
     /// Every bucket, in the order `gc` reports them.
-    pub const ALL: [Bucket; 12] = [
+    pub const ALL: [Bucket; 14] = [
         Bucket::Images,
         Bucket::Layers,
         Bucket::Bases,
@@ -80,6 +86,8 @@ impl Bucket {
         Bucket::StatCache,
         Bucket::DebianUnpack,
         Bucket::PythonSelect,
+        Bucket::PythonBuilt,
+        Bucket::GitArchives,
         Bucket::PythonWheels,
         Bucket::PythonBytecode,
         Bucket::Tarballs,
@@ -98,6 +106,8 @@ impl Bucket {
             Bucket::StatCache => "statcache-v3",
             Bucket::DebianUnpack => "debian-unpack-v1",
             Bucket::PythonSelect => "pywheel-select-v1",
+            Bucket::PythonBuilt => "pywheel-built-v1",
+            Bucket::GitArchives => "git-archives-v1",
             Bucket::PythonWheels => "wheels-v1",
             Bucket::PythonBytecode => "pyc-v2",
             Bucket::Tarballs => "tarballs-v1",
