@@ -139,8 +139,7 @@ impl LayerContents {
             }
         }
         self.debian.sort_by(|a, b| a.name.cmp(&b.name));
-        self.python
-            .sort_by(|a, b| pep503(&a.name).cmp(&pep503(&b.name)));
+        self.python.sort_by_key(|d| pep503(&d.name));
         self.files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(())
     }
@@ -272,12 +271,12 @@ fn python_metadata(text: &str) -> (Option<String>, Option<String>) {
             if !v.is_empty() && v.len() <= 80 && !v.eq_ignore_ascii_case("UNKNOWN") {
                 license = Some(v.to_owned());
             }
-        } else if let Some(v) = line.strip_prefix("Classifier: License ::") {
-            if let Some(last) = v.rsplit("::").next() {
-                let last = last.trim();
-                if last != "OSI Approved" {
-                    classifiers.push(last.to_owned());
-                }
+        } else if let Some(v) = line.strip_prefix("Classifier: License ::")
+            && let Some(last) = v.rsplit("::").next()
+        {
+            let last = last.trim();
+            if last != "OSI Approved" {
+                classifiers.push(last.to_owned());
             }
         }
     }
