@@ -30,13 +30,12 @@ use imgbuild_store::{Digest, Store};
 
 /// The `3.Y` of Debian's packages of CPython 3.Y: `libpython3.13-stdlib` ->
 /// (`3.13`, stdlib), `python3.13-minimal` -> (`3.13`, interpreter).
+/// `libpython3.Y-minimal` alone is not the standard library: without `-stdlib` the
+/// interpreter lacks modules the byte-compiler needs (`json`), and there is little to
+/// compile.
 fn python_package(name: &str) -> Option<(String, bool)> {
     let (v, interpreter) = if let Some(rest) = name.strip_prefix("libpython") {
-        (
-            rest.strip_suffix("-stdlib")
-                .or_else(|| rest.strip_suffix("-minimal"))?,
-            false,
-        )
+        (rest.strip_suffix("-stdlib")?, false)
     } else {
         (name.strip_prefix("python")?.strip_suffix("-minimal")?, true)
     };
@@ -47,7 +46,7 @@ fn python_package(name: &str) -> Option<(String, bool)> {
 
 /// Whether a Debian layer with these packages gets a byte-compiled standard library,
 /// given the recipe's `bytecode` (`None`: not set): the `3.Y` of each CPython whose
-/// standard library (`libpython3.Y-stdlib` or `-minimal`) and interpreter
+/// standard library (`libpython3.Y-stdlib`) and interpreter
 /// (`python3.Y-minimal`) the layer ships (bookworm's 3.11, trixie's 3.13). `Err`:
 /// `bytecode = true` on a layer that cannot have it.
 pub fn wanted(
@@ -240,6 +239,9 @@ mod tests {
         ];
         let embedded = ["libc6", "libpython3.11", "libpython3.11-stdlib"];
         let none = ["nginx", "libc6"];
+        // the interpreter without the full standard library (no json module)
+        let minimal = ["libc6", "libpython3.11-minimal", "python3.11-minimal"];
+        assert_eq!(wanted(None, minimal), Ok(vec![]));
         let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(wanted(None, full), Ok(v(&["3.11"])));
         assert_eq!(wanted(None, trixie), Ok(v(&["3.13"])));
