@@ -46,7 +46,7 @@ use imgbuild_store::Store;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::sandbox::{RESERVED, Sandbox, TempDir, builder_path, builder_root, epoch};
+use super::sandbox::{RESERVED, Sandbox, TempDir, builder_path, builder_root, emulation, epoch};
 use super::walk::{self, WalkedKind};
 use super::{Contribution, Input, LayerCx, LayerSource, SourceKind, SourcePlan};
 use crate::cache::ImageRecord;
@@ -299,6 +299,7 @@ impl LayerSource for BuildStep {
             outputs,
             store: cx.session.store.clone(),
             check_reproducible: cx.session.check_reproducible,
+            progress: cx.session.progress.clone(),
         }))
     }
 }
@@ -311,10 +312,19 @@ struct StepPlan<'s> {
     outputs: Vec<(String, TreePath)>,
     store: Store,
     check_reproducible: bool,
+    progress: crate::progress::Progress,
 }
 
 impl SourcePlan for StepPlan<'_> {
     fn build(self: Box<Self>, tree: &mut Tree) -> Result<Contribution> {
+        let emulated = emulation(&self.store, &self.builder, &self.step.image)
+            .with_context(|| self.label.clone())?;
+        if let Some(q) = &emulated {
+            self.progress.line(format!(
+                "{}: runs under emulation ({q}): builder `{}` is of another architecture",
+                self.label, self.step.image
+            ));
+        }
         let root = builder_root(&self.store, &self.builder).with_context(|| {
             format!(
                 "{}: unpacking builder image `{}`",
@@ -394,6 +404,9 @@ impl SourcePlan for StepPlan<'_> {
         }
         Ok(Contribution {
             blobs: vec![digest],
+            notes: emulated
+                .map(|q| vec![format!("the step ran under emulation ({q})")])
+                .unwrap_or_default(),
             ..Default::default()
         })
     }

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 use toml::Spanned;
 
-use super::sandbox::{Sandbox, TempDir, builder_path, builder_root, epoch};
+use super::sandbox::{Sandbox, TempDir, builder_path, builder_root, emulation, epoch};
 use crate::cache::ImageRecord;
 use crate::progress::Progress;
 use crate::recipe::{Pos, RecipeCx, RecipeError};
@@ -209,10 +209,19 @@ impl SdistBuilder {
         {
             return Ok((b.filename, b.digest));
         }
-        self.progress.status(format!(
-            "{}: building {} from its sdist in builder `{}`",
-            self.label, sdist.filename, self.image
-        ));
+        let emulated = emulation(&self.store, &self.builder, &self.image)
+            .with_context(|| self.label.clone())?;
+        match &emulated {
+            Some(q) => self.progress.line(format!(
+                "{}: building {} from its sdist in builder `{}`, under emulation ({q}): \
+                 the builder is of another architecture (slow)",
+                self.label, sdist.filename, self.image
+            )),
+            None => self.progress.status(format!(
+                "{}: building {} from its sdist in builder `{}`",
+                self.label, sdist.filename, self.image
+            )),
+        }
         let root = builder_root(&self.store, &self.builder)
             .with_context(|| format!("unpacking builder image `{}`", self.image))?;
         let tmp = TempDir(self.store.temp_dir()?);

@@ -148,6 +148,61 @@ pub fn builder_path(store: &Store, builder: &ImageRecord) -> String {
         .unwrap_or_else(|| DEFAULT_PATH.to_owned())
 }
 
+/// The machine name (`uname -m`, qemu's name) of an OCI architecture.
+fn machine_of(arch: &str) -> Option<&'static str> {
+    Some(match arch {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "arm" => "arm",
+        "386" => "i386",
+        "ppc64le" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        _ => return None,
+    })
+}
+
+/// How a builder image's commands run here: `None` when the image is of this machine's
+/// architecture (then never emulated), else `Some("qemu-aarch64")`, the binfmt_misc
+/// entry that runs its binaries under user-mode emulation, once it is found enabled.
+/// An image of another architecture without that entry is an error that says how to
+/// enable it, before anything runs (its first exec would fail with a bare "Exec
+/// format error" otherwise).
+pub fn emulation(store: &Store, builder: &ImageRecord, image: &str) -> Result<Option<String>> {
+    let config = std::fs::read(store.blob_path(&builder.config_digest))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let Some(arch) = config
+        .as_ref()
+        .and_then(|c| c["architecture"].as_str())
+        .map(str::to_owned)
+    else {
+        return Ok(None);
+    };
+    let Some(machine) = machine_of(&arch) else {
+        bail!("builder image `{image}` is for architecture `{arch}`, which imgbuild cannot run");
+    };
+    if machine == std::env::consts::ARCH {
+        return Ok(None);
+    }
+    let entry = Path::new("/proc/sys/fs/binfmt_misc").join(format!("qemu-{machine}"));
+    let enabled = std::fs::read_to_string(&entry)
+        .map(|t| t.lines().next() == Some("enabled"))
+        .unwrap_or(false);
+    if !enabled {
+        bail!(
+            "builder image `{image}` is linux/{arch} and this machine is {}: its commands \
+             run under qemu user-mode emulation, which is not enabled here ({} is missing or \
+             disabled). Install it and enable it (as root: apt-get install qemu-user-static \
+             binfmt-support; update-binfmts --enable qemu-{machine}; scripts/setup.sh does \
+             both), or build only this machine's platform (--platform)",
+            std::env::consts::ARCH,
+            entry.display()
+        );
+    }
+    Ok(Some(format!("qemu-{machine}")))
+}
+
 impl Sandbox<'_> {
     /// Runs the command in bubblewrap; its stdout and stderr go to `log`.
     pub fn run(&self, log: &Path) -> Result<()> {

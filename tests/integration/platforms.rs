@@ -492,3 +492,65 @@ fn platform_subsets_and_bad_platforms() {
         "{err}"
     );
 }
+
+/// A build step runs natively for the build machine's platform and under qemu's
+/// user-mode emulation for arm64, and says so only then: each platform's step writes
+/// its own `uname -m` (the builder image is `tiny`, busybox, of that platform).
+#[test]
+fn a_build_step_for_arm64_runs_under_emulation_and_says_so() {
+    let f = Fixture::new("platforms");
+    std::fs::write(
+        f.path().join("recipes/machine.toml"),
+        r#"from = "scratch"
+
+[[layers]]
+build = { image = "tiny", command = ["/bin/busybox", "sh", "-c", "/bin/busybox uname -m > /out/machine"],
+          outputs = [ { path = "/out", dest = "/etc/build" } ] }
+"#,
+    )
+    .unwrap();
+    let o = f.run(&["build", "machine"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // one line for the arm64 step, none for amd64's
+    let emulated: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("runs under emulation (qemu-aarch64)"))
+        .collect();
+    assert_eq!(emulated.len(), 1, "{stderr}");
+    assert!(
+        stderr.contains("[machine linux/arm64]") || emulated[0].contains("machine"),
+        "{stderr}"
+    );
+    // the files each platform's step wrote: its own machine
+    let tar = f.path().join("out/machine.tar");
+    for (platform, want) in [("amd64", "x86_64\n"), ("arm64", "aarch64\n")] {
+        let dir = tempfile::tempdir().unwrap();
+        run_ok(
+            Command::new("skopeo")
+                .args([
+                    "copy",
+                    "-q",
+                    "--override-arch",
+                    platform,
+                    "--override-os",
+                    "linux",
+                ])
+                .arg(format!("oci-archive:{}", tar.display()))
+                .arg(format!("dir:{}", dir.path().display())),
+        );
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+        let blob = dir.path().join(layer.trim_start_matches("sha256:"));
+        let machine = run_ok(
+            Command::new("tar")
+                .arg("-xzOf")
+                .arg(&blob)
+                .arg("etc/build/machine"),
+        );
+        assert_eq!(machine, want, "{platform}");
+    }
+}
