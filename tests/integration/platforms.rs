@@ -526,19 +526,7 @@ build = { image = "tiny", command = ["/bin/busybox", "sh", "-c", "/bin/busybox u
     let tar = f.path().join("out/machine.tar");
     for (platform, want) in [("amd64", "x86_64\n"), ("arm64", "aarch64\n")] {
         let dir = tempfile::tempdir().unwrap();
-        run_ok(
-            Command::new("skopeo")
-                .args([
-                    "copy",
-                    "-q",
-                    "--override-arch",
-                    platform,
-                    "--override-os",
-                    "linux",
-                ])
-                .arg(format!("oci-archive:{}", tar.display()))
-                .arg(format!("dir:{}", dir.path().display())),
-        );
+        skopeo_copy_arch(&tar, platform, &format!("dir:{}", dir.path().display()));
         let manifest: Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("manifest.json")).unwrap(),
         )

@@ -171,6 +171,26 @@ pub fn enrich_site(root: &Path) {
     std::fs::set_permissions(site.join("run.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
+/// One architecture's image out of an OCI archive that holds an image index
+/// (`out/NAME.tar`), copied by skopeo (an independent reader of the index) to `dest`
+/// (a skopeo destination: `dir:PATH`, `docker-archive:PATH`).
+pub fn skopeo_copy_arch(oci_archive: &Path, arch: &str, dest: &str) {
+    require("skopeo");
+    run_ok(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "-q",
+                "--override-arch",
+                arch,
+                "--override-os",
+                "linux",
+            ])
+            .arg(format!("oci-archive:{}", oci_archive.display()))
+            .arg(dest),
+    );
+}
+
 /// A short unique suffix for names in shared engines.
 pub fn unique() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -240,6 +260,8 @@ impl DockerImage {
                 .as_str()
                 .unwrap()
                 .trim_start_matches("blobs/sha256/")
+                // skopeo's docker-archive names it `<hex>.json`
+                .trim_end_matches(".json")
         );
         let names: Vec<String> = manifest[0]["RepoTags"]
             .as_array()
