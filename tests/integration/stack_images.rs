@@ -676,3 +676,81 @@ fn arm64_images_run_under_emulation() {
     );
     assert!(out.trim().starts_with("aarch64"), "{out}");
 }
+
+/// The SBOMs of the stack's images (SPDX, written beside each tarball), checked with
+/// the independent SPDX validator: nginx's lists exactly the Debian packages its lock
+/// pins (the build machine's platform, amd64), and app's every requirement of the
+/// venv, psycopg-c (built from its sdist) among them.
+#[test]
+fn stack_sboms_list_the_lock_and_the_requirements() {
+    require("pyspdxtools");
+    // names compared as PEP 503 normalises them (`prompt_toolkit` = `prompt-toolkit`)
+    let pep503 = |n: &str| {
+        n.to_lowercase()
+            .split(['-', '_', '.'])
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("-")
+    };
+    let s = stack();
+    let spdx = |name: &str| {
+        let path = s.out.join(format!("{name}.spdx.json"));
+        let o = Command::new("pyspdxtools")
+            .arg("-i")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("invalid"),
+            "pyspdxtools {name}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let listed =
+        |doc: &serde_json::Value, prefix: &str| -> std::collections::BTreeSet<(String, String)> {
+            doc["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["SPDXID"].as_str().unwrap().starts_with(prefix))
+                .map(|p| {
+                    (
+                        pep503(p["name"].as_str().unwrap()),
+                        p["versionInfo"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        };
+
+    // nginx: its lock entries for amd64 (no `arch`, or `arch = "amd64"`)
+    let lock: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo_root().join("imgbuild.lock")).unwrap())
+            .unwrap();
+    let mut pinned = std::collections::BTreeSet::new();
+    for d in lock["debian"].as_array().unwrap() {
+        let amd64 = d.get("arch").and_then(|a| a.as_str()).unwrap_or("amd64") == "amd64";
+        if d["recipe"].as_str() == Some("nginx") && amd64 {
+            for p in d["packages"].as_array().unwrap() {
+                pinned.insert((
+                    p["name"].as_str().unwrap().to_lowercase(),
+                    p["version"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    assert!(pinned.len() > 5, "{pinned:?}");
+    assert_eq!(listed(&spdx("nginx"), "SPDXRef-Deb-"), pinned);
+
+    // app: every pin of the venv's requirements file
+    let reqs = std::fs::read_to_string(repo_root().join("layers/venv/requirements.txt")).unwrap();
+    let wanted: std::collections::BTreeSet<(String, String)> = reqs
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|r| r.split_once("=="))
+        .map(|(n, v)| (pep503(n), v.to_owned()))
+        .collect();
+    assert!(wanted.contains(&("psycopg-c".to_owned(), "3.3.9".to_owned())));
+    assert_eq!(listed(&spdx("app"), "SPDXRef-PyPI-"), wanted);
+}
