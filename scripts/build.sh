@@ -4,6 +4,13 @@
 # imgbuild.lock. Arguments go to `imgbuild all` (e.g. --load, --push).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the stack's build steps need bubblewrap, and its arm64 ones qemu's emulation
+if [ "$(id -u)" = 0 ]; then
+  scripts/setup.sh build
+elif ! command -v bwrap >/dev/null 2>&1 || [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  echo "build.sh: the stack needs bubblewrap and qemu-aarch64 in binfmt_misc; run" \
+       "scripts/setup.sh build as root (or build one platform: --platform linux/amd64)" >&2
+fi
 cargo build --locked --release --bin imgbuild
 bindir="${IMGBUILD_BINDIR:-/usr/local/bin}"
 if mkdir -p "$bindir" 2>/dev/null && [ -w "$bindir" ]; then

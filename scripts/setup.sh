@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Installs what building and testing imgbuild needs on a fresh Debian bookworm
 # machine (root, Docker engine running). Idempotent: safe to run again.
+#   scripts/setup.sh         everything (scripts/test.sh runs this)
+#   scripts/setup.sh build   only what building the stack needs (scripts/build.sh
+#                            runs this): bubblewrap, the sandbox of build steps, and
+#                            qemu's user-mode emulation for the arm64 build steps
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+mode=${1:-all}
+case "$mode" in
+  all) packages=(skopeo umoci podman runc docker-registry uidmap gcc libc6-dev curl ca-certificates bubblewrap qemu-user-static binfmt-support) ;;
+  build) packages=(ca-certificates bubblewrap qemu-user-static binfmt-support) ;;
+  *) echo "setup: unknown mode '$mode' (all or build)" >&2; exit 2 ;;
+esac
 
 need_apt=()
-for pkg in skopeo umoci podman runc docker-registry uidmap gcc libc6-dev curl ca-certificates bubblewrap qemu-user-static binfmt-support; do
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 # git (git requirements are fetched with it) and python3 (the sdist/git tests serve
@@ -22,7 +32,7 @@ fi
 # podman as a second engine: runc (crun fails on these machines), and no default
 # ulimits (the sandbox refuses raising them).
 conf=/etc/containers/containers.conf
-if ! grep -q '^default_ulimits = \[\]' "$conf" 2>/dev/null; then
+if [ "$mode" = all ] && ! grep -q '^default_ulimits = \[\]' "$conf" 2>/dev/null; then
   mkdir -p /etc/containers
   printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n' > "$conf"
 fi
@@ -35,6 +45,10 @@ if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
 fi
 update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { echo "setup: could not enable qemu-aarch64 in binfmt_misc" >&2; exit 1; }
+if [ "$mode" = build ]; then
+  echo "setup (build): ok"
+  exit 0
+fi
 
 # Independent checkers of the supply-chain tests: the SPDX validator, the CycloneDX
 # library (JSON schema validation), and cosign's formats re-implemented with
