@@ -24,6 +24,11 @@
 #           (`[build] platforms`), each from a cold store (downloads included); target:
 #           both platforms at most 1.3x amd64 alone (no emulation on the build path).
 #           The ratio is printed and written to $W/results/platforms.env.
+#   steps   a build step's overhead: `imgbuild build` of a recipe whose one build step
+#           (busybox writing a file, in a busybox builder image) runs every time (its
+#           env changes), against the same build with the step cached (the no-op) and
+#           the same command run directly on the host. Target: the step costs at most
+#           0.3 s more than the command itself. Written to $W/results/steps.env.
 #
 # usage: bench/run.sh [SECTION...]      e.g. `bench/run.sh push` runs only the push part
 #
@@ -44,7 +49,7 @@ export LC_ALL=C
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${IMGBUILD_BENCH_DIR:-/var/tmp/imgbuild-bench}
 RUNS=${BENCH_RUNS:-8}
-ALL_SECTIONS=core,memory,debian,push,stack,platforms,cache
+ALL_SECTIONS=core,memory,debian,push,stack,platforms,cache,steps
 SECTIONS=${BENCH_SECTIONS:-$ALL_SECTIONS}
 if (($#)); then SECTIONS=$(IFS=,; echo "$*"); fi
 for s in ${SECTIONS//,/ }; do
@@ -445,6 +450,34 @@ one, both = (x["median"] for x in r)
 print(f"amd64_s={one:.3f}\nboth_s={both:.3f}\nratio={both / one:.2f}\ntarget=1.30")
 EOF
   cat "$RES/platforms.env" >&2
+fi
+
+# ---------------------------------------------------------------- steps
+if want steps; then
+  ST=$W/steps STP=$W/steps/proj
+  say "steps: one build step's overhead against the command on the host"
+  rm -rf "$STP" "$ST/out"; mkdir -p "$STP/recipes"
+  printf '[[layers]]\ndebian = { packages = ["busybox-static"] }\n' > "$STP/recipes/bb.toml"
+  # RUN= changes before every timed run (--prepare), so the step's fingerprint changes
+  # and it runs; the no-op build leaves it alone
+  cat > "$STP/recipes/step.toml" <<'RECIPE'
+[[layers]]
+build = { image = "bb", command = ["/bin/busybox", "sh", "-c", "/bin/busybox echo built > /out/file"],
+          env = { RUN = "0" }, outputs = [ { path = "/out", dest = "/srv" } ] }
+RECIPE
+  IBT="$IB -q -C $STP --store $ST/store --out $ST/out"
+  $IBT build step
+  hf steps \
+    -n "sh -c 'echo built > file' on the host" "sh -c 'echo built > $ST/host-file'" \
+    -n "imgbuild build step (step cached: no-op)" "$IBT build step" \
+    -n "imgbuild build step (the step runs)" --prepare "sed -i \"s/RUN = \\\"[0-9]*\\\"/RUN = \\\"\$(date +%s%N)\\\"/\" $STP/recipes/step.toml" "$IBT build step"
+  python3 - "$RES/steps.json" > "$RES/steps.env" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+host, noop, step = (x["median"] for x in r)
+print(f"host_s={host:.3f}\nnoop_s={noop:.3f}\nstep_s={step:.3f}\noverhead_s={step - noop - host:.3f}\ntarget_s=0.30")
+EOF
+  cat "$RES/steps.env" >&2
 fi
 
 # ---------------------------------------------------------------- push
