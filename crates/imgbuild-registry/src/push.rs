@@ -565,7 +565,7 @@ impl Client {
     }
 
     /// `PUT` of manifest bytes (an image manifest or an index) by digest or by tag.
-    fn put_manifest_bytes(
+    pub(crate) fn put_manifest_bytes(
         &self,
         target: &Reference,
         media_type: &str,

@@ -38,35 +38,9 @@ impl Client {
         bytes: &[u8],
         media_type: &str,
     ) -> Result<()> {
-        let sess = self.session(&target.registry)?;
-        let repository = &target.repository;
-        let url = sess.url(&format!("/v2/{repository}/manifests/{reference}"));
-        let what = format!("push of manifest {reference} to {repository}");
-        let body = bytes.to_vec();
-        let resp = sess.send(&[repo_scope(repository, true)], &what, &|c| {
-            c.put(url.clone())
-                .header(CONTENT_TYPE, media_type)
-                .body(body.clone())
-        })?;
-        if !resp.status().is_success() {
-            return Err(sess.error_from(&what, repository, resp));
-        }
-        let digest = Digest::of_bytes(bytes);
-        if let Some(d) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            && d != digest.to_string()
-        {
-            return Err(RegistryError::DigestMismatch {
-                registry: sess.registry.clone(),
-                repository: repository.clone(),
-                what: format!("manifest pushed as {reference}"),
-                expected: digest.to_string(),
-                actual: d.to_owned(),
-            });
-        }
-        Ok(())
+        let digest = Digest::of_bytes(bytes).to_string();
+        let tag = (reference != digest).then_some(reference);
+        self.put_manifest_bytes(target, media_type, bytes, tag)
     }
 
     /// The referrers API's index of the manifests whose `subject` is `subject`, or
