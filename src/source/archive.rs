@@ -144,6 +144,44 @@ impl LayerSource for ArchiveSource {
 }
 
 /// A reader of the archive's tar, decompressed by what its first bytes say it is.
+/// The tree node of one entry of a tar spooled (uncompressed) in the store at
+/// `spool`: a directory, a file whose content is its byte range in the spool, or a
+/// symlink, owned by `owner`; `None` for any other kind (hard links, pax and long-name
+/// headers), which the caller handles or skips. Shared by the sources that place a
+/// spooled tar's files: archives, git trees ([`super::git`]) and build step outputs
+/// ([`super::build_step`]).
+pub(super) fn spooled_entry_node<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    spool: &std::path::Path,
+    (uid, gid): (u32, u32),
+) -> Result<Option<Node>> {
+    let mode = entry.header().mode()? & 0o7777;
+    let kind = entry.header().entry_type();
+    Ok(Some(if kind.is_dir() {
+        Node::Dir(Meta::new(mode, uid, gid))
+    } else if kind.is_file() || kind == tar::EntryType::Continuous {
+        Node::File {
+            meta: Meta::new(mode, uid, gid),
+            content: Content::Range {
+                path: spool.to_path_buf(),
+                offset: entry.raw_file_position(),
+                size: entry.size(),
+            },
+        }
+    } else if kind.is_symlink() {
+        let raw = entry.path()?.to_string_lossy().into_owned();
+        let target = entry
+            .link_name()?
+            .with_context(|| format!("symlink {raw} has no target"))?;
+        Node::Symlink {
+            meta: Meta::new(0o777, uid, gid),
+            target: target.to_string_lossy().into_owned(),
+        }
+    } else {
+        return Ok(None);
+    }))
+}
+
 fn decompressed(path: &std::path::Path) -> Result<Box<dyn Read>> {
     let mut f = BufReader::new(
         std::fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?,
@@ -195,27 +233,11 @@ impl SourcePlan for ArchivePlan {
             } else {
                 self.dest.join(&rel)?
             };
-            let mode = entry.header().mode()? & 0o7777;
             let kind = entry.header().entry_type();
-            let node = if kind.is_dir() {
-                Node::Dir(Meta::new(mode, uid, gid))
-            } else if kind.is_file() || kind == tar::EntryType::Continuous {
-                Node::File {
-                    meta: Meta::new(mode, uid, gid),
-                    content: Content::Range {
-                        path: path.clone(),
-                        offset: entry.raw_file_position(),
-                        size: entry.size(),
-                    },
-                }
-            } else if kind.is_symlink() {
-                let target = entry
-                    .link_name()?
-                    .with_context(|| format!("{label}: symlink {raw} has no target"))?;
-                Node::Symlink {
-                    meta: Meta::new(0o777, uid, gid),
-                    target: target.to_string_lossy().into_owned(),
-                }
+            let node = if let Some(node) = spooled_entry_node(&entry, &path, (uid, gid))
+                .with_context(|| format!("{label}: {raw}"))?
+            {
+                node
             } else if kind.is_hard_link() {
                 let target = entry
                     .link_name()?

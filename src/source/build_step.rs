@@ -41,7 +41,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use imgbuild_layer::{Content, Meta, Node, Tree, TreePath};
+use imgbuild_layer::{Tree, TreePath};
 use imgbuild_store::Store;
 use serde::Deserialize;
 use toml::Spanned;
@@ -374,29 +374,7 @@ impl SourcePlan for StepPlan<'_> {
                 Some(r) => dest.join(r)?,
                 None => dest.clone(),
             };
-            let mode = entry.header().mode()? & 0o7777;
-            let kind = entry.header().entry_type();
-            let node = if kind.is_dir() {
-                Node::Dir(Meta::new(mode, 0, 0))
-            } else if kind.is_file() {
-                Node::File {
-                    meta: Meta::new(mode, 0, 0),
-                    content: Content::Range {
-                        path: path.clone(),
-                        offset: entry.raw_file_position(),
-                        size: entry.size(),
-                    },
-                }
-            } else if kind.is_symlink() {
-                Node::Symlink {
-                    meta: Meta::new(0o777, 0, 0),
-                    target: entry
-                        .link_name()?
-                        .context("symlink without target")?
-                        .to_string_lossy()
-                        .into_owned(),
-                }
-            } else {
+            let Some(node) = super::archive::spooled_entry_node(&entry, &path, (0, 0))? else {
                 continue; // long-name headers (append_tree writes nothing else)
             };
             tree.insert(at, node)

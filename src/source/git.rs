@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::io::BufReader;
 
 use anyhow::{Context, Result, bail};
-use imgbuild_layer::{Content, Meta, Node};
+use imgbuild_layer::Node;
 use imgbuild_store::{Bucket, Digest, Store};
 use sha2::Digest as _;
 
@@ -190,7 +190,6 @@ pub fn tree_nodes(store: &Store, url: &str, commit: &str, owner: (u32, u32)) -> 
     let (spool, _) = spool.commit()?;
     let path = store.blob_path(&spool);
     let mut tar = tar::Archive::new(BufReader::new(std::fs::File::open(&path)?));
-    let (uid, gid) = owner;
     let mut nodes = vec![];
     for entry in tar.entries()? {
         let entry = entry?;
@@ -200,29 +199,7 @@ pub fn tree_nodes(store: &Store, url: &str, commit: &str, owner: (u32, u32)) -> 
             Some((_, r)) => r.to_owned(),
             None => String::new(),
         };
-        let mode = entry.header().mode()? & 0o7777;
-        let kind = entry.header().entry_type();
-        let node = if kind.is_dir() {
-            Node::Dir(Meta::new(mode, uid, gid))
-        } else if kind.is_file() {
-            Node::File {
-                meta: Meta::new(mode, uid, gid),
-                content: Content::Range {
-                    path: path.clone(),
-                    offset: entry.raw_file_position(),
-                    size: entry.size(),
-                },
-            }
-        } else if kind.is_symlink() {
-            Node::Symlink {
-                meta: Meta::new(0o777, uid, gid),
-                target: entry
-                    .link_name()?
-                    .with_context(|| format!("symlink {raw} has no target"))?
-                    .to_string_lossy()
-                    .into_owned(),
-            }
-        } else {
+        let Some(node) = super::archive::spooled_entry_node(&entry, &path, owner)? else {
             continue; // pax headers (the commit id), which git archive writes
         };
         nodes.push((rel, node));
