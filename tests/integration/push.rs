@@ -149,33 +149,56 @@ fn the_venv_layers_go_up_once_for_app_and_worker() {
         ],
     );
     let all = outcomes(&report);
-    // exactly the images named (venv, their base, is not pushed on its own)
-    let pushed: Vec<&str> = report["images"]
+    // exactly the images named (venv, their base, is not pushed on its own): each
+    // platform's manifest, then the two image indexes
+    let refs = |key: &str| -> Vec<String> {
+        report[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} in {report}"))
+            .iter()
+            .map(|i| i["reference"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let pushed = refs("images");
+    assert_eq!(pushed.len(), 4, "{report}");
+    for name in ["app", "worker"] {
+        let n = pushed
+            .iter()
+            .filter(|r| r.contains(&format!("/stack/{name}@")))
+            .count();
+        assert_eq!(n, 2, "{name}: one manifest per platform in {report}");
+    }
+    let indexes = refs("indexes");
+    assert_eq!(indexes.len(), 2, "{report}");
+    // every platform's venv layers: uploaded once, found there (or mounted) once
+    let venv = s.json["images"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["reference"].as_str().unwrap())
-        .collect();
-    assert_eq!(pushed.len(), 2, "{report}");
-    assert!(
-        pushed[0].contains("/stack/app@") && pushed[1].contains("/stack/worker@"),
-        "{report}"
-    );
-    for (venv_layer, _) in layers_of(&s.json, "venv") {
-        let uploads = all
-            .iter()
-            .filter(|(_, d, o)| *d == venv_layer && o == "uploaded")
-            .count();
-        let elsewhere = all
-            .iter()
-            .filter(|(_, d, o)| *d == venv_layer && o != "uploaded")
-            .count();
-        assert_eq!(
-            (uploads, elsewhere),
-            (1, 1),
-            "venv layer {venv_layer} in {report}"
-        );
+        .find(|i| i["name"] == "venv")
+        .unwrap();
+    let mut checked = 0;
+    for platform in venv["platforms"].as_array().unwrap() {
+        for layer in platform["layers"].as_array().unwrap() {
+            let venv_layer = layer["digest"].as_str().unwrap();
+            let uploads = all
+                .iter()
+                .filter(|(_, d, o)| *d == venv_layer && o == "uploaded")
+                .count();
+            let elsewhere = all
+                .iter()
+                .filter(|(_, d, o)| *d == venv_layer && o != "uploaded")
+                .count();
+            assert_eq!(
+                (uploads, elsewhere),
+                (1, 1),
+                "venv layer {venv_layer} ({}) in {report}",
+                platform["platform"]
+            );
+            checked += 1;
+        }
     }
+    assert_eq!(checked, 4, "two venv layers on each of two platforms");
 }
 
 #[test]
