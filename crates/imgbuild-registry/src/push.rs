@@ -79,6 +79,10 @@ pub struct PushImage {
     pub mount_from: Vec<String>,
 }
 
+/// How often a manifest PUT answered `MANIFEST_BLOB_UNKNOWN` is tried again (after
+/// 0.25, 0.5 and 1 s): long enough for a concurrent push of the same blob to commit.
+const BLOB_UNKNOWN_RETRIES: u32 = 3;
+
 impl PushImage {
     /// An image whose manifest bytes are in the store under `manifest_digest`; the config and
     /// layer descriptors are read from the manifest.
@@ -565,6 +569,7 @@ impl Client {
     }
 
     /// `PUT` of manifest bytes (an image manifest or an index) by digest or by tag.
+    /// Retries a `MANIFEST_BLOB_UNKNOWN` answer [`BLOB_UNKNOWN_RETRIES`] times.
     pub(crate) fn put_manifest_bytes(
         &self,
         target: &Reference,
@@ -584,15 +589,31 @@ impl Client {
             Some(t) => format!("tagging {repository}:{t} (manifest {digest})"),
             None => format!("push of manifest {digest} to {repository}"),
         };
-        let resp = sess.send(&scopes, &what, &|c| {
-            c.put(url.clone())
-                .header(CONTENT_TYPE, media_type.clone())
-                .body(body.clone())
-        })?;
-        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+        // A manifest whose blobs another client is committing at that moment (two CI
+        // runners pushing the same image) can be answered MANIFEST_BLOB_UNKNOWN by
+        // distribution although every blob was there a moment before (seen when the
+        // tag of a manifest already accepted by digest moved): a few tries, then the
+        // error. A blob that is really missing costs these retries and fails the same.
+        let mut attempt = 0;
+        let resp = loop {
+            let resp = sess.send(&scopes, &what, &|c| {
+                c.put(url.clone())
+                    .header(CONTENT_TYPE, media_type.clone())
+                    .body(body.clone())
+            })?;
+            if resp.status() == StatusCode::CREATED || resp.status().is_success() {
+                break resp;
+            }
             // MANIFEST_BLOB_UNKNOWN, MANIFEST_INVALID...: `what` names the manifest.
-            return Err(sess.error_from(&what, repository, resp));
-        }
+            let err = sess.error_from(&what, repository, resp);
+            let transient = matches!(&err, RegistryError::Http { status: 400, message, .. }
+                if message.contains("MANIFEST_BLOB_UNKNOWN"));
+            if !transient || attempt == BLOB_UNKNOWN_RETRIES {
+                return Err(err);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250 << attempt));
+            attempt += 1;
+        };
         if let Some(d) = resp
             .headers()
             .get("docker-content-digest")

@@ -564,3 +564,55 @@ fn a_failure_outlasting_the_budget_names_attempts_and_time() {
     );
     assert!(msg.contains("IMGBUILD_RETRY_TIMEOUT"), "{msg}");
 }
+
+/// A manifest PUT answered `MANIFEST_BLOB_UNKNOWN` (what distribution can answer while
+/// another client commits the same blob) is tried again; one that keeps being answered
+/// so fails with that code after the retries.
+#[test]
+fn a_manifest_answered_blob_unknown_is_tried_again_then_fails() {
+    let reg = Registry::start(Auth::Htpasswd);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let l = layer(&store, &[("f", b"content".to_vec())]);
+    let a = image(&store, &[&l], "a");
+    let blob_unknown = |skip| Fault {
+        method: "PUT",
+        path_contains: "/manifests/v1",
+        skip,
+        action: Action::RegistryError {
+            code: "MANIFEST_BLOB_UNKNOWN",
+        },
+    };
+    // twice, then through
+    let proxy = FaultProxy::start(reg.port, vec![blob_unknown(0), blob_unknown(0)]);
+    let client = proxy_client(&proxy, 1, 1 << 20);
+    client
+        .push(
+            &store,
+            &[push_image(reference(&proxy.host(), "r/a"), &a, &["v1"])],
+        )
+        .unwrap();
+    assert!(proxy.unfired().is_empty(), "{:?}", proxy.unfired());
+    let puts = |proxy: &FaultProxy| {
+        proxy
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, t, _, _)| m == "PUT" && t.contains("/manifests/v1"))
+            .count()
+    };
+    assert_eq!(puts(&proxy), 3);
+
+    // every try answered so: the error names the code, after 1 + 3 tries
+    let proxy = FaultProxy::start(reg.port, (0..4).map(|_| blob_unknown(0)).collect());
+    let client = proxy_client(&proxy, 1, 1 << 20);
+    let err = client
+        .push(
+            &store,
+            &[push_image(reference(&proxy.host(), "r/b"), &a, &["v1"])],
+        )
+        .unwrap_err();
+    assert!(format!("{err}").contains("MANIFEST_BLOB_UNKNOWN"), "{err}");
+    assert_eq!(puts(&proxy), 4);
+}

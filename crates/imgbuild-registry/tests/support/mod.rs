@@ -512,6 +512,9 @@ pub enum Action {
         code: u16,
         retry_after: Option<&'static str>,
     },
+    /// Answer `400 Bad Request` with a registry error body of this code (after reading
+    /// the request body).
+    RegistryError { code: &'static str },
     /// Forward the head and half of the body, then drop both connections.
     DropMidBody,
     /// Forward, then flip the last byte of the response body.
@@ -626,6 +629,18 @@ fn proxy_connection(
     };
     let len = req.content_length();
     match action {
+        Some(Action::RegistryError { code }) => {
+            std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
+            let body = format!(
+                r#"{{"errors":[{{"code":"{code}","message":"injected by the fault proxy"}}]}}"#
+            );
+            respond(
+                &mut conn,
+                "400 Bad Request",
+                &[("Content-Type", "application/json".to_owned())],
+                body.as_bytes(),
+            );
+        }
         Some(Action::Status { code, retry_after }) => {
             std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
             let mut extra = vec![];
