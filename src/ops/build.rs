@@ -254,7 +254,13 @@ pub fn build(project: &Project, opts: &BuildOptions) -> Result<Vec<ImageRecord>>
         sink::remove_stale_temps(&project.out);
         sink::layout::write(&project.out.join("oci"), &project.store, &outs)?;
         // SBOM and provenance per image record: from the store when made before
+        let attesting = std::time::Instant::now();
         write_attestations(project, &records, opts.sbom_format)?;
+        project.progress.detail(format!(
+            "SBOM and provenance of {} image(s) in {:.3}s",
+            records.len(),
+            attesting.elapsed().as_secs_f64()
+        ));
     }
     for rec in &records {
         rec.save(&project.store, &project.key)?;
