@@ -369,11 +369,15 @@ fn build_sh_puts_imgbuild_on_the_path() {
     std::fs::create_dir_all(repo.path().join("scripts")).unwrap();
     std::fs::create_dir_all(repo.path().join("target/release")).unwrap();
     std::fs::create_dir_all(repo.path().join("fake-bin")).unwrap();
-    std::fs::copy(
-        repo_root().join("scripts/build.sh"),
-        repo.path().join("scripts/build.sh"),
-    )
-    .unwrap();
+    // build.sh runs `scripts/setup.sh build` first (as root: bubblewrap, qemu binfmt;
+    // installed already here, so it only checks)
+    for script in ["build.sh", "setup.sh"] {
+        std::fs::copy(
+            repo_root().join("scripts").join(script),
+            repo.path().join("scripts").join(script),
+        )
+        .unwrap();
+    }
     std::fs::copy(
         env!("CARGO_BIN_EXE_imgbuild"),
         repo.path().join("target/release/imgbuild"),
