@@ -693,21 +693,7 @@ fn stack_sboms_list_the_lock_and_the_requirements() {
             .join("-")
     };
     let s = stack();
-    let spdx = |name: &str| {
-        let path = s.out.join(format!("{name}.spdx.json"));
-        let o = Command::new("pyspdxtools")
-            .arg("-i")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("invalid"),
-            "pyspdxtools {name}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    };
+    let spdx = |name: &str| validated_spdx(&s.out.join(format!("{name}.spdx.json")));
     let listed =
         |doc: &serde_json::Value, prefix: &str| -> std::collections::BTreeSet<(String, String)> {
             doc["packages"]

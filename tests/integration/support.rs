@@ -191,6 +191,25 @@ pub fn skopeo_copy_arch(oci_archive: &Path, arch: &str, dest: &str) {
     );
 }
 
+/// An SPDX document checked by the independent SPDX parser and validator
+/// (`pyspdxtools`, from spdx-tools) and returned parsed.
+pub fn validated_spdx(path: &Path) -> Value {
+    require("pyspdxtools");
+    let o = Command::new("pyspdxtools")
+        .arg("-i")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("invalid"),
+        "pyspdxtools {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// A short unique suffix for names in shared engines.
 pub fn unique() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
