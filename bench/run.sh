@@ -37,7 +37,7 @@
 # are written to BENCHMARKS.md at the repository root (bench/report.py).
 #
 # Knobs: BENCH_RUNS (timed runs per command, default 8), BENCH_SECTIONS (comma list,
-# default core,memory,debian,push,stack; the arguments take precedence), IMGBUILD_BIN
+# default: every section, core,memory,debian,push,stack,platforms,cache,steps; the arguments take precedence), IMGBUILD_BIN
 # (skip the cargo build and use that binary), BENCH_NO_REPORT=1 (do not rewrite
 # BENCHMARKS.md). A run without some of core, memory, debian and push never rewrites
 # BENCHMARKS.md (it would drop the others): its report is printed and written to
