@@ -356,6 +356,10 @@ impl SourcePlan for PythonPlan<'_> {
         if let Some(i) = &interpreter {
             notes.push(format!(".pyc files written by {}", i.describe()));
         }
+        let built_from = sdist_builder
+            .as_ref()
+            .map(|b| b.built_from.lock().expect("built from").clone())
+            .unwrap_or_default();
         let contents = crate::supply::contents::LayerContents {
             python: wheels
                 .iter()
@@ -365,6 +369,7 @@ impl SourcePlan for PythonPlan<'_> {
                     wheel: w.filename.clone(),
                     sha256: w.digest.clone(),
                     license: None,
+                    built_from: built_from.get(&w.key).cloned(),
                 })
                 .collect(),
             ..Default::default()

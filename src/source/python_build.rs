@@ -148,6 +148,9 @@ pub struct SdistBuilder {
     pub check_reproducible: bool,
     /// The sdists built (or found built): the layer keeps their blobs.
     pub used: Mutex<Vec<Digest>>,
+    /// PEP 503 name -> the sdist (or git archive) its wheel was built from: (file
+    /// name, sha256), for the SBOM.
+    pub built_from: Mutex<std::collections::BTreeMap<String, (String, Digest)>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -183,6 +186,7 @@ impl SdistBuilder {
             timeout_secs: spec.timeout_secs,
             check_reproducible,
             used: Mutex::new(vec![]),
+            built_from: Mutex::new(Default::default()),
         }
     }
 
@@ -351,6 +355,10 @@ impl WheelBuilder for SdistBuilder {
                 .lock()
                 .expect("used sdists")
                 .push(sdist.digest.clone());
+            self.built_from.lock().expect("built from").insert(
+                sdist.key.clone(),
+                (sdist.filename.clone(), sdist.digest.clone()),
+            );
         }
         r
     }

@@ -55,6 +55,10 @@ pub struct PythonDist {
     /// classifiers of its METADATA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub license: Option<String>,
+    /// The sdist (or git archive) the wheel was built from, when imgbuild built it:
+    /// its file name and sha256, which the requirements file pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_from: Option<(String, Digest)>,
 }
 
 /// One regular file of a files / build-step layer.

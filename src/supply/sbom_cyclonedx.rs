@@ -104,6 +104,12 @@ pub fn document(f: &ImageFacts) -> Vec<u8> {
             if let Some(l) = licenses(d.license.as_slice()) {
                 v["licenses"] = l;
             }
+            if let Some((file, sha256)) = &d.built_from {
+                v["properties"]
+                    .as_array_mut()
+                    .expect("properties")
+                    .push(json!({ "name": "imgbuild:python:built-from", "value": format!("{file} sha256:{}", sha256.hex()) }));
+            }
             inner.push(v);
         }
         for x in &c.files {

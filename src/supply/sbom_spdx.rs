@@ -287,7 +287,7 @@ pub fn document(f: &ImageFacts) -> Vec<u8> {
         }
         for d in &c.python {
             let id = spdx_id(&["PyPI", &n.to_string(), &pep503(&d.name)]);
-            packages.push(json!({
+            let mut v = json!({
                 "SPDXID": id,
                 "name": d.name,
                 "versionInfo": d.version,
@@ -304,7 +304,14 @@ pub fn document(f: &ImageFacts) -> Vec<u8> {
                 "licenseConcluded": "NOASSERTION",
                 "licenseDeclared": declared(d.license.as_slice(), &mut extracted),
                 "copyrightText": "NOASSERTION",
-            }));
+            });
+            if let Some((file, sha256)) = &d.built_from {
+                v["sourceInfo"] = json!(format!(
+                    "wheel built by imgbuild from {file} (sha256 {})",
+                    sha256.hex()
+                ));
+            }
+            packages.push(v);
             relationships.push(contains(&layer_id, &id));
         }
         for x in &c.files {

@@ -738,5 +738,24 @@ fn stack_sboms_list_the_lock_and_the_requirements() {
         .map(|(n, v)| (pep503(n), v.to_owned()))
         .collect();
     assert!(wanted.contains(&("psycopg-c".to_owned(), "3.3.9".to_owned())));
-    assert_eq!(listed(&spdx("app"), "SPDXRef-PyPI-"), wanted);
+    let app = spdx("app");
+    assert_eq!(listed(&app, "SPDXRef-PyPI-"), wanted);
+    // psycopg-c's wheel was built here: its entry names the sdist the file pins
+    let psycopg_c = app["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str().is_some_and(|n| pep503(n) == "psycopg-c"))
+        .unwrap();
+    let source = psycopg_c["sourceInfo"].as_str().unwrap_or_default();
+    let sdist_hash = source
+        .split("sha256 ")
+        .nth(1)
+        .and_then(|h| h.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no sdist in {psycopg_c}"));
+    assert!(
+        source.contains("psycopg_c-3.3.9.tar.gz")
+            && reqs.contains(&format!("--hash=sha256:{sdist_hash}")),
+        "{psycopg_c}"
+    );
 }
