@@ -44,10 +44,20 @@ impl GitState {
                 .success()
                 .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         };
-        let Some(commit) = git(&["rev-parse", "HEAD"]) else {
+        // one process for the commit and the cleanliness: `# branch.oid <commit>`
+        // (`(initial)` before the first commit), then one line per change
+        let Some(status) = git(&["status", "--porcelain=v2", "--branch"]) else {
             return GitState::default();
         };
-        let clean = git(&["status", "--porcelain"]).is_some_and(|s| s.is_empty());
+        let Some(commit) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("# branch.oid "))
+            .filter(|c| c.len() >= 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned)
+        else {
+            return GitState::default();
+        };
+        let clean = status.lines().all(|l| l.starts_with('#'));
         let remote = git(&["config", "--get", "remote.origin.url"]).filter(|s| !s.is_empty());
         GitState {
             commit: Some(commit),
@@ -180,4 +190,47 @@ pub fn statement(record: &ImageRecord, p: &Params, epoch: u64) -> Vec<u8> {
             },
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .output()
+            .expect("git")
+            .status
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    #[test]
+    fn git_state_names_the_commit_and_whether_the_tree_is_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // not a checkout, then a checkout without a commit: no commit named
+        assert_eq!(GitState::read(root).commit, None);
+        git(root, &["init", "-q"]);
+        assert_eq!(GitState::read(root).commit, None);
+        std::fs::write(root.join("a"), "1").unwrap();
+        git(root, &["add", "a"]);
+        git(root, &["commit", "-q", "-m", "one"]);
+        let s = GitState::read(root);
+        let commit = s.commit.clone().expect("a commit");
+        assert_eq!(commit.len(), 40);
+        assert!(s.clean);
+        // a change to a tracked file, then an untracked file: not clean
+        std::fs::write(root.join("a"), "2").unwrap();
+        let s = GitState::read(root);
+        assert_eq!(s.commit.as_deref(), Some(commit.as_str()));
+        assert!(!s.clean);
+        git(root, &["checkout", "-q", "a"]);
+        std::fs::write(root.join("b"), "new").unwrap();
+        assert!(!GitState::read(root).clean);
+    }
 }
