@@ -594,7 +594,7 @@ if want cache; then
   K=$W/cache KP=$W/cache/proj KG=$W/cache/registry
   say "cache: the stack, runner A"
   rm -rf "$KP" "$KG" "$K/b"; mkdir -p "$KP" "$KG"
-  cp -r "$REPO/recipes" "$REPO/layers" "$REPO/imgbuild.lock" "$KP/"
+  cp -r "$REPO/recipes" "$REPO/layers" "$REPO/client" "$REPO/imgbuild.lock" "$KP/"
   if [[ -f "$REPO/imgbuild.toml" ]]; then cp "$REPO/imgbuild.toml" "$KP/"; fi
   KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   KREG=127.0.0.1:$KPORT
