@@ -518,10 +518,6 @@ build = { image = "tiny", command = ["/bin/busybox", "sh", "-c", "/bin/busybox u
         .filter(|l| l.contains("runs under emulation (qemu-aarch64)"))
         .collect();
     assert_eq!(emulated.len(), 1, "{stderr}");
-    assert!(
-        stderr.contains("[machine linux/arm64]") || emulated[0].contains("machine"),
-        "{stderr}"
-    );
     // the files each platform's step wrote: its own machine
     let tar = f.path().join("out/machine.tar");
     for (platform, want) in [("amd64", "x86_64\n"), ("arm64", "aarch64\n")] {
