@@ -58,6 +58,11 @@ pub const ENTRY_ANNOTATION: &str = "org.imgbuild.layer-cache.entry";
 pub const ENTRY_FORMAT: &str = "imgbuild-layer-cache-v1";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The largest entry annotation written with the layer's SBOM contents (a file list
+/// with checksums grows with the layer): registries refuse manifests over 4 MiB
+/// (distribution, Docker Hub).
+const MAX_ENTRY_ANNOTATION: usize = 1 << 20;
+
 /// The OCI empty config (`{}`).
 const EMPTY_CONFIG: &[u8] = b"{}";
 /// How long a cache request keeps being retried: the cache is an optimisation, and a
@@ -563,7 +568,7 @@ impl RemoteCache {
 
 /// The manifest of one entry (canonical JSON: serde_json sorts object keys).
 fn entry_manifest(fingerprint: &Digest, rec: &LayerRecord, config: &Digest) -> Result<Vec<u8>> {
-    let entry = Entry {
+    let mut entry = Entry {
         format: ENTRY_FORMAT.into(),
         fingerprint: fingerprint.clone(),
         diff_id: rec.diff_id.clone(),
@@ -573,7 +578,14 @@ fn entry_manifest(fingerprint: &Digest, rec: &LayerRecord, config: &Digest) -> R
         notes: rec.notes.clone(),
         contents: rec.contents.clone(),
     };
-    let entry = serde_json::to_value(&entry)?.to_string();
+    let mut text = serde_json::to_value(&entry)?.to_string();
+    if text.len() > MAX_ENTRY_ANNOTATION {
+        // a layer of very many files: without its SBOM contents the entry is a miss on
+        // the next runner (rebuilt, same bytes), never a manifest the registry refuses
+        entry.contents = None;
+        text = serde_json::to_value(&entry)?.to_string();
+    }
+    let entry = text;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -702,6 +714,35 @@ mod tests {
             in_caches: vec![],
             contents: None,
         }
+    }
+
+    #[test]
+    fn contents_too_large_for_a_manifest_are_left_out_of_the_entry() {
+        use crate::supply::contents::{LayerContents, LayerFile};
+        let fp = Digest::of_bytes(b"fingerprint");
+        let config = Digest::of_bytes(EMPTY_CONFIG);
+        let file = |i: usize| LayerFile {
+            path: format!("srv/site/{i:06}.html"),
+            sha256: "a".repeat(64),
+            sha1: "b".repeat(40),
+            source: None,
+        };
+        // a few files: the contents travel with the entry
+        let mut rec = record();
+        rec.contents = Some(LayerContents {
+            files: (0..3).map(file).collect(),
+            ..Default::default()
+        });
+        let back = parse_entry(&entry_manifest(&fp, &rec, &config).unwrap(), &fp).unwrap();
+        assert_eq!(back.contents, rec.contents);
+        // very many: left out (a miss next time), the manifest stays small
+        rec.contents = Some(LayerContents {
+            files: (0..20_000).map(file).collect(),
+            ..Default::default()
+        });
+        let m = entry_manifest(&fp, &rec, &config).unwrap();
+        assert!(m.len() < MAX_ENTRY_ANNOTATION + 4096, "{}", m.len());
+        assert_eq!(parse_entry(&m, &fp).unwrap().contents, None);
     }
 
     #[test]
